@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("tiffin-lab: not built yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,557 @@
+//! The fleet repository: `fleet.toml`, `hosts/<name>/host.toml`, loading, checking, `init` and `host add`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::names::{HostName, MAX_ACCOUNT_NAME};
+use crate::settings::{ApplyOverrides, ApplyPolicy, Interval};
+
+pub const FLEET_FILE: &str = "fleet.toml";
+pub const HOST_FILE: &str = "host.toml";
+pub const DEFAULT_CHROOT_ROOT: &str = "/var/lib/tiffin/chroots";
+pub const DEFAULT_USER_PREFIX: &str = "tiffin-";
+pub const DEFAULT_SSHD_DROPIN: &str = "/etc/ssh/sshd_config.d/tiffin.conf";
+pub const DEFAULT_AUTHORIZED_KEYS_DIR: &str = "/etc/tiffin/authorized_keys";
+pub const DEFAULT_POLL_INTERVAL: Interval = Interval::secs(15 * 60);
+pub const DEFAULT_KEEP_RELEASES: usize = 5;
+
+/// Errors of the fleet layer: reading and writing the admin's repository.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(
+        "no fleet repository at {0}: {FLEET_FILE} not found (run `tiffin init`, or pass --fleet DIR / set TIFFIN_FLEET)"
+    )]
+    NotFound(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} already exists and is not empty; choose another directory")]
+    InitNotEmpty(PathBuf),
+    #[error("host {0} already exists in hosts/{0}; remove it first to re-add it")]
+    HostExists(HostName),
+    #[error("{0}")]
+    Name(#[from] crate::names::NameError),
+    #[error("{what}: {message}")]
+    BadKey { what: String, message: String },
+    #[error("the fleet repository has {} problem(s):\n{}", .0.len(), Problems(.0))]
+    Invalid(Vec<Problem>),
+    #[error("unknown host {0}: no hosts/{0}/ in the fleet repository")]
+    UnknownHost(String),
+}
+
+impl FleetError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FleetError {
+        let path = path.into();
+        move |source| FleetError::Io { path, source }
+    }
+}
+
+struct Problems<'a>(&'a [Problem]);
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One thing wrong in the fleet repository, with the path (relative to the
+/// repository) where the admin has to look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    pub host: Option<HostName>,
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn error(
+        host: Option<&HostName>,
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            severity: Severity::Error,
+            host: host.cloned(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub fn warning(
+        host: Option<&HostName>,
+        path: impl Into<PathBuf>,
+        message: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            severity: Severity::Warning,
+            ..Problem::error(host, path, message)
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{level}: {}: {}", self.path.display(), self.message)
+    }
+}
+
+/// `[server]` of fleet.toml: how the server serves the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Where each host's chroot lives (`<chroot_root>/<host>`).
+    pub chroot_root: PathBuf,
+    /// Prefix of each host's Unix account on the server.
+    pub user_prefix: String,
+    /// The sshd drop-in `tiffin provision` writes.
+    pub sshd_dropin: PathBuf,
+    /// Root-owned directory of one authorized_keys file per account, outside every chroot.
+    pub authorized_keys_dir: PathBuf,
+    /// Extra lines for the sshd `Match` block (e.g. `ClientAliveInterval 30`).
+    pub sshd_extra: Vec<String>,
+    /// How many releases to keep per host (the current one is always kept).
+    pub keep_releases: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            chroot_root: DEFAULT_CHROOT_ROOT.into(),
+            user_prefix: DEFAULT_USER_PREFIX.into(),
+            sshd_dropin: DEFAULT_SSHD_DROPIN.into(),
+            authorized_keys_dir: DEFAULT_AUTHORIZED_KEYS_DIR.into(),
+            sshd_extra: Vec::new(),
+            keep_releases: DEFAULT_KEEP_RELEASES,
+        }
+    }
+}
+
+/// `[defaults]` of fleet.toml: settings every host inherits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostDefaults {
+    pub poll_interval: Interval,
+    pub apply: ApplyPolicy,
+}
+
+impl Default for HostDefaults {
+    fn default() -> Self {
+        HostDefaults {
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            apply: ApplyPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub defaults: HostDefaults,
+}
+
+/// `hosts/<name>/host.toml` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFile {
+    public_key: String,
+    poll_interval: Option<Interval>,
+    #[serde(default)]
+    apply: ApplyOverrides,
+}
+
+/// A host as the fleet defines it, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: HostName,
+    /// The OpenSSH public key line (`ssh-ed25519 AAAA… comment`), validated.
+    pub public_key: String,
+    pub poll_interval: Interval,
+    pub apply: ApplyPolicy,
+}
+
+/// The loaded fleet repository.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub root: PathBuf,
+    pub config: FleetConfig,
+    pub hosts: BTreeMap<HostName, Host>,
+    /// Problems found while loading; hosts with an error are absent from `hosts`.
+    pub problems: Vec<Problem>,
+}
+
+impl Fleet {
+    pub fn account_name(&self, host: &HostName) -> String {
+        format!("{}{}", self.config.server.user_prefix, host)
+    }
+
+    pub fn host_dir(&self, host: &HostName) -> PathBuf {
+        self.root.join("hosts").join(host.as_str())
+    }
+
+    /// Loads fleet.toml and every host; problems are collected, not returned
+    /// as the first error, so `check` can list them all. Only an unreadable
+    /// repository is an error here.
+    pub fn load(root: &Path) -> Result<Fleet, FleetError> {
+        let fleet_file = root.join(FLEET_FILE);
+        if !fleet_file.is_file() {
+            return Err(FleetError::NotFound(root.to_owned()));
+        }
+        let mut problems = Vec::new();
+        let config = match read_toml::<FleetConfig>(&fleet_file) {
+            Ok(c) => c,
+            Err(message) => {
+                problems.push(Problem::error(None, FLEET_FILE, message));
+                FleetConfig::default()
+            }
+        };
+        if config.server.keep_releases == 0 {
+            problems.push(Problem::error(
+                None,
+                FLEET_FILE,
+                "server.keep_releases must be at least 1",
+            ));
+        }
+        if !config.server.chroot_root.is_absolute() {
+            problems.push(Problem::error(
+                None,
+                FLEET_FILE,
+                format!(
+                    "server.chroot_root {:?} must be an absolute path",
+                    config.server.chroot_root
+                ),
+            ));
+        }
+        for line in &config.server.sshd_extra {
+            if line.contains('\n') || line.trim().is_empty() {
+                problems.push(Problem::error(
+                    None,
+                    FLEET_FILE,
+                    format!(
+                        "server.sshd_extra entry {line:?} must be one non-empty sshd_config line"
+                    ),
+                ));
+            }
+        }
+        let mut hosts = BTreeMap::new();
+        let hosts_dir = root.join("hosts");
+        let entries = match fs::read_dir(&hosts_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Fleet {
+                    root: root.to_owned(),
+                    config,
+                    hosts,
+                    problems,
+                });
+            }
+            Err(e) => return Err(FleetError::io(&hosts_dir)(e)),
+        };
+        let mut names: Vec<String> = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(FleetError::io(&hosts_dir))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        for dir_name in names {
+            let rel = Path::new("hosts").join(&dir_name);
+            if dir_name.starts_with('.') || !root.join(&rel).is_dir() {
+                continue;
+            }
+            let name: HostName = match dir_name.parse() {
+                Ok(n) => n,
+                Err(e) => {
+                    problems.push(Problem::error(None, &rel, e.to_string()));
+                    continue;
+                }
+            };
+            if let Some(host) = load_host(root, &config, &name, &mut problems) {
+                hosts.insert(name, host);
+            }
+        }
+        Ok(Fleet {
+            root: root.to_owned(),
+            config,
+            hosts,
+            problems,
+        })
+    }
+
+    /// Errors that concern the whole fleet or one of `selected` hosts.
+    pub fn errors_for<'a>(&'a self, selected: &'a [HostName]) -> impl Iterator<Item = &'a Problem> {
+        self.problems.iter().filter(move |p| {
+            p.severity == Severity::Error
+                && match &p.host {
+                    None => true,
+                    Some(h) => selected.contains(h),
+                }
+        })
+    }
+
+    /// The hosts named on the command line, or all of them.
+    pub fn select(&self, names: &[String]) -> Result<Vec<HostName>, FleetError> {
+        if names.is_empty() {
+            return Ok(self.hosts.keys().cloned().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                let name: HostName = n.parse()?;
+                if self.hosts.contains_key(&name) || self.root.join("hosts").join(n).is_dir() {
+                    Ok(name)
+                } else {
+                    Err(FleetError::UnknownHost(n.clone()))
+                }
+            })
+            .collect()
+    }
+}
+
+fn load_host(
+    root: &Path,
+    config: &FleetConfig,
+    name: &HostName,
+    problems: &mut Vec<Problem>,
+) -> Option<Host> {
+    let rel = Path::new("hosts").join(name.as_str());
+    let account = format!("{}{}", config.server.user_prefix, name);
+    let mut ok = true;
+    if account.len() > MAX_ACCOUNT_NAME {
+        problems.push(Problem::error(
+            Some(name),
+            &rel,
+            format!(
+                "host name {name:?} is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME} (shorten the name or server.user_prefix)",
+                account.len()
+            ),
+        ));
+        ok = false;
+    }
+    let host_file = rel.join(HOST_FILE);
+    let parsed = match read_toml::<HostFile>(&root.join(&host_file)) {
+        Ok(h) => h,
+        Err(message) => {
+            problems.push(Problem::error(Some(name), &host_file, message));
+            return None;
+        }
+    };
+    let public_key = match parse_public_key(&parsed.public_key) {
+        Ok(k) => k,
+        Err(message) => {
+            problems.push(Problem::error(
+                Some(name),
+                &host_file,
+                format!("public_key: {message}"),
+            ));
+            return None;
+        }
+    };
+    if public_key.contains("example-replace-me") {
+        problems.push(Problem::warning(
+            Some(name),
+            &host_file,
+            "public_key is the example key from `tiffin init`: replace it with the host's key (or remove the host)",
+        ));
+    }
+    if !root.join(&rel).join("configuration.nix").exists() {
+        problems.push(Problem::error(
+            Some(name),
+            rel.join("configuration.nix"),
+            "missing: every host needs a configuration.nix (the NixOS configuration its flake builds)",
+        ));
+        ok = false;
+    }
+    let flake = root.join(&rel).join("flake.nix");
+    if flake.exists() && !root.join(&rel).join("flake.lock").exists() {
+        problems.push(Problem::warning(
+            Some(name),
+            rel.join("flake.nix"),
+            "no flake.lock beside it: each client resolves the inputs itself, so hosts may build different nixpkgs (run `nix flake lock` in the host directory, or symlink a shared lock)",
+        ));
+    }
+    ok.then(|| Host {
+        name: name.clone(),
+        public_key,
+        poll_interval: parsed
+            .poll_interval
+            .unwrap_or(config.defaults.poll_interval),
+        apply: config.defaults.apply.overridden_by(&parsed.apply),
+    })
+}
+
+/// Reads and deserializes a TOML file; the error is a one-line message
+/// naming what was wrong (the caller adds the path).
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "missing: this file is required".to_owned(),
+        _ => format!("cannot read: {e}"),
+    })?;
+    toml::from_str(&text).map_err(|e| toml_message(&e))
+}
+
+/// toml's error, folded into one line: "line 3, column 1: unknown field `x`, expected …".
+pub fn toml_message(e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            // The span is a byte range in the input; toml's Display carries the line,
+            // but also a multi-line excerpt we don't want, so pick the line out of it.
+            let full = e.to_string();
+            let location = full
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("TOML parse error at "))
+                .map(str::to_owned);
+            match location {
+                Some(loc) => format!("{loc}: {message}"),
+                None => format!("byte {}: {message}", span.start),
+            }
+        }
+        None => message,
+    }
+}
+
+/// Validates an OpenSSH public key (the line itself, or the path of a file
+/// holding one) and returns it normalised to `algorithm base64 [comment]`.
+pub fn parse_public_key(text: &str) -> Result<String, String> {
+    let line = text.trim();
+    if line.is_empty() {
+        return Err(
+            "it is empty: expected an OpenSSH public key like \"ssh-ed25519 AAAA… root@host\""
+                .into(),
+        );
+    }
+    if line.contains("PRIVATE KEY") {
+        return Err("this is a private key: give the public key (the .pub file) instead".into());
+    }
+    let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
+        format!(
+            "not an OpenSSH public key ({e}): expected a line like \"ssh-ed25519 AAAA… root@host\""
+        )
+    })?;
+    key.to_openssh()
+        .map_err(|e| format!("cannot re-encode the key: {e}"))
+}
+
+/// The files `tiffin init` writes, relative to the new repository.
+const INIT_FILES: &[(&str, &str)] = &[
+    (FLEET_FILE, include_str!("templates/fleet.toml")),
+    ("templates/flake.nix", include_str!("templates/flake.nix")),
+    (
+        "templates/configuration.nix",
+        include_str!("templates/configuration.nix"),
+    ),
+    ("common/default.nix", include_str!("templates/common.nix")),
+    (
+        ".gitignore",
+        "# tiffin writes nothing into the fleet repository; keep it that way.\n",
+    ),
+];
+
+pub const EXAMPLE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0F/EMgr0VKJtAWiIm+AEip+1wxUFWA08fWuUB5qDC example-replace-me";
+
+/// `tiffin init`: a new fleet repository with one example host.
+pub fn init(dir: &Path) -> Result<(), FleetError> {
+    if dir.exists()
+        && fs::read_dir(dir)
+            .map_err(FleetError::io(dir))?
+            .next()
+            .is_some()
+    {
+        return Err(FleetError::InitNotEmpty(dir.to_owned()));
+    }
+    for (rel, content) in INIT_FILES {
+        write_new(&dir.join(rel), content)?;
+    }
+    add_host_unchecked(dir, &"example".parse().expect("valid"), EXAMPLE_KEY)
+}
+
+/// `tiffin host add`: `hosts/NAME/` from the templates.
+pub fn add_host(fleet: &Fleet, name: &HostName, key: &str) -> Result<(), FleetError> {
+    if fleet.root.join("hosts").join(name.as_str()).exists() {
+        return Err(FleetError::HostExists(name.clone()));
+    }
+    let account = fleet.account_name(name);
+    if account.len() > MAX_ACCOUNT_NAME {
+        return Err(FleetError::Invalid(vec![Problem::error(
+            Some(name),
+            Path::new("hosts").join(name.as_str()),
+            format!(
+                "host name is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME}",
+                account.len()
+            ),
+        )]));
+    }
+    // KEY is either the key itself or a file holding it (e.g. /etc/ssh/ssh_host_ed25519_key.pub).
+    let key_text = if Path::new(key).is_file() {
+        fs::read_to_string(key).map_err(FleetError::io(key))?
+    } else {
+        key.to_owned()
+    };
+    let normalised = parse_public_key(&key_text).map_err(|message| FleetError::BadKey {
+        what: format!("--key {key:?}"),
+        message,
+    })?;
+    add_host_unchecked(&fleet.root, name, &normalised)
+}
+
+fn add_host_unchecked(root: &Path, name: &HostName, key: &str) -> Result<(), FleetError> {
+    let dir = root.join("hosts").join(name.as_str());
+    let host_toml = format!(
+        "# {name}: settings for this host. Keys not set here come from [defaults] in fleet.toml.\n\
+         public_key = {key:?}\n\
+         # poll_interval = \"15m\"\n\
+         \n\
+         [apply]\n\
+         # action = \"switch\"   # switch | boot | test | build\n\
+         # reboot = \"never\"    # never | if-needed\n"
+    );
+    write_new(&dir.join(HOST_FILE), &host_toml)?;
+    let config = include_str!("templates/configuration.nix").replace("@HOST@", name.as_str());
+    write_new(&dir.join("configuration.nix"), &config)?;
+    symlink_new("../../templates/flake.nix", &dir.join("flake.nix"))?;
+    symlink_new("../../common", &dir.join("common"))?;
+    let files = dir.join("files");
+    fs::create_dir_all(&files).map_err(FleetError::io(&files))?;
+    write_new(
+        &files.join("etc/tiffin-managed"),
+        &format!(
+            "This host ({name}) is managed by tiffin; files under hosts/{name}/files/ land here.\n"
+        ),
+    )
+}
+
+fn write_new(path: &Path, content: &str) -> Result<(), FleetError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(FleetError::io(parent))?;
+    }
+    fs::write(path, content).map_err(FleetError::io(path))
+}
+
+fn symlink_new(target: &str, link: &Path) -> Result<(), FleetError> {
+    std::os::unix::fs::symlink(target, link).map_err(FleetError::io(link))
+}

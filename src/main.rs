@@ -1,0 +1,15 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tiffin::cli::Cli::parse();
+    tiffin::cli::init_tracing(cli.verbose);
+    match tiffin::cli::run(cli) {
+        Ok(code) => code.into(),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            tiffin::cli::exit_code_of(&err).into()
+        }
+    }
+}

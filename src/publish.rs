@@ -1,0 +1,588 @@
+//! `tiffin publish`: turn each host's directory into an immutable release in its chroot, atomically.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::fleet::{Fleet, Host, Problem};
+use crate::names::{HostName, ReleaseId};
+use crate::release::{
+    self, CURRENT_FILE, FileEntry, MANIFEST_FILE, Manifest, RELEASES_DIR, SourceFile,
+};
+use crate::settings::format_time;
+
+/// Where a publish stages a release before renaming it into `releases/`:
+/// root-only, so a crash leaves nothing the client can see.
+pub const STAGING_DIR: &str = ".staging";
+/// Release files on the server are readable by the host's group only,
+/// whatever mode they get on the client (the MANIFEST carries that).
+pub const SERVER_FILE_MODE: u32 = 0o640;
+pub const SERVER_DIR_MODE: u32 = 0o750;
+
+/// Errors of publishing one host.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("host {host}: the fleet repository has problems (run `tiffin check`):\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        host: HostName,
+        problems: Vec<Problem>,
+    },
+    #[error("host {host}: {step} {path}: {source}")]
+    Io {
+        host: HostName,
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("host {host}: the current release {id} is unreadable: {message}")]
+    BrokenCurrent {
+        host: HostName,
+        id: String,
+        message: String,
+    },
+    #[error("host {host}: injected fault ({0:?})", .fault)]
+    Injected { host: HostName, fault: Fault },
+}
+
+/// Points where tests make publishing fail, to prove a failure leaves the previous state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// After writing this many files of the release.
+    AfterFiles(usize),
+    /// With the release complete in staging, before it is renamed into `releases/`.
+    BeforeReleaseRename,
+    /// With the release in `releases/`, before `CURRENT` is swapped.
+    BeforeCurrentSwap,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub chroot_root: PathBuf,
+    pub dry_run: bool,
+    pub keep_releases: usize,
+    pub now: SystemTime,
+    /// Test hook; `None` in real use.
+    pub fault: Option<Fault>,
+}
+
+/// What publishing did (or, with `--dry-run`, would do) for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged {
+        id: ReleaseId,
+        seq: u64,
+    },
+    Published {
+        id: ReleaseId,
+        seq: u64,
+        change: Change,
+        pruned: usize,
+        dry_run: bool,
+    },
+}
+
+/// How a new release differs from the previous one, counted in files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub first: bool,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first {
+            return write!(f, "first release, {} files", self.added);
+        }
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.added, "added"),
+            (self.changed, "changed"),
+            (self.removed, "removed"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        if parts.is_empty() {
+            write!(f, "apply policy changed")
+        } else {
+            write!(f, "{}", parts.join(", "))
+        }
+    }
+}
+
+/// Paths of one host's chroot on the server.
+#[derive(Debug, Clone)]
+pub struct ChrootPaths {
+    pub root: PathBuf,
+}
+
+impl ChrootPaths {
+    pub fn new(chroot_root: &Path, host: &HostName) -> ChrootPaths {
+        ChrootPaths {
+            root: chroot_root.join(host.as_str()),
+        }
+    }
+    pub fn current(&self) -> PathBuf {
+        self.root.join(CURRENT_FILE)
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.root.join(RELEASES_DIR)
+    }
+    pub fn release(&self, id: &ReleaseId) -> PathBuf {
+        self.releases().join(id.as_str())
+    }
+    pub fn staging(&self) -> PathBuf {
+        self.root.join(STAGING_DIR)
+    }
+    pub fn reports(&self) -> PathBuf {
+        self.root.join(release::REPORTS_DIR)
+    }
+
+    /// The id `CURRENT` names, if any.
+    pub fn read_current(&self) -> std::io::Result<Option<ReleaseId>> {
+        match fs::read_to_string(self.current()) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn read_manifest(&self, id: &ReleaseId) -> Result<Manifest, String> {
+        let bytes = fs::read(self.release(id).join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
+        Manifest::parse_verified(&bytes, id).map_err(|e| e.to_string())
+    }
+}
+
+/// Publishes one host: unchanged trees write nothing; otherwise a new release
+/// is staged, fsynced, renamed into `releases/`, and `CURRENT` swapped by rename.
+pub fn publish_host(
+    fleet: &Fleet,
+    host: &Host,
+    opts: &PublishOptions,
+) -> Result<Outcome, PublishError> {
+    let name = &host.name;
+    let sources = release::resolve_host_tree(&fleet.root, name).map_err(|problems| {
+        PublishError::Invalid {
+            host: name.clone(),
+            problems,
+        }
+    })?;
+    let paths = ChrootPaths::new(&opts.chroot_root, name);
+    let io = |step: &'static str, path: &Path| {
+        let (host, path) = (name.clone(), path.to_owned());
+        move |source| PublishError::Io {
+            host,
+            step,
+            path,
+            source,
+        }
+    };
+    let current_id = paths
+        .read_current()
+        .map_err(io("reading", &paths.current()))?;
+    let previous = match &current_id {
+        Some(id) => {
+            Some(
+                paths
+                    .read_manifest(id)
+                    .map_err(|message| PublishError::BrokenCurrent {
+                        host: name.clone(),
+                        id: id.to_string(),
+                        message,
+                    })?,
+            )
+        }
+        None => None,
+    };
+
+    let entries = release::hash_tree(&sources).map_err(io("hashing", &fleet.host_dir(name)))?;
+    let mut candidate = Manifest {
+        host: name.clone(),
+        seq: 0,
+        created: format_time(opts.now),
+        apply: host.apply.clone(),
+        files: entries,
+    };
+    if let (Some(prev), Some(id)) = (&previous, &current_id)
+        && prev.same_content(&candidate)
+    {
+        return Ok(Outcome::Unchanged {
+            id: id.clone(),
+            seq: prev.seq,
+        });
+    }
+    candidate.seq = next_seq(&paths, previous.as_ref());
+    let change = diff(previous.as_ref(), &candidate);
+    if opts.dry_run {
+        return Ok(Outcome::Published {
+            id: candidate.id(),
+            seq: candidate.seq,
+            change,
+            pruned: 0,
+            dry_run: true,
+        });
+    }
+
+    let group = host_group(fleet, name);
+    if !opts.chroot_root.is_dir() {
+        fs::create_dir_all(&opts.chroot_root).map_err(io("creating", &opts.chroot_root))?;
+    }
+    for dir in [&paths.root, &paths.releases()] {
+        ensure_dir(dir, SERVER_DIR_MODE, group).map_err(io("creating", dir))?;
+    }
+    let staging = paths.staging();
+    // Left over by an interrupted publish; never visible to the client.
+    let _ = fs::remove_dir_all(&staging);
+    ensure_dir(&staging, 0o700, None).map_err(io("creating", &staging))?;
+
+    let result = stage_and_swap(
+        &paths,
+        &sources,
+        previous.as_ref(),
+        current_id.as_ref(),
+        candidate,
+        group,
+        opts,
+    );
+    let _ = fs::remove_dir_all(&staging);
+    let (id, seq) = result?;
+    let pruned =
+        prune(&paths, &id, opts.keep_releases).map_err(io("pruning", &paths.releases()))?;
+    Ok(Outcome::Published {
+        id,
+        seq,
+        change,
+        pruned,
+        dry_run: false,
+    })
+}
+
+fn stage_and_swap(
+    paths: &ChrootPaths,
+    sources: &[SourceFile],
+    previous: Option<&Manifest>,
+    previous_id: Option<&ReleaseId>,
+    mut manifest: Manifest,
+    group: Option<u32>,
+    opts: &PublishOptions,
+) -> Result<(ReleaseId, u64), PublishError> {
+    let host = manifest.host.clone();
+    let io = |step: &'static str, path: &Path| {
+        let (host, path) = (host.clone(), path.to_owned());
+        move |source| PublishError::Io {
+            host,
+            step,
+            path,
+            source,
+        }
+    };
+    let fault = |f: Fault| {
+        if opts.fault == Some(f) {
+            Err(PublishError::Injected {
+                host: host.clone(),
+                fault: f,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    let tmp = paths.staging().join(format!("release-{}", manifest.seq));
+    ensure_dir(&tmp, SERVER_DIR_MODE, group).map_err(io("creating", &tmp))?;
+
+    // Unchanged files are hard links to the previous release (immutable, so sharing is safe).
+    let reusable: HashMap<&str, &FileEntry> = match (previous, previous_id) {
+        (Some(p), Some(_)) => p.files.iter().map(|f| (f.path.as_str(), f)).collect(),
+        _ => HashMap::new(),
+    };
+    let mut entries = Vec::with_capacity(sources.len());
+    for (i, src) in sources.iter().enumerate() {
+        fault(Fault::AfterFiles(i))?;
+        let dest = src.release_path.under(&tmp);
+        if let Some(parent) = dest.parent() {
+            ensure_dir_all(&tmp, parent, group).map_err(io("creating", parent))?;
+        }
+        let hashed = manifest
+            .files
+            .iter()
+            .find(|f| f.path == src.release_path)
+            .cloned()
+            .expect("manifest built from the same sources");
+        let linked = match (reusable.get(src.release_path.as_str()), previous_id) {
+            (Some(old), Some(old_id)) if old.sha256 == hashed.sha256 && old.size == hashed.size => {
+                fs::hard_link(src.release_path.under(&paths.release(old_id)), &dest).is_ok()
+            }
+            _ => false,
+        };
+        let entry = if linked {
+            FileEntry {
+                mode: src.mode,
+                ..hashed
+            }
+        } else {
+            // Hash what is written, not what was read earlier: the admin may be editing.
+            copy_hashing(&src.source, &dest, group)
+                .map_err(io("writing", &dest))?
+                .into_entry(src)
+        };
+        entries.push(entry);
+    }
+    fault(Fault::AfterFiles(sources.len()))?;
+    manifest.files = entries;
+    let text = manifest.render();
+    let id = ReleaseId::of_bytes(text.as_bytes());
+    let manifest_path = tmp.join(MANIFEST_FILE);
+    write_synced(&manifest_path, text.as_bytes(), group).map_err(io("writing", &manifest_path))?;
+    sync_tree(&tmp).map_err(io("syncing", &tmp))?;
+    fault(Fault::BeforeReleaseRename)?;
+
+    let final_dir = paths.release(&id);
+    fs::rename(&tmp, &final_dir).map_err(io("renaming into place", &final_dir))?;
+    sync_dir(&paths.releases()).map_err(io("syncing", &paths.releases()))?;
+    fault(Fault::BeforeCurrentSwap)?;
+
+    let current_tmp = paths.staging().join(CURRENT_FILE);
+    write_synced(&current_tmp, format!("{id}\n").as_bytes(), group)
+        .map_err(io("writing", &current_tmp))?;
+    fs::rename(&current_tmp, paths.current()).map_err(io("swapping", &paths.current()))?;
+    sync_dir(&paths.root).map_err(io("syncing", &paths.root))?;
+    Ok((id, manifest.seq))
+}
+
+struct Copied {
+    sha256: String,
+    size: u64,
+}
+
+impl Copied {
+    fn into_entry(self, src: &SourceFile) -> FileEntry {
+        FileEntry {
+            path: src.release_path.clone(),
+            size: self.size,
+            mode: src.mode,
+            sha256: release::Sha256Hex::new(self.sha256).expect("hex of a digest"),
+        }
+    }
+}
+
+fn copy_hashing(src: &Path, dest: &Path, group: Option<u32>) -> std::io::Result<Copied> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut input = fs::File::open(src)?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(SERVER_FILE_MODE)
+        .open(dest)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut size = 0;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    finish_file(&out, group)?;
+    Ok(Copied {
+        sha256: hex::encode(hasher.finalize()),
+        size,
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8], group: Option<u32>) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(SERVER_FILE_MODE)
+        .open(path)?;
+    f.write_all(bytes)?;
+    finish_file(&f, group)
+}
+
+fn finish_file(f: &fs::File, group: Option<u32>) -> std::io::Result<()> {
+    // The umask may have narrowed the mode given at creation.
+    f.set_permissions(fs::Permissions::from_mode(SERVER_FILE_MODE))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::fchown(f, Some(0), Some(gid))?;
+    }
+    f.sync_all()
+}
+
+/// Creates `dir` (one level) with `mode` and, as root, owner root and the host's group.
+pub fn ensure_dir(dir: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+            if let Some(gid) = group {
+                std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn ensure_dir_all(base: &Path, dir: &Path, group: Option<u32>) -> std::io::Result<()> {
+    if dir == base || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir_all(base, parent, group)?;
+    }
+    ensure_dir(dir, SERVER_DIR_MODE, group)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// fsyncs every directory of a staged tree (files were synced as written).
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// The host's group on the server, when we can and should chown to it.
+fn host_group(fleet: &Fleet, host: &HostName) -> Option<u32> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let account = fleet.account_name(host);
+    match nix::unistd::Group::from_name(&account) {
+        Ok(Some(g)) => Some(g.gid.as_raw()),
+        _ => {
+            tracing::debug!(
+                "host {host}: group {account} does not exist, so its release stays root-only until `tiffin provision` runs"
+            );
+            Some(0)
+        }
+    }
+}
+
+fn next_seq(paths: &ChrootPaths, previous: Option<&Manifest>) -> u64 {
+    // A release newer than CURRENT can exist if CURRENT was rolled back by hand; never reuse its seq.
+    let newest_listed = list_releases(paths)
+        .into_iter()
+        .map(|(_, seq)| seq)
+        .max()
+        .unwrap_or(0);
+    previous.map_or(0, |p| p.seq).max(newest_listed) + 1
+}
+
+/// Every readable release with its seq.
+pub fn list_releases(paths: &ChrootPaths) -> Vec<(ReleaseId, u64)> {
+    let Ok(entries) = fs::read_dir(paths.releases()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let id: ReleaseId = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let seq = paths.read_manifest(&id).ok()?.seq;
+            Some((id, seq))
+        })
+        .collect()
+}
+
+/// Removes all but the newest `keep` releases, never the current one.
+fn prune(paths: &ChrootPaths, current: &ReleaseId, keep: usize) -> std::io::Result<usize> {
+    let mut releases = list_releases(paths);
+    releases.sort_by(|a, b| b.1.cmp(&a.1));
+    let mut pruned = 0;
+    for (id, _) in releases.into_iter().skip(keep.max(1)) {
+        if &id != current {
+            fs::remove_dir_all(paths.release(&id))?;
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
+}
+
+fn diff(previous: Option<&Manifest>, next: &Manifest) -> Change {
+    let Some(prev) = previous else {
+        return Change {
+            added: next.files.len(),
+            first: true,
+            ..Change::default()
+        };
+    };
+    let old: HashMap<&str, &FileEntry> = prev.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut change = Change::default();
+    for f in &next.files {
+        match old.get(f.path.as_str()) {
+            None => change.added += 1,
+            Some(o) if *o != f => change.changed += 1,
+            Some(_) => {}
+        }
+    }
+    let new: std::collections::HashSet<&str> = next.files.iter().map(|f| f.path.as_str()).collect();
+    change.removed = prev
+        .files
+        .iter()
+        .filter(|f| !new.contains(f.path.as_str()))
+        .count();
+    change
+}
+
+/// Publishes `hosts` in parallel (hashing dominates); results in host order.
+pub fn publish_all(
+    fleet: &Fleet,
+    hosts: &[HostName],
+    opts: &PublishOptions,
+) -> Vec<(HostName, Result<Outcome, PublishError>)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(hosts.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<Result<Outcome, PublishError>>> =
+        (0..hosts.len()).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(name) = hosts.get(i) else { break };
+                    let result = match fleet.hosts.get(name) {
+                        Some(host) => publish_host(fleet, host, opts),
+                        None => Err(PublishError::Invalid {
+                            host: name.clone(),
+                            problems: fleet
+                                .problems
+                                .iter()
+                                .filter(|p| p.host.as_ref() == Some(name))
+                                .cloned()
+                                .collect(),
+                        }),
+                    };
+                    slots.lock().expect("no panics while holding")[i] = Some(result);
+                }
+            });
+        }
+    });
+    hosts
+        .iter()
+        .cloned()
+        .zip(results.into_iter().map(|r| r.expect("every host visited")))
+        .collect()
+}

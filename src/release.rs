@@ -1,0 +1,582 @@
+//! Releases: the MANIFEST format, hashing, and resolving a host directory into the tree a release holds.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::fleet::{HOST_FILE, Problem};
+use crate::names::{HostName, RelPath, ReleaseId};
+use crate::settings::ApplyPolicy;
+
+pub const MANIFEST_FILE: &str = "MANIFEST";
+pub const CURRENT_FILE: &str = "CURRENT";
+pub const RELEASES_DIR: &str = "releases";
+pub const REPORTS_DIR: &str = "reports";
+/// The Nix part of a release (what the flake sees).
+pub const CONFIG_DIR: &str = "config";
+/// The files copied into the client's `/`, kept apart so they never enter a Nix store.
+pub const FILES_DIR: &str = "files";
+
+/// Errors about a release's content: a manifest that does not parse or does not hold together.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("MANIFEST is not valid: {0}")]
+    Invalid(String),
+    #[error("MANIFEST does not match its release id: expected sha256 {expected}, got {actual}")]
+    IdMismatch { expected: ReleaseId, actual: String },
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// sha256 of a file's content, streamed.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Permission bits of a file, written in manifests as a 4-digit octal string ("0644").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mode(u32);
+
+impl Mode {
+    pub fn new(bits: u32) -> Option<Mode> {
+        (bits <= 0o7777).then_some(Mode(bits))
+    }
+    /// The permission bits of a stat mode.
+    pub fn from_stat(mode: u32) -> Mode {
+        Mode(mode & 0o7777)
+    }
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        let bad = || format!("invalid mode {s:?}: expected 3 or 4 octal digits like \"0644\"");
+        if !(3..=4).contains(&s.len()) {
+            return Err(bad());
+        }
+        u32::from_str_radix(s, 8)
+            .ok()
+            .and_then(Mode::new)
+            .ok_or_else(bad)
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A lowercase hex sha256 of a file's content.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Sha256Hex(String);
+
+impl Sha256Hex {
+    pub fn new(s: String) -> Option<Sha256Hex> {
+        (s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then_some(Sha256Hex(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Sha256Hex::new(s.clone()).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid sha256 {s:?}: expected 64 lowercase hex digits"
+            ))
+        })
+    }
+}
+
+/// One regular file of a release. `path` starts with `config/` or `files/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: RelPath,
+    pub size: u64,
+    pub mode: Mode,
+    pub sha256: Sha256Hex,
+}
+
+/// A release's MANIFEST. Its bytes' sha256 is the release id, so it pins every file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub host: HostName,
+    /// Publish counter of this host, strictly increasing.
+    pub seq: u64,
+    /// RFC 3339 time of publishing.
+    pub created: String,
+    pub apply: ApplyPolicy,
+    #[serde(rename = "file", default)]
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// The canonical bytes: files sorted by path, fixed key order.
+    pub fn render(&self) -> String {
+        let mut sorted = self.clone();
+        sorted.files.sort_by(|a, b| a.path.cmp(&b.path));
+        let body = toml::to_string(&sorted).expect("a manifest always serializes");
+        format!("# tiffin release manifest; the release id is the sha256 of this file.\n{body}")
+    }
+
+    pub fn id(&self) -> ReleaseId {
+        ReleaseId::of_bytes(self.render().as_bytes())
+    }
+
+    /// Parses and validates: paths unique, under `config/` or `files/`, no
+    /// file where another file needs a directory.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ReleaseError> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| ReleaseError::Invalid("not UTF-8".into()))?;
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ReleaseError::Invalid(crate::fleet::toml_message(&e)))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Parses bytes fetched for `id`, checking they hash to it first.
+    pub fn parse_verified(bytes: &[u8], id: &ReleaseId) -> Result<Manifest, ReleaseError> {
+        let actual = sha256_hex(bytes);
+        if actual != id.as_str() {
+            return Err(ReleaseError::IdMismatch {
+                expected: id.clone(),
+                actual,
+            });
+        }
+        Manifest::parse(bytes)
+    }
+
+    fn validate(&self) -> Result<(), ReleaseError> {
+        let mut seen = BTreeSet::new();
+        for f in &self.files {
+            let first = f.path.first();
+            if first != CONFIG_DIR && first != FILES_DIR || f.path.strip_first().is_none() {
+                return Err(ReleaseError::Invalid(format!(
+                    "file {:?} is not under {CONFIG_DIR}/ or {FILES_DIR}/",
+                    f.path.as_str()
+                )));
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(ReleaseError::Invalid(format!(
+                    "file {:?} is listed twice",
+                    f.path.as_str()
+                )));
+            }
+        }
+        // A path that is both a file and a parent of another file cannot be laid out.
+        for f in &self.files {
+            let mut prefix = String::new();
+            for comp in f.path.components() {
+                if !prefix.is_empty() && seen.contains(prefix.as_str()) {
+                    return Err(ReleaseError::Invalid(format!(
+                        "file {:?} is also needed as a directory by {:?}",
+                        prefix,
+                        f.path.as_str()
+                    )));
+                }
+                if !prefix.is_empty() {
+                    prefix.push('/');
+                }
+                prefix.push_str(comp);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when both describe the same tree and policy (ignoring seq and time).
+    pub fn same_content(&self, other: &Manifest) -> bool {
+        let key = |m: &Manifest| {
+            let mut files = m.files.clone();
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            (m.apply.clone(), files)
+        };
+        key(self) == key(other)
+    }
+}
+
+/// A file of a host directory, resolved: where its content is read from, and
+/// where it goes in the release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// `config/…` or `files/…`.
+    pub release_path: RelPath,
+    /// Real path inside the fleet repository (symlinks resolved).
+    pub source: PathBuf,
+    pub mode: Mode,
+}
+
+/// Resolves `hosts/<host>/` into release paths, dereferencing symlinks that
+/// stay inside the fleet repository. Every problem is reported, naming the
+/// link or file relative to the repository.
+pub fn resolve_host_tree(
+    fleet_root: &Path,
+    host: &HostName,
+) -> Result<Vec<SourceFile>, Vec<Problem>> {
+    let real_root = match fs::canonicalize(fleet_root) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(vec![Problem::error(
+                Some(host),
+                fleet_root,
+                format!("cannot resolve the fleet repository: {e}"),
+            )]);
+        }
+    };
+    let host_rel = Path::new("hosts").join(host.as_str());
+    let mut walk = Walk {
+        real_root: &real_root,
+        host,
+        out: Vec::new(),
+        problems: Vec::new(),
+        ancestors: Vec::new(),
+    };
+    let host_real = real_root.join(&host_rel);
+    walk.ancestors.push(host_real.clone());
+    let mut entries = match sorted_entries(&host_real) {
+        Ok(e) => e,
+        Err(e) => {
+            return Err(vec![Problem::error(
+                Some(host),
+                &host_rel,
+                format!("cannot read: {e}"),
+            )]);
+        }
+    };
+    entries.retain(|n| n != HOST_FILE);
+    for name in entries {
+        let top = if name == FILES_DIR {
+            FILES_DIR
+        } else {
+            CONFIG_DIR
+        };
+        let release_rel = if top == FILES_DIR {
+            FILES_DIR.to_owned()
+        } else {
+            format!("{CONFIG_DIR}/{name}")
+        };
+        walk.visit(&host_rel.join(&name), &host_real.join(&name), &release_rel);
+    }
+    if walk.problems.is_empty() {
+        walk.out.sort_by(|a, b| a.release_path.cmp(&b.release_path));
+        Ok(walk.out)
+    } else {
+        Err(walk.problems)
+    }
+}
+
+struct Walk<'a> {
+    real_root: &'a Path,
+    host: &'a HostName,
+    out: Vec<SourceFile>,
+    problems: Vec<Problem>,
+    /// Real paths of the directories being walked, to stop symlink loops.
+    ancestors: Vec<PathBuf>,
+}
+
+impl Walk<'_> {
+    /// `shown` is the path relative to the repository as the admin sees it.
+    fn visit(&mut self, shown: &Path, path: &Path, release_rel: &str) {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.problem(shown, format!("cannot read: {e}"));
+                return;
+            }
+        };
+        let real = if meta.file_type().is_symlink() {
+            let target = fs::read_link(path).unwrap_or_default();
+            match fs::canonicalize(path) {
+                Err(_) => {
+                    self.problem(
+                        shown,
+                        format!(
+                            "dangling symlink: its target {} does not exist",
+                            target.display()
+                        ),
+                    );
+                    return;
+                }
+                Ok(real) if !real.starts_with(self.real_root) => {
+                    self.problem(
+                        shown,
+                        format!(
+                            "symlink leaves the fleet repository (target {}): publish reads nothing outside it; copy the file in instead",
+                            target.display()
+                        ),
+                    );
+                    return;
+                }
+                Ok(real) => real,
+            }
+        } else {
+            path.to_owned()
+        };
+        let meta = match fs::metadata(&real) {
+            Ok(m) => m,
+            Err(e) => {
+                self.problem(shown, format!("cannot read: {e}"));
+                return;
+            }
+        };
+        let Ok(release_path) = release_rel.parse::<RelPath>() else {
+            self.problem(
+                shown,
+                "this name cannot be published: use plain names without backslashes or control characters",
+            );
+            return;
+        };
+        if meta.is_file() {
+            self.out.push(SourceFile {
+                release_path,
+                source: real,
+                mode: Mode::from_stat(meta.permissions().mode()),
+            });
+        } else if meta.is_dir() {
+            if self.ancestors.contains(&real) {
+                self.problem(
+                    shown,
+                    "symlink loop: it points to a directory that contains it",
+                );
+                return;
+            }
+            let names = match sorted_entries(&real) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.problem(shown, format!("cannot read directory: {e}"));
+                    return;
+                }
+            };
+            self.ancestors.push(real.clone());
+            for name in names {
+                self.visit(
+                    &shown.join(&name),
+                    &real.join(&name),
+                    &format!("{release_rel}/{name}"),
+                );
+            }
+            self.ancestors.pop();
+        } else {
+            self.problem(
+                shown,
+                "not a regular file, directory or symlink: only those can be published",
+            );
+        }
+    }
+
+    fn problem(&mut self, shown: &Path, message: impl Into<String>) {
+        self.problems
+            .push(Problem::error(Some(self.host), shown, message));
+    }
+}
+
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Hashes the resolved files into manifest entries.
+pub fn hash_tree(files: &[SourceFile]) -> std::io::Result<Vec<FileEntry>> {
+    files
+        .iter()
+        .map(|f| {
+            let (sha, size) = sha256_file(&f.source)?;
+            Ok(FileEntry {
+                path: f.release_path.clone(),
+                size,
+                mode: f.mode,
+                sha256: Sha256Hex::new(sha).expect("hex of a digest"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Action, Reboot};
+    use proptest::prelude::*;
+
+    fn arb_entry() -> impl Strategy<Value = FileEntry> {
+        (
+            prop_oneof![Just("config"), Just("files")],
+            proptest::collection::vec("[a-zA-Z0-9_.-]{1,6}", 1..4),
+            0u64..1 << 40,
+            0u32..=0o7777,
+            "[0-9a-f]{64}",
+        )
+            .prop_filter_map("no dot components", |(top, parts, size, mode, sha)| {
+                let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
+                Some(FileEntry {
+                    path,
+                    size,
+                    mode: Mode::new(mode)?,
+                    sha256: Sha256Hex::new(sha)?,
+                })
+            })
+    }
+
+    fn arb_manifest() -> impl Strategy<Value = Manifest> {
+        (
+            "[a-z][a-z0-9-]{0,10}",
+            any::<u64>(),
+            prop_oneof![
+                Just(Action::Switch),
+                Just(Action::Boot),
+                Just(Action::Test),
+                Just(Action::Build)
+            ],
+            prop_oneof![Just(Reboot::Never), Just(Reboot::IfNeeded)],
+            proptest::collection::vec("\\PC{0,8}", 0..3),
+            proptest::collection::vec(arb_entry(), 0..12),
+        )
+            .prop_map(|(host, seq, action, reboot, health_check, files)| {
+                // Keep a consistent tree: drop files that collide with another's directory.
+                let mut kept: Vec<FileEntry> = Vec::new();
+                for f in files {
+                    let conflicts = kept.iter().any(|k| {
+                        k.path == f.path
+                            || f.path.as_str().starts_with(&format!("{}/", k.path))
+                            || k.path.as_str().starts_with(&format!("{}/", f.path))
+                    });
+                    if !conflicts {
+                        kept.push(f);
+                    }
+                }
+                kept.sort_by(|a, b| a.path.cmp(&b.path));
+                Manifest {
+                    host: host.parse().unwrap(),
+                    seq,
+                    created: "2026-11-24T12:00:00Z".into(),
+                    apply: ApplyPolicy {
+                        action,
+                        reboot,
+                        health_check,
+                    },
+                    files: kept,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_round_trips(m in arb_manifest()) {
+            let text = m.render();
+            let parsed = Manifest::parse(text.as_bytes()).unwrap();
+            prop_assert_eq!(&parsed, &m);
+            prop_assert_eq!(parsed.render(), text);
+            prop_assert!(Manifest::parse_verified(text.as_bytes(), &m.id()).is_ok());
+        }
+
+        /// The id changes if and only if a path, mode, content (sha256, size) or policy changes.
+        #[test]
+        fn id_tracks_content(m in arb_manifest(), which in 0usize..6, pick in any::<prop::sample::Index>()) {
+            let mut changed = m.clone();
+            let file = (!changed.files.is_empty()).then(|| pick.index(changed.files.len()));
+            let mut expect_change = true;
+            match (which, file) {
+                (0, Some(i)) => { let p = format!("{}x", changed.files[i].path); changed.files[i].path = p.parse().unwrap(); }
+                (1, Some(i)) => changed.files[i].mode = Mode::new(changed.files[i].mode.bits() ^ 0o100).unwrap(),
+                (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = if s.starts_with('0') { format!("1{}", &s[1..]) } else { format!("0{}", &s[1..]) }; changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
+                (3, _) => changed.apply.action = if m.apply.action == Action::Switch { Action::Boot } else { Action::Switch },
+                (4, _) => changed.apply.health_check.push("true".into()),
+                _ => expect_change = false,
+            }
+            // A renamed path may now collide with another's directory; such a manifest cannot exist.
+            prop_assume!(changed.validate().is_ok());
+            prop_assert_eq!(m.id() != changed.id(), expect_change);
+            prop_assert_eq!(!m.same_content(&changed), expect_change);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_manifests() {
+        let base = "host = \"a\"\nseq = 1\ncreated = \"x\"\n[apply]\n";
+        let sha = "0".repeat(64);
+        for (files, why) in [
+            (
+                format!(
+                    "[[file]]\npath = \"../x\"\nsize = 1\nmode = \"0644\"\nsha256 = \"{sha}\"\n"
+                ),
+                "'.' or '..'",
+            ),
+            (
+                format!(
+                    "[[file]]\npath = \"other/x\"\nsize = 1\nmode = \"0644\"\nsha256 = \"{sha}\"\n"
+                ),
+                "not under",
+            ),
+            (
+                format!(
+                    "[[file]]\npath = \"files/a\"\nsize = 1\nmode = \"0644\"\nsha256 = \"{sha}\"\n[[file]]\npath = \"files/a/b\"\nsize = 1\nmode = \"0644\"\nsha256 = \"{sha}\"\n"
+                ),
+                "also needed as a directory",
+            ),
+            (
+                format!(
+                    "[[file]]\npath = \"files/a\"\nsize = 1\nmode = \"10644\"\nsha256 = \"{sha}\"\n"
+                ),
+                "invalid mode",
+            ),
+            (
+                "[[file]]\npath = \"files/a\"\nsize = 1\nmode = \"0644\"\nsha256 = \"xyz\"\n"
+                    .to_owned(),
+                "invalid sha256",
+            ),
+        ] {
+            let err = Manifest::parse(format!("{base}{files}").as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+}

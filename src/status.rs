@@ -1,0 +1,313 @@
+//! `tiffin status`: each host's published and applied release and its state, from the reports in the chroots.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::fleet::Fleet;
+use crate::names::{HostName, ReleaseId};
+use crate::publish::ChrootPaths;
+use crate::release::MANIFEST_FILE;
+use crate::report::{PullResult, Report, STATUS_FILE};
+use crate::settings::{Interval, parse_time};
+
+/// A host is stale when it has not reported for this many poll intervals.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    UpToDate,
+    Pending,
+    Failed,
+    RolledBack,
+    Stale,
+    NeverSeen,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::UpToDate => "up-to-date",
+            State::Pending => "pending",
+            State::Failed => "failed",
+            State::RolledBack => "rolled-back",
+            State::Stale => "stale",
+            State::NeverSeen => "never-seen",
+        }
+    }
+    /// States that make `tiffin status` exit 3, for monitoring.
+    pub fn is_alarming(self) -> bool {
+        matches!(self, State::Failed | State::RolledBack | State::Stale)
+    }
+    fn colour(self) -> &'static str {
+        match self {
+            State::UpToDate => "\x1b[32m",
+            State::Pending | State::NeverSeen => "\x1b[33m",
+            State::Failed | State::RolledBack | State::Stale => "\x1b[31m",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Published {
+    pub id: ReleaseId,
+    pub seq: u64,
+}
+
+/// One row of `tiffin status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostStatus {
+    pub host: HostName,
+    pub state: State,
+    pub published: Option<Published>,
+    /// The release the host runs successfully.
+    pub applied: Option<String>,
+    /// The release of the last attempt (equals `applied` unless it failed).
+    pub attempted: Option<String>,
+    pub attempted_seq: Option<u64>,
+    pub result: Option<PullResult>,
+    pub last_seen: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Reads every selected host's chroot and report.
+pub fn collect(
+    fleet: &Fleet,
+    hosts: &[HostName],
+    chroot_root: &Path,
+    now: SystemTime,
+) -> Vec<HostStatus> {
+    let mut rows: Vec<HostStatus> = hosts
+        .iter()
+        .map(|name| {
+            let interval = fleet
+                .hosts
+                .get(name)
+                .map_or(fleet.config.defaults.poll_interval, |h| h.poll_interval);
+            host_status(name, &ChrootPaths::new(chroot_root, name), interval, now)
+        })
+        .collect();
+    rows.sort_by(|a, b| a.host.cmp(&b.host));
+    rows
+}
+
+pub fn host_status(
+    name: &HostName,
+    paths: &ChrootPaths,
+    interval: Interval,
+    now: SystemTime,
+) -> HostStatus {
+    let mut errors = Vec::new();
+    let published = match paths.read_current() {
+        Ok(Some(id)) => match read_seq(&paths.release(&id)) {
+            Ok(seq) => Some(Published { id, seq }),
+            Err(e) => {
+                errors.push(format!("release {} unreadable: {e}", id.short()));
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            errors.push(format!("CURRENT unreadable: {e}"));
+            None
+        }
+    };
+    let report = match fs::read_to_string(paths.reports().join(STATUS_FILE)) {
+        Ok(text) => match Report::parse(&text) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                errors.push(format!("reports/{STATUS_FILE} unreadable: {e}"));
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            errors.push(format!("reports/{STATUS_FILE} unreadable: {e}"));
+            None
+        }
+    };
+    let Some(report) = report else {
+        return HostStatus {
+            host: name.clone(),
+            state: State::NeverSeen,
+            published,
+            applied: None,
+            attempted: None,
+            attempted_seq: None,
+            result: None,
+            last_seen: None,
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+        };
+    };
+    if report.host != name.as_str() {
+        // The chroot decides who reported; a mismatch means a misconfigured client.
+        errors.push(format!("report claims host {:?}", report.host));
+    }
+    let succeeded = matches!(report.result, PullResult::Ok | PullResult::Unchanged);
+    let applied = if succeeded {
+        report.release.clone()
+    } else {
+        report.applied.clone()
+    };
+    let seen = parse_time(&report.last_seen);
+    let stale_after = interval.0 * STALE_AFTER_INTERVALS;
+    let is_stale = match seen {
+        Some(t) => now.duration_since(t).unwrap_or_default() > stale_after,
+        None => {
+            errors.push(format!("last_seen {:?} is not a time", report.last_seen));
+            true
+        }
+    };
+    let state = if is_stale {
+        State::Stale
+    } else {
+        match report.result {
+            PullResult::Failed => State::Failed,
+            PullResult::RolledBack => State::RolledBack,
+            PullResult::Ok | PullResult::Unchanged => match (&published, &applied) {
+                (Some(p), Some(a)) if p.id.as_str() == a => State::UpToDate,
+                _ => State::Pending,
+            },
+        }
+    };
+    if let Some(e) = &report.error {
+        errors.push(e.clone());
+    }
+    HostStatus {
+        host: name.clone(),
+        state,
+        published,
+        applied,
+        attempted: report.release,
+        attempted_seq: report.seq,
+        result: Some(report.result),
+        last_seen: Some(report.last_seen),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
+}
+
+/// The seq from a MANIFEST's header, without parsing its file list (status reads 1,000s of them).
+fn read_seq(release_dir: &Path) -> Result<u64, String> {
+    let text = fs::read_to_string(release_dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
+    let head = text.split("\n[").next().unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Head {
+        seq: u64,
+    }
+    toml::from_str::<Head>(head)
+        .map(|h| h.seq)
+        .map_err(|e| crate::fleet::toml_message(&e))
+}
+
+/// "5s ago", "3m ago", "2h ago", "4d ago".
+pub fn ago(then: SystemTime, now: SystemTime) -> String {
+    let secs = now.duration_since(then).unwrap_or(Duration::ZERO).as_secs();
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The table for people; `colour` only on a terminal.
+pub fn render_table(rows: &[HostStatus], now: SystemTime, colour: bool) -> String {
+    let header = [
+        "HOST",
+        "PUBLISHED",
+        "APPLIED",
+        "RESULT",
+        "LAST SEEN",
+        "STATE",
+        "NOTE",
+    ];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            let published = r
+                .published
+                .as_ref()
+                .map_or("-".into(), |p| format!("#{} {}", p.seq, p.id.short()));
+            let applied = match (&r.applied, &r.published) {
+                (Some(a), Some(p)) if a == p.id.as_str() => format!("#{} {}", p.seq, short(a)),
+                (Some(a), _) if Some(a) == r.attempted.as_ref() => match r.attempted_seq {
+                    Some(seq) => format!("#{seq} {}", short(a)),
+                    None => short(a).to_owned(),
+                },
+                (Some(a), _) => short(a).to_owned(),
+                (None, _) => "-".into(),
+            };
+            let note = match (&r.error, r.state) {
+                (Some(e), _) => e
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(60)
+                    .collect(),
+                (None, State::Failed | State::RolledBack) => {
+                    match (&r.attempted, r.attempted_seq) {
+                        (Some(a), Some(seq)) => format!("attempted #{seq} {}", short(a)),
+                        _ => String::new(),
+                    }
+                }
+                _ => String::new(),
+            };
+            [
+                r.host.to_string(),
+                published,
+                applied,
+                r.result.map_or("-", |x| x.as_str()).to_owned(),
+                r.last_seen
+                    .as_deref()
+                    .and_then(parse_time)
+                    .map_or("never".into(), |t| ago(t, now)),
+                r.state.as_str().to_owned(),
+                note,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, row: &[String], state: Option<State>| {
+        let mut s = String::new();
+        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            let cell = if i == 5
+                && let Some(st) = state.filter(|_| colour)
+            {
+                format!("{}{c:<w$}\x1b[0m", st.colour())
+            } else {
+                format!("{c:<w$}")
+            };
+            let _ = write!(s, "{cell}  ");
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &header.map(String::from), None);
+    for (row, r) in cells.iter().zip(rows) {
+        line(&mut out, row, Some(r.state));
+    }
+    out
+}
+
+pub fn render_json(rows: &[HostStatus]) -> String {
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        hosts: &'a [HostStatus],
+    }
+    serde_json::to_string_pretty(&Doc { hosts: rows }).expect("status serializes") + "\n"
+}
