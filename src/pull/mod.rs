@@ -1,29 +1,568 @@
 //! `tiffin pull`: one poll of a client (connect, fetch, verify, deploy, rebuild, report).
 
-use std::path::PathBuf;
+pub mod config;
+pub mod connect;
+pub mod deploy;
+pub mod fetch;
+pub mod rebuild;
+pub mod state;
+pub mod transport;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::cli::{Error, Exit};
+use crate::names::ReleaseId;
+use crate::release::{
+    CONFIG_DIR, CURRENT_FILE, MANIFEST_FILE, Manifest, RELEASES_DIR, REPORTS_DIR,
+};
+use crate::report::{PullResult, REBUILD_LOG_FILE, Report, STATUS_FILE};
+use crate::settings::format_time;
+
+use config::{ClientConfig, ConfigError};
+use connect::{ConnectError, SshRemote};
+use deploy::{DeployError, DeployOptions};
+use fetch::{FetchError, FetchStats, Store};
+use state::{Applied, State, StateError};
+use transport::{Remote, RemoteError};
+
+const LONG_ABOUT: &str =
+    "One poll of this host, normally run by the systemd timer of the NixOS module.
+
+Connects to the server (its host key must be the one pinned in the configuration),
+reads /CURRENT in this host's chroot and, when it names a release not applied yet:
+downloads only the files whose content this host does not already hold, verifies
+every file against the release's MANIFEST and the MANIFEST against the release id,
+copies files/ into root (atomically per file, never through a symlink), points
+state_dir/current at the release, runs the rebuild command on state_dir/current/config
+and uploads reports/status.toml and reports/rebuild.log. An unchanged release costs
+one read of /CURRENT and one report upload.
+
+A release that failed is retried with exponential backoff (backoff_initial doubling up
+to backoff_max); a newer release is tried at once. Exit codes: 0 applied or unchanged,
+1 failed (the previous system keeps running), 2 bad configuration.";
 
 /// Options of `tiffin pull`.
 #[derive(Debug, clap::Args)]
+#[command(long_about = LONG_ABOUT)]
 pub struct PullArgs {
-    /// The client configuration
+    /// The client configuration (TOML, or JSON when the name ends in .json)
     #[arg(long, default_value = "/etc/tiffin/client.toml", value_name = "FILE")]
     pub config: PathBuf,
+    /// Check the configuration, print what it would do, and exit (0 valid, 2 not)
+    #[arg(long)]
+    pub validate: bool,
+    /// Retry a failed release now instead of waiting for its backoff
+    #[arg(long)]
+    pub now: bool,
+    /// Apply the current release even if its seq is not newer than the applied one (e.g. after restoring the server from a backup)
+    #[arg(long)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("pull is not implemented yet")]
-    NotYet,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("reading /{CURRENT_FILE}: {0}")]
+    Current(String),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(
+        "release {id} has seq {seq}, not newer than the applied release #{applied_seq} ({applied}): refusing a downgrade. If this is intended (the server was restored from a backup), run `tiffin pull --allow-downgrade` once"
+    )]
+    Downgrade {
+        id: ReleaseId,
+        seq: u64,
+        applied: String,
+        applied_seq: u64,
+    },
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error("release {id}: the rebuild failed: {message}; the previous system keeps running")]
+    Rebuild { id: ReleaseId, message: String },
+    #[error("release {id}: the health check failed: {message}; {rolled}")]
+    Health {
+        id: ReleaseId,
+        message: String,
+        rolled: String,
+    },
+    #[error(
+        "release {id} failed {failures} time(s), last: {error}; next retry at {next_retry} (or run `tiffin pull --now`)"
+    )]
+    BackingOff {
+        id: ReleaseId,
+        failures: u32,
+        error: String,
+        next_retry: String,
+    },
+    #[error("uploading the report: {0}")]
+    Report(RemoteError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl PullError {
     pub fn exit_code(&self) -> u8 {
-        1
+        match self {
+            PullError::Config(ConfigError::Invalid { .. }) => 2,
+            _ => 1,
+        }
     }
 }
 
-pub fn command(_args: &PullArgs) -> Result<Exit, Error> {
-    Err(PullError::NotYet.into())
+/// How a successful poll ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    Unchanged {
+        id: ReleaseId,
+        seq: u64,
+    },
+    Applied {
+        id: ReleaseId,
+        seq: u64,
+        fetch: FetchStats,
+        deployed: deploy::DeployStats,
+    },
 }
+
+/// Everything a poll needs besides the transport.
+#[derive(Debug, Clone)]
+pub struct PollOptions {
+    pub retry_now: bool,
+    pub allow_downgrade: bool,
+    /// Owner root:root for deployed files (true in real use).
+    pub chown_root: bool,
+    /// `/run/current-system`, reported as `system`.
+    pub system_link: PathBuf,
+    pub now: fn() -> SystemTime,
+}
+
+impl Default for PollOptions {
+    fn default() -> Self {
+        PollOptions {
+            retry_now: false,
+            allow_downgrade: false,
+            chown_root: rustix::process::geteuid().is_root(),
+            system_link: "/run/current-system".into(),
+            now: crate::cli::now,
+        }
+    }
+}
+
+/// The largest MANIFEST a client accepts (about 300,000 files).
+const MANIFEST_LIMIT: u64 = 64 << 20;
+const CURRENT_LIMIT: u64 = 256;
+pub const CURRENT_LINK: &str = "current";
+
+fn remote_path(parts: &[&str]) -> String {
+    format!("/{}", parts.join("/"))
+}
+
+/// One poll against `remote`. State is updated and a report uploaded in every case that reached `/CURRENT`.
+pub async fn poll<R: Remote>(
+    remote: &mut R,
+    cfg: &ClientConfig,
+    opts: &PollOptions,
+) -> Result<Polled, PullError> {
+    let started = (opts.now)();
+    let mut state = State::load(&cfg.state_dir)?;
+    let text = remote
+        .read(&remote_path(&[CURRENT_FILE]), CURRENT_LIMIT)
+        .await
+        .map_err(|e| PullError::Current(e.to_string()))?;
+    let id: ReleaseId = String::from_utf8_lossy(&text)
+        .trim()
+        .parse()
+        .map_err(|e: crate::names::NameError| PullError::Current(e.to_string()))?;
+    state.last_poll = Some(format_time(started));
+    let mut report = Report {
+        host: cfg.host.to_string(),
+        release: Some(id.to_string()),
+        seq: None,
+        result: PullResult::Unchanged,
+        applied: state.applied.as_ref().map(|a| a.id.to_string()),
+        started: Some(format_time(started)),
+        finished: None,
+        last_seen: String::new(),
+        system: std::fs::read_link(&opts.system_link)
+            .ok()
+            .map(|p| p.display().to_string()),
+        error: None,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+
+    if let Some(applied) = state.applied.clone().filter(|a| a.id == id) {
+        state.failure = None;
+        state.save(&cfg.state_dir)?;
+        report.seq = Some(applied.seq);
+        upload_report(remote, &mut report, opts, None).await?;
+        return Ok(Polled::Unchanged {
+            id,
+            seq: applied.seq,
+        });
+    }
+
+    if !opts.retry_now
+        && let Some(f) = state.backing_off(&id, started).cloned()
+    {
+        state.save(&cfg.state_dir)?;
+        let err = PullError::BackingOff {
+            id: id.clone(),
+            failures: f.failures,
+            error: f.error.clone(),
+            next_retry: f.next_retry.clone(),
+        };
+        report.seq = f.seq;
+        report.result = PullResult::Failed;
+        report.error = Some(f.error);
+        upload_report(remote, &mut report, opts, None).await?;
+        return Err(err);
+    }
+
+    let mut log = None;
+    let mut seq = None;
+    let result = apply(remote, cfg, opts, &state, &id, &mut seq, &mut log).await;
+    report.seq = seq;
+    match result {
+        Ok((fetch, deployed, result)) => {
+            let seq = seq.unwrap_or_default();
+            match result {
+                Ok(()) => {
+                    state.applied = Some(Applied {
+                        id: id.clone(),
+                        seq,
+                        at: format_time((opts.now)()),
+                    });
+                    state.failure = None;
+                    state.save(&cfg.state_dir)?;
+                    report.result = PullResult::Ok;
+                    report.applied = Some(id.to_string());
+                    upload_report(remote, &mut report, opts, log.as_deref()).await?;
+                    let keep: Vec<&ReleaseId> = vec![&id];
+                    Store::new(&cfg.state_dir).prune(&keep);
+                    Ok(Polled::Applied {
+                        id,
+                        seq,
+                        fetch,
+                        deployed,
+                    })
+                }
+                Err((result, e)) => {
+                    fail(remote, cfg, opts, &mut state, &mut report, result, e, log).await
+                }
+            }
+        }
+        Err(e) => {
+            fail(
+                remote,
+                cfg,
+                opts,
+                &mut state,
+                &mut report,
+                PullResult::Failed,
+                e,
+                log,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the pieces of one poll, threaded through once
+async fn fail<R: Remote>(
+    remote: &mut R,
+    cfg: &ClientConfig,
+    opts: &PollOptions,
+    state: &mut State,
+    report: &mut Report,
+    result: PullResult,
+    e: PullError,
+    log: Option<Vec<u8>>,
+) -> Result<Polled, PullError> {
+    let id: ReleaseId = report
+        .release
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .expect("the report names the release being applied");
+    state.record_failure(
+        &id,
+        report.seq,
+        &e.to_string(),
+        (opts.now)(),
+        (cfg.backoff_initial.0, cfg.backoff_max.0),
+    );
+    state.save(&cfg.state_dir)?;
+    report.result = result;
+    report.error = Some(e.to_string());
+    upload_report(remote, report, opts, log.as_deref()).await?;
+    Err(e)
+}
+
+type Applying = (
+    FetchStats,
+    deploy::DeployStats,
+    Result<(), (PullResult, PullError)>,
+);
+
+/// Fetch, verify, deploy, rebuild. An `Err` means nothing changed on this machine; the
+/// inner `Err` that files were deployed but the rebuild or health check failed.
+async fn apply<R: Remote>(
+    remote: &mut R,
+    cfg: &ClientConfig,
+    opts: &PollOptions,
+    state: &State,
+    id: &ReleaseId,
+    seq_out: &mut Option<u64>,
+    log_out: &mut Option<Vec<u8>>,
+) -> Result<Applying, PullError> {
+    let bytes = remote
+        .read(
+            &remote_path(&[RELEASES_DIR, id.as_str(), MANIFEST_FILE]),
+            MANIFEST_LIMIT,
+        )
+        .await?;
+    let manifest: Manifest =
+        verify::manifest(&bytes, id, &cfg.host).map_err(|source| FetchError::Verify {
+            id: id.clone(),
+            source,
+        })?;
+    *seq_out = Some(manifest.seq);
+    if let Some(applied) = &state.applied
+        && manifest.seq <= applied.seq
+        && !opts.allow_downgrade
+    {
+        return Err(PullError::Downgrade {
+            id: id.clone(),
+            seq: manifest.seq,
+            applied: applied.id.to_string(),
+            applied_seq: applied.seq,
+        });
+    }
+    let store = Store::new(&cfg.state_dir);
+    let fetch = fetch::fetch_release(remote, &store, id, &manifest, &bytes).await?;
+    let release_dir = store.release(id);
+    let deployed = deploy::deploy(
+        &manifest,
+        &DeployOptions {
+            root: &cfg.root,
+            release_dir: &release_dir,
+            state_dir: &cfg.state_dir,
+            chown_root: opts.chown_root,
+        },
+    )?;
+
+    let previous = state.applied.as_ref().map(|a| a.id.clone());
+    point_current(&cfg.state_dir, id).map_err(|e| StateError::Io {
+        path: cfg.state_dir.join(CURRENT_LINK),
+        source: e,
+    })?;
+    let config_dir = cfg.state_dir.join(CURRENT_LINK).join(CONFIG_DIR);
+    let log_path = cfg.state_dir.join(REBUILD_LOG_FILE);
+    let argv = rebuild::argv(
+        &cfg.rebuild.0,
+        manifest.apply.action,
+        &config_dir,
+        &cfg.host,
+    );
+    tracing::info!("running {}", argv.join(" "));
+    let outcome = rebuild::run(&argv, &log_path, cfg.rebuild_timeout.0);
+    *log_out = Some(outcome.log_tail);
+    if let rebuild::Ended::Failed(message) = outcome.ended {
+        restore_current(&cfg.state_dir, previous.as_ref());
+        return Ok((
+            fetch,
+            deployed,
+            Err((
+                PullResult::Failed,
+                PullError::Rebuild {
+                    id: id.clone(),
+                    message,
+                },
+            )),
+        ));
+    }
+    if !manifest.apply.health_check.is_empty() {
+        let check = rebuild::run(
+            &manifest.apply.health_check,
+            &cfg.state_dir.join("health.log"),
+            cfg.rebuild_timeout.0,
+        );
+        if let rebuild::Ended::Failed(message) = check.ended {
+            if let Some(log) = log_out.as_mut() {
+                log.extend_from_slice(b"\n--- health check ---\n");
+                log.extend_from_slice(&check.log_tail);
+            }
+            let (result, rolled) = roll_back(cfg, previous.as_ref(), manifest.apply.action);
+            return Ok((
+                fetch,
+                deployed,
+                Err((
+                    result,
+                    PullError::Health {
+                        id: id.clone(),
+                        message,
+                        rolled,
+                    },
+                )),
+            ));
+        }
+    }
+    Ok((fetch, deployed, Ok(())))
+}
+
+/// After a failed health check: rebuild the previous release again, if there is one.
+fn roll_back(
+    cfg: &ClientConfig,
+    previous: Option<&ReleaseId>,
+    action: crate::settings::Action,
+) -> (PullResult, String) {
+    let Some(prev) = previous else {
+        return (
+            PullResult::Failed,
+            "there is no previous release to roll back to".into(),
+        );
+    };
+    restore_current(&cfg.state_dir, Some(prev));
+    let config_dir = cfg.state_dir.join(CURRENT_LINK).join(CONFIG_DIR);
+    let argv = rebuild::argv(&cfg.rebuild.0, action, &config_dir, &cfg.host);
+    let back = rebuild::run(
+        &argv,
+        &cfg.state_dir.join("rollback.log"),
+        cfg.rebuild_timeout.0,
+    );
+    match back.ended {
+        rebuild::Ended::Success => (
+            PullResult::RolledBack,
+            format!("rolled back to release {}", prev.short()),
+        ),
+        rebuild::Ended::Failed(m) => (
+            PullResult::Failed,
+            format!("rolling back to release {} failed too: {m}", prev.short()),
+        ),
+    }
+}
+
+/// `state_dir/current` → `releases/<id>`, swapped by rename.
+fn point_current(state_dir: &Path, id: &ReleaseId) -> std::io::Result<()> {
+    let tmp = state_dir.join(".current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(Path::new(RELEASES_DIR).join(id.as_str()), &tmp)?;
+    std::fs::rename(&tmp, state_dir.join(CURRENT_LINK))?;
+    state::fsync_dir(state_dir)
+}
+
+fn restore_current(state_dir: &Path, previous: Option<&ReleaseId>) {
+    let result = match previous {
+        Some(prev) => point_current(state_dir, prev),
+        None => std::fs::remove_file(state_dir.join(CURRENT_LINK)),
+    };
+    if let Err(e) = result {
+        tracing::warn!("cannot point {CURRENT_LINK} back to the previous release: {e}");
+    }
+}
+
+async fn upload_report<R: Remote>(
+    remote: &mut R,
+    report: &mut Report,
+    opts: &PollOptions,
+    log: Option<&[u8]>,
+) -> Result<(), PullError> {
+    let finished = format_time((opts.now)());
+    report.finished = Some(finished.clone());
+    report.last_seen = finished;
+    if let Some(log) = log {
+        remote
+            .write_atomic(&remote_path(&[REPORTS_DIR, REBUILD_LOG_FILE]), log)
+            .await
+            .map_err(PullError::Report)?;
+    }
+    remote
+        .write_atomic(
+            &remote_path(&[REPORTS_DIR, STATUS_FILE]),
+            report.render().as_bytes(),
+        )
+        .await
+        .map_err(PullError::Report)
+}
+
+pub fn command(args: &PullArgs) -> Result<Exit, Error> {
+    let cfg = ClientConfig::load(&args.config).map_err(PullError::from)?;
+    if args.validate {
+        print!("{}: valid\n{}", args.config.display(), cfg.summary());
+        if let Err(e) = std::fs::File::open(&cfg.identity) {
+            println!(
+                "note: the identity {} cannot be read here ({e}); pull will need it",
+                cfg.identity.display()
+            );
+        }
+        return Ok(Exit::Ok);
+    }
+    state::prepare_state_dir(&cfg.state_dir).map_err(PullError::from)?;
+    let _lock = state::Lock::take(&cfg.state_dir).map_err(PullError::from)?;
+    let opts = PollOptions {
+        retry_now: args.now,
+        allow_downgrade: args.allow_downgrade,
+        ..PollOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PullError::Runtime)?;
+    let polled = runtime.block_on(async {
+        let mut remote = SshRemote::connect(&cfg).await?;
+        let result = poll(&mut remote, &cfg, &opts).await;
+        tracing::debug!(
+            "sftp requests: {}, bytes read: {}",
+            remote
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            remote
+                .counters
+                .bytes_read
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        remote.close().await;
+        result
+    })?;
+    match polled {
+        Polled::Unchanged { id, seq } => {
+            println!("{}: unchanged (release #{seq} {})", cfg.host, id.short());
+        }
+        Polled::Applied {
+            id,
+            seq,
+            fetch,
+            deployed,
+        } => {
+            println!(
+                "{}: applied release #{seq} {} (downloaded {} file(s), {} bytes; reused {} local file(s); files/: {} written, {} unchanged, {} removed{})",
+                cfg.host,
+                id.short(),
+                fetch.downloaded_files,
+                fetch.downloaded_bytes,
+                fetch.reused_files,
+                deployed.written,
+                deployed.unchanged,
+                deployed.removed,
+                if deployed.kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} dropped but kept", deployed.kept.len())
+                }
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,443 @@
+//! The client's configuration, `/etc/tiffin/client.toml` (or the same document as JSON).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::names::HostName;
+use crate::settings::Interval;
+
+/// Account names on the server are `user_prefix + host`; the prefix is the fleet's default.
+pub const DEFAULT_USER_PREFIX: &str = "tiffin-";
+
+/// `server = "host[:port]"`, with `[v6]:port` for IPv6 literals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for ServerAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid server {s:?}: {why}; write it like \"192.0.2.1\", \"fleet.example.org:2222\" or \"[2001:db8::1]:22\""
+            )
+        };
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
+            match after {
+                "" => (host, None),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+                ),
+            }
+        } else if s.matches(':').count() == 1 {
+            let (h, p) = s.split_once(':').unwrap_or((s, ""));
+            (h, Some(p))
+        } else if s.contains(':') {
+            return Err(bad("an IPv6 address needs brackets"));
+        } else {
+            (s, None)
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad("the host part is empty or has spaces"));
+        }
+        let port = match port {
+            None => 22,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+        };
+        Ok(ServerAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The server's pinned host key, parsed from its OpenSSH public key line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedKey(pub ssh_key::PublicKey);
+
+impl PinnedKey {
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint(ssh_key::HashAlg::Sha256).to_string()
+    }
+}
+
+impl<'de> Deserialize<'de> for PinnedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ssh_key::PublicKey::from_openssh(s.trim())
+            .map(PinnedKey)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "not an OpenSSH public key ({e}): copy the server's /etc/ssh/ssh_host_ed25519_key.pub, like \"ssh-ed25519 AAAA…\""
+                ))
+            })
+    }
+}
+
+/// An argv template for the rebuild; `{action}`, `{config}` and `{host}` are substituted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildCommand(pub Vec<String>);
+
+impl Default for RebuildCommand {
+    fn default() -> Self {
+        RebuildCommand(
+            ["nixos-rebuild", "{action}", "--flake", "{config}#{host}"]
+                .map(String::from)
+                .to_vec(),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for RebuildCommand {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let argv = Vec::<String>::deserialize(d)?;
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(serde::de::Error::custom(
+                "the rebuild command is empty: give an argv like [\"nixos-rebuild\", \"{action}\", \"--flake\", \"{config}#{host}\"]",
+            ));
+        }
+        Ok(RebuildCommand(argv))
+    }
+}
+
+/// An absolute path (relative ones would depend on the timer's working directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(pub PathBuf);
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = PathBuf::deserialize(d)?;
+        if p.is_absolute() {
+            Ok(AbsPath(p))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "{} is not an absolute path",
+                p.display()
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: HostName,
+    server: ServerAddr,
+    user: Option<String>,
+    #[serde(default = "default_identity")]
+    identity: AbsPath,
+    server_key: PinnedKey,
+    #[serde(default = "default_state_dir")]
+    state_dir: AbsPath,
+    #[serde(default = "default_root")]
+    root: AbsPath,
+    #[serde(default)]
+    rebuild: Option<RebuildCommand>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: Interval,
+    #[serde(default = "default_io_timeout")]
+    io_timeout: Interval,
+    #[serde(default = "default_rebuild_timeout")]
+    rebuild_timeout: Interval,
+    #[serde(default = "default_backoff_initial")]
+    backoff_initial: Interval,
+    #[serde(default = "default_backoff_max")]
+    backoff_max: Interval,
+}
+
+fn default_identity() -> AbsPath {
+    AbsPath("/etc/tiffin/id_ed25519".into())
+}
+fn default_state_dir() -> AbsPath {
+    AbsPath("/var/lib/tiffin".into())
+}
+fn default_root() -> AbsPath {
+    AbsPath("/".into())
+}
+fn default_connect_timeout() -> Interval {
+    Interval::secs(10)
+}
+fn default_io_timeout() -> Interval {
+    Interval::secs(60)
+}
+fn default_rebuild_timeout() -> Interval {
+    Interval::secs(3600)
+}
+fn default_backoff_initial() -> Interval {
+    Interval::secs(300)
+}
+fn default_backoff_max() -> Interval {
+    Interval::secs(6 * 3600)
+}
+
+/// A validated client configuration.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub host: HostName,
+    pub server: ServerAddr,
+    pub user: String,
+    pub identity: PathBuf,
+    pub server_key: PinnedKey,
+    pub state_dir: PathBuf,
+    pub root: PathBuf,
+    pub rebuild: RebuildCommand,
+    pub connect_timeout: Interval,
+    pub io_timeout: Interval,
+    pub rebuild_timeout: Interval,
+    pub backoff_initial: Interval,
+    pub backoff_max: Interval,
+}
+
+/// A configuration that cannot be used, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the client configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+/// Which syntax a configuration file is in, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    Toml,
+    Json,
+}
+
+impl Syntax {
+    pub fn of(path: &Path) -> Syntax {
+        if path.extension().is_some_and(|e| e == "json") {
+            Syntax::Json
+        } else {
+            Syntax::Toml
+        }
+    }
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        ClientConfig::parse(&text, Syntax::of(path), path)
+    }
+
+    /// Parses `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, syntax: Syntax, path: &Path) -> Result<ClientConfig, ConfigError> {
+        let invalid = |key: Option<String>, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let key_of = |p: &serde_path_to_error::Path| {
+            let s = p.to_string();
+            (s != ".").then_some(s)
+        };
+        let raw: RawConfig = match syntax {
+            Syntax::Toml => {
+                let de = toml::Deserializer::parse(text)
+                    .map_err(|e| invalid(None, crate::fleet::toml_message(&e)))?;
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| invalid(key_of(e.path()), crate::fleet::toml_message(e.inner())))?
+            }
+            Syntax::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de)
+                    .map_err(|e| invalid(key_of(e.path()), e.inner().to_string()))?
+            }
+        };
+        let user = match raw.user {
+            Some(u) => {
+                if u.is_empty()
+                    || u.len() > crate::names::MAX_ACCOUNT_NAME
+                    || !u
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(invalid(
+                        Some("user".into()),
+                        format!("{u:?} is not a valid account name"),
+                    ));
+                }
+                u
+            }
+            None => format!("{DEFAULT_USER_PREFIX}{}", raw.host),
+        };
+        if raw.backoff_max < raw.backoff_initial {
+            return Err(invalid(
+                Some("backoff_max".into()),
+                format!(
+                    "{} is shorter than backoff_initial ({})",
+                    raw.backoff_max, raw.backoff_initial
+                ),
+            ));
+        }
+        if raw.state_dir.0.starts_with(&raw.root.0) && raw.root.0 != Path::new("/") {
+            return Err(invalid(
+                Some("state_dir".into()),
+                "must not be inside root: deployed files would overwrite tiffin's own state".into(),
+            ));
+        }
+        Ok(ClientConfig {
+            host: raw.host,
+            server: raw.server,
+            user,
+            identity: raw.identity.0,
+            server_key: raw.server_key,
+            state_dir: raw.state_dir.0,
+            root: raw.root.0,
+            rebuild: raw.rebuild.unwrap_or_default(),
+            connect_timeout: raw.connect_timeout,
+            io_timeout: raw.io_timeout,
+            rebuild_timeout: raw.rebuild_timeout,
+            backoff_initial: raw.backoff_initial,
+            backoff_max: raw.backoff_max,
+        })
+    }
+
+    /// A few lines for people: what this configuration will do.
+    pub fn summary(&self) -> String {
+        format!(
+            "host {host}: connects to {user}@{server} with {identity}\n\
+             pinned server key: {fp}\n\
+             state in {state}, files/ land under {root}\n\
+             rebuild: {rebuild} (timeout {rt})\n\
+             timeouts: connect {ct}, i/o {it}; failed releases retried after {bi}, doubling up to {bm}\n",
+            host = self.host,
+            user = self.user,
+            server = self.server,
+            identity = self.identity.display(),
+            fp = self.server_key.fingerprint(),
+            state = self.state_dir.display(),
+            root = self.root.display(),
+            rebuild = self.rebuild.0.join(" "),
+            rt = self.rebuild_timeout,
+            ct = self.connect_timeout,
+            it = self.io_timeout,
+            bi = self.backoff_initial,
+            bm = self.backoff_max,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOkDc3beSlNd2363XxewBPJDfsiRJahqtAVPNfHiyuwH test";
+
+    fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::parse(text, Syntax::Toml, Path::new("client.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(&format!(
+            "host = \"web-1\"\nserver = \"192.0.2.1\"\nserver_key = \"{KEY}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.user, "tiffin-web-1");
+        assert_eq!(c.server.port, 22);
+        assert_eq!(c.state_dir, Path::new("/var/lib/tiffin"));
+        assert_eq!(c.rebuild, RebuildCommand::default());
+    }
+
+    #[test]
+    fn json_is_the_same_document() {
+        let text = format!(
+            r#"{{"host":"web-1","server":"[2001:db8::1]:2222","server_key":"{KEY}","io_timeout":"5s"}}"#
+        );
+        let c = ClientConfig::parse(&text, Syntax::Json, Path::new("c.json")).unwrap();
+        assert_eq!(c.server.host, "2001:db8::1");
+        assert_eq!(c.server.port, 2222);
+        assert_eq!(c.io_timeout, Interval::secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key, what) in [
+            (
+                format!(
+                    "host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nio_timeout = \"soon\"\n"
+                ),
+                "io_timeout",
+                "invalid duration",
+            ),
+            (
+                "host = \"a\"\nserver = \"x\"\nserver_key = \"ssh-ed25519 nope\"\n".to_owned(),
+                "server_key",
+                "not an OpenSSH public key",
+            ),
+            (
+                format!("host = \"a\"\nserver = \"x:99999\"\nserver_key = \"{KEY}\"\n"),
+                "server",
+                "port",
+            ),
+            (
+                format!(
+                    "host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nstate_dir = \"var\"\n"
+                ),
+                "state_dir",
+                "absolute",
+            ),
+            (
+                format!("host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nrebuild = []\n"),
+                "rebuild",
+                "empty",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with("client.toml: key `"), "{err}");
+            assert!(err.contains(&format!("`{key}`")), "{err}");
+            assert!(err.contains(what), "{err}");
+        }
+        let err = parse("host = \"a\"\nserver = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server_key"), "{err}");
+        let err = parse(&format!(
+            "host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nsever = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `sever`"), "{err}");
+    }
+}

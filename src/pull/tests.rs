@@ -1,0 +1,1 @@
+//! Tests of one poll against the in-memory chroot.
