@@ -210,7 +210,7 @@ pub async fn poll<R: Remote>(
         });
     }
 
-    if !opts.retry_now
+    if !(opts.retry_now || opts.allow_downgrade)
         && let Some(f) = state.backing_off(&id, started).cloned()
     {
         state.save(&cfg.state_dir)?;

@@ -1,1 +1,662 @@
-//! Tests of one poll against the in-memory chroot.
+//! Tests of one poll against the in-memory chroot: request counts, delta, verification, downgrade, backoff, deploy safety.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+
+use super::config::{ClientConfig, Syntax};
+use super::transport::{MemRemote, Op};
+use super::*;
+use crate::release::{FileEntry, Mode, Sha256Hex, sha256_hex};
+use crate::settings::ApplyPolicy;
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOkDc3beSlNd2363XxewBPJDfsiRJahqtAVPNfHiyuwH test";
+const T0: u64 = 1_800_000_000;
+
+thread_local! {
+    static CLOCK: Cell<u64> = const { Cell::new(T0) };
+}
+fn clock() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(CLOCK.with(Cell::get))
+}
+fn advance(secs: u64) {
+    CLOCK.with(|c| c.set(c.get() + secs));
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A server chroot in memory, a client state dir and root on disk.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cfg: ClientConfig,
+    remote: MemRemote,
+    seq: u64,
+    opts: PollOptions,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        CLOCK.with(|c| c.set(T0));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // The stand-in rebuild fails when the configuration asks it to, and records what it was asked.
+        let text = format!(
+            r#"host = "client1"
+server = "192.0.2.1"
+server_key = "{KEY}"
+state_dir = "{state}"
+root = "{root}"
+rebuild = ["sh", "-c", "echo rebuild {{action}} {{config}} {{host}} >> {calls}; if [ -e {{config}}/broken ]; then echo broken config >&2; exit 1; fi"]
+backoff_initial = "1m"
+backoff_max = "1h"
+"#,
+            state = dir.path().join("state").display(),
+            root = root.display(),
+            calls = dir.path().join("calls").display(),
+        );
+        let cfg = ClientConfig::parse(&text, Syntax::Toml, Path::new("client.toml")).unwrap();
+        state::prepare_state_dir(&cfg.state_dir).unwrap();
+        Fixture {
+            _dir: dir,
+            cfg,
+            remote: MemRemote::new(),
+            seq: 0,
+            opts: PollOptions {
+                retry_now: false,
+                allow_downgrade: false,
+                chown_root: false,
+                system_link: "/nonexistent/current-system".into(),
+                now: clock,
+            },
+        }
+    }
+
+    fn root(&self) -> &Path {
+        &self.cfg.root
+    }
+
+    /// Publishes a release made of `files` (path, content, mode) and points CURRENT at it.
+    fn publish(&mut self, files: &[(&str, &[u8], u32)]) -> ReleaseId {
+        self.seq += 1;
+        let seq = self.seq;
+        self.publish_with_seq(files, seq)
+    }
+
+    fn publish_with_seq(&mut self, files: &[(&str, &[u8], u32)], seq: u64) -> ReleaseId {
+        let manifest = Manifest {
+            host: "client1".parse().unwrap(),
+            seq,
+            created: "2026-11-24T00:00:00Z".into(),
+            apply: ApplyPolicy::default(),
+            files: files
+                .iter()
+                .map(|(p, c, m)| FileEntry {
+                    path: p.parse().unwrap(),
+                    size: c.len() as u64,
+                    mode: Mode::new(*m).unwrap(),
+                    sha256: Sha256Hex::new(sha256_hex(c)).unwrap(),
+                })
+                .collect(),
+        };
+        let text = manifest.render();
+        let id = ReleaseId::of_bytes(text.as_bytes());
+        self.remote
+            .put(&format!("/releases/{id}/MANIFEST"), text.as_bytes());
+        for (p, c, _) in files {
+            self.remote.put(&format!("/releases/{id}/{p}"), *c);
+        }
+        self.point(&id);
+        id
+    }
+
+    fn point(&mut self, id: &ReleaseId) {
+        self.remote.put("/CURRENT", format!("{id}\n"));
+    }
+
+    fn poll(&mut self) -> Result<Polled, PullError> {
+        self.remote.log.clear();
+        block_on(poll(&mut self.remote, &self.cfg, &self.opts))
+    }
+
+    fn report(&self) -> Report {
+        Report::parse(std::str::from_utf8(&self.remote.files["/reports/status.toml"]).unwrap())
+            .unwrap()
+    }
+
+    fn state(&self) -> State {
+        State::load(&self.cfg.state_dir).unwrap()
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("calls")).unwrap_or_default()
+    }
+}
+
+fn base_files() -> Vec<(&'static str, &'static [u8], u32)> {
+    vec![
+        ("config/flake.nix", b"{ outputs = _: {}; }\n", 0o644),
+        ("config/configuration.nix", b"{ ... }: {}\n", 0o644),
+        ("files/etc/app/secret", b"s3cret\n", 0o600),
+        ("files/etc/app/conf", b"a = 1\n", 0o644),
+        ("files/usr/local/bin/tool", b"#!/bin/sh\necho hi\n", 0o755),
+    ]
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn first_poll_applies_everything() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    let polled = f.poll().unwrap();
+    let Polled::Applied {
+        fetch, deployed, ..
+    } = polled
+    else {
+        panic!("{polled:?}")
+    };
+    assert_eq!(fetch.downloaded_files, 5);
+    assert_eq!(deployed.written, 3);
+    let root = f.root().to_owned();
+    assert_eq!(
+        std::fs::read(root.join("etc/app/secret")).unwrap(),
+        b"s3cret\n"
+    );
+    assert_eq!(mode_of(&root.join("etc/app/secret")), 0o600);
+    assert_eq!(mode_of(&root.join("etc/app/conf")), 0o644);
+    assert_eq!(mode_of(&root.join("usr/local/bin/tool")), 0o755);
+    let config = f.cfg.state_dir.join("current/config");
+    assert_eq!(
+        f.calls(),
+        format!("rebuild switch {} client1\n", config.display())
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Ok);
+    assert_eq!(report.release.as_deref(), Some(id.as_str()));
+    assert_eq!(report.applied.as_deref(), Some(id.as_str()));
+    assert_eq!(report.seq, Some(1));
+    assert!(f.remote.files.contains_key("/reports/rebuild.log"));
+    assert_eq!(f.state().applied.unwrap().id, id);
+}
+
+#[test]
+fn unchanged_poll_reads_current_and_uploads_one_report() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    f.poll().unwrap();
+    advance(60);
+    let polled = f.poll().unwrap();
+    assert_eq!(
+        polled,
+        Polled::Unchanged {
+            id: id.clone(),
+            seq: 1
+        }
+    );
+    assert_eq!(
+        f.remote.log,
+        [
+            Op::Read("/CURRENT".into()),
+            Op::Write("/reports/status.toml".into())
+        ]
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Unchanged);
+    assert_eq!(report.release.as_deref(), Some(id.as_str()));
+    assert_eq!(report.last_seen, crate::settings::format_time(clock()));
+    assert_eq!(f.calls().lines().count(), 1, "no second rebuild");
+}
+
+#[test]
+fn delta_downloads_only_the_changed_file() {
+    let mut f = Fixture::new();
+    let mut files = base_files();
+    let many: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| {
+            (
+                format!("config/mod{i}.nix"),
+                format!("{{ x = {i}; }}\n").into_bytes(),
+            )
+        })
+        .collect();
+    for (p, c) in &many {
+        files.push((p.as_str(), c.as_slice(), 0o644));
+    }
+    f.publish(&files);
+    f.poll().unwrap();
+    files[1] = (
+        "config/configuration.nix",
+        b"{ ... }: { changed = 1; }\n",
+        0o644,
+    );
+    let id2 = f.publish(&files);
+    let Polled::Applied {
+        fetch, deployed, ..
+    } = f.poll().unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(fetch.downloaded_files, 1);
+    assert_eq!(fetch.reused_files, files.len() - 1);
+    assert_eq!(deployed.written, 0, "files/ did not change");
+    assert_eq!(deployed.unchanged, 3);
+    let reads: Vec<_> = f
+        .remote
+        .log
+        .iter()
+        .filter_map(|o| match o {
+            Op::Read(p) => Some(p.clone()),
+            Op::Write(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            "/CURRENT".to_owned(),
+            format!("/releases/{id2}/MANIFEST"),
+            format!("/releases/{id2}/config/configuration.nix"),
+        ]
+    );
+}
+
+#[test]
+fn a_tampered_file_applies_nothing_and_is_named() {
+    let mut f = Fixture::new();
+    let id1 = f.publish(&base_files());
+    f.poll().unwrap();
+    let mut files = base_files();
+    files[2] = ("files/etc/app/secret", b"new secret\n", 0o600);
+    files[3] = ("files/etc/app/conf", b"a = 2\n", 0o644);
+    let id2 = f.publish(&files);
+    f.remote
+        .put(&format!("/releases/{id2}/files/etc/app/conf"), "a = 3\n");
+    let err = f.poll().unwrap_err().to_string();
+    assert!(err.contains("files/etc/app/conf"), "{err}");
+    assert!(err.contains("sha256"), "{err}");
+    assert!(err.contains("nothing was applied"), "{err}");
+    // Nothing changed on the machine: old files, old release, no partial tree.
+    assert_eq!(
+        std::fs::read(f.root().join("etc/app/secret")).unwrap(),
+        b"s3cret\n"
+    );
+    assert_eq!(f.state().applied.unwrap().id, id1);
+    let store = Store::new(&f.cfg.state_dir);
+    assert!(!store.has(&id2));
+    assert!(!store.dir.join(format!("{id2}.partial")).exists());
+    assert_eq!(
+        std::fs::read_link(f.cfg.state_dir.join(CURRENT_LINK)).unwrap(),
+        Path::new("releases").join(id1.as_str())
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Failed);
+    assert_eq!(report.applied.as_deref(), Some(id1.as_str()));
+    assert!(report.error.unwrap().contains("files/etc/app/conf"));
+}
+
+#[test]
+fn a_manifest_that_does_not_match_its_id_is_refused() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    let path = format!("/releases/{id}/MANIFEST");
+    let mut text = f.remote.files[&path].clone();
+    text.extend_from_slice(b"\n");
+    f.remote.put(&path, text);
+    let err = f.poll().unwrap_err().to_string();
+    assert!(err.contains("does not match its release id"), "{err}");
+    assert!(!f.root().join("etc").exists());
+    assert_eq!(f.calls(), "");
+}
+
+#[test]
+fn a_release_for_another_host_is_refused() {
+    let mut f = Fixture::new();
+    f.cfg.host = "client2".parse().unwrap();
+    f.publish(&base_files());
+    let err = f.poll().unwrap_err().to_string();
+    assert!(
+        err.contains("is for host client1, not for this host (client2)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn downgrade_is_refused_unless_allowed() {
+    let mut f = Fixture::new();
+    let old = f.publish(&base_files());
+    f.poll().unwrap();
+    let mut files = base_files();
+    files[3] = ("files/etc/app/conf", b"a = 2\n", 0o644);
+    let new = f.publish(&files);
+    f.poll().unwrap();
+    f.point(&old);
+    let err = f.poll().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Downgrade {
+                seq: 1,
+                applied_seq: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--allow-downgrade"));
+    assert_eq!(
+        std::fs::read(f.root().join("etc/app/conf")).unwrap(),
+        b"a = 2\n"
+    );
+    assert_eq!(f.state().applied.unwrap().id, new);
+    assert_eq!(f.report().result, PullResult::Failed);
+    f.opts.allow_downgrade = true;
+    f.poll().unwrap();
+    assert_eq!(
+        std::fs::read(f.root().join("etc/app/conf")).unwrap(),
+        b"a = 1\n"
+    );
+    assert_eq!(f.state().applied.unwrap().id, old);
+}
+
+#[test]
+fn a_failed_rebuild_backs_off_and_a_newer_release_resets_it() {
+    let mut f = Fixture::new();
+    let good = f.publish(&base_files());
+    f.poll().unwrap();
+    let mut files = base_files();
+    files.push(("config/broken", b"yes\n", 0o644));
+    let bad = f.publish(&files);
+    let err = f.poll().unwrap_err().to_string();
+    assert!(err.contains("the rebuild failed"), "{err}");
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Failed);
+    assert_eq!(report.release.as_deref(), Some(bad.as_str()));
+    assert_eq!(report.applied.as_deref(), Some(good.as_str()));
+    assert!(
+        std::str::from_utf8(&f.remote.files["/reports/rebuild.log"])
+            .unwrap()
+            .contains("broken config")
+    );
+    // The previous release stays current.
+    assert_eq!(
+        std::fs::read_link(f.cfg.state_dir.join(CURRENT_LINK)).unwrap(),
+        Path::new("releases").join(good.as_str())
+    );
+    assert_eq!(f.calls().lines().count(), 2);
+
+    // Within the backoff: no retry, only CURRENT and the report.
+    advance(30);
+    let err = f.poll().unwrap_err();
+    assert!(
+        matches!(err, PullError::BackingOff { failures: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(f.remote.log.len(), 2, "{:?}", f.remote.log);
+    assert_eq!(f.calls().lines().count(), 2);
+    assert_eq!(f.report().result, PullResult::Failed);
+
+    // After it: retried (and fails again, doubling the wait to 2m).
+    advance(31);
+    f.poll().unwrap_err();
+    assert_eq!(f.calls().lines().count(), 3);
+    let failure = f.state().failure.unwrap();
+    assert_eq!(failure.failures, 2);
+    assert_eq!(
+        failure.next_retry,
+        crate::settings::format_time(clock() + Duration::from_secs(120))
+    );
+
+    // --now ignores the backoff.
+    f.opts.retry_now = true;
+    f.poll().unwrap_err();
+    assert_eq!(f.calls().lines().count(), 4);
+    f.opts.retry_now = false;
+
+    // A fix converges at once, whatever the backoff.
+    let fixed = f.publish(&base_files()[..4]);
+    f.poll().unwrap();
+    assert_eq!(f.state().applied.unwrap().id, fixed);
+    assert!(f.state().failure.is_none());
+    assert_eq!(f.report().result, PullResult::Ok);
+}
+
+#[test]
+fn a_cut_link_mid_download_applies_nothing_and_the_next_poll_converges() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    f.remote.fail_after_reads = Some(3);
+    let err = f.poll().unwrap_err().to_string();
+    assert!(err.contains("connection lost"), "{err}");
+    assert!(!f.root().join("etc").exists());
+    assert!(f.state().applied.is_none());
+    f.remote.fail_after_reads = None;
+    f.opts.retry_now = true;
+    f.poll().unwrap();
+    assert_eq!(f.state().applied.unwrap().id, id);
+}
+
+#[test]
+fn secrets_stay_out_of_the_flake_directory() {
+    let mut f = Fixture::new();
+    let mut files = base_files();
+    files.push(("files/etc/poison", b"POISON-7f3a\n", 0o600));
+    f.publish(&files);
+    f.poll().unwrap();
+    let config = f.cfg.state_dir.join("current/config");
+    let mut stack = vec![config.canonicalize().unwrap()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                assert!(
+                    !std::fs::read(&p)
+                        .unwrap()
+                        .windows(6)
+                        .any(|w| w == b"POISON"),
+                    "{}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dropped_files_are_removed_only_if_tiffin_created_them_unchanged() {
+    let mut f = Fixture::new();
+    let root = f.root().to_owned();
+    std::fs::create_dir_all(root.join("etc/app")).unwrap();
+    std::fs::write(root.join("etc/app/conf"), "admin's own\n").unwrap();
+    let mut files = base_files();
+    files.push(("files/etc/app/edited", b"x\n", 0o644));
+    f.publish(&files);
+    f.poll().unwrap();
+    std::fs::write(root.join("etc/app/edited"), "changed by hand\n").unwrap();
+    // The next release drops conf (pre-existing), edited (changed since) and secret (pristine).
+    let kept: Vec<_> = base_files()
+        .into_iter()
+        .filter(|(p, _, _)| !p.starts_with("files/etc/app/"))
+        .collect();
+    f.publish(&kept);
+    let Polled::Applied { deployed, .. } = f.poll().unwrap() else {
+        panic!()
+    };
+    assert!(!root.join("etc/app/secret").exists());
+    assert_eq!(
+        std::fs::read(root.join("etc/app/conf")).unwrap(),
+        b"a = 1\n"
+    );
+    assert_eq!(
+        std::fs::read(root.join("etc/app/edited")).unwrap(),
+        b"changed by hand\n"
+    );
+    assert_eq!(deployed.removed, 1);
+    assert_eq!(deployed.kept, ["etc/app/conf", "etc/app/edited"]);
+}
+
+#[test]
+fn a_symlink_on_the_client_blocks_the_whole_deploy() {
+    let mut f = Fixture::new();
+    let outside = f._dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, f.root().join("etc")).unwrap();
+    f.publish(&base_files());
+    let err = f.poll().unwrap_err().to_string();
+    assert!(err.contains("refusing to deploy etc/app/"), "{err}");
+    assert!(err.contains("nothing was deployed"), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(
+        !f.root().join("usr").exists(),
+        "nothing else was deployed either"
+    );
+}
+
+#[test]
+fn a_symlink_as_the_target_is_replaced_not_followed() {
+    let mut f = Fixture::new();
+    let outside = f._dir.path().join("victim");
+    std::fs::write(&outside, "untouched\n").unwrap();
+    std::fs::create_dir_all(f.root().join("etc/app")).unwrap();
+    std::os::unix::fs::symlink(&outside, f.root().join("etc/app/conf")).unwrap();
+    f.publish(&base_files());
+    f.poll().unwrap();
+    assert_eq!(std::fs::read(&outside).unwrap(), b"untouched\n");
+    let target = f.root().join("etc/app/conf");
+    assert!(!std::fs::symlink_metadata(&target).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"a = 1\n");
+}
+
+/// Everything below `dir`, with content and mode, to prove it did not change.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let content = if meta.is_dir() {
+                stack.push(p.clone());
+                Vec::new()
+            } else if meta.is_symlink() {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else {
+                std::fs::read(&p).unwrap()
+            };
+            out.insert(p, (content, meta.permissions().mode()));
+        }
+    }
+    out
+}
+
+/// What may already be in `root` on a hostile client.
+#[derive(Debug, Clone)]
+enum Plant {
+    SymlinkOut(String),
+    SymlinkUp(String),
+    Dir(String),
+    File(String),
+}
+
+fn arb_component() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("etc".to_owned()),
+        Just("..a".to_owned()),
+        "[a-z.]{1,3}",
+    ]
+}
+
+fn arb_rel() -> impl Strategy<Value = String> {
+    proptest::collection::vec(arb_component(), 1..4).prop_map(|c| c.join("/"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Hostile manifests (any path text) and pre-planted symlinks, directories and files in root:
+    /// nothing outside root is ever written, and nothing panics.
+    #[test]
+    fn nothing_lands_outside_root(
+        paths in proptest::collection::vec(prop_oneof![arb_rel(), "\\PC{0,12}", Just("../x".to_owned()), Just("/etc/x".to_owned())], 1..8),
+        plants in proptest::collection::vec(prop_oneof![
+            arb_rel().prop_map(Plant::SymlinkOut),
+            arb_rel().prop_map(Plant::SymlinkUp),
+            arb_rel().prop_map(Plant::Dir),
+            arb_rel().prop_map(Plant::File),
+        ], 0..6),
+    ) {
+        let mut f = Fixture::new();
+        let outside = f._dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("a/b")).unwrap();
+        std::fs::write(outside.join("a/x"), "keep").unwrap();
+        let root = f.root().to_owned();
+        for plant in &plants {
+            let (Plant::SymlinkOut(p) | Plant::SymlinkUp(p) | Plant::Dir(p) | Plant::File(p)) = plant;
+            // Plants are what a local admin or attacker put inside root; a '..' plant would be the test escaping.
+            if p.parse::<crate::names::RelPath>().is_err() { continue; }
+            let at = root.join(p);
+            if let Some(parent) = at.parent() {
+                if std::fs::create_dir_all(parent).is_err() { continue; }
+            }
+            let _ = match plant {
+                Plant::SymlinkOut(_) => std::os::unix::fs::symlink(&outside, &at),
+                Plant::SymlinkUp(_) => std::os::unix::fs::symlink("../../../..", &at),
+                Plant::Dir(_) => std::fs::create_dir_all(&at),
+                Plant::File(_) => std::fs::write(&at, "planted"),
+            };
+        }
+        let before = snapshot(&outside);
+        let contents: Vec<(String, Vec<u8>)> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("files/{p}"), format!("content {i}\n").into_bytes()))
+            .collect();
+        // Write a raw manifest, so paths the server side would never produce are tried too.
+        let mut text = String::from("host = \"client1\"\nseq = 1\ncreated = \"x\"\n[apply]\n");
+        for (p, c) in &contents {
+            text.push_str(&format!(
+                "[[file]]\npath = {}\nsize = {}\nmode = \"0644\"\nsha256 = \"{}\"\n",
+                toml::Value::String(p.clone()), c.len(), sha256_hex(c)
+            ));
+            f.remote.put(&format!("/releases/ID/{p}"), c.clone());
+        }
+        let id = ReleaseId::of_bytes(text.as_bytes());
+        let files = std::mem::take(&mut f.remote.files);
+        for (k, v) in files {
+            f.remote.put(&k.replace("/ID/", &format!("/{id}/")), v);
+        }
+        f.remote.put(&format!("/releases/{id}/MANIFEST"), text.clone());
+        f.point(&id);
+        if f.poll().is_ok() {
+            // Applied: every file landed where its path says, with its content.
+            for (p, c) in &contents {
+                let rel = p.strip_prefix("files/").unwrap();
+                prop_assert_eq!(&std::fs::read(root.join(rel)).unwrap(), c);
+            }
+        }
+        prop_assert_eq!(snapshot(&outside), before);
+        // Also nothing next to root.
+        let siblings: Vec<_> = std::fs::read_dir(f._dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        for s in siblings {
+            prop_assert!(["root", "state", "outside", "calls"].contains(&s.to_str().unwrap()), "{s:?}");
+        }
+    }
+}
