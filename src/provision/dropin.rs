@@ -70,13 +70,13 @@ pub fn render(blocks: &[Block], extra: &[String]) -> String {
             }
         }
         let _ = writeln!(out, "Match User {}", b.account);
-        let _ = writeln!(out, "\tChrootDirectory {}", b.chroot.display());
-        let _ = writeln!(out, "\tAuthorizedKeysFile {}", b.keys_file.display());
+        let _ = writeln!(out, "    ChrootDirectory {}", b.chroot.display());
+        let _ = writeln!(out, "    AuthorizedKeysFile {}", b.keys_file.display());
         for line in FIXED_LINES {
-            let _ = writeln!(out, "\t{line}");
+            let _ = writeln!(out, "    {line}");
         }
         for line in extra {
-            let _ = writeln!(out, "\t{}", line.trim());
+            let _ = writeln!(out, "    {}", line.trim());
         }
     }
     out

@@ -905,3 +905,6 @@ fn check_inclusion(p: &mut Planner<'_>, target: &Target) -> Result<(), Provision
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
