@@ -71,13 +71,16 @@ pub enum Command {
         fleet: FleetArgs,
     },
     /// Make OpenSSH serve every host: accounts, chroots, keys, sshd drop-in (root)
+    #[command(
+        long_about = "Make OpenSSH serve every host of the fleet (run as root on the server).\n\nFor each host: a system account <user_prefix><host> with its own group, a nologin shell and the password field '*' (no password, but not locked: sshd refuses key logins to locked accounts); the chroot <chroot_root>/<host> with releases/ and reports/, whose owners and modes are repaired when wrong; the host's key in <authorized_keys_dir>/<account>, marked `restrict`; and one `Match User` block per account in the sshd drop-in (SFTP only, chrooted, no forwarding, no TTY).\n\nThe plan is printed first, one line per change, with the drop-in's diff; --dry-run stops there. The new drop-in is checked with `sshd -t` before sshd is reloaded; if sshd refuses it, the previous drop-in stays. A second run prints \"nothing to do\". tiffin never edits sshd_config itself: if it lacks the Include for the drop-in, the line to add is printed.\n\nTIFFIN_SSHD_RELOAD=auto|systemd|pidfile|pidfile:/PATH|none chooses how sshd is reloaded (auto: systemctl when systemd runs, else SIGHUP to the pid in sshd's PidFile)."
+    )]
     Provision {
         #[command(flatten)]
         fleet: FleetArgs,
         /// Print what would change and change nothing
         #[arg(long)]
         dry_run: bool,
-        /// Lock the accounts of hosts gone from the fleet and move their chroots aside (never deleted)
+        /// Lock the accounts of hosts gone from the fleet, remove their keys and move their chroots to <chroot_root>/.pruned/ (nothing is deleted)
         #[arg(long)]
         prune: bool,
     },

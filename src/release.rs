@@ -526,7 +526,7 @@ mod tests {
             match (which, file) {
                 (0, Some(i)) => { let p = format!("{}x", changed.files[i].path); changed.files[i].path = p.parse().unwrap(); }
                 (1, Some(i)) => changed.files[i].mode = Mode::new(changed.files[i].mode.bits() ^ 0o100).unwrap(),
-                (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]); changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
+                (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = match s.strip_prefix('0') { Some(rest) => format!("1{rest}"), None => format!("0{}", &s[1..]) }; changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
                 (3, _) => changed.apply.action = if m.apply.action == Action::Switch { Action::Boot } else { Action::Switch },
                 (4, _) => changed.apply.health_check.push("true".into()),
                 _ => expect_change = false,
