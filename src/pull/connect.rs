@@ -131,6 +131,11 @@ impl SshRemote {
                     russh::cipher::AES_256_GCM,
                 ]),
                 mac: Cow::Owned(vec![russh::mac::HMAC_SHA256_ETM]),
+                // Configurations are text: compressed after authentication (OpenSSH's delayed zlib).
+                compression: Cow::Owned(vec![
+                    russh::compression::ZLIB_LEGACY,
+                    russh::compression::NONE,
+                ]),
                 ..Default::default()
             },
             ..Default::default()
