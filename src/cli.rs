@@ -111,6 +111,7 @@ pub enum Command {
         json: bool,
     },
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)
+    #[command(long_about = crate::pull::LONG_ABOUT)]
     Pull(crate::pull::PullArgs),
 }
 

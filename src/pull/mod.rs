@@ -27,7 +27,7 @@ use fetch::{FetchError, FetchStats, Store};
 use state::{Applied, State, StateError};
 use transport::{Remote, RemoteError};
 
-const LONG_ABOUT: &str =
+pub const LONG_ABOUT: &str =
     "One poll of this host, normally run by the systemd timer of the NixOS module.
 
 Connects to the server (its host key must be the one pinned in the configuration),
@@ -45,7 +45,6 @@ to backoff_max); a newer release is tried at once. Exit codes: 0 applied or unch
 
 /// Options of `tiffin pull`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = LONG_ABOUT)]
 pub struct PullArgs {
     /// The client configuration (TOML, or JSON when the name ends in .json)
     #[arg(long, default_value = "/etc/tiffin/client.toml", value_name = "FILE")]
