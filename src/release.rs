@@ -513,7 +513,7 @@ mod tests {
             let text = m.render();
             let parsed = Manifest::parse(text.as_bytes()).unwrap();
             prop_assert_eq!(&parsed, &m);
-            prop_assert_eq!(parsed.render(), text);
+            prop_assert_eq!(parsed.render(), text.clone());
             prop_assert!(Manifest::parse_verified(text.as_bytes(), &m.id()).is_ok());
         }
 

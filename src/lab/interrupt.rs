@@ -1,0 +1,29 @@
+//! SIGINT, SIGTERM and SIGHUP become a flag that every wait in the lab checks, so the lab always tears itself down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once a terminating signal arrived. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    flag: Arc<AtomicBool>,
+}
+
+impl Interrupt {
+    /// Routes SIGINT, SIGTERM and SIGHUP to the flag instead of killing the process.
+    pub fn install() -> std::io::Result<Interrupt> {
+        let me = Interrupt::default();
+        for signal in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            signal_hook::flag::register(signal, Arc::clone(&me.flag))?;
+        }
+        Ok(me)
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
