@@ -26,9 +26,12 @@ pub struct InitArgs {
     /// The machine's directory in the run directory (overlay upper and work directories)
     #[arg(long)]
     pub dir: PathBuf,
-    /// A directory of the host to show at the same path, even under the machine's private /tmp or /run
+    /// A directory of the host to show, read-only, at the same path, even under the machine's private /tmp or /run
     #[arg(long = "share")]
     pub shares: Vec<PathBuf>,
+    /// A directory of the host to show writable at the same path (the server's fleet repository)
+    #[arg(long = "share-rw")]
+    pub shares_rw: Vec<PathBuf>,
 }
 
 /// Builds the machine, reports on stdout ("ready" or "error: …"), then reaps forever.
@@ -62,9 +65,14 @@ fn build(args: &InitArgs) -> Result<(), String> {
     // Shares are opened before anything hides them; bind-mounting /proc/self/fd/N later
     // brings each back at its own path.
     let mut shares = Vec::new();
-    for path in &args.shares {
+    for (path, writable) in args
+        .shares
+        .iter()
+        .map(|p| (p, false))
+        .chain(args.shares_rw.iter().map(|p| (p, true)))
+    {
         let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-        shares.push((path.clone(), dir));
+        shares.push((path.clone(), dir, writable));
     }
     for d in OVERLAID {
         let (upper, work) = overlay_dirs(&args.dir, d);
@@ -111,22 +119,38 @@ fn build(args: &InitArgs) -> Result<(), String> {
             upper.display(),
             work.display()
         );
-        mount_or(
+        // `volatile` (Linux 5.10+): the overlay is thrown away, so it need not sync the host's
+        // disk, which would make every teardown wait for a syncfs of the root filesystem.
+        let volatile = format!("{options},volatile");
+        if mount_or(
             Some(Path::new("overlay")),
             target,
             Some("overlay"),
             MsFlags::empty(),
-            Some(&options),
-            &format!("overlay {d}"),
-        )?;
+            Some(&volatile),
+            "",
+        )
+        .is_err()
+        {
+            mount_or(
+                Some(Path::new("overlay")),
+                target,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&options),
+                &format!("overlay {d}"),
+            )?;
+        }
     }
     // mode=755: sshd refuses a chroot whose path crosses a group/other-writable directory.
     tmpfs("/run", "mode=755")?;
     mkdir("/run/sshd", 0o755)?;
     mkdir("/run/lock", 0o1777)?;
     tmpfs("/tmp", "mode=1777")?;
-    for (path, dir) in &shares {
-        if path.is_dir() {
+    for (path, dir, writable) in &shares {
+        // A read-only share still visible through the read-only root needs nothing; a writable
+        // one is always bound, so writes reach the host's directory, not an overlay.
+        if path.is_dir() && !writable {
             continue;
         }
         fs::DirBuilder::new()
@@ -143,6 +167,17 @@ fn build(args: &InitArgs) -> Result<(), String> {
             None,
             &format!("show {}", path.display()),
         )?;
+        // A bind mount copies the read-only flag of the root it came from; lift it.
+        if *writable {
+            mount_or(
+                None,
+                path,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                None,
+                &format!("make {} writable", path.display()),
+            )?;
+        }
     }
     drop(shares);
     nix::unistd::sethostname(&args.name).map_err(|e| format!("sethostname: {e}"))?;

@@ -58,8 +58,9 @@ pub struct MachineSpec {
     pub netns: String,
     /// The machine's directory in the run directory.
     pub dir: PathBuf,
-    /// Host directories to show at the same path inside.
+    /// Host directories to show at the same path inside, read-only and writable.
     pub shares: Vec<PathBuf>,
+    pub shares_rw: Vec<PathBuf>,
     /// The environment of every command run inside.
     pub env: Vec<(String, String)>,
 }
@@ -114,6 +115,9 @@ impl Machine {
             .arg(&spec.dir);
         for share in &spec.shares {
             cmd.arg("--share").arg(share);
+        }
+        for share in &spec.shares_rw {
+            cmd.arg("--share-rw").arg(share);
         }
         use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::null())
@@ -201,9 +205,7 @@ impl Machine {
     /// Kills the machine: its pid 1 first (the kernel then kills every process of its pid
     /// namespace), then anything left in its namespaces. Idempotent.
     pub fn stop(&mut self) -> Vec<u32> {
-        if self.init_pid != 0 && procfs::is_same_process(self.init_pid, self.init_start) {
-            procfs::signal(self.init_pid, Signal::SIGKILL);
-        }
+        self.kill();
         if let Some(mut holder) = self.holder.take() {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
@@ -219,6 +221,13 @@ impl Machine {
             }
         }
         self.kill_stragglers()
+    }
+
+    /// Sends SIGKILL to the machine's pid 1 and returns at once (see `stop`).
+    pub fn kill(&self) {
+        if self.init_pid != 0 && procfs::is_same_process(self.init_pid, self.init_start) {
+            procfs::signal(self.init_pid, Signal::SIGKILL);
+        }
     }
 
     /// Leaves the machine running (`--keep`): the lab forgets it without killing anything.

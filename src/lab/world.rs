@@ -344,19 +344,21 @@ impl<'r> World<'r> {
                 ("TIFFIN_LAB".to_owned(), self.run.id.clone()),
                 ("TIFFIN_LAB_MACHINE".to_owned(), m.to_string()),
             ];
-            let mut shares = vec![tiffin_dir.clone(), self.run.bin_dir()];
+            let shares = vec![tiffin_dir.clone(), self.run.bin_dir()];
+            let mut shares_rw = Vec::new();
             if m.is_server() {
                 env.push((
                     "TIFFIN_FLEET".to_owned(),
                     self.fleet_dir.display().to_string(),
                 ));
-                shares.push(self.fleet_dir.clone());
+                shares_rw.push(self.fleet_dir.clone());
             }
             let spec = MachineSpec {
                 address: self.address_of(&m),
                 netns: self.netns_of(&m),
                 dir: self.dir.join(m.as_str()),
                 shares,
+                shares_rw,
                 env,
                 name: m.clone(),
             };
@@ -791,14 +793,21 @@ impl<'r> World<'r> {
         if let Some(mut r) = self.sshd.take() {
             r.kill();
         }
+        let t = Instant::now();
+        // All machines die at once; then each is waited for.
+        for m in &self.machines {
+            m.kill();
+        }
         for m in self.machines.iter_mut().rev() {
-            m.stop();
+            let killed = m.stop();
+            tracing::debug!("stopped {} ({} straggler(s)) at {:?}", m.name, killed.len(), t.elapsed());
         }
         self.machines.clear();
         for ns in self.netns.iter().rev() {
             if let Err(e) = state::delete_netns(ns) {
                 problems.push(e);
             }
+            tracing::debug!("deleted {ns} at {:?}", t.elapsed());
         }
         let left = state::netns_with_prefix(&self.run.prefix());
         if !left.is_empty() {
