@@ -44,6 +44,7 @@ getent passwd tiffin-client1 && fail "dry run created an account"
 
 step "sshd starts (before provisioning, so provision must reload it)"
 /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -o ListenAddress=192.0.2.1:22 2>"$T/sshd.log" &
+SSHD=$!
 for _ in $(seq 100); do
     [ -s /run/sshd.pid ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && break
     sleep 0.1
@@ -143,5 +144,14 @@ denied client2 tiffin-client2 "ls /"
 out=$("$TIFFIN" provision --prune)
 [[ $out == *"nothing to do"* ]] || fail "prune is not idempotent: $out"
 echo "get /CURRENT $T/got3" | as client1 tiffin-client1 >/dev/null
+
+step "sshd stopped: provision still applies, says sshd is not running, and succeeds"
+kill "$SSHD"
+wait "$SSHD" || true
+sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 31"]/' "$F/fleet.toml"
+out=$("$TIFFIN" provision)
+echo "$out" | tail -2
+[[ $out == *"sshd is not running"* ]] || fail "no word about sshd not running"
+grep -q "ClientAliveInterval 31" /etc/ssh/sshd_config.d/tiffin.conf || fail "drop-in not updated"
 
 step "all good"
