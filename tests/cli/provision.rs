@@ -224,6 +224,18 @@ fn machine_state() -> BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)> {
     ] {
         walk(Path::new(p), &mut out);
     }
+    // Home directories are not overlaid on the machine: none may appear.
+    let homes: Vec<String> = fs::read_dir("/home")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.insert(
+        "/home (entries)".into(),
+        (homes.join("\n").into_bytes(), 0, 0, 0),
+    );
     out
 }
 

@@ -2,7 +2,7 @@
 # End-to-end proof of `tiffin provision` with the real OpenSSH, run by tests/cli/provision.rs as
 #   unshare --mount --net --pid --fork --mount-proc --propagation private bash provision_e2e.sh TIFFIN DIR
 # Everything it changes lives in tmpfs and overlays of that mount namespace (/etc, /var, /run,
-# DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
+# /home, DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
 # PID namespace takes sshd down with the script, whatever happens.
 set -euo pipefail
 TIFFIN=$1
@@ -16,6 +16,7 @@ mount -t overlay overlay -o lowerdir=/etc,upperdir="$T"/etc.up,workdir="$T"/etc.
 mount -t overlay overlay -o lowerdir=/var,upperdir="$T"/var.up,workdir="$T"/var.work /var
 # A private /run: no systemd in here, and sshd's pid file and privilege-separation dir stay ours.
 mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=755 tmpfs /home   # in case anything creates a home directory
 mkdir -m 755 /run/sshd
 ip link set lo up
 ip addr add 192.0.2.1/32 dev lo
@@ -110,7 +111,7 @@ denied client2 tiffin-client1 "ls /"
 echo "ls /" | as client2 tiffin-client2
 
 step "another local account reads nothing of any host"
-useradd --create-home alice
+useradd --no-create-home alice
 for p in "$C/client1/CURRENT" "$C/client1/releases/$ID/files/etc/app/secret"; do
     if setpriv --reuid=alice --regid=alice --clear-groups cat "$p" 2>/dev/null; then fail "alice read $p"; fi
 done
