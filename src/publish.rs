@@ -507,7 +507,7 @@ pub fn list_releases(paths: &ChrootPaths) -> Vec<(ReleaseId, u64)> {
 /// Removes all but the newest `keep` releases, never the current one.
 fn prune(paths: &ChrootPaths, current: &ReleaseId, keep: usize) -> std::io::Result<usize> {
     let mut releases = list_releases(paths);
-    releases.sort_by(|a, b| b.1.cmp(&a.1));
+    releases.sort_by_key(|r| std::cmp::Reverse(r.1));
     let mut pruned = 0;
     for (id, _) in releases.into_iter().skip(keep.max(1)) {
         if &id != current {

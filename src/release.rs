@@ -513,7 +513,7 @@ mod tests {
             let text = m.render();
             let parsed = Manifest::parse(text.as_bytes()).unwrap();
             prop_assert_eq!(&parsed, &m);
-            prop_assert_eq!(parsed.render(), text);
+            prop_assert_eq!(parsed.render(), text.clone());
             prop_assert!(Manifest::parse_verified(text.as_bytes(), &m.id()).is_ok());
         }
 
@@ -526,7 +526,7 @@ mod tests {
             match (which, file) {
                 (0, Some(i)) => { let p = format!("{}x", changed.files[i].path); changed.files[i].path = p.parse().unwrap(); }
                 (1, Some(i)) => changed.files[i].mode = Mode::new(changed.files[i].mode.bits() ^ 0o100).unwrap(),
-                (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = if s.starts_with('0') { format!("1{}", &s[1..]) } else { format!("0{}", &s[1..]) }; changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
+                (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]); changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
                 (3, _) => changed.apply.action = if m.apply.action == Action::Switch { Action::Boot } else { Action::Switch },
                 (4, _) => changed.apply.health_check.push("true".into()),
                 _ => expect_change = false,
