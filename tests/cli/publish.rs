@@ -39,7 +39,7 @@ fn publish_lays_out_releases_and_is_a_no_op_when_nothing_changed() {
     let host = fleet.chroots().join("client2");
     let id = fleet.current("client2");
     assert_eq!(list(&host), ["CURRENT", "releases"]);
-    assert_eq!(fleet.releases("client2"), [id.clone()]);
+    assert_eq!(fleet.releases("client2"), std::slice::from_ref(&id));
     let release = host.join("releases").join(&id);
     assert_eq!(list(&release), ["MANIFEST", "config", "files"]);
     assert_eq!(
