@@ -455,9 +455,9 @@ impl Planner<'_> {
                     "a regular file"
                 };
                 self.blocker(format!(
-                    "{} is not {expected} (it is {:?}); move it away, tiffin will not replace it",
+                    "{} is not {expected} (it is {}); move it away, tiffin will not replace it",
                     path.display(),
-                    m.kind
+                    m.kind.describe()
                 ));
                 Ok(false)
             }

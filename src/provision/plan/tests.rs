@@ -342,3 +342,30 @@ fn existing_account_with_a_shell_is_fixed() {
         "fix account     tiffin-client1: home /home/client1 -> /var/lib/tiffin/chroots/client1; shell /bin/bash -> /usr/sbin/nologin"
     );
 }
+
+#[test]
+fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
+    let mut t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.remove(&format!("{ROOT}/client1"));
+    s.file(&format!("{ROOT}/client1"), 0, 0, 0o644, "");
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.is_blocked());
+    assert!(
+        plan.findings[0]
+            .message
+            .contains("client1 is not a directory (it is a regular file)"),
+        "{:?}",
+        plan.findings
+    );
+
+    t.keys_dir = format!("{ROOT}/keys").into();
+    let plan = super::plan(&t, &provisioned(&target(&["client1"])), &opts(false)).unwrap();
+    assert!(
+        plan.findings
+            .iter()
+            .any(|f| f.level == Level::Blocker && f.message.contains("outside every chroot")),
+        "{:?}",
+        plan.findings
+    );
+}
