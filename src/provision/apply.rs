@@ -373,6 +373,18 @@ impl Applier<'_> {
             }
             ReloadMethod::PidFile(file) => {
                 let file = file.unwrap_or_else(|| sshd_pid_file(&self.sshd_config));
+                // A pid is only meaningful in the pid namespace /proc shows; signalling it from
+                // another one (a container, a half-entered lab machine) would hit a stranger.
+                let proc_is_ours = fs::read_link("/proc/self")
+                    .ok()
+                    .and_then(|p| p.to_str()?.parse::<u32>().ok())
+                    == Some(std::process::id());
+                if !proc_is_ours {
+                    return Err(ProvisionError::Unexpected(format!(
+                        "cannot reload sshd: /proc does not show this process (another pid namespace), so the pid in {} cannot be checked; reload sshd yourself",
+                        file.display()
+                    )));
+                }
                 let real = self.sys.real(&file);
                 let pid = match fs::read_to_string(&real) {
                     Ok(text) => text.trim().parse::<i32>().ok(),

@@ -53,7 +53,9 @@ done
 [ -s /run/sshd.pid ] || fail "sshd did not start: $(cat "$T/sshd.log")"
 
 step "tiffin provision"
-"$TIFFIN" provision
+"$TIFFIN" provision | tee "$T/provision.out"
+# The logins below work only with the new drop-in, which the running sshd reads on SIGHUP.
+grep -q "reloaded sshd (SIGHUP to pid" "$T/provision.out" || fail "sshd was not reloaded"
 grep '^tiffin-client1:\*:' /etc/shadow || fail "tiffin-client1 has no '*' password field (locked?)"
 ls -la "$C" "$C/client1" "$C/client1/releases"/*
 stat -c '%n %U:%G %a' "$C/client1/CURRENT" /etc/tiffin/authorized_keys/tiffin-client1
