@@ -583,6 +583,19 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
                 "account {} has uid 0: tiffin will not serve a host through a root account; remove or renumber it",
                 u.name
             )),
+            // Only an account tiffin created (its comment) or that already points at the chroot
+            // is adopted; taking over, say, `daemon` for a host named so would be a disaster.
+            Some(u) if u.home != chroot && u.comment != format!("{COMMENT_PREFIX}{}", h.host) => {
+                p.blocker(format!(
+                    "account {} exists and is not tiffin's (home {}, comment {:?}): tiffin will not take it over; rename the host or change server.user_prefix, or, if it is meant for host {}, make its home {} (`usermod --home {} {0}`)",
+                    u.name,
+                    u.home.display(),
+                    u.comment,
+                    h.host,
+                    chroot.display(),
+                    chroot.display()
+                ))
+            }
             Some(u) => {
                 let fixes = account_fixes(u, &chroot, &shell, &group, &accounts);
                 if !fixes.is_empty() {
