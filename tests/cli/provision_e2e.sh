@@ -5,6 +5,7 @@
 # /home, DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
 # PID namespace takes sshd down with the script, whatever happens.
 set -euo pipefail
+umask 022   # the overlays take their upper directories' modes, and sshd checks them
 TIFFIN=$1
 T=$2
 step() { printf '\n== %s\n' "$*"; }
