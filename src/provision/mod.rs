@@ -185,6 +185,8 @@ pub fn command(args: &FleetArgs, dry_run: bool, prune: bool) -> Result<Exit, Err
         return Err(ProvisionError::NotRoot.into());
     }
 
+    // Held from planning to the last action, so a concurrent run cannot act on a stale plan.
+    let _lock = if dry_run { None } else { Some(apply::lock()?) };
     let opts = PlanOptions {
         prune,
         now: cli::now(),
@@ -203,7 +205,6 @@ pub fn command(args: &FleetArgs, dry_run: bool, prune: bool) -> Result<Exit, Err
     if plan.actions.is_empty() {
         return Ok(Exit::Ok);
     }
-    let _lock = apply::lock()?;
     let applier = apply::Applier {
         sys: &sys,
         sshd_config: target.sshd_config.clone(),
