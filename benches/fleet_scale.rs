@@ -7,10 +7,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDPdVHr+fKZOwwD9E3poAecxwyLqorA/Hm8Zv3LEstG0 bench";
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDPdVHr+fKZOwwD9E3poAecxwyLqorA/Hm8Zv3LEstG0 bench";
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn tiffin(fleet: &Path, args: &[&str]) -> Duration {
@@ -56,14 +60,25 @@ fn main() {
         let dir = fleet.join(format!("hosts/host-{h:04}"));
         fs::create_dir_all(dir.join("files/etc/app")).unwrap();
         fs::write(dir.join("host.toml"), format!("public_key = \"{KEY}\"\n")).unwrap();
-        fs::write(dir.join("configuration.nix"), format!("{{...}}: {{ networking.hostName = \"host-{h:04}\"; }}\n")).unwrap();
+        fs::write(
+            dir.join("configuration.nix"),
+            format!("{{...}}: {{ networking.hostName = \"host-{h:04}\"; }}\n"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../../templates/flake.nix", dir.join("flake.nix")).unwrap();
         std::os::unix::fs::symlink("../../common", dir.join("common")).unwrap();
         for f in 0..files.saturating_sub(3) {
-            fs::write(dir.join(format!("files/etc/app/f{f:03}.conf")), format!("host {h} file {f}\n").repeat(8)).unwrap();
+            fs::write(
+                dir.join(format!("files/etc/app/f{f:03}.conf")),
+                format!("host {h} file {f}\n").repeat(8),
+            )
+            .unwrap();
         }
     }
-    println!("fleet: {hosts} hosts x {files} files, written in {:.1?}", start.elapsed());
+    println!(
+        "fleet: {hosts} hosts x {files} files, written in {:.1?}",
+        start.elapsed()
+    );
 
     let first = tiffin(&fleet, &["publish", "--chroot-root", &chroots_arg]);
     println!("publish, first release of every host: {first:.2?}");
@@ -76,7 +91,16 @@ fn main() {
     let status_json: Vec<Duration> = (0..10)
         .map(|_| tiffin(&fleet, &["status", "--json", "--chroot-root", &chroots_arg]))
         .collect();
-    println!("publish, nothing changed (median of 5): {:.3?}  goal <= 2 s", median(unchanged));
-    println!("status table (median of 10):           {:.3?}  goal <= 0.3 s", median(status));
-    println!("status --json (median of 10):          {:.3?}", median(status_json));
+    println!(
+        "publish, nothing changed (median of 5): {:.3?}  goal <= 2 s",
+        median(unchanged)
+    );
+    println!(
+        "status table (median of 10):           {:.3?}  goal <= 0.3 s",
+        median(status)
+    );
+    println!(
+        "status --json (median of 10):          {:.3?}",
+        median(status_json)
+    );
 }
