@@ -274,6 +274,13 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
                 now: now(),
                 fault: None,
             };
+            let _lock = if dry_run {
+                None
+            } else {
+                Some(publish::lock_chroot_root(&opts.chroot_root).map_err(|e| {
+                    Error::Failed(format!("chroot root {}: {e}", opts.chroot_root.display()))
+                })?)
+            };
             publish_command(&fleet, &selected, &opts)
         }
         Command::Status {

@@ -205,7 +205,8 @@ pub fn publish_host(
     };
     let previous = match &current_id {
         Some(id) => {
-            let bytes = fs::read(paths.release(id).join(MANIFEST_FILE)).map_err(|e| broken(id)(e.to_string()))?;
+            let bytes = fs::read(paths.release(id).join(MANIFEST_FILE))
+                .map_err(|e| broken(id)(e.to_string()))?;
             // Cheap no-change test for big fleets: the candidate rendered with the current
             // release's header has the current id exactly when nothing changed.
             let head = ManifestHead::parse(&bytes).map_err(|e| broken(id)(e.to_string()))?;
@@ -544,6 +545,33 @@ fn diff(previous: Option<&Manifest>, next: &Manifest) -> Change {
         .filter(|f| !new.contains(f.path.as_str()))
         .count();
     change
+}
+
+/// Held while publishing, so two `tiffin publish` runs never interleave on one chroot root.
+pub struct PublishLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Takes the publish lock of a chroot root (creating the root when missing), or says who holds it.
+pub fn lock_chroot_root(chroot_root: &Path) -> Result<PublishLock, std::io::Error> {
+    fs::create_dir_all(chroot_root)?;
+    let path = chroot_root.join(".publish.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(PublishLock { _lock: lock }),
+        Err((_, errno)) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another `tiffin publish` holds {} ({errno}); wait for it to finish",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// Publishes `hosts` in parallel (hashing dominates); results in host order.

@@ -251,7 +251,8 @@ pub struct ManifestHead {
 
 impl ManifestHead {
     pub fn parse(bytes: &[u8]) -> Result<ManifestHead, ReleaseError> {
-        let text = std::str::from_utf8(bytes).map_err(|_| ReleaseError::Invalid("not UTF-8".into()))?;
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| ReleaseError::Invalid("not UTF-8".into()))?;
         // Rendered manifests put every top-level key before the first table.
         let head = text.split("\n[").next().unwrap_or_default();
         toml::from_str(head).map_err(|e| ReleaseError::Invalid(crate::fleet::toml_message(&e)))

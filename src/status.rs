@@ -192,7 +192,9 @@ pub fn host_status(
 
 fn read_seq(release_dir: &Path) -> Result<u64, String> {
     let bytes = fs::read(release_dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
-    ManifestHead::parse(&bytes).map(|h| h.seq).map_err(|e| e.to_string())
+    ManifestHead::parse(&bytes)
+        .map(|h| h.seq)
+        .map_err(|e| e.to_string())
 }
 
 /// "5s ago", "3m ago", "2h ago", "4d ago".
