@@ -787,16 +787,19 @@ impl<'r> World<'r> {
         }
         self.finished = true;
         let mut problems = Vec::new();
-        for mut b in self.background.drain(..) {
-            b.running.kill();
-        }
-        if let Some(mut r) = self.sshd.take() {
-            r.kill();
-        }
         let t = Instant::now();
-        // All machines die at once; then each is waited for.
+        // All machines die at once (their pid 1 first: the kernel then kills every process in
+        // them, sshd and running commands included); then each is waited for.
         for m in &self.machines {
             m.kill();
+        }
+        // Their nsenter parents must reap them, not be killed: a process orphaned while its pid 1
+        // exits goes to the host's init, and the namespace waits until that one reaps it.
+        for mut b in self.background.drain(..) {
+            b.running.wait_briefly();
+        }
+        if let Some(mut r) = self.sshd.take() {
+            r.wait_briefly();
         }
         for m in self.machines.iter_mut().rev() {
             let killed = m.stop();
@@ -817,15 +820,18 @@ impl<'r> World<'r> {
             ));
         }
         self.netns.clear();
+        tracing::debug!("namespaces checked at {:?}", t.elapsed());
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => problems.push(format!("removing {}: {e}", self.dir.display())),
         }
+        tracing::debug!("files removed at {:?}", t.elapsed());
         self.run.state.scenario = None;
         if let Err(e) = self.record() {
             problems.push(format!("{e:?}"));
         }
+        tracing::debug!("recorded at {:?}", t.elapsed());
         problems
     }
 }
