@@ -153,9 +153,27 @@ impl Running {
         }
     }
 
-    /// Kills the process group and reaps the child.
+    /// Kills the command: every process of its group but the leader first, so that the leader
+    /// (nsenter, for commands inside a machine) reaps its child before it ends. An orphan whose
+    /// machine is being torn down would be handed to the host's init, and the machine's pid
+    /// namespace would wait until that one reaps it.
     pub fn kill(&mut self) {
-        procfs::signal_group(self.child.id(), Signal::SIGKILL);
+        let leader = self.child.id();
+        for _ in 0..3 {
+            for pid in procfs::group_members(leader) {
+                if pid != leader {
+                    procfs::signal(pid, Signal::SIGKILL);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < deadline {
+                if self.poll().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        procfs::signal_group(leader, Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

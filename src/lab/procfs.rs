@@ -33,6 +33,14 @@ pub fn parent(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(1)?.parse().ok()
 }
 
+/// The processes of a process group.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|p| stat_fields(*p).and_then(|f| f.get(2)?.parse().ok()) == Some(pgid))
+        .collect()
+}
+
 /// True when `pid` still runs and is the process that was started at `start`.
 pub fn is_same_process(pid: u32, start: u64) -> bool {
     start_time(pid) == Some(start) && !is_zombie(pid)

@@ -95,6 +95,9 @@ pub fn run_scenarios(
     if failed.is_empty() && passed == scenarios.len() {
         line = format!("\n{passed} passed");
     }
+    if summary.interrupted() {
+        line = format!("\ninterrupted; {passed} passed, {} failed before", failed.len());
+    }
     if !failed.is_empty() {
         line.push_str(&format!(" ({})", failed.join(", ")));
     }

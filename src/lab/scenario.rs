@@ -365,9 +365,14 @@ impl Step {
                 background,
                 ..
             } => {
-                let first = command.trim().lines().next().unwrap_or_default();
+                // The first line that says something (not `set -e`).
+                let first = command
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
+                    .unwrap_or_default();
                 let short: String = first.chars().take(60).collect();
-                let more = if short.len() < command.trim().len() {
+                let more = if short.len() < command.trim().len() && !command.trim().ends_with(&short) {
                     "…"
                 } else {
                     ""
