@@ -150,13 +150,27 @@ pub fn expect_denied(
             control.stdin.as_deref(),
             "list its own chroot and write into its reports/ (what it is allowed to do)",
         )?;
-        let attempts = attempts(world, &me, access, other, &prefix, &chroot_root, own_id.as_ref())?;
+        let attempts = attempts(
+            world,
+            &me,
+            access,
+            other,
+            &prefix,
+            &chroot_root,
+            own_id.as_ref(),
+        )?;
         for a in &attempts {
             try_attempt(world, on, access, a)?;
         }
         Ok(())
     })();
-    let mut exit = vec!["ssh".to_owned(), "-S".into(), me.mux.clone(), "-O".into(), "exit".into()];
+    let mut exit = vec![
+        "ssh".to_owned(),
+        "-S".into(),
+        me.mux.clone(),
+        "-O".into(),
+        "exit".into(),
+    ];
     exit.push(me.target());
     let argv: Vec<&str> = exit.iter().map(String::as_str).collect();
     let _ = world.exec(on, &argv, None);
@@ -235,13 +249,22 @@ fn attempts(
             let r = format!("/releases/{id}");
             for (what, batch) in [
                 ("add a file to its release", format!("put {PROBE} {r}/evil")),
-                ("overwrite its MANIFEST", format!("put {PROBE} {r}/MANIFEST")),
+                (
+                    "overwrite its MANIFEST",
+                    format!("put {PROBE} {r}/MANIFEST"),
+                ),
                 ("delete its MANIFEST", format!("rm {r}/MANIFEST")),
                 ("rename its MANIFEST", format!("rename {r}/MANIFEST {r}/M")),
                 ("chmod its MANIFEST", format!("chmod 666 {r}/MANIFEST")),
-                ("create a directory in its release", format!("mkdir {r}/evil")),
+                (
+                    "create a directory in its release",
+                    format!("mkdir {r}/evil"),
+                ),
                 ("create a release", "mkdir /releases/evil".to_owned()),
-                ("add a file to releases/", format!("put {PROBE} /releases/evil")),
+                (
+                    "add a file to releases/",
+                    format!("put {PROBE} /releases/evil"),
+                ),
             ] {
                 v.push(me.sftp(what, &batch, Denied::Fails(REFUSED_WRITE)));
             }
@@ -252,7 +275,10 @@ fn attempts(
                 ("create a directory at its root", "mkdir /evil".to_owned()),
                 ("replace CURRENT", format!("put {PROBE} /CURRENT")),
                 ("rename reports/", "rename /reports /evil".to_owned()),
-                ("create a symlink at its root", "symlink /reports /evil".to_owned()),
+                (
+                    "create a symlink at its root",
+                    "symlink /reports /evil".to_owned(),
+                ),
                 (
                     "escape reports/ with ..",
                     format!("put {PROBE} /reports/../evil"),
@@ -324,10 +350,23 @@ fn attempts(
                 .trim_start_matches(prefix)
                 .parse()
                 .map_err(Failure::new)?;
-            world.exec(&on, &["rm", "-f", STRANGER_KEY, &format!("{STRANGER_KEY}.pub")], None)?;
+            world.exec(
+                &on,
+                &["rm", "-f", STRANGER_KEY, &format!("{STRANGER_KEY}.pub")],
+                None,
+            )?;
             world.exec_ok(
                 &on,
-                &["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", STRANGER_KEY],
+                &[
+                    "ssh-keygen",
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    STRANGER_KEY,
+                ],
             )?;
             let mut argv = vec!["ssh".to_owned()];
             argv.extend(ssh_options(STRANGER_KEY));

@@ -12,7 +12,8 @@ use super::runner::{self, Options};
 use super::scenario::{self, Scenario};
 use super::state::{self, RunState};
 
-const ABOUT: &str = "The tiffin lab: a server and clients on this one Linux machine, with the real OpenSSH.
+const ABOUT: &str =
+    "The tiffin lab: a server and clients on this one Linux machine, with the real OpenSSH.
 
 Every lab machine is a network namespace on a private bridge (192.0.2.0/24)
 plus a mount namespace in which /etc, /var, /root and /home are copy-on-write
@@ -113,12 +114,24 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
                 )));
             }
             preflight()?;
-            run_and_judge(&scenarios, &Options { keep, show_status: false })
+            run_and_judge(
+                &scenarios,
+                &Options {
+                    keep,
+                    show_status: false,
+                },
+            )
         }
         LabCommand::Demo { keep } => {
             let demo = Scenario::parse(std::path::Path::new("demo"), DEMO)?;
             preflight()?;
-            run_and_judge(&[demo], &Options { keep, show_status: true })
+            run_and_judge(
+                &[demo],
+                &Options {
+                    keep,
+                    show_status: true,
+                },
+            )
         }
         LabCommand::Shell {
             machine,
@@ -134,7 +147,8 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
             for s in &report.skipped {
                 println!("left alone: {s}");
             }
-            if report.removed.is_empty() && report.skipped.is_empty() && report.problems.is_empty() {
+            if report.removed.is_empty() && report.skipped.is_empty() && report.problems.is_empty()
+            {
                 println!("nothing to remove: no lab is up");
             }
             if report.problems.is_empty() {
@@ -228,7 +242,10 @@ fn shell(name: &str, run: Option<&str>, command: &[String]) -> Result<u8, LabErr
             return Err(LabError::Usage(format!(
                 "{} labs are up (runs {}): choose one with --run RUN",
                 many.len(),
-                many.iter().map(|s| s.run.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|s| s.run.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     };

@@ -225,7 +225,14 @@ mod tests {
         let log = dir.path().join("log");
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
-        let done = run(cmd, &log, None, Duration::from_secs(10), &Interrupt::default()).unwrap();
+        let done = run(
+            cmd,
+            &log,
+            None,
+            Duration::from_secs(10),
+            &Interrupt::default(),
+        )
+        .unwrap();
         assert_eq!(done.code(), 3);
         assert_eq!(done.output, "out\nerr\n");
     }
@@ -237,7 +244,14 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "sleep 30 & echo started; wait"]);
         let t = Instant::now();
-        let err = run(cmd, &log, None, Duration::from_millis(300), &Interrupt::default()).unwrap_err();
+        let err = run(
+            cmd,
+            &log,
+            None,
+            Duration::from_millis(300),
+            &Interrupt::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ExecError::TimedOut { .. }), "{err}");
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(err.output(), "started\n");

@@ -62,7 +62,11 @@ pub fn children(pid: u32) -> Vec<u32> {
 
 /// The inode that identifies a namespace of a process (`kind`: net, mnt, pid, uts …).
 pub fn ns_inode(pid: u32, kind: &str) -> Option<u64> {
-    link_inode(&fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()?.to_string_lossy())
+    link_inode(
+        &fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .ok()?
+            .to_string_lossy(),
+    )
 }
 
 /// The namespace inode a file like /run/netns/NAME is bound to.

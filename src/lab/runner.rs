@@ -96,7 +96,10 @@ pub fn run_scenarios(
         line = format!("\n{passed} passed");
     }
     if summary.interrupted() {
-        line = format!("\ninterrupted; {passed} passed, {} failed before", failed.len());
+        line = format!(
+            "\ninterrupted; {passed} passed, {} failed before",
+            failed.len()
+        );
     }
     if !failed.is_empty() {
         line.push_str(&format!(" ({})", failed.join(", ")));
@@ -126,7 +129,11 @@ fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (O
                 .chain(scenario.clients().iter().cloned())
                 .map(|m| format!("{m} {}", world.address_of(&m)))
                 .collect();
-            say(&format!("{} ({})\n", machines.join(", "), secs(started.elapsed())));
+            say(&format!(
+                "{} ({})\n",
+                machines.join(", "),
+                secs(started.elapsed())
+            ));
             Outcome::Passed
         }
         Err(StepError::Interrupted) => {
@@ -252,7 +259,10 @@ pub fn render_failure(title: &str, f: &Failure, sshd_log: Option<&str>) -> Strin
     }
     if let Some(c) = &f.command {
         let mut lines = c.lines();
-        s.push_str(&format!("     command: {}\n", lines.next().unwrap_or_default()));
+        s.push_str(&format!(
+            "     command: {}\n",
+            lines.next().unwrap_or_default()
+        ));
         for l in lines {
             s.push_str(&format!("              {l}\n"));
         }

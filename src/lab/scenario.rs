@@ -208,7 +208,10 @@ impl Access {
         }
     }
     pub fn needs_other(self) -> bool {
-        matches!(self, Access::ReadOther | Access::ListOther | Access::WrongKey)
+        matches!(
+            self,
+            Access::ReadOther | Access::ListOther | Access::WrongKey
+        )
     }
 }
 
@@ -336,7 +339,9 @@ impl Step {
                     expect.as_str()
                 )
             }
-            Step::ExpectFile { on, path, absent, .. } => {
+            Step::ExpectFile {
+                on, path, absent, ..
+            } => {
                 if *absent {
                     format!("expect_file {on}:{path} absent")
                 } else {
@@ -372,11 +377,12 @@ impl Step {
                     .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
                     .unwrap_or_default();
                 let short: String = first.chars().take(60).collect();
-                let more = if short.len() < command.trim().len() && !command.trim().ends_with(&short) {
-                    "…"
-                } else {
-                    ""
-                };
+                let more =
+                    if short.len() < command.trim().len() && !command.trim().ends_with(&short) {
+                        "…"
+                    } else {
+                        ""
+                    };
                 let bg = if *background { " (background)" } else { "" };
                 format!("run on {on}{bg}: {short}{more}")
             }
@@ -572,9 +578,9 @@ impl Scenario {
                         (Some(_), true) => out.push(format!(
                             "{at}: give either `content` or `remove = true`, not both"
                         )),
-                        (None, false) => out.push(format!(
-                            "{at}: give the new `content`, or `remove = true`"
-                        )),
+                        (None, false) => {
+                            out.push(format!("{at}: give the new `content`, or `remove = true`"))
+                        }
                         _ => {}
                     }
                 }
@@ -771,7 +777,10 @@ do = "wait"
             e.contains("step 1 (line 2, run): on client9 is not a machine"),
             "{e}"
         );
-        assert!(e.contains("step 2 (line 7, expect_denied): access \"wrong-key\" needs `other`"), "{e}");
+        assert!(
+            e.contains("step 2 (line 7, expect_denied): access \"wrong-key\" needs `other`"),
+            "{e}"
+        );
     }
 
     #[test]

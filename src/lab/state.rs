@@ -61,7 +61,8 @@ impl RunState {
     /// Written to a temporary name and renamed, so `down` never reads half a record.
     pub fn save(&self) -> Result<(), LabError> {
         let path = RunState::path_of(&self.run);
-        fs::create_dir_all(STATE_DIR).map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
+        fs::create_dir_all(STATE_DIR)
+            .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
         let tmp = path.with_extension("toml.tmp");
         let text = format!(
             "# A tiffin-lab run; `tiffin-lab down` removes what it names.\n{}",
@@ -100,8 +101,7 @@ impl RunState {
         paths
             .into_iter()
             .map(|p| {
-                let text =
-                    fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
                 toml::from_str(&text)
                     .map_err(|e| format!("{}: {}", p.display(), crate::fleet::toml_message(&e)))
             })

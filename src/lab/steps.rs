@@ -19,8 +19,7 @@ use super::access;
 use super::exec::{self, Finished};
 use super::scenario::{MachineName, OneOrMany, ProvisionExpect, PullExpect, Step};
 use super::world::{
-    Background, CLIENT_CONFIG, Failure, StepError, StepResult, World, exec_failure,
-    write_host_file,
+    Background, CLIENT_CONFIG, Failure, StepError, StepResult, World, exec_failure, write_host_file,
 };
 
 /// How long `wait` lets background commands run.
@@ -161,12 +160,7 @@ fn check_run(
     Ok(())
 }
 
-fn expect_success(
-    world: &mut World,
-    on: &MachineName,
-    argv: &[&str],
-    problem: &str,
-) -> StepResult {
+fn expect_success(world: &mut World, on: &MachineName, argv: &[&str], problem: &str) -> StepResult {
     let mark = world.sshd_mark();
     let done = world.exec(on, argv, None)?;
     if !done.status.success() {
@@ -330,7 +324,10 @@ fn applied_state(world: &World, on: &MachineName) -> Vec<String> {
             .unwrap_or_else(|_| "(none)".into())
     };
     vec![
-        format!("/var/lib/tiffin/current -> {}", link("/var/lib/tiffin/current")),
+        format!(
+            "/var/lib/tiffin/current -> {}",
+            link("/var/lib/tiffin/current")
+        ),
         format!("/run/current-system -> {}", link("/run/current-system")),
         format!(
             "{STANDIN_STATE}/calls.log: {} line(s)",
@@ -425,14 +422,17 @@ fn judge_pull(
                 "its report says result = {:?}, expected {:?}{}",
                 r.result.as_str(),
                 want.as_str(),
-                r.error.map(|e| format!(" (error: {e})")).unwrap_or_default()
+                r.error
+                    .map(|e| format!(" (error: {e})"))
+                    .unwrap_or_default()
             ))
         }
     };
     match expect {
-        PullExpect::Ok | PullExpect::Unchanged if code != 0 => {
-            Err(format!("exit status {code}, expected 0 ({})", expect.as_str()))
-        }
+        PullExpect::Ok | PullExpect::Unchanged if code != 0 => Err(format!(
+            "exit status {code}, expected 0 ({})",
+            expect.as_str()
+        )),
         PullExpect::Ok => want_result(PullResult::Ok),
         PullExpect::Unchanged => want_result(PullResult::Unchanged),
         PullExpect::Failed if code != 1 => {
@@ -496,12 +496,14 @@ fn expect_file(
     if let Some(want) = mode {
         let found = Mode::from_stat(meta.permissions().mode());
         if found != want {
-            return Err(fail(format!("{path} on {on} has mode {found}, expected {want}")));
+            return Err(fail(format!(
+                "{path} on {on} has mode {found}, expected {want}"
+            )));
         }
     }
     if let Some(want) = content {
-        let found = fs::read(&host_path)
-            .map_err(|e| fail(format!("cannot read {path} on {on}: {e}")))?;
+        let found =
+            fs::read(&host_path).map_err(|e| fail(format!("cannot read {path} on {on}: {e}")))?;
         if found != want.as_bytes() {
             return Err(Failure {
                 problem: format!("{path} on {on} has other content than expected"),

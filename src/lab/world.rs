@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
+use super::LabError;
 use super::exec::{self, ExecError, Finished, Running};
 use super::interrupt::Interrupt;
 use super::machine::{self, Machine, MachineSpec, SERVER_ADDRESS};
 use super::procfs;
 use super::scenario::{MachineName, Scenario};
 use super::state::{self, MachineState, PREFIX, RunState};
-use super::LabError;
 
 /// The recording stand-in for nixos-rebuild, shipped inside the binary so `demo` works from anywhere.
 pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../vm-scenarios/bin/nixos-rebuild");
@@ -314,10 +314,31 @@ impl<'r> World<'r> {
             let address = format!("{}/24", self.address_of(&m));
             self.host(&["ip", "netns", "add", &ns])?;
             self.host(&[
-                "ip", "-n", &bridge, "link", "add", m.as_str(), "type", "veth", "peer", "name",
-                "eth0", "netns", &ns,
+                "ip",
+                "-n",
+                &bridge,
+                "link",
+                "add",
+                m.as_str(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
             ])?;
-            self.host(&["ip", "-n", &bridge, "link", "set", m.as_str(), "master", "br0", "up"])?;
+            self.host(&[
+                "ip",
+                "-n",
+                &bridge,
+                "link",
+                "set",
+                m.as_str(),
+                "master",
+                "br0",
+                "up",
+            ])?;
             self.host(&["ip", "-n", &ns, "addr", "add", &address, "dev", "eth0"])?;
             self.host(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
             self.host(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
@@ -498,7 +519,11 @@ impl<'r> World<'r> {
             }
             for (path, file) in &spec.files {
                 let target = path.under(&dir.join("files"));
-                write_host_file(&target, &file.content, Some(file.mode.map_or(0o644, |m| m.bits())))?;
+                write_host_file(
+                    &target,
+                    &file.content,
+                    Some(file.mode.map_or(0o644, |m| m.bits())),
+                )?;
             }
         }
         Ok(())
@@ -584,7 +609,7 @@ impl<'r> World<'r> {
         let cmd = self.machine(on).command(argv);
         let command = exec::shell_words(&argv.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         Running::spawn(cmd, &log, input.as_deref())
-            .map_err(|e| exec_failure(e, on.as_str(), &command).into())
+            .map_err(|e| exec_failure(e, on.as_str(), &command))
     }
 
     /// Runs `argv` inside a machine and fails unless it exits 0.
@@ -608,13 +633,7 @@ impl<'r> World<'r> {
 
     // ---- files inside machines ------------------------------------------------------------
 
-    pub fn write_file(
-        &self,
-        on: &MachineName,
-        path: &str,
-        content: &str,
-        mode: u32,
-    ) -> StepResult {
+    pub fn write_file(&self, on: &MachineName, path: &str, content: &str, mode: u32) -> StepResult {
         let target = self.machine(on).path(path);
         write_host_file(&target, content, Some(mode)).map_err(|e| match e {
             StepError::Failed(mut f) => {
@@ -630,7 +649,11 @@ impl<'r> World<'r> {
         let target = self.machine(on).path(path);
         fs::create_dir_all(&target)
             .and_then(|()| fs::set_permissions(&target, fs::Permissions::from_mode(mode)))
-            .map_err(|e| Failure::new(format!("creating {path}: {e}")).on(on.as_str()).into())
+            .map_err(|e| {
+                Failure::new(format!("creating {path}: {e}"))
+                    .on(on.as_str())
+                    .into()
+            })
     }
 
     pub fn read_file(&self, on: &MachineName, path: &str) -> Result<String, std::io::Error> {
@@ -646,9 +669,11 @@ impl<'r> World<'r> {
         if fields.len() == 2 {
             Ok(fields.join(" "))
         } else {
-            Err(Failure::new(format!("{path} is not an OpenSSH public key: {text:?}"))
-                .on(on.as_str())
-                .into())
+            Err(
+                Failure::new(format!("{path} is not an OpenSSH public key: {text:?}"))
+                    .on(on.as_str())
+                    .into(),
+            )
         }
     }
 
@@ -803,7 +828,12 @@ impl<'r> World<'r> {
         }
         for m in self.machines.iter_mut().rev() {
             let killed = m.stop();
-            tracing::debug!("stopped {} ({} straggler(s)) at {:?}", m.name, killed.len(), t.elapsed());
+            tracing::debug!(
+                "stopped {} ({} straggler(s)) at {:?}",
+                m.name,
+                killed.len(),
+                t.elapsed()
+            );
         }
         self.machines.clear();
         for ns in self.netns.iter().rev() {
@@ -814,10 +844,7 @@ impl<'r> World<'r> {
         }
         let left = state::netns_with_prefix(&self.run.prefix());
         if !left.is_empty() {
-            problems.push(format!(
-                "network namespaces left: {}",
-                left.join(", ")
-            ));
+            problems.push(format!("network namespaces left: {}", left.join(", ")));
         }
         self.netns.clear();
         tracing::debug!("namespaces checked at {:?}", t.elapsed());

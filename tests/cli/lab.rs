@@ -36,7 +36,9 @@ fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
-    eprintln!("NOTICE: {test} needs root (namespaces, a real sshd) and did not run; CI runs it as root");
+    eprintln!(
+        "NOTICE: {test} needs root (namespaces, a real sshd) and did not run; CI runs it as root"
+    );
     true
 }
 
@@ -125,7 +127,11 @@ fn a_bad_scenario_is_refused_before_any_lab_starts() {
     )
     .unwrap();
     let unknown = dir.path().join("unknown.toml");
-    fs::write(&unknown, "# Proves: nothing\n[[step]]\ndo = \"provision\"\nexpec = \"changed\"\n").unwrap();
+    fs::write(
+        &unknown,
+        "# Proves: nothing\n[[step]]\ndo = \"provision\"\nexpec = \"changed\"\n",
+    )
+    .unwrap();
     let out = lab().arg("run").arg(&bad).arg(&unknown).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let shown = text(&out).replace(&dir.path().display().to_string(), "[DIR]");
@@ -170,7 +176,10 @@ fn host_files() -> BTreeMap<String, String> {
             .unwrap_or_else(|e| format!("unreadable: {e}"));
         out.insert(p.display().to_string(), hash);
     }
-    out.insert("/home entries".into(), format!("{:?}", entries(Path::new("/home"))));
+    out.insert(
+        "/home entries".into(),
+        format!("{:?}", entries(Path::new("/home"))),
+    );
     out
 }
 
@@ -187,7 +196,11 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -249,7 +262,9 @@ fn interrupt_at(file: &str, marker: &str) -> (Option<i32>, String, Vec<String>) 
             if n == 0 {
                 break;
             }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -259,7 +274,11 @@ fn interrupt_at(file: &str, marker: &str) -> (Option<i32>, String, Vec<String>) 
             "the step never started:\n{}",
             seen.lock().unwrap()
         );
-        assert!(child.try_wait().unwrap().is_none(), "tiffin-lab ended early:\n{}", seen.lock().unwrap());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tiffin-lab ended early:\n{}",
+            seen.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // While the step runs, the lab is visible: this is what the checks afterwards must not find.
@@ -277,7 +296,12 @@ fn interrupt_at(file: &str, marker: &str) -> (Option<i32>, String, Vec<String>) 
     };
     reader.join().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let out = format!("{}{err}", seen.lock().unwrap());
     (status.code(), out, during)
 }
@@ -322,7 +346,15 @@ fn the_host_is_left_as_it_was_after_a_pass_a_failure_and_an_interrupt() {
         "the leftover checks must see a running lab, or they prove nothing: {during:#?}"
     );
     let interrupted = run_id(&out);
-    assert_eq!(leftovers(&interrupted), Vec::<String>::new(), "after SIGINT");
+    assert_eq!(
+        leftovers(&interrupted),
+        Vec::<String>::new(),
+        "after SIGINT"
+    );
 
-    assert_eq!(host_files(), before, "the host's accounts or /etc/ssh changed");
+    assert_eq!(
+        host_files(),
+        before,
+        "the host's accounts or /etc/ssh changed"
+    );
 }
