@@ -23,7 +23,7 @@ pub struct InitArgs {
     /// The machine's name (its hostname)
     #[arg(long)]
     pub name: String,
-    /// The machine's directory in the run directory (overlay upper and work directories)
+    /// The machine's directory in the run directory (a tmpfs for the overlays is mounted on it)
     #[arg(long)]
     pub dir: PathBuf,
     /// A directory of the host to show, read-only, at the same path, even under the machine's private /tmp or /run
@@ -74,21 +74,24 @@ fn build(args: &InitArgs) -> Result<(), String> {
         let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
         shares.push((path.clone(), dir, writable));
     }
+    // The overlays' upper layers live in a tmpfs of the machine's own: nothing of the machine
+    // touches the host's disk, it works whatever filesystem the host's /tmp is (overlayfs in a
+    // container cannot hold upper layers), and it vanishes with the machine.
+    fs::create_dir_all(&args.dir).map_err(|e| format!("creating {}: {e}", args.dir.display()))?;
+    mount_or(
+        Some(Path::new("tmpfs")),
+        &args.dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=700"),
+        "tmpfs for the overlays' upper layers",
+    )?;
     for d in OVERLAID {
         let (upper, work) = overlay_dirs(&args.dir, d);
         for p in [&upper, &work] {
             fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
         }
     }
-    // The overlays' upper directories must stay writable when / becomes read-only below.
-    mount_or(
-        Some(&args.dir),
-        &args.dir,
-        None,
-        MsFlags::MS_BIND,
-        None,
-        "bind the machine directory onto itself",
-    )?;
     // ip-netns's bind mounts hold references to every lab's network namespaces; drop our copies.
     let _ = umount2("/run/netns", MntFlags::MNT_DETACH);
     // Read-only root: nothing a scenario runs can write outside the machine's private places.

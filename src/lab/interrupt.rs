@@ -10,7 +10,9 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// Routes SIGINT, SIGTERM and SIGHUP to the flag instead of killing the process.
+    /// Routes SIGINT, SIGTERM and SIGHUP to the flag instead of killing the process. A second
+    /// signal, while the lab already tears down, ends the process at once (exit 130); what is
+    /// left then is on record for `tiffin-lab down`.
     pub fn install() -> std::io::Result<Interrupt> {
         let me = Interrupt::default();
         for signal in [
@@ -18,6 +20,8 @@ impl Interrupt {
             signal_hook::consts::SIGTERM,
             signal_hook::consts::SIGHUP,
         ] {
+            // Registered first, so it sees the flag as it was before this signal.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&me.flag))?;
             signal_hook::flag::register(signal, Arc::clone(&me.flag))?;
         }
         Ok(me)

@@ -207,7 +207,9 @@ fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (O
         }
     } else {
         if outcome == Outcome::Interrupted {
-            say("   interrupted: tearing the lab down\n");
+            say(
+                "   interrupted: tearing the lab down (interrupt again to abort; then `tiffin-lab down` cleans up)\n",
+            );
         }
         let problems = world.down();
         if !problems.is_empty() {
