@@ -188,6 +188,7 @@ fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (O
             Ok(done) => say(&format!("\n$ tiffin status\n{}\n", done.output.trim_end())),
             Err(_) => say("\n(tiffin status could not run)\n"),
         }
+        say(DEMO_RECAP);
     }
     let keep = opts.keep && outcome != Outcome::Interrupted && (last || outcome == Outcome::Failed);
     let keep = keep || (opts.keep && outcome == Outcome::Interrupted);
@@ -235,6 +236,17 @@ fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (O
     ));
     (outcome, keep)
 }
+
+/// What the demo showed, for someone who just ran it.
+const DEMO_RECAP: &str = "
+What happened: `tiffin provision` gave each client an account and an SFTP chroot on the
+server's real sshd; `tiffin publish` put each client's configuration there as a release;
+each client's `tiffin pull` fetched its own release with its own key, verified it, deployed
+its files and ran nixos-rebuild (here a recording stand-in) and reported back, which is
+what `tiffin status` shows. Every machine was a set of namespaces on this machine.
+Next: `tiffin-lab run vm-scenarios/` (every scenario), or `tiffin-lab demo --keep` and
+`tiffin-lab shell client1` to look around (docs/lab.md).
+";
 
 /// Steps whose failures are often explained by what sshd logged.
 fn mentions_ssh(step: &Step) -> bool {
