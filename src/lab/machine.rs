@@ -1,13 +1,16 @@
 //! One lab machine: a network namespace plus a pid 1 (`machine-init`) that holds the machine's mount, pid, uts and ipc namespaces; how to enter it and how to reach its files.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
+use std::fs::{File, Metadata};
+use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, readlinkat};
 use nix::sys::signal::Signal;
 
 use super::procfs;
@@ -200,6 +203,51 @@ impl Machine {
             self.init_pid,
             inside.trim_start_matches('/')
         ))
+    }
+
+    /// Opens a path as the machine resolves it: absolute symlinks and `..` stay inside the
+    /// machine (openat2 with RESOLVE_IN_ROOT on its root), unlike a plain walk of
+    /// /proc/PID/root/… which would follow `/var/run -> /run` into the host's /run.
+    pub fn open_inside(&self, inside: &str, flags: OFlag) -> std::io::Result<File> {
+        let root = File::open(format!("/proc/{}/root", self.init_pid))?;
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let relative = inside.trim_start_matches('/');
+        let relative = if relative.is_empty() { "." } else { relative };
+        match openat2(&root, relative, how) {
+            Ok(fd) => Ok(File::from(fd)),
+            // Kernels before 5.6: the plain walk, good enough for paths without symlinks.
+            Err(nix::errno::Errno::ENOSYS) => {
+                let mut options = std::fs::OpenOptions::new();
+                options.read(true).custom_flags(flags.bits());
+                options.open(self.path(inside))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The metadata of a path inside the machine, not following a final symlink, and the
+    /// symlink's target when it is one.
+    pub fn lstat_inside(&self, inside: &str) -> std::io::Result<(Metadata, Option<PathBuf>)> {
+        let file = self.open_inside(inside, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        let meta = file.metadata()?;
+        let target = if meta.file_type().is_symlink() {
+            Some(PathBuf::from(
+                readlinkat(&file, "").map_err(std::io::Error::from)?,
+            ))
+        } else {
+            None
+        };
+        Ok((meta, target))
+    }
+
+    /// The content of a file inside the machine.
+    pub fn read_inside(&self, inside: &str) -> std::io::Result<Vec<u8>> {
+        let mut file = self.open_inside(inside, OFlag::O_RDONLY)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// Kills the machine: its pid 1 first (the kernel then kills every process of its pid

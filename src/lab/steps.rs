@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use sha2::Digest;
@@ -318,10 +318,10 @@ fn diff(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> 
 /// the stand-in's record of rebuilds.
 fn applied_state(world: &World, on: &MachineName) -> Vec<String> {
     let m = world.machine(on);
-    let link = |p: &str| {
-        fs::read_link(m.path(p))
-            .map(|t| t.display().to_string())
-            .unwrap_or_else(|_| "(none)".into())
+    let link = |p: &str| match m.lstat_inside(p) {
+        Ok((_, Some(target))) => target.display().to_string(),
+        Ok((_, None)) => "(not a link)".into(),
+        Err(_) => "(none)".into(),
     };
     vec![
         format!(
@@ -331,8 +331,8 @@ fn applied_state(world: &World, on: &MachineName) -> Vec<String> {
         format!("/run/current-system -> {}", link("/run/current-system")),
         format!(
             "{STANDIN_STATE}/calls.log: {} line(s)",
-            fs::read_to_string(m.path(&format!("{STANDIN_STATE}/calls.log")))
-                .map(|t| t.lines().count())
+            m.read_inside(&format!("{STANDIN_STATE}/calls.log"))
+                .map(|t| t.iter().filter(|b| **b == b'\n').count())
                 .unwrap_or(0)
         ),
     ]
@@ -467,10 +467,10 @@ fn expect_file(
     mode: Option<Mode>,
     absent: bool,
 ) -> StepResult {
-    let host_path: PathBuf = world.machine(on).path(path);
+    let machine = world.machine(on);
     let fail = |problem: String| -> StepError { Failure::new(problem).on(on.as_str()).into() };
-    let meta = match fs::symlink_metadata(&host_path) {
-        Ok(m) => m,
+    let (meta, link) = match machine.lstat_inside(path) {
+        Ok(found) => found,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return if absent {
                 Ok(())
@@ -483,8 +483,7 @@ fn expect_file(
     if absent {
         return Err(fail(format!("{path} exists on {on}, expected it absent")));
     }
-    if meta.file_type().is_symlink() {
-        let target = fs::read_link(&host_path).unwrap_or_default();
+    if let Some(target) = link {
         return Err(fail(format!(
             "{path} on {on} is a symlink to {}, expected a regular file",
             target.display()
@@ -502,8 +501,9 @@ fn expect_file(
         }
     }
     if let Some(want) = content {
-        let found =
-            fs::read(&host_path).map_err(|e| fail(format!("cannot read {path} on {on}: {e}")))?;
+        let found = machine
+            .read_inside(path)
+            .map_err(|e| fail(format!("cannot read {path} on {on}: {e}")))?;
         if found != want.as_bytes() {
             return Err(Failure {
                 problem: format!("{path} on {on} has other content than expected"),

@@ -657,7 +657,9 @@ impl<'r> World<'r> {
     }
 
     pub fn read_file(&self, on: &MachineName, path: &str) -> Result<String, std::io::Error> {
-        fs::read_to_string(self.machine(on).path(path))
+        let bytes = self.machine(on).read_inside(path)?;
+        String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// `algorithm base64` of an OpenSSH public key file inside a machine.
