@@ -783,6 +783,24 @@ do = "wait"
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a scenario file holds, loading it answers with a scenario or an error.
+        #[test]
+        fn parsing_never_panics(text in "(#[ -~]{0,20}\n)?(\\[\\[step\\]\\]\n|do = \"[a-z_]{1,12}\"\n|on = \"[a-z0-9]{0,8}\"\n|[a-z_]{1,10} = [0-9\"a-z\\[\\]]{0,10}\n|[ -~]{0,30}\n){0,12}") {
+            let _ = Scenario::parse(Path::new("p.toml"), &text);
+        }
+
+        /// A machine name is a valid interface name and host name, or refused.
+        #[test]
+        fn machine_names_fit_interfaces(name in "[ -~]{0,20}") {
+            if let Ok(m) = name.parse::<MachineName>() {
+                proptest::prop_assert!(m.as_str().len() <= MAX_MACHINE_NAME);
+                proptest::prop_assert!(m.as_str().parse::<HostName>().is_ok());
+                proptest::prop_assert!(!m.as_str().contains(['/', '.', ' ']));
+            }
+        }
+    }
+
     #[test]
     fn the_opening_comment_is_required() {
         let e = parse("[[step]]\ndo = \"provision\"\n").unwrap_err();
