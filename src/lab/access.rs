@@ -350,24 +350,7 @@ fn attempts(
                 .trim_start_matches(prefix)
                 .parse()
                 .map_err(Failure::new)?;
-            world.exec(
-                &on,
-                &["rm", "-f", STRANGER_KEY, &format!("{STRANGER_KEY}.pub")],
-                None,
-            )?;
-            world.exec_ok(
-                &on,
-                &[
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-f",
-                    STRANGER_KEY,
-                ],
-            )?;
+            world.generate_key(&on, STRANGER_KEY, "stranger")?;
             let mut argv = vec!["ssh".to_owned()];
             argv.extend(ssh_options(STRANGER_KEY));
             argv.extend([me.target(), "true".into()]);

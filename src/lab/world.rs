@@ -427,22 +427,7 @@ impl<'r> World<'r> {
         }
         self.mkdir(&server, "/etc/ssh/sshd_config.d", 0o755)?;
         self.write_file(&server, SSHD_CONFIG, &sshd_config(), 0o644)?;
-        self.exec_ok(
-            &server,
-            &[
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "tiffin-lab-server",
-                "-f",
-                SERVER_HOST_KEY,
-            ],
-        )?;
-        self.server_key = self.read_public_key(&server, &format!("{SERVER_HOST_KEY}.pub"))?;
+        self.server_key = self.generate_key(&server, SERVER_HOST_KEY, "tiffin-lab-server")?;
         self.start_sshd()
     }
 
@@ -452,22 +437,7 @@ impl<'r> World<'r> {
         for c in self.clients.clone() {
             self.check_interrupt()?;
             self.mkdir(&c, "/etc/tiffin", 0o755)?;
-            self.exec_ok(
-                &c,
-                &[
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    &format!("root@{c}"),
-                    "-f",
-                    CLIENT_IDENTITY,
-                ],
-            )?;
-            let key = self.read_public_key(&c, &format!("{CLIENT_IDENTITY}.pub"))?;
+            let key = self.generate_key(&c, CLIENT_IDENTITY, &format!("root@{c}"))?;
             self.client_keys.insert(c.clone(), key);
             let known = format!("{SERVER_ADDRESS} {}\n", self.server_key);
             self.write_file(&c, KNOWN_HOSTS, &known, 0o644)?;
@@ -663,6 +633,33 @@ impl<'r> World<'r> {
     }
 
     /// `algorithm base64` of an OpenSSH public key file inside a machine.
+    /// A new ed25519 key pair at `path` on a machine (no passphrase); returns the public key line.
+    pub fn generate_key(
+        &mut self,
+        on: &MachineName,
+        path: &str,
+        comment: &str,
+    ) -> StepResult<String> {
+        let public = format!("{path}.pub");
+        self.exec(on, &["rm", "-f", path, &public], None)?;
+        self.exec_ok(
+            on,
+            &[
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                comment,
+                "-f",
+                path,
+            ],
+        )?;
+        self.read_public_key(on, &public)
+    }
+
     fn read_public_key(&self, on: &MachineName, path: &str) -> StepResult<String> {
         let text = self
             .read_file(on, path)
