@@ -37,12 +37,26 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where admin and server commands find the fleet and the chroots.
+/// Where admin commands find the fleet repository.
 #[derive(Debug, Clone, Args)]
-pub struct FleetArgs {
+pub struct RepoArgs {
     /// The fleet repository [default: the current directory]
     #[arg(long, env = "TIFFIN_FLEET", value_name = "DIR")]
     pub fleet: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    pub fn load(&self) -> Result<Fleet, Error> {
+        let root = self.fleet.clone().unwrap_or_else(|| PathBuf::from("."));
+        Ok(Fleet::load(&root)?)
+    }
+}
+
+/// Where server commands find the fleet and the chroots.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Use this chroot root instead of fleet.toml's server.chroot_root (e.g. to publish into a test directory)
     #[arg(long, value_name = "DIR")]
     pub chroot_root: Option<PathBuf>,
@@ -68,7 +82,7 @@ pub enum Command {
     )]
     Check {
         #[command(flatten)]
-        fleet: FleetArgs,
+        fleet: RepoArgs,
     },
     /// Make OpenSSH serve every host: accounts, chroots, keys, sshd drop-in (root)
     #[command(
@@ -125,10 +139,10 @@ pub enum HostCommand {
         /// Host name: a lowercase letter, then lowercase letters, digits or '-'
         name: String,
         /// The host's OpenSSH public key, or a file holding it (e.g. a copy of its /etc/ssh/ssh_host_ed25519_key.pub)
-        #[arg(long, value_name = "KEY")]
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
         key: String,
         #[command(flatten)]
-        fleet: FleetArgs,
+        fleet: RepoArgs,
     },
 }
 
@@ -206,8 +220,7 @@ pub fn now() -> SystemTime {
 
 impl FleetArgs {
     pub fn load(&self) -> Result<Fleet, Error> {
-        let root = self.fleet.clone().unwrap_or_else(|| PathBuf::from("."));
-        Ok(Fleet::load(&root)?)
+        self.repo.load()
     }
     pub fn chroot_root(&self, fleet: &Fleet) -> PathBuf {
         self.chroot_root
@@ -262,6 +275,13 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
                 now: now(),
                 fault: None,
             };
+            let _lock = if dry_run {
+                None
+            } else {
+                Some(publish::lock_chroot_root(&opts.chroot_root).map_err(|e| {
+                    Error::Failed(format!("chroot root {}: {e}", opts.chroot_root.display()))
+                })?)
+            };
             publish_command(&fleet, &selected, &opts)
         }
         Command::Status {
@@ -297,8 +317,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
 
 fn check(fleet: &Fleet) -> Result<Exit, Error> {
     let mut problems = fleet.problems.clone();
-    for name in fleet.hosts.keys() {
-        if let Err(mut found) = crate::release::resolve_host_tree(&fleet.root, name) {
+    for name in fleet.host_dirs() {
+        if let Err(mut found) = crate::release::resolve_host_tree(&fleet.root, &name) {
             problems.append(&mut found);
         }
     }
@@ -337,7 +357,7 @@ fn publish_command(
     hosts: &[HostName],
     opts: &PublishOptions,
 ) -> Result<Exit, Error> {
-    let mut failed = 0;
+    let (mut failed, mut invalid) = (0, 0);
     for (name, result) in publish::publish_all(fleet, hosts, opts) {
         match result {
             Ok(Outcome::Unchanged { id, seq }) => {
@@ -368,8 +388,15 @@ fn publish_command(
             Err(e) => {
                 eprintln!("error: {e}");
                 failed += 1;
+                invalid += usize::from(matches!(e, publish::PublishError::Invalid { .. }));
             }
         }
+    }
+    if invalid > 0 {
+        return Err(Error::Usage(format!(
+            "{failed} of {} host(s) not published: fix the fleet repository (`tiffin check` lists every problem); each failed host keeps its previous release",
+            hosts.len()
+        )));
     }
     if failed > 0 {
         return Err(Error::Failed(format!(

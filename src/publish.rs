@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::fleet::{Fleet, Host, Problem};
 use crate::names::{HostName, ReleaseId};
 use crate::release::{
-    self, CURRENT_FILE, FileEntry, MANIFEST_FILE, Manifest, RELEASES_DIR, SourceFile,
+    self, CURRENT_FILE, FileEntry, MANIFEST_FILE, Manifest, ManifestHead, RELEASES_DIR, SourceFile,
 };
 use crate::settings::format_time;
 
@@ -179,34 +179,11 @@ pub fn publish_host(
         }
     })?;
     let paths = ChrootPaths::new(&opts.chroot_root, name);
-    let io = |step: &'static str, path: &Path| {
-        let (host, path) = (name.clone(), path.to_owned());
-        move |source| PublishError::Io {
-            host,
-            step,
-            path,
-            source,
-        }
-    };
     let current_id = paths
         .read_current()
-        .map_err(io("reading", &paths.current()))?;
-    let previous = match &current_id {
-        Some(id) => {
-            Some(
-                paths
-                    .read_manifest(id)
-                    .map_err(|message| PublishError::BrokenCurrent {
-                        host: name.clone(),
-                        id: id.to_string(),
-                        message,
-                    })?,
-            )
-        }
-        None => None,
-    };
-
-    let entries = release::hash_tree(&sources).map_err(io("hashing", &fleet.host_dir(name)))?;
+        .map_err(io_error(name, "reading", &paths.current()))?;
+    let entries =
+        release::hash_tree(&sources).map_err(io_error(name, "hashing", &fleet.host_dir(name)))?;
     let mut candidate = Manifest {
         host: name.clone(),
         seq: 0,
@@ -214,14 +191,32 @@ pub fn publish_host(
         apply: host.apply.clone(),
         files: entries,
     };
-    if let (Some(prev), Some(id)) = (&previous, &current_id)
-        && prev.same_content(&candidate)
-    {
-        return Ok(Outcome::Unchanged {
-            id: id.clone(),
-            seq: prev.seq,
-        });
-    }
+    let broken = |id: &ReleaseId| {
+        let (host, id) = (name.clone(), id.to_string());
+        move |message: String| PublishError::BrokenCurrent { host, id, message }
+    };
+    let previous = match &current_id {
+        Some(id) => {
+            let bytes = fs::read(paths.release(id).join(MANIFEST_FILE))
+                .map_err(|e| broken(id)(e.to_string()))?;
+            // Cheap no-change test for big fleets: the candidate rendered with the current
+            // release's header has the current id exactly when nothing changed.
+            let head = ManifestHead::parse(&bytes).map_err(|e| broken(id)(e.to_string()))?;
+            let same_header = Manifest {
+                seq: head.seq,
+                created: head.created,
+                ..candidate.clone()
+            };
+            if &same_header.id() == id {
+                return Ok(Outcome::Unchanged {
+                    id: id.clone(),
+                    seq: head.seq,
+                });
+            }
+            Some(Manifest::parse_verified(&bytes, id).map_err(|e| broken(id)(e.to_string()))?)
+        }
+        None => None,
+    };
     candidate.seq = next_seq(&paths, previous.as_ref());
     let change = diff(previous.as_ref(), &candidate);
     if opts.dry_run {
@@ -236,15 +231,19 @@ pub fn publish_host(
 
     let group = host_group(fleet, name);
     if !opts.chroot_root.is_dir() {
-        fs::create_dir_all(&opts.chroot_root).map_err(io("creating", &opts.chroot_root))?;
+        fs::create_dir_all(&opts.chroot_root).map_err(io_error(
+            name,
+            "creating",
+            &opts.chroot_root,
+        ))?;
     }
     for dir in [&paths.root, &paths.releases()] {
-        ensure_dir(dir, SERVER_DIR_MODE, group).map_err(io("creating", dir))?;
+        ensure_dir(dir, SERVER_DIR_MODE, group).map_err(io_error(name, "creating", dir))?;
     }
     let staging = paths.staging();
     // Left over by an interrupted publish; never visible to the client.
     let _ = fs::remove_dir_all(&staging);
-    ensure_dir(&staging, 0o700, None).map_err(io("creating", &staging))?;
+    ensure_dir(&staging, 0o700, None).map_err(io_error(name, "creating", &staging))?;
 
     let result = stage_and_swap(
         &paths,
@@ -257,8 +256,11 @@ pub fn publish_host(
     );
     let _ = fs::remove_dir_all(&staging);
     let (id, seq) = result?;
-    let pruned =
-        prune(&paths, &id, opts.keep_releases).map_err(io("pruning", &paths.releases()))?;
+    let pruned = prune(&paths, &id, opts.keep_releases).map_err(io_error(
+        name,
+        "pruning",
+        &paths.releases(),
+    ))?;
     Ok(Outcome::Published {
         id,
         seq,
@@ -278,15 +280,6 @@ fn stage_and_swap(
     opts: &PublishOptions,
 ) -> Result<(ReleaseId, u64), PublishError> {
     let host = manifest.host.clone();
-    let io = |step: &'static str, path: &Path| {
-        let (host, path) = (host.clone(), path.to_owned());
-        move |source| PublishError::Io {
-            host,
-            step,
-            path,
-            source,
-        }
-    };
     let fault = |f: Fault| {
         if opts.fault == Some(f) {
             Err(PublishError::Injected {
@@ -298,7 +291,7 @@ fn stage_and_swap(
         }
     };
     let tmp = paths.staging().join(format!("release-{}", manifest.seq));
-    ensure_dir(&tmp, SERVER_DIR_MODE, group).map_err(io("creating", &tmp))?;
+    ensure_dir(&tmp, SERVER_DIR_MODE, group).map_err(io_error(&host, "creating", &tmp))?;
 
     // Unchanged files are hard links to the previous release (immutable, so sharing is safe).
     let reusable: HashMap<&str, &FileEntry> = match (previous, previous_id) {
@@ -310,7 +303,7 @@ fn stage_and_swap(
         fault(Fault::AfterFiles(i))?;
         let dest = src.release_path.under(&tmp);
         if let Some(parent) = dest.parent() {
-            ensure_dir_all(&tmp, parent, group).map_err(io("creating", parent))?;
+            ensure_dir_all(&tmp, parent, group).map_err(io_error(&host, "creating", parent))?;
         }
         let hashed = manifest
             .files
@@ -332,7 +325,7 @@ fn stage_and_swap(
         } else {
             // Hash what is written, not what was read earlier: the admin may be editing.
             copy_hashing(&src.source, &dest, group)
-                .map_err(io("writing", &dest))?
+                .map_err(io_error(&host, "writing", &dest))?
                 .into_entry(src)
         };
         entries.push(entry);
@@ -342,21 +335,47 @@ fn stage_and_swap(
     let text = manifest.render();
     let id = ReleaseId::of_bytes(text.as_bytes());
     let manifest_path = tmp.join(MANIFEST_FILE);
-    write_synced(&manifest_path, text.as_bytes(), group).map_err(io("writing", &manifest_path))?;
-    sync_tree(&tmp).map_err(io("syncing", &tmp))?;
+    write_synced(&manifest_path, text.as_bytes(), group).map_err(io_error(
+        &host,
+        "writing",
+        &manifest_path,
+    ))?;
+    sync_tree(&tmp).map_err(io_error(&host, "syncing", &tmp))?;
     fault(Fault::BeforeReleaseRename)?;
 
     let final_dir = paths.release(&id);
-    fs::rename(&tmp, &final_dir).map_err(io("renaming into place", &final_dir))?;
-    sync_dir(&paths.releases()).map_err(io("syncing", &paths.releases()))?;
+    fs::rename(&tmp, &final_dir).map_err(io_error(&host, "renaming into place", &final_dir))?;
+    sync_dir(&paths.releases()).map_err(io_error(&host, "syncing", &paths.releases()))?;
     fault(Fault::BeforeCurrentSwap)?;
 
     let current_tmp = paths.staging().join(CURRENT_FILE);
-    write_synced(&current_tmp, format!("{id}\n").as_bytes(), group)
-        .map_err(io("writing", &current_tmp))?;
-    fs::rename(&current_tmp, paths.current()).map_err(io("swapping", &paths.current()))?;
-    sync_dir(&paths.root).map_err(io("syncing", &paths.root))?;
+    write_synced(&current_tmp, format!("{id}\n").as_bytes(), group).map_err(io_error(
+        &host,
+        "writing",
+        &current_tmp,
+    ))?;
+    fs::rename(&current_tmp, paths.current()).map_err(io_error(
+        &host,
+        "swapping",
+        &paths.current(),
+    ))?;
+    sync_dir(&paths.root).map_err(io_error(&host, "syncing", &paths.root))?;
     Ok((id, manifest.seq))
+}
+
+/// Turns an io::Error into a PublishError naming the host, the step and the path.
+fn io_error(
+    host: &HostName,
+    step: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> PublishError + use<> {
+    let (host, path) = (host.clone(), path.to_owned());
+    move |source| PublishError::Io {
+        host,
+        step,
+        path,
+        source,
+    }
 }
 
 struct Copied {
@@ -507,7 +526,7 @@ pub fn list_releases(paths: &ChrootPaths) -> Vec<(ReleaseId, u64)> {
 /// Removes all but the newest `keep` releases, never the current one.
 fn prune(paths: &ChrootPaths, current: &ReleaseId, keep: usize) -> std::io::Result<usize> {
     let mut releases = list_releases(paths);
-    releases.sort_by_key(|b| std::cmp::Reverse(b.1));
+    releases.sort_by_key(|r| std::cmp::Reverse(r.1));
     let mut pruned = 0;
     for (id, _) in releases.into_iter().skip(keep.max(1)) {
         if &id != current {
@@ -542,6 +561,33 @@ fn diff(previous: Option<&Manifest>, next: &Manifest) -> Change {
         .filter(|f| !new.contains(f.path.as_str()))
         .count();
     change
+}
+
+/// Held while publishing, so two `tiffin publish` runs never interleave on one chroot root.
+pub struct PublishLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Takes the publish lock of a chroot root (creating the root when missing), or says who holds it.
+pub fn lock_chroot_root(chroot_root: &Path) -> Result<PublishLock, std::io::Error> {
+    fs::create_dir_all(chroot_root)?;
+    let path = chroot_root.join(".publish.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(PublishLock { _lock: lock }),
+        Err((_, errno)) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another `tiffin publish` holds {} ({errno}); wait for it to finish",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// Publishes `hosts` in parallel (hashing dominates); results in host order.

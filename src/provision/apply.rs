@@ -46,7 +46,32 @@ impl std::str::FromStr for ReloadMethod {
 pub struct Applier<'a> {
     pub sys: &'a RealSystem,
     pub sshd_config: PathBuf,
+    /// The file `sshd -t -f` checks: the main config when it includes the drop-in, else the drop-in.
+    pub validate: PathBuf,
     pub reload: ReloadMethod,
+}
+
+/// One provisioning at a time: two would race on the drop-in's backup and on useradd.
+pub fn lock() -> Result<nix::fcntl::Flock<fs::File>, ProvisionError> {
+    let dir = ["/run/lock", "/run", "/tmp"]
+        .into_iter()
+        .map(Path::new)
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("/tmp"));
+    let path = dir.join("tiffin-provision.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("opening", &path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        ProvisionError::Unexpected(format!(
+            "another tiffin provision is running (it holds {}: {e}); wait for it and run again",
+            path.display()
+        ))
+    })
 }
 
 /// A system tool, looked up in PATH and the usual sbin directories (root's PATH may lack them).
@@ -285,7 +310,7 @@ impl Applier<'_> {
             fs::hard_link(&real, &backup).map_err(io_err("backing up", path))?;
         }
         fs::rename(&staged, &real).map_err(io_err("replacing", path))?;
-        let check = sshd_test(&self.sshd_config);
+        let check = sshd_test(&self.validate);
         let restore = || -> std::io::Result<()> {
             if had_old {
                 fs::rename(&backup, &real)?;
@@ -306,11 +331,15 @@ impl Applier<'_> {
             }
             Err(message) => {
                 let restored = restore();
+                // Tells a broken drop-in from a server where `sshd -t` fails anyway
+                // (a broken sshd_config, a missing /run/sshd when sshd is stopped).
+                let fails_without_it = restored.is_ok() && sshd_test(&self.validate).is_err();
                 Err(ProvisionError::SshdRejected {
                     dropin: path.to_owned(),
                     message,
                     restored: restored.err().map(|e| e.to_string()),
                     had_old,
+                    fails_without_it,
                 })
             }
         }
@@ -344,6 +373,18 @@ impl Applier<'_> {
             }
             ReloadMethod::PidFile(file) => {
                 let file = file.unwrap_or_else(|| sshd_pid_file(&self.sshd_config));
+                // A pid is only meaningful in the pid namespace /proc shows; signalling it from
+                // another one (a container, a half-entered lab machine) would hit a stranger.
+                let proc_is_ours = fs::read_link("/proc/self")
+                    .ok()
+                    .and_then(|p| p.to_str()?.parse::<u32>().ok())
+                    == Some(std::process::id());
+                if !proc_is_ours {
+                    return Err(ProvisionError::Unexpected(format!(
+                        "cannot reload sshd: /proc does not show this process (another pid namespace), so the pid in {} cannot be checked; reload sshd yourself",
+                        file.display()
+                    )));
+                }
                 let real = self.sys.real(&file);
                 let pid = match fs::read_to_string(&real) {
                     Ok(text) => text.trim().parse::<i32>().ok(),
@@ -381,7 +422,7 @@ impl Applier<'_> {
     }
 }
 
-/// `sshd -t` on the main configuration (which includes the drop-in); `Err` holds sshd's message.
+/// `sshd -t` on a configuration file that includes (or is) the drop-in; `Err` holds sshd's message.
 pub fn sshd_test(main_config: &Path) -> Result<(), String> {
     let out = Command::new(tool("sshd"))
         .arg("-t")
@@ -443,4 +484,53 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     write_synced(&tmp, bytes, mode)?;
     fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_failures_carry_status_and_stderr() {
+        let err = run("sh", &["-c", "echo 'useradd: group x exists' >&2; exit 9"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`sh -c"), "{text}");
+        assert!(text.contains("exit status: 9"), "{text}");
+        assert!(text.contains("useradd: group x exists"), "{text}");
+        assert_eq!(run("sh", &["-c", "echo ok"]).unwrap(), "ok\n");
+    }
+
+    #[test]
+    fn reload_methods() {
+        assert_eq!("".parse(), Ok(ReloadMethod::Auto));
+        assert_eq!("none".parse(), Ok(ReloadMethod::Never));
+        assert_eq!(
+            "pidfile:/run/lab/sshd.pid".parse(),
+            Ok(ReloadMethod::PidFile(Some("/run/lab/sshd.pid".into())))
+        );
+        assert!("pidfile:relative".parse::<ReloadMethod>().is_err());
+        assert!("sometimes".parse::<ReloadMethod>().is_err());
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // chown to root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        write_atomic(&p, b"one\n", 0o644).unwrap();
+        write_atomic(&p, b"two\n", 0o644).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two\n");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("k")]);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+    }
 }

@@ -31,7 +31,7 @@ pub enum ProvisionError {
         "tiffin provision creates accounts and changes sshd's configuration, so it must run as root (try `sudo tiffin provision`, or `tiffin provision --dry-run` to see the plan)"
     )]
     NotRoot,
-    #[error("cannot inspect {path}: {source}")]
+    #[error("cannot inspect {path}: {source}{}", if source.kind() == std::io::ErrorKind::PermissionDenied { " (run tiffin provision as root)" } else { "" })]
     Inspect {
         path: PathBuf,
         #[source]
@@ -65,12 +65,17 @@ pub enum ProvisionError {
     #[error("{0}")]
     Unexpected(String),
     #[error(
-        "sshd refused the new drop-in {}, so sshd was not reloaded; {}\n{message}\nFix server.sshd_extra in fleet.toml (or the line sshd names), then run `tiffin provision` again.",
+        "sshd refused the new drop-in {}, so sshd was not reloaded; {}\n{message}\n{}",
         dropin.display(),
         match (restored, had_old) {
             (Some(e), _) => format!("restoring the previous drop-in FAILED ({e}): restore it by hand before sshd restarts"),
             (None, true) => "the previous drop-in is back in place, unchanged".to_owned(),
             (None, false) => "the new drop-in was removed again".to_owned(),
+        },
+        if *fails_without_it {
+            "sshd -t fails without the new drop-in too, so the cause is elsewhere in sshd's configuration or setup: fix what sshd names, then run `tiffin provision` again."
+        } else {
+            "Fix server.sshd_extra in fleet.toml (or the line sshd names), then run `tiffin provision` again."
         }
     )]
     SshdRejected {
@@ -78,6 +83,7 @@ pub enum ProvisionError {
         message: String,
         restored: Option<String>,
         had_old: bool,
+        fails_without_it: bool,
     },
     #[error("step {step} of {total} failed ({action}): {source}\nThe {done} step(s) before it are done; fix the cause and run `tiffin provision` again, it continues from there.", done = step - 1)]
     Step {
@@ -179,6 +185,8 @@ pub fn command(args: &FleetArgs, dry_run: bool, prune: bool) -> Result<Exit, Err
         return Err(ProvisionError::NotRoot.into());
     }
 
+    // Held from planning to the last action, so a concurrent run cannot act on a stale plan.
+    let _lock = if dry_run { None } else { Some(apply::lock()?) };
     let opts = PlanOptions {
         prune,
         now: cli::now(),
@@ -200,6 +208,12 @@ pub fn command(args: &FleetArgs, dry_run: bool, prune: bool) -> Result<Exit, Err
     let applier = apply::Applier {
         sys: &sys,
         sshd_config: target.sshd_config.clone(),
+        // Without the Include, checking sshd_config would not read the drop-in at all.
+        validate: if plan.sshd_reads_dropin {
+            target.sshd_config.clone()
+        } else {
+            target.dropin.clone()
+        },
         reload,
     };
     let total = plan.actions.len();

@@ -302,6 +302,8 @@ pub struct Plan {
     pub hosts: usize,
     pub actions: Vec<Action>,
     pub findings: Vec<Finding>,
+    /// Whether the main sshd_config includes the drop-in; if not, `sshd -t` checks the drop-in alone.
+    pub sshd_reads_dropin: bool,
 }
 
 impl Plan {
@@ -453,9 +455,9 @@ impl Planner<'_> {
                     "a regular file"
                 };
                 self.blocker(format!(
-                    "{} is not {expected} (it is {:?}); move it away, tiffin will not replace it",
+                    "{} is not {expected} (it is {}); move it away, tiffin will not replace it",
                     path.display(),
-                    m.kind
+                    m.kind.describe()
                 ));
                 Ok(false)
             }
@@ -581,6 +583,19 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
                 "account {} has uid 0: tiffin will not serve a host through a root account; remove or renumber it",
                 u.name
             )),
+            // Only an account tiffin created (its comment) or that already points at the chroot
+            // is adopted; taking over, say, `daemon` for a host named so would be a disaster.
+            Some(u) if u.home != chroot && u.comment != format!("{COMMENT_PREFIX}{}", h.host) => {
+                p.blocker(format!(
+                    "account {} exists and is not tiffin's (home {}, comment {:?}): tiffin will not take it over; rename the host or change server.user_prefix, or, if it is meant for host {}, make its home {} (`usermod --home {} {0}`)",
+                    u.name,
+                    u.home.display(),
+                    u.comment,
+                    h.host,
+                    chroot.display(),
+                    chroot.display()
+                ))
+            }
             Some(u) => {
                 let fixes = account_fixes(u, &chroot, &shell, &group, &accounts);
                 if !fixes.is_empty() {
@@ -689,6 +704,13 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
     }
 
     // Keys: outside every chroot, root-owned, read by sshd as root before it chroots.
+    if target.keys_dir.starts_with(&target.chroot_root) {
+        p.blocker(format!(
+            "server.authorized_keys_dir {} is inside the chroot root {}: keys must live outside every chroot (e.g. /etc/tiffin/authorized_keys)",
+            target.keys_dir.display(),
+            target.chroot_root.display()
+        ));
+    }
     p.ancestors(&target.keys_dir, "the authorized keys directory")?;
     p.managed(
         &target.keys_dir,
@@ -831,17 +853,27 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
         });
         p.actions.push(Action::Reload);
     }
-    check_inclusion(&mut p, target)?;
+    let sshd_reads_dropin = check_inclusion(&mut p, target)?;
 
     let Planner {
         actions, findings, ..
     } = p;
+    // Ancestors shared by the chroot root, the keys directory and the drop-in are created once.
+    let mut created = BTreeSet::new();
+    let actions = actions
+        .into_iter()
+        .filter(|a| match a {
+            Action::CreateDir { path, .. } => created.insert(path.clone()),
+            _ => true,
+        })
+        .collect();
     let mut findings = findings;
     findings.sort_by_key(|f| f.level);
     Ok(Plan {
         hosts: target.hosts.len(),
         actions,
         findings,
+        sshd_reads_dropin,
     })
 }
 
@@ -874,7 +906,8 @@ fn account_fixes(
     fixes
 }
 
-fn check_inclusion(p: &mut Planner<'_>, target: &Target) -> Result<(), ProvisionError> {
+/// Warns unless sshd_config includes the drop-in (outside any Match block); true when it does.
+fn check_inclusion(p: &mut Planner<'_>, target: &Target) -> Result<bool, ProvisionError> {
     let main = match p.sys.read(&target.sshd_config) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -884,12 +917,13 @@ fn check_inclusion(p: &mut Planner<'_>, target: &Target) -> Result<(), Provision
                 target.dropin.display(),
                 dropin::include_line(&target.dropin)
             ));
-            return Ok(());
+            return Ok(false);
         }
         Err(e) => return Err(ProvisionError::inspect(&target.sshd_config)(e)),
     };
     let config_dir = target.sshd_config.parent().unwrap_or(Path::new("/"));
-    match dropin::inclusion(&main, config_dir, &target.dropin) {
+    let inclusion = dropin::inclusion(&main, config_dir, &target.dropin);
+    match inclusion {
         Inclusion::Included => {}
         Inclusion::NotIncluded => p.warning(format!(
             "{} does not include {}, so sshd ignores it and no host can log in: add this line near the top of {0}, before any Match block (tiffin never edits it):\n    {}",
@@ -903,7 +937,7 @@ fn check_inclusion(p: &mut Planner<'_>, target: &Target) -> Result<(), Provision
             target.dropin.display()
         )),
     }
-    Ok(())
+    Ok(inclusion != Inclusion::NotIncluded)
 }
 
 #[cfg(test)]

@@ -23,6 +23,17 @@ pub enum Kind {
     Other,
 }
 
+impl Kind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Dir => "a directory",
+            Kind::File => "a regular file",
+            Kind::Symlink => "a symlink",
+            Kind::Other => "a special file",
+        }
+    }
+}
+
 /// The parts of a stat that matter for sshd's and our checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -58,6 +58,20 @@ fn fake_server(dir: &Path) -> PathBuf {
     let root = dir.join("server");
     for d in ["etc/ssh/sshd_config.d", "usr/sbin", "var/lib", "run"] {
         fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // Whatever the umask: sshd's rule (root-owned, not group/other-writable) must hold.
+    for d in [
+        "",
+        "etc",
+        "etc/ssh",
+        "etc/ssh/sshd_config.d",
+        "usr",
+        "usr/sbin",
+        "var",
+        "var/lib",
+        "run",
+    ] {
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
     }
     let files = [
         ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n"),
@@ -224,6 +238,18 @@ fn machine_state() -> BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)> {
     ] {
         walk(Path::new(p), &mut out);
     }
+    // Home directories are not overlaid on the machine: none may appear.
+    let homes: Vec<String> = fs::read_dir("/home")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.insert(
+        "/home (entries)".into(),
+        (homes.join("\n").into_bytes(), 0, 0, 0),
+    );
     out
 }
 

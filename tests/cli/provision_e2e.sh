@@ -2,9 +2,10 @@
 # End-to-end proof of `tiffin provision` with the real OpenSSH, run by tests/cli/provision.rs as
 #   unshare --mount --net --pid --fork --mount-proc --propagation private bash provision_e2e.sh TIFFIN DIR
 # Everything it changes lives in tmpfs and overlays of that mount namespace (/etc, /var, /run,
-# DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
+# /home, DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
 # PID namespace takes sshd down with the script, whatever happens.
 set -euo pipefail
+umask 022   # the overlays take their upper directories' modes, and sshd checks them
 TIFFIN=$1
 T=$2
 step() { printf '\n== %s\n' "$*"; }
@@ -16,6 +17,7 @@ mount -t overlay overlay -o lowerdir=/etc,upperdir="$T"/etc.up,workdir="$T"/etc.
 mount -t overlay overlay -o lowerdir=/var,upperdir="$T"/var.up,workdir="$T"/var.work /var
 # A private /run: no systemd in here, and sshd's pid file and privilege-separation dir stay ours.
 mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=755 tmpfs /home   # in case anything creates a home directory
 mkdir -m 755 /run/sshd
 ip link set lo up
 ip addr add 192.0.2.1/32 dev lo
@@ -44,14 +46,35 @@ getent passwd tiffin-client1 && fail "dry run created an account"
 
 step "sshd starts (before provisioning, so provision must reload it)"
 /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -o ListenAddress=192.0.2.1:22 2>"$T/sshd.log" &
+SSHD=$!
 for _ in $(seq 100); do
     [ -s /run/sshd.pid ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && break
     sleep 0.1
 done
 [ -s /run/sshd.pid ] || fail "sshd did not start: $(cat "$T/sshd.log")"
 
+# sshd re-executes itself on SIGHUP and closes its socket meanwhile: after a reload, wait
+# until it has logged listening once more and accepts a connection.
+listening() { grep -c "Server listening" "$T/sshd.log" || true; }
+provision() { # provision ARGS...: tiffin provision, then wait for sshd if it was reloaded
+    local before rc=0
+    before=$(listening)
+    "$TIFFIN" provision "$@" >"$T/provision.out" 2>"$T/provision.err" || rc=$?
+    cat "$T/provision.out"; cat "$T/provision.err" >&2
+    if grep -q "reloaded sshd" "$T/provision.out"; then
+        for _ in $(seq 100); do
+            [ "$(listening)" -gt "$before" ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && return "$rc"
+            sleep 0.1
+        done
+        fail "sshd did not come back after the reload: $(tail -5 "$T/sshd.log")"
+    fi
+    return "$rc"
+}
+
 step "tiffin provision"
-"$TIFFIN" provision
+provision
+# The logins below work only with the new drop-in, which the running sshd reads on SIGHUP.
+grep -q "reloaded sshd (SIGHUP to pid" "$T/provision.out" || fail "sshd was not reloaded"
 grep '^tiffin-client1:\*:' /etc/shadow || fail "tiffin-client1 has no '*' password field (locked?)"
 ls -la "$C" "$C/client1" "$C/client1/releases"/*
 stat -c '%n %U:%G %a' "$C/client1/CURRENT" /etc/tiffin/authorized_keys/tiffin-client1
@@ -109,7 +132,7 @@ denied client2 tiffin-client1 "ls /"
 echo "ls /" | as client2 tiffin-client2
 
 step "another local account reads nothing of any host"
-useradd --create-home alice
+useradd --no-create-home alice
 for p in "$C/client1/CURRENT" "$C/client1/releases/$ID/files/etc/app/secret"; do
     if setpriv --reuid=alice --regid=alice --clear-groups cat "$p" 2>/dev/null; then fail "alice read $p"; fi
 done
@@ -117,15 +140,14 @@ if setpriv --reuid=alice --regid=alice --clear-groups ls "$C/client1" 2>/dev/nul
 echo "alice: permission denied on client1's chroot"
 
 step "second run: nothing to do"
-out=$("$TIFFIN" provision)
-echo "$out"
-[[ $out == *"nothing to do"* ]] || fail "second run changed something"
+provision
+[[ $(cat "$T/provision.out") == *"nothing to do"* ]] || fail "second run changed something"
 
 step "an invalid sshd_extra line is refused by sshd -t and the previous drop-in stays"
 before=$(sha256sum /etc/ssh/sshd_config.d/tiffin.conf)
 sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30", "NoSuchOption yes"]/' "$F/fleet.toml"
-if "$TIFFIN" provision >"$T/out" 2>"$T/err"; then fail "an invalid drop-in was accepted"; else rc=$?; fi
-cat "$T/err"
+if provision; then fail "an invalid drop-in was accepted"; else rc=$?; fi
+cp "$T/provision.err" "$T/err"
 [ "$rc" = 1 ] || fail "exit code $rc, expected 1"
 grep -q "NoSuchOption" "$T/err" || fail "sshd's message is not shown"
 [ "$before" = "$(sha256sum /etc/ssh/sshd_config.d/tiffin.conf)" ] || fail "the drop-in changed"
@@ -135,13 +157,22 @@ sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30"]/' "$F/fleet.t
 
 step "--prune: client2 leaves the fleet"
 rm -r "$F/hosts/client2"
-"$TIFFIN" provision --prune
+provision --prune
 grep '^tiffin-client2:!' /etc/shadow || fail "tiffin-client2 is not locked"
 [ ! -e /etc/tiffin/authorized_keys/tiffin-client2 ] || fail "key still there"
 ls "$C/.pruned"
 denied client2 tiffin-client2 "ls /"
-out=$("$TIFFIN" provision --prune)
-[[ $out == *"nothing to do"* ]] || fail "prune is not idempotent: $out"
+provision --prune
+[[ $(cat "$T/provision.out") == *"nothing to do"* ]] || fail "prune is not idempotent"
 echo "get /CURRENT $T/got3" | as client1 tiffin-client1 >/dev/null
+
+step "sshd stopped: provision still applies, says sshd is not running, and succeeds"
+kill "$SSHD"
+wait "$SSHD" || true
+sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 31"]/' "$F/fleet.toml"
+out=$("$TIFFIN" provision)
+echo "$out" | tail -2
+[[ $out == *"sshd is not running"* ]] || fail "no word about sshd not running"
+grep -q "ClientAliveInterval 31" /etc/ssh/sshd_config.d/tiffin.conf || fail "drop-in not updated"
 
 step "all good"

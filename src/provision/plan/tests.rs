@@ -333,12 +333,68 @@ fn existing_account_with_a_shell_is_fixed() {
         .unwrap()
         .replace(
             "tiffin host client1:/var/lib/tiffin/chroots/client1:/usr/sbin/nologin",
-            "x:/home/client1:/bin/bash",
+            "tiffin host client1:/home/client1:/bin/bash",
         );
     s.file("/etc/passwd", 0, 0, 0o644, &p);
     let plan = plan(&t, &s, &opts(false)).unwrap();
     assert_eq!(
         plan.actions[0].to_string(),
         "fix account     tiffin-client1: home /home/client1 -> /var/lib/tiffin/chroots/client1; shell /bin/bash -> /usr/sbin/nologin"
+    );
+}
+
+#[test]
+fn someone_elses_account_is_never_taken_over() {
+    // An empty prefix makes host "daemon" the system's daemon account.
+    let mut t = target(&["daemon"]);
+    t.user_prefix = String::new();
+    t.hosts[0].account = "daemon".into();
+    let mut s = FakeSystem::debian();
+    s.append(
+        "/etc/passwd",
+        "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    )
+    .append("/etc/group", "daemon:x:1:\n");
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.is_blocked());
+    assert!(
+        plan.findings[0]
+            .message
+            .starts_with("account daemon exists and is not tiffin's (home /usr/sbin"),
+        "{:?}",
+        plan.findings
+    );
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::FixAccount { .. }))
+    );
+}
+
+#[test]
+fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
+    let mut t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.remove(&format!("{ROOT}/client1"));
+    s.file(&format!("{ROOT}/client1"), 0, 0, 0o644, "");
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.is_blocked());
+    assert!(
+        plan.findings[0]
+            .message
+            .contains("client1 is not a directory (it is a regular file)"),
+        "{:?}",
+        plan.findings
+    );
+
+    t.keys_dir = format!("{ROOT}/keys").into();
+    let plan = super::plan(&t, &provisioned(&target(&["client1"])), &opts(false)).unwrap();
+    assert!(
+        plan.findings
+            .iter()
+            .any(|f| f.level == Level::Blocker && f.message.contains("outside every chroot")),
+        "{:?}",
+        plan.findings
     );
 }
