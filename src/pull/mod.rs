@@ -259,6 +259,11 @@ pub async fn poll<R: Remote>(
                 }
             }
         }
+        // A transport failure says nothing about the release: no backoff, and no report (the link is likely gone).
+        Err(e @ (PullError::Remote(_) | PullError::Fetch(FetchError::Remote { .. }))) => {
+            state.save(&cfg.state_dir)?;
+            Err(e)
+        }
         Err(e) => {
             fail(
                 remote,
@@ -301,7 +306,9 @@ async fn fail<R: Remote>(
     state.save(&cfg.state_dir)?;
     report.result = result;
     report.error = Some(e.to_string());
-    upload_report(remote, report, opts, log.as_deref()).await?;
+    if let Err(upload) = upload_report(remote, report, opts, log.as_deref()).await {
+        tracing::warn!("{upload}");
+    }
     Err(e)
 }
 
