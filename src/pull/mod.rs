@@ -191,9 +191,7 @@ pub async fn poll<R: Remote>(
         started: Some(format_time(started)),
         finished: None,
         last_seen: String::new(),
-        system: std::fs::read_link(&opts.system_link)
-            .ok()
-            .map(|p| p.display().to_string()),
+        system: None,
         error: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
@@ -482,6 +480,10 @@ async fn upload_report<R: Remote>(
     log: Option<&[u8]>,
 ) -> Result<(), PullError> {
     let finished = format_time((opts.now)());
+    // Read at the end: the rebuild may just have switched it.
+    report.system = std::fs::read_link(&opts.system_link)
+        .ok()
+        .map(|p| p.display().to_string());
     report.finished = Some(finished.clone());
     report.last_seen = finished;
     if let Some(log) = log {
