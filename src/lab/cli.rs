@@ -84,6 +84,15 @@ pub enum LabCommand {
         /// Only this run [default: every lab whose tiffin-lab is no longer running]
         run: Option<String>,
     },
+    /// Measure the pull: a no-change poll against OpenSSH's sftp, a 1-file delta of a 500-file tree, peak RSS
+    #[command(
+        long_about = "Measure `tiffin pull` in a lab, against the same sshd in the same run:\n(a) a no-change pull against OpenSSH's sftp doing `ls -l /CURRENT`: median wall time over --polls runs, and bytes on the client's eth0 (rx+tx, frames included);\n(b) the bytes a pull moves when 1 file of a 500-file ~2 MB configuration changes, against the full tree;\n(c) the client's peak RSS during the full pull (/usr/bin/time -v).\n\nPrints a table, then as the last line:\npoll_ratio=<tiffin/openssh wall> poll_bytes=<rx+tx> delta_fraction=<changed bytes/full tree bytes> peak_rss_kib=<n>"
+    )]
+    Bench {
+        /// No-change polls per tool (the median is reported)
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        polls: u32,
+    },
     /// Internal: pid 1 of a lab machine
     #[command(hide = true)]
     MachineInit(InitArgs),
@@ -132,6 +141,12 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
                     show_status: true,
                 },
             )
+        }
+        LabCommand::Bench { polls } => {
+            preflight()?;
+            let interrupt = Interrupt::install()
+                .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
+            super::bench::bench(polls, interrupt)
         }
         LabCommand::Shell {
             machine,

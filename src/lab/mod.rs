@@ -8,6 +8,7 @@
 //! `down` and `shell`; `init` is the tiny pid 1 inside every machine.
 
 pub mod access;
+pub mod bench;
 pub mod cli;
 pub mod exec;
 pub mod init;
