@@ -297,6 +297,13 @@ fn inspect(dir: &Option<OwnedFd>, name: &str) -> std::io::Result<Existing> {
     let Some(dir) = dir else {
         return Ok(Existing::Absent);
     };
+    // Look before opening: opening a planted device or FIFO could have effects of its own.
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+        Ok(_) => return Ok(Existing::Other),
+        Err(Errno::NOENT) => return Ok(Existing::Absent),
+        Err(e) => return Err(e.into()),
+    }
     let fd = match rustix::fs::openat2(
         dir,
         name,

@@ -441,7 +441,10 @@ fn a_cut_link_mid_download_applies_nothing_and_the_next_poll_converges() {
     assert!(err.contains("connection lost"), "{err}");
     assert!(!f.root().join("etc").exists());
     assert!(f.state().applied.is_none());
-    assert!(f.state().failure.is_none(), "a cut link is not the release's fault: no backoff");
+    assert!(
+        f.state().failure.is_none(),
+        "a cut link is not the release's fault: no backoff"
+    );
     f.remote.fail_after_reads = None;
     f.poll().unwrap();
     assert_eq!(f.state().applied.unwrap().id, id);
