@@ -144,6 +144,11 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
         }
         LabCommand::Bench { polls } => {
             preflight()?;
+            if !std::path::Path::new("/usr/bin/time").is_file() {
+                return Err(LabError::MissingTools(
+                    "/usr/bin/time (package time), for the client's peak RSS".into(),
+                ));
+            }
             let interrupt = Interrupt::install()
                 .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
             super::bench::bench(polls, interrupt)
