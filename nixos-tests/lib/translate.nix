@@ -1,0 +1,498 @@
+# Turns one lab scenario (vm-scenarios/*.toml, schema in docs/formats.md
+# "Lab scenarios") into what its NixOS VM test needs: the machines, the
+# settings of the server module, the client configurations to pre-build, and
+# the Python testScript. Builtins only, so `nixos-tests/static-check` runs it
+# with plain `nix-instantiate --eval --strict` and no nixpkgs.
+#
+# A step the VMs cannot honour stops the evaluation with an error naming the
+# scenario and the step; nothing is skipped silently.
+{
+  # The scenario's file name without .toml, used in messages and names.
+  name,
+  # The scenario's TOML text.
+  text,
+  # Fixed test keys (nixos-tests/keys.nix).
+  keys ? import ../keys.nix,
+  # src/templates of this repository: the configuration `tiffin host add` writes.
+  templates ? ../../src/templates,
+  # Files the translator cannot make itself, because they come from the flake
+  # (store paths of the nixpkgs and tiffin sources) or from the evaluated nodes:
+  # { flakeNix; flakeLock; vmJson = host: file; }. The static checks pass
+  # placeholders.
+  vmFiles,
+}: let
+  scenario = builtins.fromTOML text;
+  where = "vm-scenarios/${name}.toml";
+  fail = msg: throw "nixos-tests: ${where}: ${msg}";
+
+  # ---- small helpers (builtins only) ----------------------------------------
+  concatMapStrings = f: l: builtins.concatStringsSep "" (map f l);
+  imap = f: l: builtins.genList (i: f (i + 1) (builtins.elemAt l i)) (builtins.length l);
+  unique = l:
+    builtins.foldl' (acc: x:
+      if builtins.elem x acc
+      then acc
+      else acc ++ [x]) []
+    l;
+  # Python string literal: JSON's escapes are valid Python.
+  py = builtins.toJSON;
+  # POSIX shell single-quoting.
+  sh = s: "'" + builtins.replaceStrings ["'"] ["'\\''"] s + "'";
+  checkKeys = what: allowed: attrs: let
+    unknown = builtins.filter (k: !(builtins.elem k allowed)) (builtins.attrNames attrs);
+  in
+    if unknown == []
+    then true
+    else fail "${what}: unknown key(s) ${builtins.concatStringsSep ", " unknown} (known: ${builtins.concatStringsSep ", " allowed}); the VM tests would not know what to do with them";
+  # "0600" -> "600", as `stat -c %a` prints it.
+  statMode = what: m: let
+    r = builtins.match "0*([0-7]+)" m;
+  in
+    if builtins.match "[0-7]{3,4}" m == null
+    then fail "${what}: mode ${builtins.toJSON m} is not 3 or 4 octal digits"
+    else builtins.head r;
+  isList = builtins.isList;
+  asList = x:
+    if isList x
+    then x
+    else [x];
+  indent = prefix: s: let
+    lines = builtins.filter builtins.isString (builtins.split "\n" s);
+  in
+    builtins.concatStringsSep "\n" (map (l:
+      if l == ""
+      then l
+      else prefix + l)
+    lines);
+
+  # ---- the scenario ---------------------------------------------------------
+  _top = checkKeys "top level" ["lab" "fleet" "step"] scenario;
+  lab = scenario.lab or {};
+  _lab = checkKeys "[lab]" ["clients"] lab;
+  clients = lab.clients or ["client1" "client2" "client3"];
+  machines = ["server"] ++ clients;
+  keyNames = ["client1" "client2" "client3" "client4" "client5"];
+  _clients =
+    if builtins.length clients > builtins.length keyNames
+    then fail "[lab] clients: at most ${toString (builtins.length keyNames)} clients (one fixed test key each, nixos-tests/keys.nix)"
+    else if builtins.any (c: builtins.match "[a-z][a-z0-9-]*" c == null || c == "server") clients
+    then fail "[lab] clients: each must be a host name ([a-z][a-z0-9-]*) other than \"server\""
+    else true;
+  clientKey = c: keys.${builtins.elemAt keyNames (index c clients)};
+  index = x: l: let
+    go = i:
+      if builtins.elemAt l i == x
+      then i
+      else go (i + 1);
+  in
+    go 0;
+  # Python identifiers of the machines (the driver replaces '-' by '_').
+  pyName = m: builtins.replaceStrings ["-"] ["_"] m;
+  machine = what: m:
+    if builtins.elem m machines
+    then pyName m
+    else fail "${what}: no machine ${builtins.toJSON m} (machines: ${builtins.concatStringsSep ", " machines})";
+  client = what: m:
+    if builtins.elem m clients
+    then pyName m
+    else fail "${what}: ${builtins.toJSON m} is not a client of this scenario (clients: ${builtins.concatStringsSep ", " clients})";
+
+  fleet = scenario.fleet or {};
+  _fleet = checkKeys "[fleet]" ["poll_interval" "sshd_extra" "hosts"] fleet;
+  hostsCfg = fleet.hosts or {};
+  _hosts =
+    builtins.all (h:
+      if !(builtins.elem h clients)
+      then fail "[fleet.hosts.${h}]: ${h} is not a client of this scenario"
+      else checkKeys "[fleet.hosts.${h}]" ["configuration" "files"] hostsCfg.${h})
+    (builtins.attrNames hostsCfg);
+
+  # What the server module and fleet.toml must agree on.
+  server = {
+    chrootRoot = "/var/lib/tiffin/chroots";
+    userPrefix = "tiffin-";
+    sshdExtra = fleet.sshd_extra or [];
+    pollInterval = fleet.poll_interval or "15m";
+  };
+  fleetDir = "/root/fleet";
+  account = c: server.userPrefix + c;
+  chroot = c: "${server.chrootRoot}/${c}";
+  tomlStr = builtins.toJSON;
+  fleetToml = builtins.toFile "fleet.toml" ''
+    # Written by nixos-tests for ${where}; must match services.tiffin.server.
+    [server]
+    chroot_root = ${tomlStr server.chrootRoot}
+    user_prefix = ${tomlStr server.userPrefix}
+    sshd_extra = [${builtins.concatStringsSep ", " (map tomlStr server.sshdExtra)}]
+
+    [defaults]
+    poll_interval = ${tomlStr server.pollInterval}
+  '';
+
+  # The configuration.nix `tiffin host add` writes, as the lab gets it.
+  defaultConfiguration = c: builtins.replaceStrings ["@HOST@"] [c] (builtins.readFile (templates + "/configuration.nix"));
+  initialConfiguration = c: hostsCfg.${c}.configuration or (defaultConfiguration c);
+
+  # A file of the fleet repository, as a store file the server VM copies in.
+  fixture = label: content: builtins.toFile "tiffin-${name}-${label}" content;
+  safeLabel = builtins.replaceStrings ["/" " "] ["-" "-"];
+
+  install = {
+    host,
+    path,
+    content,
+    mode ? "0644",
+    what,
+  }: let
+    _m = statMode what mode;
+  in "server.succeed(${py "install -D -m ${mode} ${fixture "${host}-${safeLabel path}" content} ${sh "${fleetDir}/hosts/${host}/${path}"}"})";
+
+  # ---- setup: the fleet repository on the server, as the lab builds it ------
+  setupFleet =
+    ''
+      with subtest("fleet repository: tiffin init, host add, the scenario's [fleet]"):
+          server.succeed("tiffin init ${fleetDir}")
+          # The example host has no account on the server; the lab's fleet has only its clients.
+          server.succeed("rm -r ${fleetDir}/hosts/example")
+          server.succeed("install -m 0644 ${fleetToml} ${fleetDir}/fleet.toml")
+          # The VM flake: the test's nixpkgs and tiffin's VM base, pinned to store paths the clients hold.
+          server.succeed("install -m 0644 ${vmFiles.flakeNix} ${fleetDir}/templates/flake.nix")
+          server.succeed("install -m 0644 ${vmFiles.flakeLock} ${fleetDir}/templates/flake.lock")
+    ''
+    + concatMapStrings (c:
+      indent "    " ''
+        server.succeed("tiffin host add ${c} --fleet ${fleetDir} --key ${builtins.toFile "${c}.pub" (clientKey c).public}")
+        server.succeed("ln -s ../../templates/flake.lock ${fleetDir}/hosts/${c}/flake.lock")
+        server.succeed("install -m 0644 ${vmFiles.vmJson c} ${fleetDir}/hosts/${c}/tiffin-vm.json")
+      ''
+      + "\n"
+      + (
+        if hostsCfg ? ${c}.configuration
+        then
+          "    "
+          + install {
+            host = c;
+            path = "configuration.nix";
+            content = hostsCfg.${c}.configuration;
+            what = "[fleet.hosts.${c}] configuration";
+          }
+          + "\n"
+        else ""
+      )
+      + concatMapStrings (p: let
+        f = hostsCfg.${c}.files.${p};
+        what = "[fleet.hosts.${c}.files.${builtins.toJSON p}]";
+      in
+        if checkKeys what ["content" "mode"] f
+        then
+          "    "
+          + install {
+            host = c;
+            path = "files/${p}";
+            content = f.content or (fail "${what}: content is required");
+            mode = f.mode or "0644";
+            inherit what;
+          }
+          + "\n"
+        else "") (builtins.attrNames (hostsCfg.${c}.files or {})))
+    clients
+    + "    server.succeed(\"tiffin check --fleet ${fleetDir}\")\n\n"
+    + concatMapStrings (c: ''
+      with subtest("${c}: the client module is ready"):
+          ${pyName c}.wait_for_unit("multi-user.target")
+          # The timer is installed but held back in the VMs, so steps decide when pulls run.
+          ${pyName c}.succeed("systemctl cat tiffin-pull.timer")
+          ${pyName c}.succeed("install -D -m 0600 ${builtins.toFile "${c}-identity" (clientKey c).private} /etc/tiffin/id_ed25519")
+    '')
+    clients;
+
+  # ---- steps ----------------------------------------------------------------
+  steps = scenario.step or [];
+  # The configuration.nix of every client after each step, for the pre-builds.
+  sshTo = c: other: "ssh -i /etc/tiffin/id_ed25519 -o BatchMode=yes -o ConnectTimeout=10 ${account other}@server";
+  sftpTo = c: batch: "sftp -i /etc/tiffin/id_ed25519 -o BatchMode=yes -o ConnectTimeout=10 -b ${batch} ${account c}@server";
+  batchFile = label: lines: builtins.toFile "tiffin-${name}-${label}.sftp" (builtins.concatStringsSep "\n" lines + "\n");
+
+  denied = what: s: let
+    c = s.on or (fail "${what}: `on` is required");
+    m = client what c;
+    other = s.other or (fail "${what}: access ${s.access} needs `other`");
+    otherOk = client "${what} other" other;
+    ok = batchFile "${c}-allowed" ["ls /"];
+    # The positive control first: the same client logs in and lists its own chroot,
+    # so a denial below cannot come from a broken connection.
+    control = "${m}.succeed(${py "${sftpTo c ok}"})\n";
+    refused = label: lines: expectOut: ''
+      status, out = ${m}.execute(${py "timeout 60 ${sftpTo c (batchFile "${c}-${label}" lines)} 2>&1"})
+      assert status != 0, f"${what}: the access succeeded: {out}"
+      assert any(s in out for s in ${builtins.toJSON expectOut}), f"${what}: unexpected failure: {out}"
+    '';
+  in
+    if s.access == "read-other"
+    then
+      builtins.seq otherOk (control
+        + refused "read-${other}" ["get /../${other}/CURRENT /tmp/tiffin-denied" "get ${chroot other}/CURRENT /tmp/tiffin-denied"] ["not found" "No such file" "Permission denied"])
+    else if s.access == "list-other"
+    then
+      builtins.seq otherOk (control
+        + refused "list-${other}" ["ls ${chroot other}"] ["not found" "No such file" "Permission denied"])
+    else if s.access == "write-release"
+    then control + refused "write-release" ["put /etc/hostname /releases/tiffin-denied"] ["Permission denied" "not found"]
+    else if s.access == "write-root"
+    then control + refused "write-root" ["put /etc/hostname /tiffin-denied"] ["Permission denied"]
+    else if s.access == "shell"
+    then ''
+      out = ${m}.succeed(${py "timeout 60 ${sshTo c c} echo tiffin-shell-$((6*7)) </dev/null 2>&1 || true"})
+      assert "tiffin-shell-42" not in out, f"${what}: a command ran on the server: {out}"
+    ''
+    else if s.access == "port-forward"
+    then ''
+      status, out = ${m}.execute(${py "timeout 60 ${sshTo c c} -W 127.0.0.1:22 </dev/null 2>&1"})
+      assert status != 0 and "prohibited" in out, f"${what}: the forward was not refused: {out}"
+    ''
+    else if s.access == "wrong-key"
+    then
+      builtins.seq otherOk ''
+        status, out = ${m}.execute(${py "timeout 60 ${sshTo c other} true </dev/null 2>&1"})
+        assert status != 0 and "Permission denied" in out, f"${what}: ${c}'s key was not refused for ${account other}: {out}"
+      ''
+    else fail "${what}: unknown access ${builtins.toJSON s.access}";
+
+  # Extra arguments reach the real unit through a runtime drop-in, so the pull
+  # still runs in the unit's environment (PATH, timeout).
+  dropIn = "/run/systemd/system/tiffin-pull.service.d/tiffin-test-args.conf";
+  # systemd's command-line quoting: double quotes, with \\, " and % escaped.
+  unitArg = a: "\"" + builtins.replaceStrings ["\\" "\"" "%"] ["\\\\" "\\\"" "%%"] a + "\"";
+  argsDropIn = args:
+    builtins.toFile "tiffin-pull-args.conf" ''
+      [Service]
+      ExecStart=
+      ExecStart=/run/current-system/sw/bin/tiffin pull --config /etc/tiffin/client.toml ${builtins.concatStringsSep " " (map unitArg args)}
+    '';
+
+  pull = what: s: let
+    on = map (client what) (s.on or clients);
+    expect = s.expect or "ok";
+    args = s.args or [];
+    report = c: "${chroot c}/reports/status.toml";
+    resultIs = c: r: "server.succeed(${py "grep -qx 'result = \"${r}\"' ${report c}"})\n";
+    # The pull itself: the real unit, started the way its timer starts it.
+    start = m:
+      if args == []
+      then "status, out = ${m}.execute(\"systemctl start tiffin-pull.service\")\n"
+      else ''
+        ${m}.succeed(${py "install -D -m 0644 ${argsDropIn args} ${dropIn} && systemctl daemon-reload"})
+        status, out = ${m}.execute("systemctl start tiffin-pull.service")
+        ${m}.succeed(${py "rm ${dropIn} && systemctl daemon-reload"})
+      '';
+    one = c: let
+      m = pyName c;
+    in
+      if expect == "ok" || expect == "unchanged"
+      then start m + "assert status == 0, ${py "${what}: the pull on ${c} failed, see tiffin-pull.service's journal"}\n" + resultIs c expect
+      else if expect == "failed"
+      then start m + "assert status != 0, ${py "${what}: the pull on ${c} succeeded"}\n" + resultIs c "failed"
+      else if expect == "refused"
+      then
+        "before = ${m}.succeed(\"readlink -f /run/current-system\")\n"
+        + start m
+        + ''
+          assert status != 0, ${py "${what}: the pull on ${c} was not refused"}
+          assert ${m}.succeed("readlink -f /run/current-system") == before, ${py "${what}: a refused pull changed the system of ${c}"}
+        ''
+      else fail "${what}: unknown expect ${builtins.toJSON expect} (ok, unchanged, failed, refused)";
+  in
+    if !(isList args)
+    then fail "${what}: args must be a list"
+    else builtins.seq (builtins.deepSeq on expect) (concatMapStrings one (asList (s.on or clients)));
+
+  expectFile = what: s: let
+    on = s.on or (fail "${what}: `on` is required");
+    m = machine what on;
+    path = s.path or (fail "${what}: `path` is required");
+    p = sh path;
+  in
+    if s.absent or false
+    then "${m}.succeed(${py "test ! -e ${p} && test ! -L ${p}"})\n"
+    else
+      "${m}.succeed(${py "test -f ${p}"})\n"
+      + (
+        if s ? content
+        then "assert ${m}.succeed(${py "cat ${p}"}) == ${py s.content}, ${py "${what}: ${path} has other content"}\n"
+        else ""
+      )
+      + (
+        if s ? mode
+        then "${m}.succeed(${py "test \"$(stat -c %a ${p})\" = ${statMode what s.mode}"})\n"
+        else ""
+      );
+
+  expectStatus = what: s: let
+    hosts = s.hosts or (fail "${what}: `hosts` is required");
+    states = ["up-to-date" "pending" "failed" "rolled-back" "stale" "never-seen"];
+  in
+    ''
+      out = server.succeed("tiffin status --json --fleet ${fleetDir} || test $? -eq 3")
+      states = {row["host"]: row["state"] for row in json.loads(out)["hosts"]}
+    ''
+    + concatMapStrings (h:
+      if !(builtins.elem hosts.${h} states)
+      then fail "${what}: unknown state ${builtins.toJSON hosts.${h}} for ${h}"
+      else builtins.seq (client what h) "assert states.get(${py h}) == ${py hosts.${h}}, ${py "${what}: ${h} is %s, expected ${hosts.${h}}"} % states.get(${py h})\n")
+    (builtins.attrNames hosts);
+
+  run = what: s: let
+    m = machine what (s.on or (fail "${what}: `on` is required"));
+    cmd = s.command or (fail "${what}: `command` is required");
+    code = s.expect_exit or 0;
+  in
+    if code == 0 && !(s ? expect_output)
+    then "${m}.succeed(${py cmd})\n"
+    else
+      ''
+        status, out = ${m}.execute(${py cmd})
+        assert status == ${toString code}, f${py "${what}: exit {status}, expected ${toString code}: {out}"}
+      ''
+      + (
+        if s ? expect_output
+        then "assert ${py s.expect_output} in out, f${py "${what}: output lacks ${s.expect_output}: {out}"}\n"
+        else ""
+      );
+
+  edit = what: s: let
+    host = s.host or (fail "${what}: `host` is required");
+    _h = client what host;
+    path = s.path or (fail "${what}: `path` is required");
+    dst = sh "${fleetDir}/hosts/${host}/${path}";
+  in
+    builtins.seq _h (
+    if builtins.match "configuration\\.nix|files/.+" path == null
+    then fail "${what}: the VM tests can edit only configuration.nix and files/… (they pre-build every configuration a client will switch to, from configuration.nix alone)"
+    else if s.remove or false
+    then "server.succeed(${py "rm ${dst}"})\n"
+    else if s ? content
+    then install {inherit host path what; inherit (s) content; mode = s.mode or "0644";} + "\n"
+    else if s ? mode
+    then builtins.seq (statMode what s.mode) "server.succeed(${py "chmod ${s.mode} ${dst}"})\n"
+    else fail "${what}: an edit needs content, remove = true or mode");
+
+  stepKeys = {
+    provision = ["expect"];
+    publish = ["hosts"];
+    edit = ["host" "path" "content" "remove" "mode"];
+    pull = ["on" "expect" "args"];
+    expect_file = ["on" "path" "content" "mode" "absent"];
+    expect_denied = ["on" "access" "other"];
+    expect_status = ["hosts"];
+    net_down = ["on"];
+    net_up = ["on"];
+    stop_server = [];
+    start_server = [];
+    run = ["on" "command" "expect_exit" "expect_output"];
+  };
+
+  translateStep = i: s: let
+    kind = s.do or (fail "step ${toString i}: `do` is required");
+    what = "step ${toString i} (do = ${builtins.toJSON kind})";
+    _k =
+      if stepKeys ? ${kind}
+      then checkKeys what (["do"] ++ stepKeys.${kind}) s
+      else fail "${what}: unknown step kind; the VM translator knows ${builtins.concatStringsSep ", " (builtins.attrNames stepKeys)}";
+    body =
+      if kind == "provision"
+      then
+        # The server module provisioned everything at boot; `expect` (changed or
+        # nothing-to-do) describes `tiffin provision`, which the VMs do not run.
+        ''
+          server.wait_for_unit("sshd.service")
+          server.wait_for_open_port(22)
+        ''
+        + concatMapStrings (c: ''
+          server.succeed("id ${account c}")
+          server.succeed(${py "test \"$(stat -c '%U:%G %a' ${chroot c})\" = 'root:${account c} 750'"})
+          server.succeed(${py "test \"$(stat -c '%U %a' ${chroot c}/reports)\" = '${account c} 700'"})
+        '')
+        clients
+      else if kind == "publish"
+      then "server.succeed(${py "tiffin publish --fleet ${fleetDir}${concatMapStrings (h: " " + builtins.seq (client what h) h) (asList (s.hosts or []))}"})\n"
+      else if kind == "edit"
+      then edit what s
+      else if kind == "pull"
+      then pull what s
+      else if kind == "expect_file"
+      then expectFile what s
+      else if kind == "expect_denied"
+      then denied what s
+      else if kind == "expect_status"
+      then expectStatus what s
+      else if kind == "net_down"
+      then "${client what (s.on or (fail "${what}: `on` is required"))}.block()\n"
+      else if kind == "net_up"
+      then "${client what (s.on or (fail "${what}: `on` is required"))}.unblock()\n"
+      else if kind == "stop_server"
+      then "server.succeed(\"systemctl stop sshd.service\")\n"
+      else if kind == "start_server"
+      then "server.succeed(\"systemctl start sshd.service\")\nserver.wait_for_open_port(22)\n"
+      else if kind == "run"
+      then run what s
+      else fail "${what}: unknown step kind";
+    title = "step ${toString i}: ${kind}${
+      if s ? on
+      then " on ${builtins.concatStringsSep ", " (asList s.on)}"
+      else ""
+    }${
+      if s ? expect
+      then " (expect ${s.expect})"
+      else ""
+    }";
+  in
+    builtins.seq _k "with subtest(${py title}):\n${indent "    " body}\n";
+
+  # ---- the configurations each client will be asked to switch to ------------
+  configurationsOf = c:
+    unique ([(initialConfiguration c)]
+      ++ builtins.concatMap (s:
+        if (s.do or "") == "edit" && (s.host or "") == c && (s.path or "") == "configuration.nix" && s ? content
+        then [s.content]
+        else [])
+      steps);
+
+  usesJson = builtins.any (s: (s.do or "") == "expect_status") steps;
+
+  firstLine = builtins.head (builtins.filter builtins.isString (builtins.split "\n" text));
+
+  testScript =
+    builtins.seq (builtins.deepSeq [_top _lab _clients _fleet _hosts] null) ''
+      # Generated by nixos-tests/lib/translate.nix from ${where}; do not edit.
+      ${firstLine}
+    ''
+    + (
+      if usesJson
+      then "import json\n"
+      else ""
+    )
+    + ''
+
+      start_all()
+      server.wait_for_unit("multi-user.target")
+
+    ''
+    + setupFleet
+    + "\n"
+    + builtins.concatStringsSep "\n" (imap translateStep steps);
+in {
+  inherit name clients machines server testScript;
+  # Every configuration.nix text a client meets during the scenario (the
+  # initial one and each edit), so the test can pre-build their systems.
+  configurations = builtins.listToAttrs (map (c: {
+      name = c;
+      value = configurationsOf c;
+    })
+    clients);
+  keys = builtins.listToAttrs (map (c: {
+      name = c;
+      value = clientKey c;
+    })
+    clients);
+  serverKey = keys.server;
+}
