@@ -11,6 +11,8 @@
   name,
   # The scenario's TOML text.
   text,
+  # How messages name the scenario file.
+  where ? "vm-scenarios/${name}.toml",
   # Fixed test keys (nixos-tests/keys.nix).
   keys ? import ../keys.nix,
   # src/templates of this repository: the configuration `tiffin host add` writes.
@@ -22,7 +24,6 @@
   vmFiles,
 }: let
   scenario = builtins.fromTOML text;
-  where = "vm-scenarios/${name}.toml";
   fail = msg: throw "nixos-tests: ${where}: ${msg}";
 
   # ---- small helpers (builtins only) ----------------------------------------
@@ -100,12 +101,11 @@
   fleet = scenario.fleet or {};
   _fleet = checkKeys "[fleet]" ["poll_interval" "sshd_extra" "hosts"] fleet;
   hostsCfg = fleet.hosts or {};
-  _hosts =
-    builtins.all (h:
-      if !(builtins.elem h clients)
-      then fail "[fleet.hosts.${h}]: ${h} is not a client of this scenario"
-      else checkKeys "[fleet.hosts.${h}]" ["configuration" "files"] hostsCfg.${h})
-    (builtins.attrNames hostsCfg);
+  _hosts = builtins.all (h:
+    if !(builtins.elem h clients)
+    then fail "[fleet.hosts.${h}]: ${h} is not a client of this scenario"
+    else checkKeys "[fleet.hosts.${h}]" ["configuration" "files"] hostsCfg.${h})
+  (builtins.attrNames hostsCfg);
 
   # What the server module and fleet.toml must agree on.
   server = {
@@ -197,14 +197,14 @@
         else "") (builtins.attrNames (hostsCfg.${c}.files or {})))
     clients
     + "    server.succeed(\"tiffin check --fleet ${fleetDir}\")\n\n"
-    + concatMapStrings (c: ''
-      with subtest("${c}: the client module is ready"):
-          ${pyName c}.wait_for_unit("multi-user.target")
-          # The timer is installed but held back in the VMs, so steps decide when pulls run.
-          ${pyName c}.succeed("systemctl cat tiffin-pull.timer")
-          ${pyName c}.succeed("install -D -m 0600 ${builtins.toFile "${c}-identity" (clientKey c).private} /etc/tiffin/id_ed25519")
-    '')
-    clients;
+    + builtins.concatStringsSep "\n" (map (c: ''
+        with subtest("${c}: the client module is ready"):
+            ${pyName c}.wait_for_unit("multi-user.target")
+            # The timer is installed but held back in the VMs, so steps decide when pulls run.
+            ${pyName c}.succeed("systemctl cat tiffin-pull.timer")
+            ${pyName c}.succeed("install -D -m 0600 ${builtins.toFile "${c}-identity" (clientKey c).private} /etc/tiffin/id_ed25519")
+      '')
+      clients);
 
   # ---- steps ----------------------------------------------------------------
   steps = scenario.step or [];
@@ -224,8 +224,8 @@
     control = "${m}.succeed(${py "${sftpTo c ok}"})\n";
     refused = label: lines: expectOut: ''
       status, out = ${m}.execute(${py "timeout 60 ${sftpTo c (batchFile "${c}-${label}" lines)} 2>&1"})
-      assert status != 0, f"${what}: the access succeeded: {out}"
-      assert any(s in out for s in ${builtins.toJSON expectOut}), f"${what}: unexpected failure: {out}"
+      assert status != 0, ${py "${what}: the access succeeded: "} + out
+      assert any(s in out for s in ${builtins.toJSON expectOut}), ${py "${what}: failed for another reason: "} + out
     '';
   in
     if s.access == "read-other"
@@ -242,19 +242,19 @@
     then control + refused "write-root" ["put /etc/hostname /tiffin-denied"] ["Permission denied"]
     else if s.access == "shell"
     then ''
-      out = ${m}.succeed(${py "timeout 60 ${sshTo c c} echo tiffin-shell-$((6*7)) </dev/null 2>&1 || true"})
-      assert "tiffin-shell-42" not in out, f"${what}: a command ran on the server: {out}"
+      out = ${m}.succeed(${py "timeout 60 ${sshTo c c} ${sh "echo tiffin-shell-$((6*7))"} </dev/null 2>&1 || true"})
+      assert "tiffin-shell-42" not in out, ${py "${what}: a command ran on the server: "} + out
     ''
     else if s.access == "port-forward"
     then ''
       status, out = ${m}.execute(${py "timeout 60 ${sshTo c c} -W 127.0.0.1:22 </dev/null 2>&1"})
-      assert status != 0 and "prohibited" in out, f"${what}: the forward was not refused: {out}"
+      assert status != 0 and "prohibited" in out, ${py "${what}: the forward was not refused: "} + out
     ''
     else if s.access == "wrong-key"
     then
       builtins.seq otherOk ''
         status, out = ${m}.execute(${py "timeout 60 ${sshTo c other} true </dev/null 2>&1"})
-        assert status != 0 and "Permission denied" in out, f"${what}: ${c}'s key was not refused for ${account other}: {out}"
+        assert status != 0 and "Permission denied" in out, ${py "${what}: ${c}'s key was not refused for ${account other}: "} + out
       ''
     else fail "${what}: unknown access ${builtins.toJSON s.access}";
 
@@ -351,11 +351,11 @@
     else
       ''
         status, out = ${m}.execute(${py cmd})
-        assert status == ${toString code}, f${py "${what}: exit {status}, expected ${toString code}: {out}"}
+        assert status == ${toString code}, ${py "${what}: expected exit ${toString code}, got %d: "} % status + out
       ''
       + (
         if s ? expect_output
-        then "assert ${py s.expect_output} in out, f${py "${what}: output lacks ${s.expect_output}: {out}"}\n"
+        then "assert ${py s.expect_output} in out, ${py "${what}: the output lacks ${s.expect_output}: "} + out\n"
         else ""
       );
 
@@ -366,15 +366,22 @@
     dst = sh "${fleetDir}/hosts/${host}/${path}";
   in
     builtins.seq _h (
-    if builtins.match "configuration\\.nix|files/.+" path == null
-    then fail "${what}: the VM tests can edit only configuration.nix and files/… (they pre-build every configuration a client will switch to, from configuration.nix alone)"
-    else if s.remove or false
-    then "server.succeed(${py "rm ${dst}"})\n"
-    else if s ? content
-    then install {inherit host path what; inherit (s) content; mode = s.mode or "0644";} + "\n"
-    else if s ? mode
-    then builtins.seq (statMode what s.mode) "server.succeed(${py "chmod ${s.mode} ${dst}"})\n"
-    else fail "${what}: an edit needs content, remove = true or mode");
+      if builtins.match "configuration\\.nix|files/.+" path == null
+      then fail "${what}: the VM tests can edit only configuration.nix and files/… (they pre-build every configuration a client will switch to, from configuration.nix alone)"
+      else if s.remove or false
+      then "server.succeed(${py "rm ${dst}"})\n"
+      else if s ? content
+      then
+        install {
+          inherit host path what;
+          inherit (s) content;
+          mode = s.mode or "0644";
+        }
+        + "\n"
+      else if s ? mode
+      then builtins.seq (statMode what s.mode) "server.succeed(${py "chmod ${s.mode} ${dst}"})\n"
+      else fail "${what}: an edit needs content, remove = true or mode"
+    );
 
   stepKeys = {
     provision = ["expect"];
@@ -446,7 +453,7 @@
       else ""
     }";
   in
-    builtins.seq _k "with subtest(${py title}):\n${indent "    " body}\n";
+    builtins.seq _k "with subtest(${py title}):\n${indent "    " body}";
 
   # ---- the configurations each client will be asked to switch to ------------
   configurationsOf = c:

@@ -1,0 +1,45 @@
+# What every client VM runs besides its scenario configuration, both as the
+# test node and inside each system the client switches to: the tiffin client
+# pointed at the server VM, the server's pinned key, and Nix without
+# substituters (the VMs are offline). `vm` is the JSON-able data of
+# nixos-tests/scenario-test.nix: { nodeName, system, serverPublicKey, ... }.
+vm: {lib, ...}: {
+  services.tiffin.client = {
+    enable = true;
+    host = vm.nodeName;
+    server = "server";
+    inherit (vm) serverPublicKey;
+  };
+  # The timer is installed but not started: each pull step starts the real
+  # unit itself, so no timer run races a step.
+  systemd.timers.tiffin-pull.wantedBy = lib.mkForce [];
+
+  # For the expect_denied steps, which use OpenSSH's own ssh and sftp.
+  programs.ssh.knownHosts.tiffin-server = {
+    hostNames = ["server"];
+    publicKey = vm.serverPublicKey;
+  };
+
+  # Offline, as in nixpkgs' nixos/tests/nixos-rebuild/common.nix: every path a
+  # rebuild needs is pre-built into the VM's store.
+  nix.settings = {
+    substituters = lib.mkForce [];
+    hashed-mirrors = null;
+    connect-timeout = 1;
+    flake-registry = "";
+  };
+
+  # The VMs boot their kernel directly (qemu-vm.nix); there is no boot loader
+  # for `switch` to install.
+  boot.loader.grub.enable = false;
+  system.switch.enable = true;
+
+  # Constant, like nixos/lib/testing/nixos-test-base.nix does for the nodes,
+  # so the system a client builds from its flake equals the pre-built one.
+  documentation.nixos.enable = false;
+  system.nixos = {
+    revision = lib.mkForce "constant-nixos-revision";
+    versionSuffix = lib.mkForce "test";
+    label = lib.mkForce "test";
+  };
+}
