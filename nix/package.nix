@@ -24,6 +24,10 @@ in
           (root + "/tests")
           (root + "/benches")
           (root + "/vm-scenarios")
+          (root + "/rustfmt.toml")
+          (root + "/.rustfmt.toml")
+          (root + "/clippy.toml")
+          (root + "/.clippy.toml")
         ]);
     };
 

@@ -12,24 +12,31 @@
 
   account = host: cfg.userPrefix + host;
   chroot = host: "${cfg.chrootRoot}/${host}";
+  keysFile = host: "${cfg.authorizedKeysDir}/${account host}";
   hostNames = lib.attrNames cfg.hosts;
 
-  # One explicit block per account, the same lines `tiffin provision` writes
-  # into its sshd drop-in.
+  # One explicit block per account, line for line what `tiffin provision`
+  # writes into its drop-in (src/provision/dropin.rs): an explicit name cannot
+  # match an unrelated account sharing the prefix, and each chroot is literal.
   matchBlock = host: ''
+
     Match User ${account host}
-      ChrootDirectory ${chroot host}
-      ForceCommand internal-sftp
-      AuthorizedKeysFile ${cfg.authorizedKeysDir}/%u
-      PasswordAuthentication no
-      KbdInteractiveAuthentication no
-      AllowAgentForwarding no
-      AllowTcpForwarding no
-      AllowStreamLocalForwarding no
-      X11Forwarding no
-      PermitTunnel no
-      PermitTTY no
-    ${lib.concatMapStrings (line: "  ${line}\n") cfg.sshdExtra}'';
+        ChrootDirectory ${chroot host}
+        AuthorizedKeysFile ${keysFile host}
+        ForceCommand internal-sftp -d /
+        AuthenticationMethods publickey
+        PubkeyAuthentication yes
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        DisableForwarding yes
+        AllowTcpForwarding no
+        AllowAgentForwarding no
+        AllowStreamLocalForwarding no
+        X11Forwarding no
+        PermitTunnel no
+        PermitTTY no
+        PermitUserRC no
+    ${lib.concatMapStrings (line: "    ${lib.trim line}\n") cfg.sshdExtra}'';
 in {
   meta.maintainers = [];
 
@@ -122,22 +129,31 @@ in {
 
     environment.systemPackages = [cfg.package];
 
-    users.users = lib.genAttrs (map account hostNames) (name: {
-      isSystemUser = true;
-      group = name;
-      description = "tiffin fleet host";
-      # NixOS writes "!" (locked) for a new user without a password
-      # (nixos/modules/config/update-users-groups.pl), and sshd refuses even
-      # key logins to a locked account when PAM is off. "*" means no usable
-      # password without locking (nixos/modules/config/users-groups.nix,
-      # allowsLogin). With users.mutableUsers, an account that already exists
-      # keeps its old field: fix it once with `usermod -p '*' <account>`.
-      hashedPassword = "*";
-    });
+    users.users = lib.listToAttrs (map (host: {
+        name = account host;
+        value = {
+          isSystemUser = true;
+          group = account host;
+          description = "tiffin host ${host}";
+          # As provision does: the home is the chroot (never created here).
+          home = chroot host;
+          createHome = false;
+          # NixOS writes "!" (locked) for a new user without a password
+          # (nixos/modules/config/update-users-groups.pl), and sshd refuses even
+          # key logins to a locked account unless PAM does the account checks.
+          # "*" means no usable password without locking, whatever UsePAM says
+          # (nixos/modules/config/users-groups.nix, allowsLogin). With
+          # users.mutableUsers, an account created earlier keeps its old field:
+          # fix it once with `usermod -p '*' <account>`.
+          hashedPassword = "*";
+        };
+      })
+      hostNames);
     users.groups = lib.genAttrs (map account hostNames) (_: {});
 
-    # DESIGN.md's layout: the chroot root:<host group> 0750, reports/ the
-    # account's own 0700; publish creates the rest with the same owners.
+    # The owners and modes of DESIGN.md and docs/provision.md: the chroot and
+    # releases/ root:<account> 0750, reports/ the account's own 0700; publish
+    # creates the releases and CURRENT with the same group.
     systemd.tmpfiles.settings."10-tiffin-server" =
       {
         ${cfg.chrootRoot}.d = {
@@ -156,6 +172,14 @@ in {
             };
           }
           {
+            name = "${chroot host}/releases";
+            value.d = {
+              mode = "0750";
+              user = "root";
+              group = account host;
+            };
+          }
+          {
             name = "${chroot host}/reports";
             value.d = {
               mode = "0700";
@@ -167,11 +191,12 @@ in {
         hostNames);
 
     environment.etc = lib.listToAttrs (map (host: {
-        name = lib.removePrefix "/etc/" "${cfg.authorizedKeysDir}/${account host}";
-        # A copy, not a link into the world-writable-looking store: sshd checks
-        # the owner and mode of every directory up to the key file.
+        name = lib.removePrefix "/etc/" (keysFile host);
+        # A root-owned copy (0644, as provision writes it), not a link into the
+        # Nix store: with StrictModes sshd checks every directory up to the key
+        # file, and /nix/store is group-writable.
         value = {
-          mode = "0444";
+          mode = "0644";
           text = "restrict ${cfg.hosts.${host}.publicKey}\n";
         };
       })
