@@ -59,9 +59,10 @@ with subtest("step 7: net_down on client1"):
     client1.block()
 
 with subtest("step 8: pull on client1 (expect failed)"):
+    before = client1.succeed("readlink -f /run/current-system")
     status, out = client1.execute("systemctl start tiffin-pull.service")
-    assert status != 0, "step 8 (do = \"pull\"): the pull on client1 succeeded"
-    server.succeed("grep -qx 'result = \"failed\"' /var/lib/tiffin/chroots/client1/reports/status.toml")
+    assert status != 0, "step 8 (do = \"pull\"): the pull on client1 did not fail"
+    assert client1.succeed("readlink -f /run/current-system") == before, "step 8 (do = \"pull\"): the pull changed the system of client1"
 
 with subtest("step 9: net_up on client1"):
     client1.unblock()
