@@ -15,28 +15,17 @@
   keysFile = host: "${cfg.authorizedKeysDir}/${account host}";
   hostNames = lib.attrNames cfg.hosts;
 
-  # One explicit block per account, line for line what `tiffin provision`
-  # writes into its drop-in (src/provision/dropin.rs): an explicit name cannot
-  # match an unrelated account sharing the prefix, and each chroot is literal.
-  matchBlock = host: ''
-
-    Match User ${account host}
-        ChrootDirectory ${chroot host}
-        AuthorizedKeysFile ${keysFile host}
-        ForceCommand internal-sftp -d /
-        AuthenticationMethods publickey
-        PubkeyAuthentication yes
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        DisableForwarding yes
-        AllowTcpForwarding no
-        AllowAgentForwarding no
-        AllowStreamLocalForwarding no
-        X11Forwarding no
-        PermitTunnel no
-        PermitTTY no
-        PermitUserRC no
-    ${lib.concatMapStrings (line: "    ${lib.trim line}\n") cfg.sshdExtra}'';
+  # The same Match blocks `tiffin provision` writes into its drop-in.
+  matchBlocks = import ../lib/sshd-match.nix {
+    hosts =
+      map (host: {
+        account = account host;
+        chroot = chroot host;
+        keysFile = keysFile host;
+      })
+      hostNames;
+    extra = cfg.sshdExtra;
+  };
 in {
   meta.maintainers = [];
 
@@ -204,6 +193,6 @@ in {
 
     services.openssh.enable = true;
     # Match blocks must come last in sshd_config.
-    services.openssh.extraConfig = lib.mkIf (hostNames != []) (lib.mkAfter (lib.concatMapStrings matchBlock hostNames));
+    services.openssh.extraConfig = lib.mkIf (hostNames != []) (lib.mkAfter matchBlocks);
   };
 }
