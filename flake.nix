@@ -59,6 +59,8 @@
             runHook postBuild
           '';
           doCheck = false;
+          # No cargoInstallHook: clippy builds nothing to install.
+          dontCargoInstall = true;
           installPhase = "touch $out";
           dontFixup = true;
         });
