@@ -41,6 +41,8 @@
     builtins.fromJSON (builtins.toJSON {
       nodeName = client;
       inherit system networkConfig;
+      inherit (scenario) serverAddress;
+      labAddress = scenario.labAddress client;
       serverPublicKey = keys.server.public;
     });
 
@@ -99,6 +101,12 @@ in
             inherit (scenario.server) chrootRoot userPrefix sshdExtra;
             hosts = lib.genAttrs scenario.clients (client: {publicKey = scenario.keys.${client}.public;});
           };
+          networking.interfaces.eth1.ipv4.addresses = [
+            {
+              address = scenario.serverAddress;
+              prefixLength = 24;
+            }
+          ];
           # sshd's log says why a denied access was denied.
           services.openssh.settings.LogLevel = "VERBOSE";
           # A fixed host key, so the clients can pin it at evaluation time.

@@ -17,6 +17,8 @@
   keys ? import ../keys.nix,
   # src/templates of this repository: the configuration `tiffin host add` writes.
   templates ? ../../src/templates,
+  # Steps the VMs cannot run, each with its reason (nixos-tests/vm-overrides.toml).
+  overrides ? builtins.fromTOML (builtins.readFile ../vm-overrides.toml),
   # Files the translator cannot make itself, because they come from the flake
   # (store paths of the nixpkgs and tiffin sources) or from the evaluated nodes:
   # { flakeNix; flakeLock; vmJson = host: file; }. The static checks pass
@@ -115,6 +117,10 @@
     pollInterval = fleet.poll_interval or "15m";
   };
   fleetDir = "/root/fleet";
+  # The lab's addresses (src/lab/machine.rs), given to the VMs too, so that
+  # scenario commands naming them work in both.
+  serverAddress = "192.0.2.1";
+  labAddress = c: "192.0.2.${toString (11 + index c clients)}";
   account = c: server.userPrefix + c;
   chroot = c: "${server.chrootRoot}/${c}";
   tomlStr = builtins.toJSON;
@@ -208,55 +214,64 @@
 
   # ---- steps ----------------------------------------------------------------
   steps = scenario.step or [];
-  # The configuration.nix of every client after each step, for the pre-builds.
-  sshTo = c: other: "ssh -i /etc/tiffin/id_ed25519 -o BatchMode=yes -o ConnectTimeout=10 ${account other}@server";
-  sftpTo = c: batch: "sftp -i /etc/tiffin/id_ed25519 -o BatchMode=yes -o ConnectTimeout=10 -b ${batch} ${account c}@server";
-  batchFile = label: lines: builtins.toFile "tiffin-${name}-${label}.sftp" (builtins.concatStringsSep "\n" lines + "\n");
-
+  skips = let
+    mine = builtins.filter (o: o.scenario == name) (overrides.skip or []);
+  in
+    builtins.seq (builtins.all (o:
+      if o.step < 1 || o.step > builtins.length steps
+      then fail "nixos-tests/vm-overrides.toml skips step ${toString o.step}, which the scenario does not have: update the override"
+      else true)
+    mine)
+    mine;
+  # expect_denied: the lab's attempts (src/lab/access.rs), run by
+  # lib/denied.sh on the client with OpenSSH's ssh and sftp, after the same
+  # control (the client lists its chroot and writes its reports).
+  accesses = ["read-other" "list-other" "write-release" "write-root" "shell" "port-forward" "wrong-key"];
+  needsOther = ["read-other" "list-other" "wrong-key"];
   denied = what: s: let
     c = s.on or (fail "${what}: `on` is required");
     m = client what c;
-    other = s.other or (fail "${what}: access ${s.access} needs `other`");
-    otherOk = client "${what} other" other;
-    ok = batchFile "${c}-allowed" ["ls /"];
-    # The positive control first: the same client logs in and lists its own chroot,
-    # so a denial below cannot come from a broken connection.
-    control = "${m}.succeed(${py "${sftpTo c ok}"})\n";
-    refused = label: lines: expectOut: ''
-      status, out = ${m}.execute(${py "timeout 60 ${sftpTo c (batchFile "${c}-${label}" lines)} 2>&1"})
-      assert status != 0, ${py "${what}: the access succeeded: "} + out
-      assert any(s in out for s in ${builtins.toJSON expectOut}), ${py "${what}: failed for another reason: "} + out
-    '';
-  in
-    if s.access == "read-other"
-    then
-      builtins.seq otherOk (control
-        + refused "read-${other}" ["get /../${other}/CURRENT /tmp/tiffin-denied" "get ${chroot other}/CURRENT /tmp/tiffin-denied"] ["not found" "No such file" "Permission denied"])
-    else if s.access == "list-other"
-    then
-      builtins.seq otherOk (control
-        + refused "list-${other}" ["ls ${chroot other}"] ["not found" "No such file" "Permission denied"])
-    else if s.access == "write-release"
-    then control + refused "write-release" ["put /etc/hostname /releases/tiffin-denied"] ["Permission denied" "not found"]
-    else if s.access == "write-root"
-    then control + refused "write-root" ["put /etc/hostname /tiffin-denied"] ["Permission denied"]
-    else if s.access == "shell"
-    then ''
-      out = ${m}.succeed(${py "timeout 60 ${sshTo c c} ${sh "echo tiffin-shell-$((6*7))"} </dev/null 2>&1 || true"})
-      assert "tiffin-shell-42" not in out, ${py "${what}: a command ran on the server: "} + out
-    ''
-    else if s.access == "port-forward"
-    then ''
-      status, out = ${m}.execute(${py "timeout 60 ${sshTo c c} -W 127.0.0.1:22 </dev/null 2>&1"})
-      assert status != 0 and "prohibited" in out, ${py "${what}: the forward was not refused: "} + out
-    ''
-    else if s.access == "wrong-key"
-    then
-      builtins.seq otherOk ''
-        status, out = ${m}.execute(${py "timeout 60 ${sshTo c other} true </dev/null 2>&1"})
-        assert status != 0 and "Permission denied" in out, ${py "${what}: ${c}'s key was not refused for ${account other}: "} + out
+    access = s.access or (fail "${what}: `access` is required");
+    other =
+      if builtins.elem access needsOther
+      then builtins.seq (client "${what} other" (s.other or (fail "${what}: access ${access} needs `other`"))) s.other
+      else "";
+    currentOf = h: "server.succeed(${py "cat ${chroot h}/CURRENT 2>/dev/null || true"}).strip()";
+    args = map sh [
+      access
+      (account c)
+      serverAddress
+      server.chrootRoot
+      other
+      (
+        if other == ""
+        then ""
+        else account other
+      )
+    ];
+    run = "${m}.succeed(${py "bash ${./denied.sh} ${builtins.concatStringsSep " " args} "} + \"'\" + own_id + \"' '\" + other_id + \"'\")\n";
+    # After write attempts the server must show no trace of them.
+    untouched =
+      if builtins.elem access ["write-release" "write-root"]
+      then ''
+        server.succeed(${py "test \"$(cat ${chroot c}/CURRENT 2>/dev/null)\" = '"} + own_id + "'")
+        server.succeed(${py "test ! -e ${chroot c}/evil -a ! -L ${chroot c}/evil -a ! -e ${chroot c}/releases/evil"})
+        if own_id:
+            server.succeed("echo '" + own_id + ${py "  ${chroot c}/releases/"} + own_id + ${py "/MANIFEST' | sha256sum -c && test ! -e ${chroot c}/releases/"} + own_id + "/evil")
       ''
-    else fail "${what}: unknown access ${builtins.toJSON s.access}";
+      else "";
+  in
+    if !(builtins.elem access accesses)
+    then fail "${what}: unknown access ${builtins.toJSON access} (known: ${builtins.concatStringsSep ", " accesses})"
+    else
+      "own_id = ${currentOf c}\n"
+      + "other_id = ${
+        if other == ""
+        then "\"\""
+        else currentOf other
+      }\n"
+      + run
+      + untouched;
 
   # Extra arguments reach the real unit through a runtime drop-in, so the pull
   # still runs in the unit's environment (PATH, timeout).
@@ -415,7 +430,7 @@
     what = "step ${toString i} (do = ${builtins.toJSON kind})";
     _k =
       if stepKeys ? ${kind}
-      then checkKeys what (["do"] ++ stepKeys.${kind}) s
+      then checkKeys what (["do" "vm_skip"] ++ stepKeys.${kind}) s
       else fail "${what}: unknown step kind; the VM translator knows ${builtins.concatStringsSep ", " (builtins.attrNames stepKeys)}";
     body =
       if kind == "provision"
@@ -425,11 +440,14 @@
         ''
           server.wait_for_unit("sshd.service")
           server.wait_for_open_port(22)
+          server.succeed(${py "test \"$(stat -c '%U:%G %a' ${server.chrootRoot})\" = 'root:root 755'"})
         ''
         + concatMapStrings (c: ''
           server.succeed("id ${account c}")
           server.succeed(${py "test \"$(stat -c '%U:%G %a' ${chroot c})\" = 'root:${account c} 750'"})
+          server.succeed(${py "test \"$(stat -c '%U:%G %a' ${chroot c}/releases)\" = 'root:${account c} 750'"})
           server.succeed(${py "test \"$(stat -c '%U %a' ${chroot c}/reports)\" = '${account c} 700'"})
+          server.succeed(${py "grep -qxF 'restrict ${(clientKey c).public}' /etc/tiffin/authorized_keys/${account c}"})
         '')
         clients
       else if kind == "publish"
@@ -464,8 +482,34 @@
       then " (expect ${s.expect})"
       else ""
     }";
+    # A step the VMs cannot run is skipped only when the scenario (vm_skip) or
+    # nixos-tests/vm-overrides.toml says so and why, and the log shows it.
+    override = builtins.filter (o: o.scenario == name && o.step == i) skips;
+    skipReason =
+      if s ? vm_skip
+      then s.vm_skip
+      else if override == []
+      then null
+      else let
+        o = builtins.head override;
+      in
+        if o.do != kind || (o.command or null) != (s.command or null)
+        then
+          fail "${what}: nixos-tests/vm-overrides.toml skips step ${toString i} as do = ${builtins.toJSON o.do}${
+            if o ? command
+            then " with command ${builtins.toJSON o.command}"
+            else ""
+          }, but the step is no longer that one: update the override"
+        else o.reason;
+    provisions = kind == "run" && builtins.match ".*tiffin +provision.*" (s.command or "") != null;
   in
-    builtins.seq _k "with subtest(${py title}):\n${indent "    " body}";
+    builtins.seq _k (
+      if skipReason != null
+      then "with subtest(${py "${title}: not run in the VMs: ${skipReason}"}):\n    pass\n"
+      else if provisions
+      then fail "${what}: runs `tiffin provision`, which a NixOS server does not use (services.tiffin.server provisions declaratively); skip the step with vm_skip = \"why\" in the scenario or in nixos-tests/vm-overrides.toml"
+      else "with subtest(${py title}):\n${indent "    " body}"
+    );
 
   # ---- the configurations each client will be asked to switch to ------------
   configurationsOf = c:
@@ -500,7 +544,7 @@
     + "\n"
     + builtins.concatStringsSep "\n" (imap translateStep steps);
 in {
-  inherit name clients machines server testScript;
+  inherit name clients machines server serverAddress labAddress testScript;
   # Every configuration.nix text a client meets during the scenario (the
   # initial one and each edit), so the test can pre-build their systems.
   configurations = builtins.listToAttrs (map (c: {

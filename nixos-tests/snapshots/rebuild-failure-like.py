@@ -39,12 +39,17 @@ with subtest("client2: the client module is ready"):
 with subtest("step 1: provision"):
     server.wait_for_unit("sshd.service")
     server.wait_for_open_port(22)
+    server.succeed("test \"$(stat -c '%U:%G %a' /var/lib/tiffin/chroots)\" = 'root:root 755'")
     server.succeed("id tiffin-client1")
     server.succeed("test \"$(stat -c '%U:%G %a' /var/lib/tiffin/chroots/client1)\" = 'root:tiffin-client1 750'")
+    server.succeed("test \"$(stat -c '%U:%G %a' /var/lib/tiffin/chroots/client1/releases)\" = 'root:tiffin-client1 750'")
     server.succeed("test \"$(stat -c '%U %a' /var/lib/tiffin/chroots/client1/reports)\" = 'tiffin-client1 700'")
+    server.succeed("grep -qxF 'restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC+j6UYSbsC3Bd2MzqpCYWcpwXcxv4HlyjlkvDV+F84e tiffin-test-client1 (TEST ONLY, published)' /etc/tiffin/authorized_keys/tiffin-client1")
     server.succeed("id tiffin-client2")
     server.succeed("test \"$(stat -c '%U:%G %a' /var/lib/tiffin/chroots/client2)\" = 'root:tiffin-client2 750'")
+    server.succeed("test \"$(stat -c '%U:%G %a' /var/lib/tiffin/chroots/client2/releases)\" = 'root:tiffin-client2 750'")
     server.succeed("test \"$(stat -c '%U %a' /var/lib/tiffin/chroots/client2/reports)\" = 'tiffin-client2 700'")
+    server.succeed("grep -qxF 'restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHg7br2ivh8NxLg4w57YLm21uPEhqWL4F5UT90nIOuek tiffin-test-client2 (TEST ONLY, published)' /etc/tiffin/authorized_keys/tiffin-client2")
 
 with subtest("step 2: publish"):
     server.succeed("tiffin publish --fleet /root/fleet")
