@@ -37,12 +37,26 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where admin and server commands find the fleet and the chroots.
+/// Where admin commands find the fleet repository.
 #[derive(Debug, Clone, Args)]
-pub struct FleetArgs {
+pub struct RepoArgs {
     /// The fleet repository [default: the current directory]
     #[arg(long, env = "TIFFIN_FLEET", value_name = "DIR")]
     pub fleet: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    pub fn load(&self) -> Result<Fleet, Error> {
+        let root = self.fleet.clone().unwrap_or_else(|| PathBuf::from("."));
+        Ok(Fleet::load(&root)?)
+    }
+}
+
+/// Where server commands find the fleet and the chroots.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Use this chroot root instead of fleet.toml's server.chroot_root (e.g. to publish into a test directory)
     #[arg(long, value_name = "DIR")]
     pub chroot_root: Option<PathBuf>,
@@ -68,16 +82,19 @@ pub enum Command {
     )]
     Check {
         #[command(flatten)]
-        fleet: FleetArgs,
+        fleet: RepoArgs,
     },
     /// Make OpenSSH serve every host: accounts, chroots, keys, sshd drop-in (root)
+    #[command(
+        long_about = "Make OpenSSH serve every host of the fleet (run as root on the server).\n\nFor each host: a system account <user_prefix><host> with its own group, a nologin shell and the password field '*' (no password, but not locked: sshd refuses key logins to locked accounts); the chroot <chroot_root>/<host> with releases/ and reports/, whose owners and modes are repaired when wrong; the host's key in <authorized_keys_dir>/<account>, marked `restrict`; and one `Match User` block per account in the sshd drop-in (SFTP only, chrooted, no forwarding, no TTY).\n\nThe plan is printed first, one line per change, with the drop-in's diff; --dry-run stops there. The new drop-in is checked with `sshd -t` before sshd is reloaded; if sshd refuses it, the previous drop-in stays. A second run prints \"nothing to do\". tiffin never edits sshd_config itself: if it lacks the Include for the drop-in, the line to add is printed.\n\nTIFFIN_SSHD_RELOAD=auto|systemd|pidfile|pidfile:/PATH|none chooses how sshd is reloaded (auto: systemctl when systemd runs, else SIGHUP to the pid in sshd's PidFile)."
+    )]
     Provision {
         #[command(flatten)]
         fleet: FleetArgs,
         /// Print what would change and change nothing
         #[arg(long)]
         dry_run: bool,
-        /// Lock the accounts of hosts gone from the fleet and move their chroots aside (never deleted)
+        /// Lock the accounts of hosts gone from the fleet, remove their keys and move their chroots to <chroot_root>/.pruned/ (nothing is deleted)
         #[arg(long)]
         prune: bool,
     },
@@ -121,10 +138,10 @@ pub enum HostCommand {
         /// Host name: a lowercase letter, then lowercase letters, digits or '-'
         name: String,
         /// The host's OpenSSH public key, or a file holding it (e.g. a copy of its /etc/ssh/ssh_host_ed25519_key.pub)
-        #[arg(long, value_name = "KEY")]
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
         key: String,
         #[command(flatten)]
-        fleet: FleetArgs,
+        fleet: RepoArgs,
     },
 }
 
@@ -202,8 +219,7 @@ pub fn now() -> SystemTime {
 
 impl FleetArgs {
     pub fn load(&self) -> Result<Fleet, Error> {
-        let root = self.fleet.clone().unwrap_or_else(|| PathBuf::from("."));
-        Ok(Fleet::load(&root)?)
+        self.repo.load()
     }
     pub fn chroot_root(&self, fleet: &Fleet) -> PathBuf {
         self.chroot_root
@@ -258,6 +274,13 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
                 now: now(),
                 fault: None,
             };
+            let _lock = if dry_run {
+                None
+            } else {
+                Some(publish::lock_chroot_root(&opts.chroot_root).map_err(|e| {
+                    Error::Failed(format!("chroot root {}: {e}", opts.chroot_root.display()))
+                })?)
+            };
             publish_command(&fleet, &selected, &opts)
         }
         Command::Status {
@@ -293,8 +316,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
 
 fn check(fleet: &Fleet) -> Result<Exit, Error> {
     let mut problems = fleet.problems.clone();
-    for name in fleet.hosts.keys() {
-        if let Err(mut found) = crate::release::resolve_host_tree(&fleet.root, name) {
+    for name in fleet.host_dirs() {
+        if let Err(mut found) = crate::release::resolve_host_tree(&fleet.root, &name) {
             problems.append(&mut found);
         }
     }
@@ -333,7 +356,7 @@ fn publish_command(
     hosts: &[HostName],
     opts: &PublishOptions,
 ) -> Result<Exit, Error> {
-    let mut failed = 0;
+    let (mut failed, mut invalid) = (0, 0);
     for (name, result) in publish::publish_all(fleet, hosts, opts) {
         match result {
             Ok(Outcome::Unchanged { id, seq }) => {
@@ -364,8 +387,15 @@ fn publish_command(
             Err(e) => {
                 eprintln!("error: {e}");
                 failed += 1;
+                invalid += usize::from(matches!(e, publish::PublishError::Invalid { .. }));
             }
         }
+    }
+    if invalid > 0 {
+        return Err(Error::Usage(format!(
+            "{failed} of {} host(s) not published: fix the fleet repository (`tiffin check` lists every problem); each failed host keeps its previous release",
+            hosts.len()
+        )));
     }
     if failed > 0 {
         return Err(Error::Failed(format!(

@@ -301,6 +301,18 @@ impl Fleet {
         })
     }
 
+    /// Every directory under hosts/ with a valid host name, loaded or not.
+    pub fn host_dirs(&self) -> Vec<HostName> {
+        let mut names: Vec<HostName> = fs::read_dir(self.root.join("hosts"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|n: &HostName| self.host_dir(n).is_dir())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Errors that concern the whole fleet or one of `selected` hosts.
     pub fn errors_for<'a>(&'a self, selected: &'a [HostName]) -> impl Iterator<Item = &'a Problem> {
         self.problems.iter().filter(move |p| {
@@ -345,7 +357,7 @@ fn load_host(
             Some(name),
             &rel,
             format!(
-                "host name {name:?} is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME} (shorten the name or server.user_prefix)",
+                "host name \"{name}\" is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME} (shorten the name or server.user_prefix)",
                 account.len()
             ),
         ));

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::fleet::{Fleet, Host, Problem};
 use crate::names::{HostName, ReleaseId};
 use crate::release::{
-    self, CURRENT_FILE, FileEntry, MANIFEST_FILE, Manifest, RELEASES_DIR, SourceFile,
+    self, CURRENT_FILE, FileEntry, MANIFEST_FILE, Manifest, ManifestHead, RELEASES_DIR, SourceFile,
 };
 use crate::settings::format_time;
 
@@ -191,21 +191,6 @@ pub fn publish_host(
     let current_id = paths
         .read_current()
         .map_err(io("reading", &paths.current()))?;
-    let previous = match &current_id {
-        Some(id) => {
-            Some(
-                paths
-                    .read_manifest(id)
-                    .map_err(|message| PublishError::BrokenCurrent {
-                        host: name.clone(),
-                        id: id.to_string(),
-                        message,
-                    })?,
-            )
-        }
-        None => None,
-    };
-
     let entries = release::hash_tree(&sources).map_err(io("hashing", &fleet.host_dir(name)))?;
     let mut candidate = Manifest {
         host: name.clone(),
@@ -214,14 +199,32 @@ pub fn publish_host(
         apply: host.apply.clone(),
         files: entries,
     };
-    if let (Some(prev), Some(id)) = (&previous, &current_id)
-        && prev.same_content(&candidate)
-    {
-        return Ok(Outcome::Unchanged {
-            id: id.clone(),
-            seq: prev.seq,
-        });
-    }
+    let broken = |id: &ReleaseId| {
+        let (host, id) = (name.clone(), id.to_string());
+        move |message: String| PublishError::BrokenCurrent { host, id, message }
+    };
+    let previous = match &current_id {
+        Some(id) => {
+            let bytes = fs::read(paths.release(id).join(MANIFEST_FILE))
+                .map_err(|e| broken(id)(e.to_string()))?;
+            // Cheap no-change test for big fleets: the candidate rendered with the current
+            // release's header has the current id exactly when nothing changed.
+            let head = ManifestHead::parse(&bytes).map_err(|e| broken(id)(e.to_string()))?;
+            let same_header = Manifest {
+                seq: head.seq,
+                created: head.created,
+                ..candidate.clone()
+            };
+            if &same_header.id() == id {
+                return Ok(Outcome::Unchanged {
+                    id: id.clone(),
+                    seq: head.seq,
+                });
+            }
+            Some(Manifest::parse_verified(&bytes, id).map_err(|e| broken(id)(e.to_string()))?)
+        }
+        None => None,
+    };
     candidate.seq = next_seq(&paths, previous.as_ref());
     let change = diff(previous.as_ref(), &candidate);
     if opts.dry_run {
@@ -507,7 +510,7 @@ pub fn list_releases(paths: &ChrootPaths) -> Vec<(ReleaseId, u64)> {
 /// Removes all but the newest `keep` releases, never the current one.
 fn prune(paths: &ChrootPaths, current: &ReleaseId, keep: usize) -> std::io::Result<usize> {
     let mut releases = list_releases(paths);
-    releases.sort_by(|a, b| b.1.cmp(&a.1));
+    releases.sort_by_key(|r| std::cmp::Reverse(r.1));
     let mut pruned = 0;
     for (id, _) in releases.into_iter().skip(keep.max(1)) {
         if &id != current {
@@ -542,6 +545,33 @@ fn diff(previous: Option<&Manifest>, next: &Manifest) -> Change {
         .filter(|f| !new.contains(f.path.as_str()))
         .count();
     change
+}
+
+/// Held while publishing, so two `tiffin publish` runs never interleave on one chroot root.
+pub struct PublishLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Takes the publish lock of a chroot root (creating the root when missing), or says who holds it.
+pub fn lock_chroot_root(chroot_root: &Path) -> Result<PublishLock, std::io::Error> {
+    fs::create_dir_all(chroot_root)?;
+    let path = chroot_root.join(".publish.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(PublishLock { _lock: lock }),
+        Err((_, errno)) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!(
+                "another `tiffin publish` holds {} ({errno}); wait for it to finish",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// Publishes `hosts` in parallel (hashing dominates); results in host order.

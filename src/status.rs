@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::fleet::Fleet;
 use crate::names::{HostName, ReleaseId};
 use crate::publish::ChrootPaths;
-use crate::release::MANIFEST_FILE;
+use crate::release::{MANIFEST_FILE, ManifestHead};
 use crate::report::{PullResult, Report, STATUS_FILE};
 use crate::settings::{Interval, parse_time};
 
@@ -190,17 +190,11 @@ pub fn host_status(
     }
 }
 
-/// The seq from a MANIFEST's header, without parsing its file list (status reads 1,000s of them).
 fn read_seq(release_dir: &Path) -> Result<u64, String> {
-    let text = fs::read_to_string(release_dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
-    let head = text.split("\n[").next().unwrap_or_default();
-    #[derive(serde::Deserialize)]
-    struct Head {
-        seq: u64,
-    }
-    toml::from_str::<Head>(head)
+    let bytes = fs::read(release_dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
+    ManifestHead::parse(&bytes)
         .map(|h| h.seq)
-        .map_err(|e| crate::fleet::toml_message(&e))
+        .map_err(|e| e.to_string())
 }
 
 /// "5s ago", "3m ago", "2h ago", "4d ago".

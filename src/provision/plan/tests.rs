@@ -1,0 +1,400 @@
+//! Plans against an in-memory server: what provisioning would change, snapshotted.
+
+use super::*;
+use crate::provision::system::fake::FakeSystem;
+
+const KEYS: [&str; 3] = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHUCjPt2qjOB8lNVJFDp5AJ4np61qYkiH6bnAG8e2sV0 root@client1",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDSmylHGy80u0GccoliCFKxZKla3ar59W/B68cYw51bz root@client2",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL6XRxgdnbuw2na78/HdDOr86bgPlsv20D1jenj+O7Gy root@client3",
+];
+const ROOT: &str = "/var/lib/tiffin/chroots";
+const RELEASE: &str = "4f7d2a39d1c2e7b08a4d4c1f9e9b3a6c5d8e7f60718293a4b5c6d7e8f9011223";
+
+fn target(hosts: &[&str]) -> Target {
+    Target {
+        hosts: hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HostTarget {
+                host: h.parse().unwrap(),
+                account: format!("tiffin-{h}"),
+                key: KEYS[i % 3].to_owned(),
+            })
+            .collect(),
+        user_prefix: "tiffin-".into(),
+        chroot_root: ROOT.into(),
+        keys_dir: "/etc/tiffin/authorized_keys".into(),
+        dropin: "/etc/ssh/sshd_config.d/tiffin.conf".into(),
+        sshd_config: "/etc/ssh/sshd_config".into(),
+        sshd_extra: vec!["ClientAliveInterval 30".into()],
+    }
+}
+
+fn opts(prune: bool) -> PlanOptions {
+    PlanOptions {
+        prune,
+        now: crate::settings::parse_time("2026-11-24T22:44:16Z").unwrap(),
+    }
+}
+
+/// A server on which `target` is fully provisioned (uids from 990 down).
+fn provisioned(t: &Target) -> FakeSystem {
+    let mut s = FakeSystem::debian();
+    s.dir("/var/lib/tiffin", 0, 0, 0o755)
+        .dir(ROOT, 0, 0, 0o755)
+        .dir("/etc/tiffin", 0, 0, 0o755)
+        .dir("/etc/tiffin/authorized_keys", 0, 0, 0o755);
+    for (i, h) in t.hosts.iter().enumerate() {
+        let id = 990 - i as u32;
+        let chroot = format!("{ROOT}/{}", h.host);
+        s.append(
+            "/etc/passwd",
+            &format!(
+                "{}:x:{id}:{id}:tiffin host {}:{chroot}:/usr/sbin/nologin\n",
+                h.account, h.host
+            ),
+        )
+        .append("/etc/group", &format!("{}:x:{id}:\n", h.account))
+        .append(
+            "/etc/shadow",
+            &format!("{}:*:20000:::::: \n", h.account).replace(" ", ""),
+        )
+        .dir(&chroot, 0, id, 0o750)
+        .dir(&format!("{chroot}/releases"), 0, id, 0o750)
+        .dir(&format!("{chroot}/reports"), id, id, 0o700)
+        .file(
+            &format!("/etc/tiffin/authorized_keys/{}", h.account),
+            0,
+            0,
+            0o644,
+            &key_line(&h.key),
+        );
+    }
+    let blocks: Vec<Block> = t
+        .hosts
+        .iter()
+        .map(|h| Block {
+            account: h.account.clone(),
+            chroot: t.chroot_root.join(h.host.as_str()),
+            keys_file: t.keys_dir.join(&h.account),
+            gone: None,
+        })
+        .collect();
+    s.file(
+        "/etc/ssh/sshd_config.d/tiffin.conf",
+        0,
+        0,
+        0o644,
+        &dropin::render(&blocks, &t.sshd_extra),
+    );
+    s
+}
+
+fn kinds(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .map(|a| {
+            a.to_string()
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn three_hosts_on_an_empty_server() {
+    let t = target(&["client1", "client2", "client3"]);
+    let plan = plan(&t, &FakeSystem::debian(), &opts(false)).unwrap();
+    assert!(!plan.is_blocked());
+    insta::assert_snapshot!("plan_three_hosts", plan.render(&t));
+}
+
+#[test]
+fn rendered_dropin() {
+    let t = target(&["client1", "client2", "client3"]);
+    let plan = plan(&t, &FakeSystem::debian(), &opts(false)).unwrap();
+    let new = plan
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteDropin { new, .. } => Some(new.clone()),
+            _ => None,
+        })
+        .expect("a drop-in is written");
+    insta::assert_snapshot!("dropin_three_hosts", new);
+}
+
+#[test]
+fn provisioned_server_has_nothing_to_do() {
+    let t = target(&["client1", "client2", "client3"]);
+    let plan = plan(&t, &provisioned(&t), &opts(false)).unwrap();
+    assert_eq!(plan.actions, vec![], "{}", plan.render(&t));
+    assert!(plan.findings.is_empty(), "{:?}", plan.findings);
+    assert!(plan.render(&t).contains("nothing to do"));
+}
+
+#[test]
+fn locked_and_expired_accounts_are_unlocked() {
+    let t = target(&["client1", "client2"]);
+    let mut s = provisioned(&t);
+    let shadow = String::from_utf8(s.read(Path::new("/etc/shadow")).unwrap())
+        .unwrap()
+        .replace(
+            "tiffin-client1:*:20000::::::",
+            "tiffin-client1:!:20000::::::",
+        )
+        .replace(
+            "tiffin-client2:*:20000::::::",
+            "tiffin-client2:*:20000:::::1:",
+        );
+    s.file("/etc/shadow", 0, 42, 0o640, &shadow);
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert_eq!(
+        plan.actions,
+        vec![
+            Action::UnlockAccount {
+                name: "tiffin-client1".into(),
+                was: Password::Locked,
+                expired: false
+            },
+            Action::UnlockAccount {
+                name: "tiffin-client2".into(),
+                was: Password::NoPassword,
+                expired: true
+            },
+        ]
+    );
+}
+
+#[test]
+fn publish_before_provision_is_repaired() {
+    // What `tiffin publish` leaves when the host group does not exist yet: root:root everywhere.
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    let chroot = format!("{ROOT}/client1");
+    let rel = format!("{chroot}/releases/{RELEASE}");
+    s.dir(&chroot, 0, 0, 0o750)
+        .dir(&format!("{chroot}/releases"), 0, 0, 0o750)
+        .file(&format!("{chroot}/CURRENT"), 0, 0, 0o640, RELEASE)
+        .dir(&format!("{chroot}/.staging"), 0, 0, 0o700)
+        .dir(&rel, 0, 0, 0o750)
+        .file(&format!("{rel}/MANIFEST"), 0, 0, 0o640, "")
+        .dir(&format!("{rel}/files"), 0, 0, 0o755)
+        .file(&format!("{rel}/files/secret"), 0, 990, 0o600, "");
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let text = plan.render(&t);
+    insta::assert_snapshot!("plan_repairs_publish_before_provision", text);
+    assert!(!text.contains(".staging"), "staging is publish's business");
+    assert!(matches!(
+        plan.actions.last(),
+        Some(Action::RepairTree { wrong: 4, .. })
+    ));
+}
+
+#[test]
+fn unsafe_ancestor_blocks_everything() {
+    let t = target(&["client1"]);
+    let mut s = FakeSystem::debian();
+    s.dir("/var/lib", 1000, 1000, 0o755)
+        .dir("/var", 0, 0, 0o1777);
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.is_blocked());
+    let problems: Vec<&str> = plan
+        .findings
+        .iter()
+        .filter(|f| f.level == Level::Blocker)
+        .map(|f| f.message.as_str())
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("/var is root:root 1777"),
+        "{}",
+        problems[0]
+    );
+    assert!(
+        problems[1].starts_with("/var/lib is 1000:1000 0755"),
+        "{}",
+        problems[1]
+    );
+}
+
+#[test]
+fn wrong_chroot_root_modes_are_repaired_not_blocking() {
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.dir(ROOT, 1000, 0, 0o775);
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(!plan.is_blocked());
+    assert_eq!(kinds(&plan), vec!["repair dir"]);
+    assert!(
+        plan.actions[0]
+            .to_string()
+            .contains("root:root 0755 (was 1000:root 0775)")
+    );
+}
+
+#[test]
+fn gone_hosts_are_kept_until_prune() {
+    let t = target(&["client1", "client2"]);
+    let mut s = provisioned(&t);
+    // client3 was in the fleet; tiffin-admin merely shares the prefix.
+    s.append(
+        "/etc/passwd",
+        "tiffin-client3:x:980:980:tiffin host client3:/var/lib/tiffin/chroots/client3:/usr/sbin/nologin\n\
+         tiffin-admin:x:1001:1001:Admin:/home/admin:/bin/bash\n",
+    )
+    .append("/etc/group", "tiffin-client3:x:980:\n")
+    .append("/etc/shadow", "tiffin-client3:*:20000::::::\ntiffin-admin:$y$x:20000::::::\n")
+    .dir(&format!("{ROOT}/client3"), 0, 980, 0o750)
+    .file("/etc/tiffin/authorized_keys/tiffin-client3", 0, 0, 0o644, "restrict x\n");
+
+    let kept = plan(&t, &s, &opts(false)).unwrap();
+    assert_eq!(kinds(&kept), vec!["write drop-in", "reload sshd"]);
+    let text = kept.render(&t);
+    assert!(
+        text.contains("host client3 is gone from the fleet"),
+        "{text}"
+    );
+    assert!(text.contains("tiffin-admin has the prefix"), "{text}");
+    assert!(!text.contains("Match User tiffin-admin"), "{text}");
+
+    let pruned = plan(&t, &s, &opts(true)).unwrap();
+    insta::assert_snapshot!("plan_prune", pruned.render(&t));
+    assert!(!pruned.render(&t).contains("lock account    tiffin-admin"));
+}
+
+#[test]
+fn pruned_accounts_stay_pruned() {
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.append(
+        "/etc/passwd",
+        "tiffin-old:x:980:980:tiffin host old:/var/lib/tiffin/chroots/old:/usr/sbin/nologin\n",
+    )
+    .append("/etc/group", "tiffin-old:x:980:\n")
+    .append("/etc/shadow", "tiffin-old:!*:20000:::::1:\n");
+    let blocks = vec![
+        Block {
+            account: "tiffin-client1".into(),
+            chroot: format!("{ROOT}/client1").into(),
+            keys_file: "/etc/tiffin/authorized_keys/tiffin-client1".into(),
+            gone: None,
+        },
+        Block {
+            account: "tiffin-old".into(),
+            chroot: format!("{ROOT}/old").into(),
+            keys_file: "/etc/tiffin/authorized_keys/tiffin-old".into(),
+            gone: Some(Gone::Pruned),
+        },
+    ];
+    s.file(
+        "/etc/ssh/sshd_config.d/tiffin.conf",
+        0,
+        0,
+        0o644,
+        &dropin::render(&blocks, &t.sshd_extra),
+    );
+    for prune in [false, true] {
+        let plan = plan(&t, &s, &opts(prune)).unwrap();
+        assert_eq!(plan.actions, vec![], "prune={prune}: {}", plan.render(&t));
+    }
+}
+
+#[test]
+fn missing_include_and_shared_group_are_reported() {
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.file("/etc/ssh/sshd_config", 0, 0, 0o644, "Port 22\nUsePAM yes\n");
+    let g = String::from_utf8(s.read(Path::new("/etc/group")).unwrap())
+        .unwrap()
+        .replace("tiffin-client1:x:990:", "tiffin-client1:x:990:alice");
+    s.file("/etc/group", 0, 0, 0o644, &g);
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.actions.is_empty());
+    let text = plan.render(&t);
+    assert!(
+        text.contains("Include /etc/ssh/sshd_config.d/*.conf"),
+        "says which line to add: {text}"
+    );
+    assert!(
+        text.contains("group tiffin-client1 also has alice"),
+        "{text}"
+    );
+}
+
+#[test]
+fn existing_account_with_a_shell_is_fixed() {
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    let p = String::from_utf8(s.read(Path::new("/etc/passwd")).unwrap())
+        .unwrap()
+        .replace(
+            "tiffin host client1:/var/lib/tiffin/chroots/client1:/usr/sbin/nologin",
+            "tiffin host client1:/home/client1:/bin/bash",
+        );
+    s.file("/etc/passwd", 0, 0, 0o644, &p);
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert_eq!(
+        plan.actions[0].to_string(),
+        "fix account     tiffin-client1: home /home/client1 -> /var/lib/tiffin/chroots/client1; shell /bin/bash -> /usr/sbin/nologin"
+    );
+}
+
+#[test]
+fn someone_elses_account_is_never_taken_over() {
+    // An empty prefix makes host "daemon" the system's daemon account.
+    let mut t = target(&["daemon"]);
+    t.user_prefix = String::new();
+    t.hosts[0].account = "daemon".into();
+    let mut s = FakeSystem::debian();
+    s.append(
+        "/etc/passwd",
+        "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
+    )
+    .append("/etc/group", "daemon:x:1:\n");
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.is_blocked());
+    assert!(
+        plan.findings[0]
+            .message
+            .starts_with("account daemon exists and is not tiffin's (home /usr/sbin"),
+        "{:?}",
+        plan.findings
+    );
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::FixAccount { .. }))
+    );
+}
+
+#[test]
+fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
+    let mut t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.remove(&format!("{ROOT}/client1"));
+    s.file(&format!("{ROOT}/client1"), 0, 0, 0o644, "");
+    let plan = plan(&t, &s, &opts(false)).unwrap();
+    assert!(plan.is_blocked());
+    assert!(
+        plan.findings[0]
+            .message
+            .contains("client1 is not a directory (it is a regular file)"),
+        "{:?}",
+        plan.findings
+    );
+
+    t.keys_dir = format!("{ROOT}/keys").into();
+    let plan = super::plan(&t, &provisioned(&target(&["client1"])), &opts(false)).unwrap();
+    assert!(
+        plan.findings
+            .iter()
+            .any(|f| f.level == Level::Blocker && f.message.contains("outside every chroot")),
+        "{:?}",
+        plan.findings
+    );
+}

@@ -1,0 +1,232 @@
+//! `init`, `host add`, `check`: the fleet repository and every error an admin can make in it.
+
+use std::os::unix::fs::symlink;
+
+use crate::{KEYS, TestFleet};
+
+#[test]
+fn init_then_check_is_clean_but_warns_about_the_example_key() {
+    let fleet = TestFleet::bare();
+    for path in [
+        "fleet.toml",
+        "templates/flake.nix",
+        "common/default.nix",
+        "hosts/example/host.toml",
+        "hosts/example/configuration.nix",
+        "hosts/example/files/etc/tiffin-managed",
+    ] {
+        assert!(fleet.root().join(path).is_file(), "{path}");
+    }
+    assert_eq!(
+        std::fs::read_link(fleet.root().join("hosts/example/flake.nix")).unwrap(),
+        std::path::Path::new("../../templates/flake.nix")
+    );
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    insta::assert_snapshot!("check_after_init", out);
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory() {
+    let fleet = TestFleet::bare();
+    let out = assert_cmd::Command::cargo_bin("tiffin")
+        .unwrap()
+        .args(["init", "fleet"])
+        .current_dir(fleet.tmp.path())
+        .assert()
+        .code(2);
+    let text = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(text.contains("already exists and is not empty"), "{text}");
+}
+
+#[test]
+fn host_add_reads_a_key_file_and_refuses_duplicates() {
+    let fleet = TestFleet::with_hosts(&[]);
+    let key_file = fleet.tmp.path().join("web.pub");
+    std::fs::write(&key_file, format!("{}\n", KEYS[1])).unwrap();
+    fleet
+        .tiffin(&["host", "add", "web-1", "--key", key_file.to_str().unwrap()])
+        .assert()
+        .success();
+    let host_toml = std::fs::read_to_string(fleet.root().join("hosts/web-1/host.toml")).unwrap();
+    assert!(host_toml.contains(KEYS[1]), "{host_toml}");
+    let (code, out) = fleet.output(&["host", "add", "web-1", "--key", KEYS[1]]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!("host_add_duplicate", out);
+}
+
+/// One broken fleet per kind of mistake; each error must name the file and what was expected.
+fn check_error(setup: impl FnOnce(&TestFleet)) -> String {
+    let fleet = TestFleet::with_hosts(&["web"]);
+    setup(&fleet);
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 2, "check must fail: {out}");
+    out
+}
+
+#[test]
+fn error_invalid_toml() {
+    let out = check_error(|f| f.write("fleet.toml", "[server\nchroot_root = 1\n"));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_unknown_key() {
+    let out = check_error(|f| {
+        f.write(
+            "hosts/web/host.toml",
+            &format!("public_key = \"{}\"\npoll_intervall = \"5m\"\n", KEYS[0]),
+        )
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_unknown_value() {
+    let out = check_error(|f| {
+        f.write(
+            "hosts/web/host.toml",
+            &format!(
+                "public_key = \"{}\"\n[apply]\naction = \"swtich\"\n",
+                KEYS[0]
+            ),
+        )
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_bad_host_name() {
+    let out = check_error(|f| {
+        std::fs::rename(f.root().join("hosts/web"), f.root().join("hosts/Web_1")).unwrap();
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_name_too_long_for_an_account() {
+    let out = check_error(|f| {
+        std::fs::rename(
+            f.root().join("hosts/web"),
+            f.root().join("hosts/a-very-long-host-name-for-unix"),
+        )
+        .unwrap();
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_bad_public_key() {
+    let out = check_error(|f| {
+        f.write(
+            "hosts/web/host.toml",
+            "public_key = \"ssh-ed25519 AAAAnotbase64!!\"\n",
+        )
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_symlink_leaving_the_repository() {
+    let out = check_error(|f| {
+        symlink("/etc/passwd", f.root().join("hosts/web/files/etc/passwd")).unwrap();
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_dangling_symlink() {
+    let out = check_error(|f| {
+        symlink("../missing.nix", f.root().join("hosts/web/extra.nix")).unwrap();
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_missing_configuration_nix() {
+    let out = check_error(|f| {
+        std::fs::remove_file(f.root().join("hosts/web/configuration.nix")).unwrap();
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn error_symlink_loop() {
+    let out = check_error(|f| {
+        symlink("..", f.root().join("hosts/web/files/loop")).unwrap();
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn check_lists_every_problem_at_once() {
+    let out = check_error(|f| {
+        f.write("hosts/web/host.toml", "public_key = \"nope\"\n");
+        f.write(
+            "hosts/db/host.toml",
+            &format!("public_key = \"{}\"\n", KEYS[2]),
+        );
+        symlink("/etc/hostname", f.root().join("hosts/db/files")).unwrap();
+        f.write("fleet.toml", "[server]\nkeep_releases = 0\n");
+    });
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn host_add_rejects_bad_input() {
+    let fleet = TestFleet::with_hosts(&[]);
+    let mut outputs = Vec::new();
+    for args in [
+        ["host", "add", "Web", "--key", KEYS[0]],
+        ["host", "add", "web", "--key", "ssh-rsa AAAA"],
+        [
+            "host",
+            "add",
+            "web",
+            "--key",
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+        ],
+    ] {
+        let (code, out) = fleet.output(&args);
+        assert_eq!(code, 2, "{out}");
+        outputs.push(out);
+    }
+    assert!(
+        !fleet.root().join("hosts/web").exists(),
+        "nothing half-written"
+    );
+    insta::assert_snapshot!(outputs.join("---\n"));
+}
+
+#[test]
+fn no_fleet_here_says_how_to_fix_it() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let out = assert_cmd::Command::cargo_bin("tiffin")
+        .unwrap()
+        .arg("check")
+        .current_dir(tmp.path())
+        .env_remove("TIFFIN_FLEET")
+        .assert()
+        .code(2);
+    let text = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn help_teaches() {
+    for (name, args) in [
+        ("help", vec!["--help"]),
+        ("help_publish", vec!["publish", "--help"]),
+        ("help_status", vec!["status", "--help"]),
+        ("help_host_add", vec!["host", "add", "--help"]),
+    ] {
+        let out = assert_cmd::Command::cargo_bin("tiffin")
+            .unwrap()
+            .args(&args)
+            .env("COLUMNS", "100")
+            .env_remove("TIFFIN_FLEET")
+            .assert()
+            .success();
+        insta::assert_snapshot!(name, String::from_utf8_lossy(&out.get_output().stdout));
+    }
+}

@@ -1,0 +1,161 @@
+#!/bin/bash
+# End-to-end proof of `tiffin provision` with the real OpenSSH, run by tests/cli/provision.rs as
+#   unshare --mount --net --pid --fork --mount-proc --propagation private bash provision_e2e.sh TIFFIN DIR
+# Everything it changes lives in tmpfs and overlays of that mount namespace (/etc, /var, /run,
+# /home, DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
+# PID namespace takes sshd down with the script, whatever happens.
+set -euo pipefail
+umask 022   # the overlays take their upper directories' modes, and sshd checks them
+TIFFIN=$1
+T=$2
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "FAILED: $*" >&2; exit 1; }
+
+mount -t tmpfs -o mode=755 tmpfs "$T"
+mkdir -p "$T"/etc.up "$T"/etc.work "$T"/var.up "$T"/var.work
+mount -t overlay overlay -o lowerdir=/etc,upperdir="$T"/etc.up,workdir="$T"/etc.work /etc
+mount -t overlay overlay -o lowerdir=/var,upperdir="$T"/var.up,workdir="$T"/var.work /var
+# A private /run: no systemd in here, and sshd's pid file and privilege-separation dir stay ours.
+mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=755 tmpfs /home   # in case anything creates a home directory
+mkdir -m 755 /run/sshd
+ip link set lo up
+ip addr add 192.0.2.1/32 dev lo
+ssh-keygen -A >/dev/null
+
+step "fleet: two hosts, published before provisioning (so the release trees are root:root)"
+F="$T/fleet"
+"$TIFFIN" init "$F" >/dev/null
+rm -r "$F/hosts/example"
+for c in client1 client2; do
+    ssh-keygen -q -t ed25519 -N '' -C "$c" -f "$T/$c"
+    "$TIFFIN" host add "$c" --key "$T/$c.pub" --fleet "$F" >/dev/null
+done
+mkdir -p "$F/hosts/client1/files/etc/app"
+echo s3cret >"$F/hosts/client1/files/etc/app/secret"
+chmod 600 "$F/hosts/client1/files/etc/app/secret"
+sed -i 's/^# sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30"]/' "$F/fleet.toml"
+cd "$F"
+"$TIFFIN" publish
+C=/var/lib/tiffin/chroots
+
+step "tiffin provision --dry-run"
+"$TIFFIN" provision --dry-run
+[ ! -e /etc/ssh/sshd_config.d/tiffin.conf ] || fail "dry run wrote the drop-in"
+getent passwd tiffin-client1 && fail "dry run created an account"
+
+step "sshd starts (before provisioning, so provision must reload it)"
+/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -o ListenAddress=192.0.2.1:22 2>"$T/sshd.log" &
+SSHD=$!
+for _ in $(seq 100); do
+    [ -s /run/sshd.pid ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && break
+    sleep 0.1
+done
+[ -s /run/sshd.pid ] || fail "sshd did not start: $(cat "$T/sshd.log")"
+
+step "tiffin provision"
+"$TIFFIN" provision | tee "$T/provision.out"
+# The logins below work only with the new drop-in, which the running sshd reads on SIGHUP.
+grep -q "reloaded sshd (SIGHUP to pid" "$T/provision.out" || fail "sshd was not reloaded"
+grep '^tiffin-client1:\*:' /etc/shadow || fail "tiffin-client1 has no '*' password field (locked?)"
+ls -la "$C" "$C/client1" "$C/client1/releases"/*
+stat -c '%n %U:%G %a' "$C/client1/CURRENT" /etc/tiffin/authorized_keys/tiffin-client1
+
+S=(-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5)
+as() { # as KEY USER: sftp batch from stdin
+    sftp "${S[@]}" -i "$T/$1" -b - "$2@192.0.2.1"
+}
+denied() { # denied KEY USER BATCH: the batch must fail
+    if printf '%s\n' "$3" | as "$1" "$2" >"$T/out" 2>&1; then
+        cat "$T/out"; fail "allowed: $2 with key $1: $3"
+    fi
+    echo "denied as expected: $3 -> $(tail -1 "$T/out")"
+}
+
+step "client1 reads its release"
+echo "get /CURRENT $T/got" | as client1 tiffin-client1
+cmp "$T/got" "$C/client1/CURRENT"
+ID=$(cat "$T/got")
+echo "get /releases/$ID/files/etc/app/secret $T/secret" | as client1 tiffin-client1
+echo s3cret | cmp - "$T/secret"
+echo "ls -la /" | as client1 tiffin-client1
+
+step "client1 cannot list or read client2's chroot"
+denied client1 tiffin-client1 "ls /../client2"
+denied client1 tiffin-client1 "ls $C/client2"
+denied client1 tiffin-client1 "get $C/client2/CURRENT $T/x"
+
+step "client1 writes only under reports/"
+echo report >"$T/report"
+denied client1 tiffin-client1 "put $T/report /x"
+denied client1 tiffin-client1 "put $T/report /releases/x"
+denied client1 tiffin-client1 "mkdir /releases/$ID/y"
+denied client1 tiffin-client1 "rm /CURRENT"
+echo "put $T/report /reports/status.toml" | as client1 tiffin-client1
+cmp "$T/report" "$C/client1/reports/status.toml"
+
+step "no shell, no TTY, no forwarding"
+out=$(ssh "${S[@]}" -i "$T/client1" tiffin-client1@192.0.2.1 id </dev/null 2>&1) || true
+[[ $out != *uid=* ]] || fail "ssh ran a command: $out"
+out=$(ssh "${S[@]}" -tt -i "$T/client1" tiffin-client1@192.0.2.1 id </dev/null 2>&1) || true
+[[ $out != *uid=* ]] || fail "ssh -tt ran a command: $out"
+echo "ssh id -> no command ran"
+if ssh "${S[@]}" -i "$T/client1" -W 127.0.0.1:22 tiffin-client1@192.0.2.1 </dev/null >"$T/out" 2>&1; then
+    fail "ssh -W forwarded: $(cat "$T/out")"
+fi
+echo "ssh -W denied: $(tail -1 "$T/out")"
+if timeout 10 ssh "${S[@]}" -i "$T/client1" -o ExitOnForwardFailure=yes -N -R 2222:127.0.0.1:22 tiffin-client1@192.0.2.1 </dev/null >"$T/out" 2>&1; then
+    fail "ssh -R forwarded"
+fi
+echo "ssh -R denied: $(tail -1 "$T/out")"
+
+step "client2's key cannot log in as client1; it can as client2"
+denied client2 tiffin-client1 "ls /"
+echo "ls /" | as client2 tiffin-client2
+
+step "another local account reads nothing of any host"
+useradd --no-create-home alice
+for p in "$C/client1/CURRENT" "$C/client1/releases/$ID/files/etc/app/secret"; do
+    if setpriv --reuid=alice --regid=alice --clear-groups cat "$p" 2>/dev/null; then fail "alice read $p"; fi
+done
+if setpriv --reuid=alice --regid=alice --clear-groups ls "$C/client1" 2>/dev/null; then fail "alice listed client1"; fi
+echo "alice: permission denied on client1's chroot"
+
+step "second run: nothing to do"
+out=$("$TIFFIN" provision)
+echo "$out"
+[[ $out == *"nothing to do"* ]] || fail "second run changed something"
+
+step "an invalid sshd_extra line is refused by sshd -t and the previous drop-in stays"
+before=$(sha256sum /etc/ssh/sshd_config.d/tiffin.conf)
+sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30", "NoSuchOption yes"]/' "$F/fleet.toml"
+if "$TIFFIN" provision >"$T/out" 2>"$T/err"; then fail "an invalid drop-in was accepted"; else rc=$?; fi
+cat "$T/err"
+[ "$rc" = 1 ] || fail "exit code $rc, expected 1"
+grep -q "NoSuchOption" "$T/err" || fail "sshd's message is not shown"
+[ "$before" = "$(sha256sum /etc/ssh/sshd_config.d/tiffin.conf)" ] || fail "the drop-in changed"
+ls -A /etc/ssh/sshd_config.d/
+echo "get /CURRENT $T/got2" | as client1 tiffin-client1 >/dev/null
+sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30"]/' "$F/fleet.toml"
+
+step "--prune: client2 leaves the fleet"
+rm -r "$F/hosts/client2"
+"$TIFFIN" provision --prune
+grep '^tiffin-client2:!' /etc/shadow || fail "tiffin-client2 is not locked"
+[ ! -e /etc/tiffin/authorized_keys/tiffin-client2 ] || fail "key still there"
+ls "$C/.pruned"
+denied client2 tiffin-client2 "ls /"
+out=$("$TIFFIN" provision --prune)
+[[ $out == *"nothing to do"* ]] || fail "prune is not idempotent: $out"
+echo "get /CURRENT $T/got3" | as client1 tiffin-client1 >/dev/null
+
+step "sshd stopped: provision still applies, says sshd is not running, and succeeds"
+kill "$SSHD"
+wait "$SSHD" || true
+sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 31"]/' "$F/fleet.toml"
+out=$("$TIFFIN" provision)
+echo "$out" | tail -2
+[[ $out == *"sshd is not running"* ]] || fail "no word about sshd not running"
+grep -q "ClientAliveInterval 31" /etc/ssh/sshd_config.d/tiffin.conf || fail "drop-in not updated"
+
+step "all good"

@@ -1,0 +1,156 @@
+//! `status`: the state of every host from the reports in the chroots, for people and for scripts.
+
+use std::fs;
+
+use crate::TestFleet;
+
+const HOSTS: [&str; 6] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+
+fn report(fleet: &TestFleet, host: &str, body: &str) {
+    let dir = fleet.chroots().join(host).join("reports");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("status.toml"), body).unwrap();
+}
+
+/// A fleet with one host in each state.
+fn fleet_in_every_state() -> TestFleet {
+    let fleet = TestFleet::with_hosts(&HOSTS);
+    fleet.tiffin(&["publish"]).assert().success();
+    let old = "1".repeat(64);
+    let cur = |h: &str| fleet.current(h);
+    report(
+        &fleet,
+        "alpha",
+        &format!(
+            "host = \"alpha\"\nrelease = \"{}\"\nseq = 1\nresult = \"ok\"\nlast_seen = \"2026-11-24T11:58:00Z\"\nversion = \"0.1.0\"\n",
+            cur("alpha")
+        ),
+    );
+    report(
+        &fleet,
+        "bravo",
+        &format!(
+            "host = \"bravo\"\nrelease = \"{old}\"\nseq = 7\nresult = \"unchanged\"\nlast_seen = \"2026-11-24T11:59:30Z\"\nversion = \"0.1.0\"\n"
+        ),
+    );
+    report(
+        &fleet,
+        "charlie",
+        &format!(
+            "host = \"charlie\"\nrelease = \"{}\"\nseq = 1\nresult = \"failed\"\napplied = \"{old}\"\nlast_seen = \"2026-11-24T11:50:00Z\"\nerror = \"nixos-rebuild exited with status 1: error: attribute 'foo' missing\"\nversion = \"0.1.0\"\n",
+            cur("charlie")
+        ),
+    );
+    report(
+        &fleet,
+        "delta",
+        &format!(
+            "host = \"delta\"\nrelease = \"{}\"\nseq = 1\nresult = \"rolled-back\"\napplied = \"{old}\"\nlast_seen = \"2026-11-24T11:40:00Z\"\nversion = \"0.1.0\"\n",
+            cur("delta")
+        ),
+    );
+    report(
+        &fleet,
+        "echo",
+        &format!(
+            "host = \"echo\"\nrelease = \"{}\"\nseq = 1\nresult = \"ok\"\nlast_seen = \"2026-11-24T09:00:00Z\"\nversion = \"0.1.0\"\n",
+            cur("echo")
+        ),
+    );
+    fleet
+}
+
+#[test]
+fn status_table_in_every_state() {
+    let fleet = fleet_in_every_state();
+    let (code, out) = fleet.output(&["status"]);
+    assert_eq!(
+        code, 3,
+        "failed, rolled-back and stale hosts make status exit 3"
+    );
+    crate::assert_snapshot_ids!("status_table", out);
+    for (host, state) in HOSTS.iter().zip([
+        "up-to-date",
+        "pending",
+        "failed",
+        "rolled-back",
+        "stale",
+        "never-seen",
+    ]) {
+        let line = out.lines().find(|l| l.starts_with(host)).unwrap();
+        assert!(line.contains(state), "{line}");
+    }
+}
+
+#[test]
+fn status_json_in_every_state() {
+    let fleet = fleet_in_every_state();
+    let (code, out) = fleet.output(&["status", "--json"]);
+    assert_eq!(code, 3);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let states: Vec<&str> = doc["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "up-to-date",
+            "pending",
+            "failed",
+            "rolled-back",
+            "stale",
+            "never-seen"
+        ]
+    );
+    crate::assert_snapshot_ids!("status_json", out);
+}
+
+#[test]
+fn status_exits_0_when_all_is_well_and_can_select_hosts() {
+    let fleet = fleet_in_every_state();
+    let (code, out) = fleet.output(&["status", "alpha", "bravo", "foxtrot"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().count(), 4);
+}
+
+#[test]
+fn the_chroot_decides_who_reported() {
+    let fleet = fleet_in_every_state();
+    // A report in foxtrot's chroot that claims to be alpha counts for foxtrot, and is flagged.
+    report(
+        &fleet,
+        "foxtrot",
+        &format!(
+            "host = \"alpha\"\nrelease = \"{}\"\nresult = \"ok\"\nlast_seen = \"2026-11-24T11:59:00Z\"\n",
+            fleet.current("foxtrot")
+        ),
+    );
+    let (_, out) = fleet.output(&["status", "--json", "alpha", "foxtrot"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["hosts"][1]["host"], "foxtrot");
+    assert_eq!(doc["hosts"][1]["state"], "up-to-date");
+    assert!(
+        doc["hosts"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("claims host \"alpha\"")
+    );
+    assert_eq!(
+        doc["hosts"][0]["last_seen"], "2026-11-24T11:58:00Z",
+        "alpha's own report is untouched"
+    );
+}
+
+#[test]
+fn a_garbled_report_is_shown_not_fatal() {
+    let fleet = fleet_in_every_state();
+    report(&fleet, "alpha", "this is not toml");
+    let (_, out) = fleet.output(&["status", "alpha"]);
+    assert!(
+        out.contains("never-seen") && out.contains("reports/status.toml unreadable"),
+        "{out}"
+    );
+}
