@@ -368,23 +368,54 @@
       else builtins.seq (client what h) "assert states.get(${py h}) == ${py hosts.${h}}, ${py "${what}: ${h} is %s, expected ${hosts.${h}}"} % states.get(${py h})\n")
     (builtins.attrNames hosts);
 
-  run = what: s: let
+  # `run`: `sh -c` as in the lab (here sh FILE, so any command survives
+  # quoting), stdout and stderr together. A background run is started
+  # detached and checked at the next `wait` step, or at the scenario's end.
+  runFile = i: cmd: builtins.toFile "tiffin-${name}-step-${toString i}.sh" cmd;
+  bgPrefix = i: "/tmp/tiffin-vm-step-${toString i}";
+  checkRun = what: s: code:
+    ''
+      assert status == ${toString code}, ${py "${what}: expected exit ${toString code}, got %d: "} % status + out
+    ''
+    + (
+      if s ? expect_output
+      then "assert ${py s.expect_output} in out, ${py "${what}: the output lacks ${s.expect_output}: "} + out\n"
+      else ""
+    );
+  run = i: what: s: let
     m = machine what (s.on or (fail "${what}: `on` is required"));
     cmd = s.command or (fail "${what}: `command` is required");
     code = s.expect_exit or 0;
+    file = runFile i cmd;
+    bg = bgPrefix i;
   in
-    if code == 0 && !(s ? expect_output)
-    then "${m}.succeed(${py cmd})\n"
-    else
+    if s.background or false
+    then "${m}.succeed(${py "(sh ${file} >${bg}.out 2>&1; echo $? >${bg}.status) </dev/null >/dev/null 2>&1 &"})\n"
+    else "status, out = ${m}.execute(${py "sh ${file} 2>&1"})\n" + checkRun what s code;
+
+  # The background runs started before step i and not yet waited for.
+  pendingBackground = i:
+    builtins.foldl' (acc: j: let
+      s = builtins.elemAt steps (j - 1);
+    in
+      if (s.do or "") == "wait"
+      then []
+      else if (s.do or "") == "run" && (s.background or false)
+      then acc ++ [j]
+      else acc) [] (builtins.genList (j: j + 1) (i - 1));
+  waitFor = js:
+    concatMapStrings (j: let
+      s = builtins.elemAt steps (j - 1);
+      m = machine "step ${toString j}" s.on;
+      what = "step ${toString j} (do = \"run\", background)";
+    in
       ''
-        status, out = ${m}.execute(${py cmd})
-        assert status == ${toString code}, ${py "${what}: expected exit ${toString code}, got %d: "} % status + out
+        ${m}.wait_until_succeeds(${py "test -e ${bgPrefix j}.status"}, timeout=900)
+        status = int(${m}.succeed(${py "cat ${bgPrefix j}.status"}))
+        out = ${m}.succeed(${py "cat ${bgPrefix j}.out"})
       ''
-      + (
-        if s ? expect_output
-        then "assert ${py s.expect_output} in out, ${py "${what}: the output lacks ${s.expect_output}: "} + out\n"
-        else ""
-      );
+      + checkRun what s (s.expect_exit or 0))
+    js;
 
   edit = what: s: let
     host = s.host or (fail "${what}: `host` is required");
@@ -422,7 +453,8 @@
     net_up = ["on"];
     stop_server = [];
     start_server = [];
-    run = ["on" "command" "expect_exit" "expect_output"];
+    run = ["on" "command" "expect_exit" "expect_output" "background"];
+    wait = [];
   };
 
   translateStep = i: s: let
@@ -471,7 +503,14 @@
       else if kind == "start_server"
       then "server.succeed(\"systemctl start sshd.service\")\nserver.wait_for_open_port(22)\n"
       else if kind == "run"
-      then run what s
+      then run i what s
+      else if kind == "wait"
+      then let
+        js = pendingBackground i;
+      in
+        if js == []
+        then "pass  # no background run to wait for\n"
+        else waitFor js
       else fail "${what}: unknown step kind";
     title = "step ${toString i}: ${kind}${
       if s ? on
@@ -542,7 +581,15 @@
     ''
     + setupFleet
     + "\n"
-    + builtins.concatStringsSep "\n" (imap translateStep steps);
+    + builtins.concatStringsSep "\n" (imap translateStep steps)
+    + (
+      let
+        js = pendingBackground (builtins.length steps + 1);
+      in
+        if js == []
+        then ""
+        else "\nwith subtest(\"the scenario's end: background runs\"):\n${indent "    " (waitFor js)}"
+    );
 in {
   inherit name clients machines server serverAddress labAddress testScript;
   # Every configuration.nix text a client meets during the scenario (the

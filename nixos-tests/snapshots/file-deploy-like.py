@@ -95,3 +95,23 @@ with subtest("step 15: pull on client1"):
 
 with subtest("step 16: expect_file on client1"):
     client1.succeed("test ! -e '/var/lib/tiffin/../tiffin/nothing-here' && test ! -L '/var/lib/tiffin/../tiffin/nothing-here'")
+
+with subtest("step 17: run on client1"):
+    client1.succeed("(sh /nix/store/6h8s7vsl97k7qql03h3axmswg85ash8z-tiffin-file-deploy-like-step-17.sh >/tmp/tiffin-vm-step-17.out 2>&1; echo $? >/tmp/tiffin-vm-step-17.status) </dev/null >/dev/null 2>&1 &")
+
+with subtest("step 18: wait"):
+    client1.wait_until_succeeds("test -e /tmp/tiffin-vm-step-17.status", timeout=900)
+    status = int(client1.succeed("cat /tmp/tiffin-vm-step-17.status"))
+    out = client1.succeed("cat /tmp/tiffin-vm-step-17.out")
+    assert status == 0, "step 17 (do = \"run\", background): expected exit 0, got %d: " % status + out
+    assert "state read 3 times" in out, "step 17 (do = \"run\", background): the output lacks state read 3 times: " + out
+
+with subtest("step 19: run on server"):
+    server.succeed("(sh /nix/store/bxf3ipsg5ani9xsxzyfr9alil3h7y49b-tiffin-file-deploy-like-step-19.sh >/tmp/tiffin-vm-step-19.out 2>&1; echo $? >/tmp/tiffin-vm-step-19.status) </dev/null >/dev/null 2>&1 &")
+
+with subtest("the scenario's end: background runs"):
+    server.wait_until_succeeds("test -e /tmp/tiffin-vm-step-19.status", timeout=900)
+    status = int(server.succeed("cat /tmp/tiffin-vm-step-19.status"))
+    out = server.succeed("cat /tmp/tiffin-vm-step-19.out")
+    assert status == 0, "step 19 (do = \"run\", background): expected exit 0, got %d: " % status + out
+    assert "\"host\": \"client1\"" in out, "step 19 (do = \"run\", background): the output lacks \"host\": \"client1\": " + out

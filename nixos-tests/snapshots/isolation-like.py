@@ -111,6 +111,6 @@ with subtest("step 9: expect_denied on client1"):
     client1.succeed("bash /nix/store/c98ph6240bim45pp2aw9cf71kmvnfjw8-denied.sh 'wrong-key' 'tiffin-client1' '192.0.2.1' '/var/lib/tiffin/chroots' 'client2' 'tiffin-client2' " + "'" + own_id + "' '" + other_id + "'")
 
 with subtest("step 10: run on server"):
-    status, out = server.execute("su -s /bin/sh nobody -c 'cat /var/lib/tiffin/chroots/client1/CURRENT'")
+    status, out = server.execute("sh /nix/store/lk467q66x9x4ffyx3ny07l1147sqrsy2-tiffin-isolation-like-step-10.sh 2>&1")
     assert status == 1, "step 10 (do = \"run\"): expected exit 1, got %d: " % status + out
     assert "Permission denied" in out, "step 10 (do = \"run\"): the output lacks Permission denied: " + out
