@@ -214,15 +214,17 @@
 
   # ---- steps ----------------------------------------------------------------
   steps = scenario.step or [];
-  skips = let
-    mine = builtins.filter (o: o.scenario == name) (overrides.skip or []);
+  overridesOf = kind: let
+    mine = builtins.filter (o: o.scenario == name) (overrides.${kind} or []);
   in
     builtins.seq (builtins.all (o:
       if o.step < 1 || o.step > builtins.length steps
-      then fail "nixos-tests/vm-overrides.toml skips step ${toString o.step}, which the scenario does not have: update the override"
+      then fail "nixos-tests/vm-overrides.toml: [[${kind}]] names step ${toString o.step}, which the scenario does not have: update the override"
       else true)
     mine)
     mine;
+  skips = overridesOf "skip";
+  replaces = overridesOf "replace";
   # expect_denied: the lab's attempts (src/lab/access.rs), run by
   # lib/denied.sh on the client with OpenSSH's ssh and sftp, after the same
   # control (the client lists its chroot and writes its reports).
@@ -457,9 +459,29 @@
     wait = [];
   };
 
-  translateStep = i: s: let
-    kind = s.do or (fail "step ${toString i}: `do` is required");
+  translateStep = i: s0: let
+    kind = s0.do or (fail "step ${toString i}: `do` is required");
     what = "step ${toString i} (do = ${builtins.toJSON kind})";
+    # An override must still describe the step it was written for.
+    matching = list: let
+      found = builtins.filter (o: o.scenario == name && o.step == i) list;
+      o = builtins.head found;
+    in
+      if found == []
+      then null
+      else if o.do != kind || (o.command or null) != (s0.command or null)
+      then
+        fail "${what}: nixos-tests/vm-overrides.toml names step ${toString i} as do = ${builtins.toJSON o.do}${
+          if o ? command
+          then " with command ${builtins.toJSON o.command}"
+          else ""
+        }, but the step is no longer that one: update the override"
+      else o;
+    replacement = matching replaces;
+    s =
+      if replacement == null
+      then s0
+      else s0 // {command = replacement."with";};
     _k =
       if stepKeys ? ${kind}
       then checkKeys what (["do" "vm_skip"] ++ stepKeys.${kind}) s
@@ -523,31 +545,40 @@
     }";
     # A step the VMs cannot run is skipped only when the scenario (vm_skip) or
     # nixos-tests/vm-overrides.toml says so and why, and the log shows it.
-    override = builtins.filter (o: o.scenario == name && o.step == i) skips;
+    skipped = matching skips;
     skipReason =
       if s ? vm_skip
       then s.vm_skip
-      else if override == []
+      else if skipped == null
       then null
-      else let
-        o = builtins.head override;
-      in
-        if o.do != kind || (o.command or null) != (s.command or null)
-        then
-          fail "${what}: nixos-tests/vm-overrides.toml skips step ${toString i} as do = ${builtins.toJSON o.do}${
-            if o ? command
-            then " with command ${builtins.toJSON o.command}"
-            else ""
-          }, but the step is no longer that one: update the override"
-        else o.reason;
-    provisions = kind == "run" && builtins.match ".*tiffin +provision.*" (s.command or "") != null;
+      else skipped.reason;
+    # Commands that only make sense in the lab, and why.
+    labOnly = [
+      {
+        pattern = ".*tiffin +provision.*";
+        why = "runs `tiffin provision`, which a NixOS server does not use (services.tiffin.server provisions declaratively)";
+      }
+      {
+        pattern = ".*sshd_config\\.d/tiffin\\.conf.*";
+        why = "reads provision's sshd drop-in, which a NixOS server does not have (the module writes its Match blocks into /etc/ssh/sshd_config)";
+      }
+      {
+        pattern = ".*(tiffin-lab|vm-scenarios/bin).*";
+        why = "uses the lab itself or its nixos-rebuild stand-in, which the VMs replace with the real nixos-rebuild";
+      }
+    ];
+    labOnlyHit = builtins.filter (l: builtins.match l.pattern (s.command or "") != null) labOnly;
+    fullTitle =
+      if replacement == null
+      then title
+      else "${title}, VM variant: ${replacement.reason}";
   in
     builtins.seq _k (
       if skipReason != null
       then "with subtest(${py "${title}: not run in the VMs: ${skipReason}"}):\n    pass\n"
-      else if provisions
-      then fail "${what}: runs `tiffin provision`, which a NixOS server does not use (services.tiffin.server provisions declaratively); skip the step with vm_skip = \"why\" in the scenario or in nixos-tests/vm-overrides.toml"
-      else "with subtest(${py title}):\n${indent "    " body}"
+      else if kind == "run" && labOnlyHit != [] && replacement == null
+      then fail "${what}: ${(builtins.head labOnlyHit).why}; skip it (vm_skip = \"why\" on the step, or [[skip]] in nixos-tests/vm-overrides.toml) or give the VMs their own command ([[replace]] there)"
+      else "with subtest(${py fullTitle}):\n${indent "    " body}"
     );
 
   # ---- the configurations each client will be asked to switch to ------------
