@@ -81,7 +81,8 @@
       (import ./lib/vm-base.nix (vmData client null))
     ];
     virtualisation = {
-      memorySize = 2048;
+      # Evaluating a NixOS system inside the VM needs room, as in nixpkgs' rebuild tests.
+      memorySize = 3072;
       cores = 2;
       additionalPaths =
         ["${nixpkgs}" "${self}"]
