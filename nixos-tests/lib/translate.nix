@@ -141,7 +141,8 @@
 
   # A file of the fleet repository, as a store file the server VM copies in.
   fixture = label: content: builtins.toFile "tiffin-${name}-${label}" content;
-  safeLabel = builtins.replaceStrings ["/" " "] ["-" "-"];
+  # Store path names allow only [A-Za-z0-9+._?=-].
+  safeLabel = path: builtins.concatStringsSep "_" (builtins.filter builtins.isString (builtins.split "[^A-Za-z0-9+._?=-]+" path));
 
   install = {
     host,

@@ -16,9 +16,9 @@ with subtest("fleet repository: tiffin init, host add, the scenario's [fleet]"):
     server.succeed("ln -s ../../templates/flake.lock /root/fleet/hosts/client1/flake.lock")
     server.succeed("install -m 0644 /nix/store/q9m3632hfqxzjw395pc07zkyxkbiby97-static-check-client1-tiffin-vm.json /root/fleet/hosts/client1/tiffin-vm.json")
 
-    server.succeed("install -D -m 0644 /nix/store/nk94f9ahgga7jgbxmsg3jk1cq7vf78x8-tiffin-file-deploy-like-client1-files-etc-app-conf.d-app.conf '/root/fleet/hosts/client1/files/etc/app/conf.d/app.conf'")
-    server.succeed("install -D -m 0600 /nix/store/ihvcc9j6rmlw8hsyc59mvskgfy8j7qri-tiffin-file-deploy-like-client1-files-etc-app-secret '/root/fleet/hosts/client1/files/etc/app/secret'")
-    server.succeed("install -D -m 0755 /nix/store/msifj5mbn0a2gf9p35wixv9xaj5g67wl-tiffin-file-deploy-like-client1-files-usr-local-bin-app-hook '/root/fleet/hosts/client1/files/usr/local/bin/app-hook'")
+    server.succeed("install -D -m 0644 /nix/store/1yrrg7jkyp5h4l1zryx9cdi753vjrm16-tiffin-file-deploy-like-client1-files_etc_app_conf.d_app.conf '/root/fleet/hosts/client1/files/etc/app/conf.d/app.conf'")
+    server.succeed("install -D -m 0600 /nix/store/8whr1xy86vs1ncfsx2xbc455qi0dmvnv-tiffin-file-deploy-like-client1-files_etc_app_secret '/root/fleet/hosts/client1/files/etc/app/secret'")
+    server.succeed("install -D -m 0755 /nix/store/07lcihib5gnqr1g062rpg2866ng367ms-tiffin-file-deploy-like-client1-files_usr_local_bin_app-hook '/root/fleet/hosts/client1/files/usr/local/bin/app-hook'")
     server.succeed("tiffin check --fleet /root/fleet")
 
 with subtest("client1: the client module is ready"):
