@@ -21,10 +21,8 @@ nixpkgs.lib.nixosSystem {
     vm.networkConfig
     self.nixosModules.client
     (import ./vm-base.nix vm)
-    ({lib, ...}: {
-      # The fleet template names a platform; the VM's is the test's.
-      nixpkgs.hostPlatform = lib.mkForce vm.system;
-      system.stateVersion = lib.mkDefault "25.05";
-    })
+    # The fleet template names a platform; the VM's is the test's.
+    # (test-instrumentation.nix gives system.stateVersion a default.)
+    ({lib, ...}: {nixpkgs.hostPlatform = lib.mkForce vm.system;})
   ];
 }
