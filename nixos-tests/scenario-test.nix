@@ -108,6 +108,8 @@ in
               prefixLength = 24;
             }
           ];
+          # As in the lab, the server's commands find the fleet through TIFFIN_FLEET.
+          environment.variables.TIFFIN_FLEET = scenario.fleetDir;
           # sshd's log says why a denied access was denied.
           services.openssh.settings.LogLevel = "VERBOSE";
           # A fixed host key, so the clients can pin it at evaluation time.

@@ -623,7 +623,7 @@
         else "\nwith subtest(\"the scenario's end: background runs\"):\n${indent "    " (waitFor js)}"
     );
 in {
-  inherit name clients machines server serverAddress labAddress testScript;
+  inherit name clients machines server serverAddress labAddress fleetDir testScript;
   # Every configuration.nix text a client meets during the scenario (the
   # initial one and each edit), so the test can pre-build their systems.
   configurations = builtins.listToAttrs (map (c: {

@@ -93,6 +93,7 @@ in {
     inherit (test.nodes.server.services.tiffin.server) chrootRoot userPrefix sshdExtra;
     hosts = lib.attrNames test.nodes.server.services.tiffin.server.hosts;
     addresses = test.nodes.server.networking.interfaces.eth1.ipv4.addresses;
+    fleet = test.nodes.server.environment.variables.TIFFIN_FLEET;
   };
   # Per client: how many paths it gets (nixpkgs, tiffin, one per pre-built
   # system) and the modules of each pre-built system.
