@@ -53,8 +53,26 @@ for _ in $(seq 100); do
 done
 [ -s /run/sshd.pid ] || fail "sshd did not start: $(cat "$T/sshd.log")"
 
+# sshd re-executes itself on SIGHUP and closes its socket meanwhile: after a reload, wait
+# until it has logged listening once more and accepts a connection.
+listening() { grep -c "Server listening" "$T/sshd.log" || true; }
+provision() { # provision ARGS...: tiffin provision, then wait for sshd if it was reloaded
+    local before rc=0
+    before=$(listening)
+    "$TIFFIN" provision "$@" >"$T/provision.out" 2>"$T/provision.err" || rc=$?
+    cat "$T/provision.out"; cat "$T/provision.err" >&2
+    if grep -q "reloaded sshd" "$T/provision.out"; then
+        for _ in $(seq 100); do
+            [ "$(listening)" -gt "$before" ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && return "$rc"
+            sleep 0.1
+        done
+        fail "sshd did not come back after the reload: $(tail -5 "$T/sshd.log")"
+    fi
+    return "$rc"
+}
+
 step "tiffin provision"
-"$TIFFIN" provision | tee "$T/provision.out"
+provision
 # The logins below work only with the new drop-in, which the running sshd reads on SIGHUP.
 grep -q "reloaded sshd (SIGHUP to pid" "$T/provision.out" || fail "sshd was not reloaded"
 grep '^tiffin-client1:\*:' /etc/shadow || fail "tiffin-client1 has no '*' password field (locked?)"
@@ -122,15 +140,14 @@ if setpriv --reuid=alice --regid=alice --clear-groups ls "$C/client1" 2>/dev/nul
 echo "alice: permission denied on client1's chroot"
 
 step "second run: nothing to do"
-out=$("$TIFFIN" provision)
-echo "$out"
-[[ $out == *"nothing to do"* ]] || fail "second run changed something"
+provision
+[[ $(cat "$T/provision.out") == *"nothing to do"* ]] || fail "second run changed something"
 
 step "an invalid sshd_extra line is refused by sshd -t and the previous drop-in stays"
 before=$(sha256sum /etc/ssh/sshd_config.d/tiffin.conf)
 sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30", "NoSuchOption yes"]/' "$F/fleet.toml"
-if "$TIFFIN" provision >"$T/out" 2>"$T/err"; then fail "an invalid drop-in was accepted"; else rc=$?; fi
-cat "$T/err"
+if provision; then fail "an invalid drop-in was accepted"; else rc=$?; fi
+cp "$T/provision.err" "$T/err"
 [ "$rc" = 1 ] || fail "exit code $rc, expected 1"
 grep -q "NoSuchOption" "$T/err" || fail "sshd's message is not shown"
 [ "$before" = "$(sha256sum /etc/ssh/sshd_config.d/tiffin.conf)" ] || fail "the drop-in changed"
@@ -140,13 +157,13 @@ sed -i 's/^sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30"]/' "$F/fleet.t
 
 step "--prune: client2 leaves the fleet"
 rm -r "$F/hosts/client2"
-"$TIFFIN" provision --prune
+provision --prune
 grep '^tiffin-client2:!' /etc/shadow || fail "tiffin-client2 is not locked"
 [ ! -e /etc/tiffin/authorized_keys/tiffin-client2 ] || fail "key still there"
 ls "$C/.pruned"
 denied client2 tiffin-client2 "ls /"
-out=$("$TIFFIN" provision --prune)
-[[ $out == *"nothing to do"* ]] || fail "prune is not idempotent: $out"
+provision --prune
+[[ $(cat "$T/provision.out") == *"nothing to do"* ]] || fail "prune is not idempotent"
 echo "get /CURRENT $T/got3" | as client1 tiffin-client1 >/dev/null
 
 step "sshd stopped: provision still applies, says sshd is not running, and succeeds"
