@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod fleet;
+pub mod lab;
 pub mod names;
 pub mod provision;
 pub mod publish;

@@ -179,19 +179,11 @@ pub fn publish_host(
         }
     })?;
     let paths = ChrootPaths::new(&opts.chroot_root, name);
-    let io = |step: &'static str, path: &Path| {
-        let (host, path) = (name.clone(), path.to_owned());
-        move |source| PublishError::Io {
-            host,
-            step,
-            path,
-            source,
-        }
-    };
     let current_id = paths
         .read_current()
-        .map_err(io("reading", &paths.current()))?;
-    let entries = release::hash_tree(&sources).map_err(io("hashing", &fleet.host_dir(name)))?;
+        .map_err(io_error(name, "reading", &paths.current()))?;
+    let entries =
+        release::hash_tree(&sources).map_err(io_error(name, "hashing", &fleet.host_dir(name)))?;
     let mut candidate = Manifest {
         host: name.clone(),
         seq: 0,
@@ -239,15 +231,19 @@ pub fn publish_host(
 
     let group = host_group(fleet, name);
     if !opts.chroot_root.is_dir() {
-        fs::create_dir_all(&opts.chroot_root).map_err(io("creating", &opts.chroot_root))?;
+        fs::create_dir_all(&opts.chroot_root).map_err(io_error(
+            name,
+            "creating",
+            &opts.chroot_root,
+        ))?;
     }
     for dir in [&paths.root, &paths.releases()] {
-        ensure_dir(dir, SERVER_DIR_MODE, group).map_err(io("creating", dir))?;
+        ensure_dir(dir, SERVER_DIR_MODE, group).map_err(io_error(name, "creating", dir))?;
     }
     let staging = paths.staging();
     // Left over by an interrupted publish; never visible to the client.
     let _ = fs::remove_dir_all(&staging);
-    ensure_dir(&staging, 0o700, None).map_err(io("creating", &staging))?;
+    ensure_dir(&staging, 0o700, None).map_err(io_error(name, "creating", &staging))?;
 
     let result = stage_and_swap(
         &paths,
@@ -260,8 +256,11 @@ pub fn publish_host(
     );
     let _ = fs::remove_dir_all(&staging);
     let (id, seq) = result?;
-    let pruned =
-        prune(&paths, &id, opts.keep_releases).map_err(io("pruning", &paths.releases()))?;
+    let pruned = prune(&paths, &id, opts.keep_releases).map_err(io_error(
+        name,
+        "pruning",
+        &paths.releases(),
+    ))?;
     Ok(Outcome::Published {
         id,
         seq,
@@ -281,15 +280,6 @@ fn stage_and_swap(
     opts: &PublishOptions,
 ) -> Result<(ReleaseId, u64), PublishError> {
     let host = manifest.host.clone();
-    let io = |step: &'static str, path: &Path| {
-        let (host, path) = (host.clone(), path.to_owned());
-        move |source| PublishError::Io {
-            host,
-            step,
-            path,
-            source,
-        }
-    };
     let fault = |f: Fault| {
         if opts.fault == Some(f) {
             Err(PublishError::Injected {
@@ -301,7 +291,7 @@ fn stage_and_swap(
         }
     };
     let tmp = paths.staging().join(format!("release-{}", manifest.seq));
-    ensure_dir(&tmp, SERVER_DIR_MODE, group).map_err(io("creating", &tmp))?;
+    ensure_dir(&tmp, SERVER_DIR_MODE, group).map_err(io_error(&host, "creating", &tmp))?;
 
     // Unchanged files are hard links to the previous release (immutable, so sharing is safe).
     let reusable: HashMap<&str, &FileEntry> = match (previous, previous_id) {
@@ -313,7 +303,7 @@ fn stage_and_swap(
         fault(Fault::AfterFiles(i))?;
         let dest = src.release_path.under(&tmp);
         if let Some(parent) = dest.parent() {
-            ensure_dir_all(&tmp, parent, group).map_err(io("creating", parent))?;
+            ensure_dir_all(&tmp, parent, group).map_err(io_error(&host, "creating", parent))?;
         }
         let hashed = manifest
             .files
@@ -335,7 +325,7 @@ fn stage_and_swap(
         } else {
             // Hash what is written, not what was read earlier: the admin may be editing.
             copy_hashing(&src.source, &dest, group)
-                .map_err(io("writing", &dest))?
+                .map_err(io_error(&host, "writing", &dest))?
                 .into_entry(src)
         };
         entries.push(entry);
@@ -345,21 +335,47 @@ fn stage_and_swap(
     let text = manifest.render();
     let id = ReleaseId::of_bytes(text.as_bytes());
     let manifest_path = tmp.join(MANIFEST_FILE);
-    write_synced(&manifest_path, text.as_bytes(), group).map_err(io("writing", &manifest_path))?;
-    sync_tree(&tmp).map_err(io("syncing", &tmp))?;
+    write_synced(&manifest_path, text.as_bytes(), group).map_err(io_error(
+        &host,
+        "writing",
+        &manifest_path,
+    ))?;
+    sync_tree(&tmp).map_err(io_error(&host, "syncing", &tmp))?;
     fault(Fault::BeforeReleaseRename)?;
 
     let final_dir = paths.release(&id);
-    fs::rename(&tmp, &final_dir).map_err(io("renaming into place", &final_dir))?;
-    sync_dir(&paths.releases()).map_err(io("syncing", &paths.releases()))?;
+    fs::rename(&tmp, &final_dir).map_err(io_error(&host, "renaming into place", &final_dir))?;
+    sync_dir(&paths.releases()).map_err(io_error(&host, "syncing", &paths.releases()))?;
     fault(Fault::BeforeCurrentSwap)?;
 
     let current_tmp = paths.staging().join(CURRENT_FILE);
-    write_synced(&current_tmp, format!("{id}\n").as_bytes(), group)
-        .map_err(io("writing", &current_tmp))?;
-    fs::rename(&current_tmp, paths.current()).map_err(io("swapping", &paths.current()))?;
-    sync_dir(&paths.root).map_err(io("syncing", &paths.root))?;
+    write_synced(&current_tmp, format!("{id}\n").as_bytes(), group).map_err(io_error(
+        &host,
+        "writing",
+        &current_tmp,
+    ))?;
+    fs::rename(&current_tmp, paths.current()).map_err(io_error(
+        &host,
+        "swapping",
+        &paths.current(),
+    ))?;
+    sync_dir(&paths.root).map_err(io_error(&host, "syncing", &paths.root))?;
     Ok((id, manifest.seq))
+}
+
+/// Turns an io::Error into a PublishError naming the host, the step and the path.
+fn io_error(
+    host: &HostName,
+    step: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> PublishError + use<> {
+    let (host, path) = (host.clone(), path.to_owned());
+    move |source| PublishError::Io {
+        host,
+        step,
+        path,
+        source,
+    }
 }
 
 struct Copied {

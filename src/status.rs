@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fleet::Fleet;
 use crate::names::{HostName, ReleaseId};
@@ -17,7 +17,7 @@ use crate::settings::{Interval, parse_time};
 /// A host is stale when it has not reported for this many poll intervals.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     UpToDate,

@@ -1,6 +1,7 @@
 //! Integration tests of the `tiffin` binary, one module per area, sharing the fixture below.
 
 mod fleet;
+mod lab;
 mod provision;
 mod publish;
 mod status;

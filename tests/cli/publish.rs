@@ -79,34 +79,25 @@ fn publish_lays_out_releases_and_is_a_no_op_when_nothing_changed() {
     assert_eq!(entry.size, 7);
 
     // Publishing again changes nothing: same CURRENT inode and mtime, no new release.
-    let before: Vec<_> = ["client1", "client2", "client3"]
-        .iter()
-        .map(|h| {
-            let meta = fs::metadata(fleet.chroots().join(h).join("CURRENT")).unwrap();
-            (
-                meta.ino(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                fleet.releases(h),
-            )
-        })
-        .collect();
+    let current_files = || -> Vec<_> {
+        ["client1", "client2", "client3"]
+            .iter()
+            .map(|h| {
+                let meta = fs::metadata(fleet.chroots().join(h).join("CURRENT")).unwrap();
+                (
+                    meta.ino(),
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    fleet.releases(h),
+                )
+            })
+            .collect()
+    };
+    let before = current_files();
     let (code, out) = fleet.output(&["publish"]);
     assert_eq!(code, 0);
     assert_eq!(out.matches("unchanged").count(), 3, "{out}");
-    let after: Vec<_> = ["client1", "client2", "client3"]
-        .iter()
-        .map(|h| {
-            let meta = fs::metadata(fleet.chroots().join(h).join("CURRENT")).unwrap();
-            (
-                meta.ino(),
-                meta.mtime(),
-                meta.mtime_nsec(),
-                fleet.releases(h),
-            )
-        })
-        .collect();
-    assert_eq!(before, after);
+    assert_eq!(before, current_files());
 
     // One changed file of one host: seq+1, the MANIFEST differs only in that entry.
     let old_ids = [

@@ -1,0 +1,809 @@
+//! Scenario files (`vm-scenarios/*.toml`): the schema of docs/formats.md ("Lab scenarios"), loaded and checked before any namespace exists.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::names::{HostName, RelPath};
+use crate::release::Mode;
+use crate::settings::Interval;
+use crate::status::State;
+
+use super::LabError;
+
+/// The longest machine name: it names a network interface (IFNAMSIZ - 1).
+pub const MAX_MACHINE_NAME: usize = 15;
+/// Clients get 192.0.2.11, .12, …; this many fit comfortably below the broadcast address.
+pub const MAX_CLIENTS: usize = 20;
+pub const SERVER: &str = "server";
+
+/// A lab machine: `server`, or a client, whose name is also its host name in the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MachineName(String);
+
+impl MachineName {
+    pub fn server() -> MachineName {
+        MachineName(SERVER.to_owned())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_server(&self) -> bool {
+        self.0 == SERVER
+    }
+    /// The fleet host a client machine stands for (`None` for the server).
+    pub fn host(&self) -> Option<HostName> {
+        if self.is_server() {
+            None
+        } else {
+            self.0.parse().ok()
+        }
+    }
+}
+
+impl FromStr for MachineName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let host: Result<HostName, _> = s.parse();
+        if host.is_ok() && s.len() <= MAX_MACHINE_NAME {
+            Ok(MachineName(s.to_owned()))
+        } else {
+            Err(format!(
+                "invalid machine name {s:?}: expected \"server\" or a client name of at most {MAX_MACHINE_NAME} lowercase letters, digits or '-', starting with a letter"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for MachineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MachineName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One machine or several: `on = "client1"` and `on = ["client1", "client2"]` both read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(MachineName),
+    Many(Vec<MachineName>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<MachineName> {
+        match self {
+            OneOrMany::One(m) => vec![m.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    #[serde(default)]
+    lab: LabSection,
+    #[serde(default)]
+    fleet: FleetSection,
+    #[serde(default, rename = "step")]
+    steps: Vec<toml::Spanned<Step>>,
+}
+
+/// `[lab]`: which machines exist besides the server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSection {
+    #[serde(default = "default_clients")]
+    pub clients: Vec<MachineName>,
+}
+
+impl Default for LabSection {
+    fn default() -> Self {
+        LabSection {
+            clients: default_clients(),
+        }
+    }
+}
+
+fn default_clients() -> Vec<MachineName> {
+    ["client1", "client2", "client3"]
+        .iter()
+        .map(|c| MachineName(c.to_string()))
+        .collect()
+}
+
+/// `[fleet]`: how the fleet the lab builds (`tiffin init` + `tiffin host add` per client) is adjusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    pub poll_interval: Option<Interval>,
+    #[serde(default)]
+    pub sshd_extra: Vec<String>,
+    #[serde(default)]
+    pub hosts: BTreeMap<HostName, HostSection>,
+}
+
+/// `[fleet.hosts.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Replaces `hosts/NAME/configuration.nix`.
+    pub configuration: Option<String>,
+    /// Files under `hosts/NAME/files/`.
+    #[serde(default)]
+    pub files: BTreeMap<RelPath, FileSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSection {
+    pub content: String,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProvisionExpect {
+    #[default]
+    Changed,
+    NothingToDo,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullExpect {
+    #[default]
+    Ok,
+    Unchanged,
+    Failed,
+    Refused,
+}
+
+impl PullExpect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullExpect::Ok => "ok",
+            PullExpect::Unchanged => "unchanged",
+            PullExpect::Failed => "failed",
+            PullExpect::Refused => "refused",
+        }
+    }
+}
+
+/// What `expect_denied` tries, with OpenSSH's own clients, from a client machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    ReadOther,
+    ListOther,
+    WriteRelease,
+    WriteRoot,
+    Shell,
+    PortForward,
+    WrongKey,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadOther => "read-other",
+            Access::ListOther => "list-other",
+            Access::WriteRelease => "write-release",
+            Access::WriteRoot => "write-root",
+            Access::Shell => "shell",
+            Access::PortForward => "port-forward",
+            Access::WrongKey => "wrong-key",
+        }
+    }
+    pub fn needs_other(self) -> bool {
+        matches!(
+            self,
+            Access::ReadOther | Access::ListOther | Access::WrongKey
+        )
+    }
+}
+
+/// One step. The `do` key picks the variant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    Provision {
+        #[serde(default)]
+        expect: ProvisionExpect,
+    },
+    Publish {
+        #[serde(default)]
+        hosts: Vec<HostName>,
+    },
+    Edit {
+        host: HostName,
+        path: RelPath,
+        content: Option<String>,
+        #[serde(default)]
+        remove: bool,
+        mode: Option<Mode>,
+    },
+    Pull {
+        on: Option<OneOrMany>,
+        #[serde(default)]
+        expect: PullExpect,
+        #[serde(default)]
+        args: Vec<String>,
+    },
+    ExpectFile {
+        on: MachineName,
+        path: String,
+        content: Option<String>,
+        mode: Option<Mode>,
+        #[serde(default)]
+        absent: bool,
+    },
+    ExpectDenied {
+        on: MachineName,
+        access: Access,
+        other: Option<MachineName>,
+    },
+    ExpectStatus {
+        hosts: BTreeMap<HostName, State>,
+    },
+    NetDown {
+        on: MachineName,
+    },
+    NetUp {
+        on: MachineName,
+    },
+    StopServer,
+    StartServer,
+    Run {
+        on: MachineName,
+        command: String,
+        #[serde(default)]
+        expect_exit: i32,
+        expect_output: Option<String>,
+        /// Start the command and go on; its result is checked at the next `wait` step (or the scenario's end).
+        #[serde(default)]
+        background: bool,
+    },
+    /// Wait for every `run` started with `background = true` and check its expectations.
+    Wait,
+}
+
+impl Step {
+    /// The `do` value, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Provision { .. } => "provision",
+            Step::Publish { .. } => "publish",
+            Step::Edit { .. } => "edit",
+            Step::Pull { .. } => "pull",
+            Step::ExpectFile { .. } => "expect_file",
+            Step::ExpectDenied { .. } => "expect_denied",
+            Step::ExpectStatus { .. } => "expect_status",
+            Step::NetDown { .. } => "net_down",
+            Step::NetUp { .. } => "net_up",
+            Step::StopServer => "stop_server",
+            Step::StartServer => "start_server",
+            Step::Run { .. } => "run",
+            Step::Wait => "wait",
+        }
+    }
+
+    /// A one-line description for the progress output.
+    pub fn describe(&self, clients: &[MachineName]) -> String {
+        let list = |v: &[MachineName]| {
+            v.iter()
+                .map(MachineName::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Step::Provision { expect } => match expect {
+                ProvisionExpect::Changed => "provision on server".into(),
+                ProvisionExpect::NothingToDo => "provision on server (nothing to do)".into(),
+            },
+            Step::Publish { hosts } if hosts.is_empty() => "publish (all hosts)".into(),
+            Step::Publish { hosts } => format!(
+                "publish {}",
+                hosts
+                    .iter()
+                    .map(HostName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Step::Edit {
+                host, path, remove, ..
+            } => {
+                if *remove {
+                    format!("edit: remove hosts/{host}/{path}")
+                } else {
+                    format!("edit hosts/{host}/{path}")
+                }
+            }
+            Step::Pull { on, expect, .. } => {
+                let machines = on.as_ref().map(OneOrMany::to_vec);
+                format!(
+                    "pull on {} (expect {})",
+                    list(machines.as_deref().unwrap_or(clients)),
+                    expect.as_str()
+                )
+            }
+            Step::ExpectFile {
+                on, path, absent, ..
+            } => {
+                if *absent {
+                    format!("expect_file {on}:{path} absent")
+                } else {
+                    format!("expect_file {on}:{path}")
+                }
+            }
+            Step::ExpectDenied { on, access, other } => match other {
+                Some(o) => format!("expect_denied {on} {} {o}", access.as_str()),
+                None => format!("expect_denied {on} {}", access.as_str()),
+            },
+            Step::ExpectStatus { hosts } => format!(
+                "expect_status {}",
+                hosts
+                    .iter()
+                    .map(|(h, s)| format!("{h}={}", s.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Step::NetDown { on } => format!("net_down {on}"),
+            Step::NetUp { on } => format!("net_up {on}"),
+            Step::StopServer => "stop_server".into(),
+            Step::StartServer => "start_server".into(),
+            Step::Run {
+                on,
+                command,
+                background,
+                ..
+            } => {
+                // The first line that says something (not `set -e`).
+                let first = command
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
+                    .unwrap_or_default();
+                let short: String = first.chars().take(60).collect();
+                let more =
+                    if short.len() < command.trim().len() && !command.trim().ends_with(&short) {
+                        "…"
+                    } else {
+                        ""
+                    };
+                let bg = if *background { " (background)" } else { "" };
+                format!("run on {on}{bg}: {short}{more}")
+            }
+            Step::Wait => "wait for background runs".into(),
+        }
+    }
+}
+
+/// A step with where it sits in its file.
+#[derive(Debug, Clone)]
+pub struct PlacedStep {
+    pub step: Step,
+    pub line: usize,
+}
+
+/// A loaded and checked scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The file stem, e.g. `isolation`.
+    pub name: String,
+    pub path: PathBuf,
+    /// The opening comment, without `#`.
+    pub proves: String,
+    pub lab: LabSection,
+    pub fleet: FleetSection,
+    pub steps: Vec<PlacedStep>,
+}
+
+impl Scenario {
+    pub fn clients(&self) -> &[MachineName] {
+        &self.lab.clients
+    }
+
+    pub fn has_machine(&self, m: &MachineName) -> bool {
+        m.is_server() || self.lab.clients.contains(m)
+    }
+
+    /// Parses and checks a scenario; every problem is reported with the file, the step and its line.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, LabError> {
+        let bad = |message: String| LabError::Scenario {
+            path: path.to_owned(),
+            message,
+        };
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".into());
+        let first = text.lines().next().unwrap_or_default();
+        let proves = match first.strip_prefix('#') {
+            Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
+            _ => {
+                return Err(bad(
+                    "the first line must be a comment saying what the scenario proves, like \"# Proves: …\"".into(),
+                ));
+            }
+        };
+        let file: ScenarioFile =
+            toml::from_str(text).map_err(|e| bad(crate::fleet::toml_message(&e)))?;
+        let steps = file
+            .steps
+            .into_iter()
+            .map(|s| PlacedStep {
+                line: line_of(text, s.span().start),
+                step: s.into_inner(),
+            })
+            .collect();
+        let scenario = Scenario {
+            name,
+            path: path.to_owned(),
+            proves,
+            lab: file.lab,
+            fleet: file.fleet,
+            steps,
+        };
+        let problems = scenario.problems();
+        if problems.is_empty() {
+            Ok(scenario)
+        } else {
+            Err(bad(problems.join("\n  ")))
+        }
+    }
+
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, LabError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LabError::Scenario {
+            path: path.to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Everything that does not fit between the parts of the file: unknown machines, missing keys.
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let clients = &self.lab.clients;
+        if clients.is_empty() {
+            out.push("[lab] clients: name at least one client".to_owned());
+        }
+        if clients.len() > MAX_CLIENTS {
+            out.push(format!(
+                "[lab] clients: at most {MAX_CLIENTS} clients fit the lab's network"
+            ));
+        }
+        for (i, c) in clients.iter().enumerate() {
+            if c.is_server() {
+                out.push("[lab] clients: \"server\" is the server's name, not a client".into());
+            }
+            if clients[..i].contains(c) {
+                out.push(format!("[lab] clients: {c} is listed twice"));
+            }
+        }
+        let is_client = |h: &str| clients.iter().any(|c| c.as_str() == h);
+        for (host, spec) in &self.fleet.hosts {
+            if !is_client(host.as_str()) {
+                out.push(format!(
+                    "[fleet.hosts.{host}]: {host} is not one of the clients ({})",
+                    names(clients)
+                ));
+            }
+            let _ = spec;
+        }
+        for line in &self.fleet.sshd_extra {
+            if line.contains('\n') || line.trim().is_empty() {
+                out.push(format!(
+                    "[fleet] sshd_extra: {line:?} must be one non-empty sshd_config line"
+                ));
+            }
+        }
+        for (i, placed) in self.steps.iter().enumerate() {
+            let at = format!(
+                "step {} (line {}, {})",
+                i + 1,
+                placed.line,
+                placed.step.kind()
+            );
+            let unknown = |m: &MachineName, what: &str| -> Option<String> {
+                (!self.has_machine(m)).then(|| {
+                    format!(
+                        "{at}: {what} {m} is not a machine of this lab (server, {})",
+                        names(clients)
+                    )
+                })
+            };
+            match &placed.step {
+                Step::Pull { on: Some(on), .. } => {
+                    for m in on.to_vec() {
+                        out.extend(unknown(&m, "on"));
+                        if m.is_server() {
+                            out.push(format!("{at}: pull runs on clients, not on the server"));
+                        }
+                    }
+                }
+                Step::ExpectFile { on, .. }
+                | Step::NetDown { on }
+                | Step::NetUp { on }
+                | Step::Run { on, .. } => out.extend(unknown(on, "on")),
+                Step::ExpectDenied { on, other, .. } => {
+                    out.extend(unknown(on, "on"));
+                    if let Some(o) = other {
+                        out.extend(unknown(o, "other"));
+                    }
+                }
+                _ => {}
+            }
+            match &placed.step {
+                Step::Publish { hosts } => {
+                    for h in hosts {
+                        if !is_client(h.as_str()) {
+                            out.push(format!("{at}: host {h} is not one of the clients"));
+                        }
+                    }
+                }
+                Step::ExpectStatus { hosts } => {
+                    if hosts.is_empty() {
+                        out.push(format!("{at}: hosts: name at least one host"));
+                    }
+                    for h in hosts.keys() {
+                        if !is_client(h.as_str()) {
+                            out.push(format!("{at}: host {h} is not one of the clients"));
+                        }
+                    }
+                }
+                Step::Edit {
+                    host,
+                    content,
+                    remove,
+                    ..
+                } => {
+                    if !is_client(host.as_str()) {
+                        out.push(format!("{at}: host {host} is not one of the clients"));
+                    }
+                    match (content, remove) {
+                        (Some(_), true) => out.push(format!(
+                            "{at}: give either `content` or `remove = true`, not both"
+                        )),
+                        (None, false) => {
+                            out.push(format!("{at}: give the new `content`, or `remove = true`"))
+                        }
+                        _ => {}
+                    }
+                }
+                Step::ExpectFile {
+                    path,
+                    content,
+                    mode,
+                    absent,
+                    ..
+                } => {
+                    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                        out.push(format!(
+                            "{at}: path {path:?} must be absolute, without '..'"
+                        ));
+                    }
+                    if *absent && (content.is_some() || mode.is_some()) {
+                        out.push(format!(
+                            "{at}: `absent = true` cannot be combined with `content` or `mode`"
+                        ));
+                    }
+                }
+                Step::ExpectDenied { on, access, other } => {
+                    if on.is_server() {
+                        out.push(format!(
+                            "{at}: expect_denied runs on a client (it logs in to the server)"
+                        ));
+                    }
+                    match (access.needs_other(), other) {
+                        (true, None) => out.push(format!(
+                            "{at}: access {:?} needs `other`, the client whose chroot or account is tried",
+                            access.as_str()
+                        )),
+                        (false, Some(_)) => out.push(format!(
+                            "{at}: access {:?} takes no `other`",
+                            access.as_str()
+                        )),
+                        (true, Some(o)) if o == on || o.is_server() => out.push(format!(
+                            "{at}: `other` must be another client than {on}"
+                        )),
+                        _ => {}
+                    }
+                }
+                Step::Run { command, .. } if command.trim().is_empty() => {
+                    out.push(format!("{at}: command is empty"));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+fn names(v: &[MachineName]) -> String {
+    v.iter()
+        .map(MachineName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// Expands the command line's paths: files as given, directories to their `*.toml` files, sorted.
+pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| LabError::io(format!("reading the directory {}", p.display()), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "toml") && f.is_file())
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(LabError::Usage(format!(
+                    "{} holds no scenario (*.toml) file",
+                    p.display()
+                )));
+            }
+            out.extend(found);
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(LabError::Usage(format!(
+                "{}: no such scenario file or directory",
+                p.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, String> {
+        Scenario::parse(Path::new("t.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let s = parse(
+            r#"# Proves: everything
+[lab]
+clients = ["client1", "client2"]
+[fleet]
+poll_interval = "1m"
+sshd_extra = ["ClientAliveInterval 5"]
+[fleet.hosts.client1]
+configuration = '{...}: { }'
+[fleet.hosts.client1.files."etc/app/secret"]
+content = "s3cret\n"
+mode = "0600"
+[[step]]
+do = "provision"
+[[step]]
+do = "provision"
+expect = "nothing-to-do"
+[[step]]
+do = "publish"
+hosts = ["client2"]
+[[step]]
+do = "edit"
+host = "client2"
+path = "configuration.nix"
+content = "x"
+[[step]]
+do = "pull"
+on = ["client1"]
+expect = "refused"
+args = ["--now"]
+[[step]]
+do = "expect_file"
+on = "client1"
+path = "/etc/app/secret"
+mode = "0600"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "read-other"
+other = "client2"
+[[step]]
+do = "expect_status"
+hosts = { client1 = "up-to-date", client2 = "failed" }
+[[step]]
+do = "net_down"
+on = "client2"
+[[step]]
+do = "stop_server"
+[[step]]
+do = "run"
+on = "server"
+command = "true"
+background = true
+[[step]]
+do = "wait"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.steps.len(), 12);
+        assert_eq!(s.steps[1].line, 14);
+        assert_eq!(
+            s.steps[1].step,
+            Step::Provision {
+                expect: ProvisionExpect::NothingToDo
+            }
+        );
+        assert_eq!(s.proves, "Proves: everything");
+    }
+
+    #[test]
+    fn unknown_keys_and_steps_are_refused() {
+        let e = parse("# x\n[[step]]\ndo = \"provision\"\nexpec = \"changed\"\n").unwrap_err();
+        assert!(e.contains("unknown field `expec`"), "{e}");
+        let e = parse("# x\n[[step]]\ndo = \"reboot\"\n").unwrap_err();
+        assert!(e.contains("reboot"), "{e}");
+        let e = parse("# x\n[lab]\nclient = []\n").unwrap_err();
+        assert!(e.contains("unknown field `client`"), "{e}");
+    }
+
+    #[test]
+    fn references_are_checked() {
+        let e = parse(
+            "# x\n[[step]]\ndo = \"run\"\non = \"client9\"\ncommand = \"true\"\n\n[[step]]\ndo = \"expect_denied\"\non = \"client1\"\naccess = \"wrong-key\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("step 1 (line 2, run): on client9 is not a machine"),
+            "{e}"
+        );
+        assert!(
+            e.contains("step 2 (line 7, expect_denied): access \"wrong-key\" needs `other`"),
+            "{e}"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a scenario file holds, loading it answers with a scenario or an error.
+        #[test]
+        fn parsing_never_panics(text in "(#[ -~]{0,20}\n)?(\\[\\[step\\]\\]\n|do = \"[a-z_]{1,12}\"\n|on = \"[a-z0-9]{0,8}\"\n|[a-z_]{1,10} = [0-9\"a-z\\[\\]]{0,10}\n|[ -~]{0,30}\n){0,12}") {
+            let _ = Scenario::parse(Path::new("p.toml"), &text);
+        }
+
+        /// A machine name is a valid interface name and host name, or refused.
+        #[test]
+        fn machine_names_fit_interfaces(name in "[ -~]{0,20}") {
+            if let Ok(m) = name.parse::<MachineName>() {
+                proptest::prop_assert!(m.as_str().len() <= MAX_MACHINE_NAME);
+                proptest::prop_assert!(m.as_str().parse::<HostName>().is_ok());
+                proptest::prop_assert!(!m.as_str().contains(['/', '.', ' ']));
+            }
+        }
+    }
+
+    #[test]
+    fn the_opening_comment_is_required() {
+        let e = parse("[[step]]\ndo = \"provision\"\n").unwrap_err();
+        assert!(e.contains("first line must be a comment"), "{e}");
+    }
+}

@@ -1,0 +1,314 @@
+//! Labs on record in /run/tiffin-lab/<run>.toml: what `tiffin-lab shell` enters and what `tiffin-lab down` removes, also after the lab process died or was killed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+
+use super::LabError;
+use super::procfs;
+
+/// Where running and kept labs are recorded.
+pub const STATE_DIR: &str = "/run/tiffin-lab";
+/// Every namespace, run directory and state file of the lab starts with this.
+pub const PREFIX: &str = "tiffin-lab-";
+
+/// One run of `tiffin-lab` (run or demo), as recorded while it has a lab up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunState {
+    /// The run id; every name of the run starts with `tiffin-lab-<run>`.
+    pub run: String,
+    pub owner_pid: u32,
+    pub owner_start: u64,
+    /// Left up on purpose (`--keep`): `down` removes it, `shell` enters it.
+    pub kept: bool,
+    pub run_dir: PathBuf,
+    #[serde(default)]
+    pub scenario: Option<String>,
+    /// Network namespaces created so far (machines and bridge).
+    #[serde(default)]
+    pub netns: Vec<String>,
+    #[serde(default, rename = "machine")]
+    pub machines: Vec<MachineState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineState {
+    pub name: String,
+    pub address: String,
+    pub init_pid: u32,
+    pub init_start: u64,
+    /// The environment commands get inside the machine (PATH, TIFFIN_FLEET …).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl RunState {
+    pub fn path_of(run: &str) -> PathBuf {
+        Path::new(STATE_DIR).join(format!("{run}.toml"))
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("{PREFIX}{}", self.run)
+    }
+
+    /// Written to a temporary name and renamed, so `down` never reads half a record.
+    pub fn save(&self) -> Result<(), LabError> {
+        let path = RunState::path_of(&self.run);
+        fs::create_dir_all(STATE_DIR)
+            .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
+        let tmp = path.with_extension("toml.tmp");
+        let text = format!(
+            "# A tiffin-lab run; `tiffin-lab down` removes what it names.\n{}",
+            toml::to_string(self).expect("state serializes")
+        );
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Removes the record, and the state directory once it is empty.
+    pub fn remove(&self) {
+        let _ = fs::remove_file(RunState::path_of(&self.run));
+        let _ = fs::remove_dir(STATE_DIR);
+    }
+
+    /// True while the `tiffin-lab` process that made this run still lives.
+    pub fn owner_alive(&self) -> bool {
+        procfs::is_same_process(self.owner_pid, self.owner_start)
+    }
+
+    /// Every run on record, with the ones that cannot be read.
+    pub fn load_all() -> Vec<Result<RunState, String>> {
+        let Ok(entries) = fs::read_dir(STATE_DIR) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| {
+                let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| format!("{}: {}", p.display(), crate::fleet::toml_message(&e)))
+            })
+            .collect()
+    }
+}
+
+/// Network namespaces whose names start with `prefix`.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Kills every process in the network namespace, then deletes it. A missing one is fine.
+pub fn delete_netns(name: &str) -> Result<(), String> {
+    let file = Path::new("/run/netns").join(name);
+    if !file.exists() {
+        return Ok(());
+    }
+    if let Some(ino) = procfs::ns_file_inode(&file) {
+        for _ in 0..50 {
+            let left = procfs::pids_in(&[("net", ino)]);
+            if left.is_empty() {
+                break;
+            }
+            for pid in left {
+                procfs::signal(pid, Signal::SIGKILL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let out = Command::new("ip")
+        .args(["netns", "delete", name])
+        .output()
+        .map_err(|e| format!("ip netns delete {name}: {e}"))?;
+    if out.status.success() || !file.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip netns delete {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Removes a run directory, refusing anything that does not look like one.
+pub fn remove_run_dir(dir: &Path) -> Result<(), String> {
+    let name_ok = dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(PREFIX));
+    if !name_ok || !dir.is_absolute() {
+        return Err(format!(
+            "{}: not a tiffin-lab run directory; left alone",
+            dir.display()
+        ));
+    }
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", dir.display())),
+    }
+}
+
+/// Ends everything a recorded run left: machines, namespaces, its run directory, the record.
+pub fn destroy(state: &RunState) -> Vec<String> {
+    let mut problems = Vec::new();
+    for m in &state.machines {
+        if procfs::is_same_process(m.init_pid, m.init_start) {
+            procfs::signal(m.init_pid, Signal::SIGKILL);
+        }
+    }
+    let mut names = state.netns.clone();
+    for n in netns_with_prefix(&format!("{}-", state.prefix())) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    for n in &names {
+        if let Err(e) = delete_netns(n) {
+            problems.push(e);
+        }
+    }
+    if let Err(e) = remove_run_dir(&state.run_dir) {
+        problems.push(e);
+    }
+    state.remove();
+    problems
+}
+
+/// What `tiffin-lab down` did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub removed: Vec<String>,
+    pub skipped: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// `tiffin-lab down [RUN]`: removes kept labs and the leftovers of labs whose process died.
+/// A lab whose `tiffin-lab` still runs is left to tear itself down.
+pub fn down(only: Option<&str>) -> DownReport {
+    let mut report = DownReport::default();
+    let mut live_prefixes = Vec::new();
+    for state in RunState::load_all() {
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("{e} (remove it by hand once its lab is gone)"));
+                continue;
+            }
+        };
+        if only.is_some_and(|r| r != state.run) {
+            live_prefixes.push(state.prefix());
+            continue;
+        }
+        if state.owner_alive() && !state.kept {
+            report.skipped.push(format!(
+                "run {} is still running (tiffin-lab pid {}); it tears its lab down itself (stop it with Ctrl-C or kill {})",
+                state.run, state.owner_pid, state.owner_pid
+            ));
+            live_prefixes.push(state.prefix());
+            continue;
+        }
+        report.problems.extend(destroy(&state));
+        report.removed.push(format!(
+            "run {}{}",
+            state.run,
+            state
+                .scenario
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        ));
+    }
+    if only.is_none() {
+        // Leftovers no record names (e.g. the record was lost with a reboot of /run).
+        let live = |name: &str| live_prefixes.iter().any(|p| name.starts_with(p.as_str()));
+        for n in netns_with_prefix(PREFIX) {
+            if live(&n) {
+                continue;
+            }
+            match delete_netns(&n) {
+                Ok(()) => report.removed.push(format!("network namespace {n}")),
+                Err(e) => report.problems.push(e),
+            }
+        }
+        if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(PREFIX) || live(&name) || !e.path().is_dir() {
+                    continue;
+                }
+                match remove_run_dir(&e.path()) {
+                    Ok(()) => report
+                        .removed
+                        .push(format!("run directory {}", e.path().display())),
+                    Err(err) => report.problems.push(err),
+                }
+            }
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips() {
+        let s = RunState {
+            run: "3f9a2c".into(),
+            owner_pid: 42,
+            owner_start: 7,
+            kept: true,
+            run_dir: "/tmp/tiffin-lab-3f9a2c".into(),
+            scenario: Some("isolation".into()),
+            netns: vec!["tiffin-lab-3f9a2c-net".into()],
+            machines: vec![MachineState {
+                name: "server".into(),
+                address: "192.0.2.1".into(),
+                init_pid: 100,
+                init_start: 5,
+                env: BTreeMap::from([("PATH".into(), "/bin".into())]),
+            }],
+        };
+        let text = toml::to_string(&s).unwrap();
+        assert_eq!(toml::from_str::<RunState>(&text).unwrap(), s);
+        assert_eq!(s.prefix(), "tiffin-lab-3f9a2c");
+    }
+
+    #[test]
+    fn only_run_directories_are_removed() {
+        assert!(remove_run_dir(Path::new("/tmp/not-ours")).is_err());
+        assert!(remove_run_dir(Path::new("relative/tiffin-lab-x")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("tiffin-lab-abc");
+        fs::create_dir_all(run.join("x")).unwrap();
+        remove_run_dir(&run).unwrap();
+        assert!(!run.exists());
+    }
+}
