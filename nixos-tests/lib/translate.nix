@@ -209,6 +209,8 @@
             ${pyName c}.wait_for_unit("multi-user.target")
             # The timer is installed but held back in the VMs, so steps decide when pulls run.
             ${pyName c}.succeed("systemctl cat tiffin-pull.timer")
+            # The system generations before any pull, so steps can count the rebuilds since.
+            ${pyName c}.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
             ${pyName c}.succeed("install -D -m 0600 ${builtins.toFile "${c}-identity" (clientKey c).private} /etc/tiffin/id_ed25519")
       '')
       clients);
@@ -566,8 +568,16 @@
         why = "reads provision's sshd drop-in, which a NixOS server does not have (the module writes its Match blocks into /etc/ssh/sshd_config)";
       }
       {
-        pattern = ".*(tiffin-lab|vm-scenarios/bin).*";
-        why = "uses the lab itself or its nixos-rebuild stand-in, which the VMs replace with the real nixos-rebuild";
+        pattern = ".*(tiffin-lab|vm-scenarios/bin|/var/lib/fake-nix).*";
+        why = "uses the lab itself or its nixos-rebuild stand-in and its records (/var/lib/fake-nix), which the VMs replace with the real nixos-rebuild";
+      }
+      {
+        pattern = ".*dev eth0.*";
+        why = "names the lab's interface eth0; the VMs' test network is eth1";
+      }
+      {
+        pattern = ".*>+ */etc/tiffin/client\\.toml.*";
+        why = "writes /etc/tiffin/client.toml, which NixOS links into the read-only store";
       }
     ];
     labOnlyHit = builtins.filter (l: builtins.match l.pattern (s.command or "") != null) labOnly;
