@@ -302,6 +302,10 @@
   linkDown = i: c: lastOf i ["net_down" "net_up"] (s: (s.on or null) == c) == "net_down";
   serverDown = i: lastOf i ["stop_server" "start_server"] (_: true) == "stop_server";
 
+  # What a pull that applies nothing leaves as it was: the running system and
+  # tiffin's current release.
+  appliedState = "readlink -f /run/current-system; readlink /var/lib/tiffin/current || true";
+
   pull = i: what: s: let
     on = map (client what) (asList (s.on or clients));
     expect = s.expect or "ok";
@@ -326,11 +330,11 @@
       then start m + "assert status != 0, ${py "${what}: the pull on ${c} succeeded"}\n" + resultIs c "failed"
       else if expect == "refused" || expect == "failed"
       then
-        "before = ${m}.succeed(\"readlink -f /run/current-system\")\n"
+        "before = ${m}.succeed(${py appliedState})\n"
         + start m
         + ''
           assert status != 0, ${py "${what}: the pull on ${c} did not fail"}
-          assert ${m}.succeed("readlink -f /run/current-system") == before, ${py "${what}: the pull changed the system of ${c}"}
+          assert ${m}.succeed(${py appliedState}) == before, ${py "${what}: the pull applied something on ${c}"}
         ''
       else fail "${what}: unknown expect ${builtins.toJSON expect} (ok, unchanged, failed, refused)";
   in
