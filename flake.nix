@@ -1,0 +1,101 @@
+{
+  description = "tiffin: keep a fleet of NixOS machines up to date by pull, over per-host SFTP chroots";
+
+  # flake.lock is written by `nix flake lock` (or any nix command) on first use.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+
+  outputs = {
+    self,
+    nixpkgs,
+  }: let
+    inherit (nixpkgs) lib;
+    systems = ["x86_64-linux" "aarch64-linux"];
+    forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    packageFor = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+  in {
+    packages = forAllSystems (pkgs: rec {
+      tiffin = pkgs.callPackage ./nix/package.nix {};
+      default = tiffin;
+    });
+
+    nixosModules = {
+      client = {
+        lib,
+        pkgs,
+        ...
+      }: {
+        imports = [./nix/modules/client.nix];
+        services.tiffin.client.package = lib.mkDefault (packageFor pkgs);
+      };
+      server = {
+        lib,
+        pkgs,
+        ...
+      }: {
+        imports = [./nix/modules/server.nix];
+        services.tiffin.server.package = lib.mkDefault (packageFor pkgs);
+      };
+      default = {
+        imports = [self.nixosModules.client self.nixosModules.server];
+      };
+    };
+
+    # Used by the VM tests' fleet flake (nixos-tests/lib/vm-flake.nix) to
+    # build a client's system inside its VM exactly as the test pre-built it.
+    lib.vmTest.clientSystem = import ./nixos-tests/lib/client-system.nix {inherit self;};
+
+    checks = forAllSystems (pkgs: let
+      tiffin = packageFor pkgs;
+    in
+      {
+        package = tiffin;
+
+        clippy = tiffin.overrideAttrs (old: {
+          pname = "tiffin-clippy";
+          nativeBuildInputs = old.nativeBuildInputs ++ [pkgs.clippy];
+          buildPhase = ''
+            runHook preBuild
+            cargo clippy --offline --all-targets -- -D warnings
+            runHook postBuild
+          '';
+          doCheck = false;
+          # No cargoInstallHook: clippy builds nothing to install.
+          dontCargoInstall = true;
+          installPhase = "touch $out";
+          dontFixup = true;
+        });
+
+        rustfmt =
+          pkgs.runCommand "tiffin-rustfmt" {
+            nativeBuildInputs = [pkgs.rustfmt];
+          } ''
+            cd ${tiffin.src}
+            find src tests -name '*.rs' -print0 2>/dev/null \
+              | xargs -0 rustfmt --check --edition 2024
+            touch $out
+          '';
+
+        alejandra = pkgs.runCommand "tiffin-alejandra" {nativeBuildInputs = [pkgs.alejandra];} ''
+          alejandra --check ${self}
+          touch $out
+        '';
+      }
+      # vm-<scenario>: one NixOS VM test per vm-scenarios/*.toml.
+      // import ./nixos-tests {inherit pkgs self nixpkgs;});
+
+    devShells = forAllSystems (pkgs: {
+      default = pkgs.mkShell {
+        inputsFrom = [(packageFor pkgs)];
+        packages = [
+          pkgs.clippy
+          pkgs.rustfmt
+          pkgs.rust-analyzer
+          pkgs.alejandra
+          pkgs.python3
+        ];
+      };
+    });
+
+    formatter = forAllSystems (pkgs: pkgs.alejandra);
+  };
+}

@@ -1,0 +1,188 @@
+# services.tiffin.client: `tiffin pull` from a systemd timer, keeping this
+# host's configuration up to date from its SFTP chroot on a tiffin server.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}: let
+  cfg = config.services.tiffin.client;
+  settingsFormat = pkgs.formats.toml {};
+
+  # The option values become client.toml through the builtins-only helper the
+  # static checks feed to `tiffin pull --validate`, so both agree on the keys.
+  clientSettings = import ../lib/client-settings.nix {
+    inherit (cfg) host server port user identityFile serverPublicKey settings;
+  };
+  configFile = settingsFormat.generate "tiffin-client.toml" clientSettings;
+  stateDir = cfg.settings.state_dir or "/var/lib/tiffin";
+in {
+  meta.maintainers = [];
+
+  options.services.tiffin.client = {
+    enable = lib.mkEnableOption "the tiffin client, which polls a tiffin server from a systemd timer and applies this host's published configuration with nixos-rebuild";
+
+    package = lib.mkPackageOption pkgs "tiffin" {};
+
+    host = lib.mkOption {
+      type = lib.types.strMatching "[a-z][a-z0-9-]*";
+      default = config.networking.hostName;
+      defaultText = lib.literalExpression "config.networking.hostName";
+      example = "web-1";
+      description = ''
+        This host's name in the fleet: its directory `hosts/<host>/` in the
+        fleet repository and the `nixosConfigurations.<host>` the rebuild
+        builds.
+      '';
+    };
+
+    server = lib.mkOption {
+      type = lib.types.str;
+      example = "tiffin.example.org";
+      description = "Host name or address of the tiffin server (its OpenSSH daemon).";
+    };
+
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = 22;
+      description = "TCP port of the server's OpenSSH daemon.";
+    };
+
+    user = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "tiffin-web-1";
+      description = ''
+        Account on the server. `null` leaves it to tiffin: the fleet's
+        `user_prefix` (by default `tiffin-`) followed by {option}`host`.
+      '';
+    };
+
+    identityFile = lib.mkOption {
+      type = lib.types.strMatching "/.+";
+      default = "/etc/tiffin/id_ed25519";
+      description = ''
+        Private key (OpenSSH format) this host logs in with. When the file is
+        missing, the service creates an ed25519 key there on its first start
+        and logs the public half: give that to `tiffin host add <host> --key`.
+        A string, not a Nix path, so the key never enters the Nix store.
+      '';
+    };
+
+    serverPublicKey = lib.mkOption {
+      type = lib.types.singleLineStr;
+      example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q";
+      description = ''
+        The server's SSH host public key, pinned: a server presenting any
+        other key is refused before anything is read. Read it on the server
+        from {file}`/etc/ssh/ssh_host_ed25519_key.pub`.
+      '';
+    };
+
+    interval = lib.mkOption {
+      type = lib.types.str;
+      default = "*:0/15";
+      example = "hourly";
+      description = ''
+        When to poll, as a systemd calendar expression ({manpage}`systemd.time(7)`).
+        Keep it in step with `poll_interval` in the fleet's `fleet.toml` or
+        `host.toml` (default 15 minutes): `tiffin status` calls a host stale
+        after three intervals without a report.
+      '';
+    };
+
+    randomizedDelaySec = lib.mkOption {
+      type = lib.types.str;
+      default = "2min";
+      example = "5min";
+      description = ''
+        Random delay added to each poll ({option}`systemd.timers.<name>.timerConfig`
+        `RandomizedDelaySec`), so a fleet does not hit the server all at once.
+      '';
+    };
+
+    timeout = lib.mkOption {
+      type = lib.types.str;
+      default = "2h";
+      description = ''
+        Longest time one poll may take, rebuild included (`TimeoutStartSec`).
+        Keep it above `rebuild_timeout` in {option}`settings` (default 1h), so
+        tiffin can still report a rebuild that timed out.
+      '';
+    };
+
+    settings = lib.mkOption {
+      type = lib.types.submodule {freeformType = settingsFormat.type;};
+      default = {};
+      example = {
+        rebuild_timeout = "30m";
+        io_timeout = "2m";
+      };
+      description = ''
+        Further keys of {file}`/etc/tiffin/client.toml` (tiffin's
+        `docs/formats.md`, "Client"), such as `state_dir`, `root`, `rebuild`
+        or the timeouts. `host`, `server`, `user`, `identity` and `server_key`
+        come from the options above and cannot be set here.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    environment.etc."tiffin/client.toml".source = configFile;
+    environment.systemPackages = [cfg.package];
+
+    systemd.tmpfiles.settings."10-tiffin-client".${stateDir}.d = {
+      mode = "0700";
+      user = "root";
+      group = "root";
+    };
+
+    systemd.services.tiffin-pull = {
+      description = "tiffin: fetch and apply this host's configuration";
+      wants = ["network-online.target"];
+      after = ["network-online.target"];
+
+      # The pull runs nixos-rebuild switch, which activates a new system while
+      # this unit is still running: it must not be restarted or stopped by it.
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+
+      # What nixos-rebuild needs, as in nixpkgs' system.autoUpgrade.
+      environment =
+        config.nix.envVars
+        // {HOME = "/root";}
+        // config.networking.proxy.envVars;
+      path = [
+        config.system.build.nixos-rebuild
+        config.nix.package.out
+        config.programs.ssh.package
+        pkgs.coreutils
+        pkgs.gitMinimal
+        pkgs.gnutar
+        pkgs.gzip
+        pkgs.xz.bin
+      ];
+
+      preStart = ''
+        if [ ! -s ${lib.escapeShellArg cfg.identityFile} ]; then
+          install -d -m 0700 "$(dirname ${lib.escapeShellArg cfg.identityFile})"
+          ssh-keygen -q -t ed25519 -N "" -C ${lib.escapeShellArg "tiffin@${cfg.host}"} -f ${lib.escapeShellArg cfg.identityFile}
+          echo "tiffin: created ${cfg.identityFile}; on the fleet, run: tiffin host add ${cfg.host} --key '$(cat ${lib.escapeShellArg "${cfg.identityFile}.pub"})'"
+        fi
+      '';
+
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} pull --config /etc/tiffin/client.toml";
+        TimeoutStartSec = cfg.timeout;
+      };
+
+      startAt = cfg.interval;
+    };
+
+    systemd.timers.tiffin-pull.timerConfig = {
+      Persistent = true;
+      RandomizedDelaySec = cfg.randomizedDelaySec;
+    };
+  };
+}

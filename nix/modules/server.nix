@@ -1,0 +1,198 @@
+# services.tiffin.server: OpenSSH serving each fleet host its own SFTP chroot,
+# declaratively: what `tiffin provision` does on other distributions
+# (accounts, chroot directories, keys, sshd Match blocks). Publishing stays an
+# explicit admin action: `tiffin publish` in the fleet repository.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}: let
+  cfg = config.services.tiffin.server;
+
+  account = host: cfg.userPrefix + host;
+  chroot = host: "${cfg.chrootRoot}/${host}";
+  keysFile = host: "${cfg.authorizedKeysDir}/${account host}";
+  hostNames = lib.attrNames cfg.hosts;
+
+  # The same Match blocks `tiffin provision` writes into its drop-in.
+  matchBlocks = import ../lib/sshd-match.nix {
+    hosts =
+      map (host: {
+        account = account host;
+        chroot = chroot host;
+        keysFile = keysFile host;
+      })
+      hostNames;
+    extra = cfg.sshdExtra;
+  };
+in {
+  meta.maintainers = [];
+
+  options.services.tiffin.server = {
+    enable = lib.mkEnableOption "serving a tiffin fleet over OpenSSH: one system account and SFTP chroot per host";
+
+    package = lib.mkPackageOption pkgs "tiffin" {};
+
+    chrootRoot = lib.mkOption {
+      type = lib.types.strMatching "/.+[^/]";
+      default = "/var/lib/tiffin/chroots";
+      description = ''
+        Directory holding one chroot per host, `<chrootRoot>/<host>`. Must
+        equal `server.chroot_root` in the fleet's `fleet.toml`, where
+        `tiffin publish` writes. Every directory on the way must belong to
+        root and not be writable by group or others: sshd checks each one.
+      '';
+    };
+
+    userPrefix = lib.mkOption {
+      type = lib.types.strMatching "[a-z_][a-z0-9_-]*";
+      default = "tiffin-";
+      description = ''
+        Each host logs in as the account `<userPrefix><host>`, with its own
+        group of the same name. Must equal `server.user_prefix` in `fleet.toml`.
+      '';
+    };
+
+    authorizedKeysDir = lib.mkOption {
+      type = lib.types.strMatching "/etc/.+[^/]";
+      default = "/etc/tiffin/authorized_keys";
+      description = ''
+        Where each account's key file lives (one root-owned file per account,
+        outside every chroot). Under {file}`/etc`, managed through
+        {option}`environment.etc`. Must equal `server.authorized_keys_dir` in
+        `fleet.toml`.
+      '';
+    };
+
+    hosts = lib.mkOption {
+      type = lib.types.attrsOf (lib.types.submodule {
+        options.publicKey = lib.mkOption {
+          type = lib.types.singleLineStr;
+          example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKnzVSNBgkHy5gD7Pyv8u6nmEPvyLpKBvxTJmvwl9r8x web-1";
+          description = ''
+            The host's public key, the same as `public_key` in its
+            `hosts/<host>/host.toml`. It is installed with the `restrict`
+            option, so it allows nothing but the SFTP session.
+          '';
+        };
+      });
+      default = {};
+      example = lib.literalExpression ''
+        {
+          web-1.publicKey = "ssh-ed25519 AAAA… root@web-1";
+          db-1.publicKey = "ssh-ed25519 AAAA… root@db-1";
+        }
+      '';
+      description = ''
+        The hosts of the fleet, by name (`[a-z][a-z0-9-]*`). Each gets a
+        system account, a group, a chroot and an sshd `Match` block.
+      '';
+    };
+
+    sshdExtra = lib.mkOption {
+      type = lib.types.listOf lib.types.singleLineStr;
+      default = [];
+      example = ["ClientAliveInterval 30" "ClientAliveCountMax 3"];
+      description = ''
+        Extra lines for every host's sshd `Match` block, like
+        `server.sshd_extra` in `fleet.toml`. Only keywords sshd allows inside
+        `Match` work; the system build checks the result with `sshd -T`.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions =
+      lib.concatMap (host: [
+        {
+          assertion = builtins.match "[a-z][a-z0-9-]*" host != null;
+          message = "services.tiffin.server.hosts.${host}: a host name is a lowercase letter, then lowercase letters, digits or '-'.";
+        }
+        {
+          assertion = builtins.stringLength (account host) <= 32;
+          message = "services.tiffin.server.hosts.${host}: the account ${account host} is longer than the 32 bytes a Unix account name may have; shorten the host name or userPrefix.";
+        }
+      ])
+      hostNames;
+
+    environment.systemPackages = [cfg.package];
+
+    users.users = lib.listToAttrs (map (host: {
+        name = account host;
+        value = {
+          isSystemUser = true;
+          group = account host;
+          description = "tiffin host ${host}";
+          # As provision does: the home is the chroot (never created here).
+          home = chroot host;
+          createHome = false;
+          # NixOS writes "!" (locked) for a new user without a password
+          # (nixos/modules/config/update-users-groups.pl), and sshd refuses even
+          # key logins to a locked account unless PAM does the account checks.
+          # "*" means no usable password without locking, whatever UsePAM says
+          # (nixos/modules/config/users-groups.nix, allowsLogin). With
+          # users.mutableUsers, an account created earlier keeps its old field:
+          # fix it once with `usermod -p '*' <account>`.
+          hashedPassword = "*";
+        };
+      })
+      hostNames);
+    users.groups = lib.genAttrs (map account hostNames) (_: {});
+
+    # The owners and modes of DESIGN.md and docs/provision.md: the chroot and
+    # releases/ root:<account> 0750, reports/ the account's own 0700; publish
+    # creates the releases and CURRENT with the same group.
+    systemd.tmpfiles.settings."10-tiffin-server" =
+      {
+        ${cfg.chrootRoot}.d = {
+          mode = "0755";
+          user = "root";
+          group = "root";
+        };
+      }
+      // lib.listToAttrs (lib.concatMap (host: [
+          {
+            name = chroot host;
+            value.d = {
+              mode = "0750";
+              user = "root";
+              group = account host;
+            };
+          }
+          {
+            name = "${chroot host}/releases";
+            value.d = {
+              mode = "0750";
+              user = "root";
+              group = account host;
+            };
+          }
+          {
+            name = "${chroot host}/reports";
+            value.d = {
+              mode = "0700";
+              user = account host;
+              group = account host;
+            };
+          }
+        ])
+        hostNames);
+
+    environment.etc = lib.listToAttrs (map (host: {
+        name = lib.removePrefix "/etc/" (keysFile host);
+        # A root-owned copy (0644, as provision writes it), not a link into the
+        # Nix store: with StrictModes sshd checks every directory up to the key
+        # file, and /nix/store is group-writable.
+        value = {
+          mode = "0644";
+          text = "restrict ${cfg.hosts.${host}.publicKey}\n";
+        };
+      })
+      hostNames);
+
+    services.openssh.enable = true;
+    # Match blocks must come last in sshd_config.
+    services.openssh.extraConfig = lib.mkIf (hostNames != []) (lib.mkAfter matchBlocks);
+  };
+}

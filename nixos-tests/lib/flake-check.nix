@@ -1,0 +1,62 @@
+# flake.nix's outputs with a stand-in nixpkgs (nixpkgs' real lib, packages
+# and builders as plain attribute sets): which outputs exist, one vm-<scenario>
+# check per vm-scenarios/*.toml, the modules' package defaults. Run by
+# static-check when NIXPKGS_LIB is set.
+{nixpkgsLib}: let
+  lib = import nixpkgsLib;
+  fakePath = n: "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" n)}-${n}";
+  drv = name: attrs:
+    attrs
+    // {
+      type = "derivation";
+      inherit name;
+      outPath = fakePath name;
+      overrideAttrs = f: drv "${name}-overridden" (attrs // f attrs);
+    };
+  pkgsFor = system: rec {
+    inherit lib;
+    stdenv.hostPlatform.system = system;
+    callPackage = f: args: import f ({inherit lib rustPlatform openssh;} // args);
+    rustPlatform.buildRustPackage = a: drv "${a.pname}-${a.version}" (a // {nativeBuildInputs = [];});
+    openssh = drv "openssh" {};
+    clippy = drv "clippy" {};
+    rustfmt = drv "rustfmt" {};
+    alejandra = drv "alejandra" {};
+    rust-analyzer = drv "rust-analyzer" {};
+    python3 = drv "python3" {};
+    runCommand = name: env: script: drv name {inherit env script;};
+    mkShell = a: drv "shell" a;
+    testers.runNixOSTest = module: drv "nixos-test" {inherit module;};
+  };
+  systems = ["x86_64-linux" "aarch64-linux"];
+  nixpkgs = {
+    outPath = fakePath "nixpkgs-source";
+    narHash = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    inherit lib;
+    legacyPackages = lib.genAttrs systems pkgsFor;
+  };
+  flake = import ../../flake.nix;
+  self =
+    flake.outputs {inherit self nixpkgs;}
+    // {
+      outPath = ../..;
+      narHash = "sha256-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+    };
+in {
+  inherit (flake) description;
+  outputs = builtins.attrNames self;
+  packages = lib.mapAttrs (_: builtins.attrNames) self.packages;
+  checks = lib.mapAttrs (_: builtins.attrNames) self.checks;
+  vmTestNames = lib.mapAttrs (_: checks: lib.mapAttrsToList (_: t: (builtins.head t.module.imports).name) (lib.filterAttrs (n: _: lib.hasPrefix "vm-" n) checks)) self.checks;
+  nixosModules = builtins.attrNames self.nixosModules;
+  modulePackages = lib.genAttrs systems (system: let
+    pkgs = pkgsFor system;
+  in {
+    client = (self.nixosModules.client {inherit lib pkgs;}).services.tiffin.client.package.content.name;
+    server = (self.nixosModules.server {inherit lib pkgs;}).services.tiffin.server.package.content.name;
+  });
+  formatter = lib.mapAttrs (_: f: f.name) self.formatter;
+  devShells = lib.mapAttrs (_: builtins.attrNames) self.devShells;
+  clientSystem = builtins.isFunction self.lib.vmTest.clientSystem;
+  mainProgram = self.packages.x86_64-linux.default.meta.mainProgram;
+}

@@ -1,0 +1,56 @@
+# What every client VM runs besides its scenario configuration, both as the
+# test node and inside each system the client switches to: the tiffin client
+# pointed at the server VM, the server's pinned key, and Nix without
+# substituters (the VMs are offline). `vm` is the JSON-able data of
+# nixos-tests/scenario-test.nix: { nodeName, system, serverAddress,
+# labAddress, serverPublicKey, ... }.
+vm: {lib, ...}: {
+  services.tiffin.client = {
+    enable = true;
+    host = vm.nodeName;
+    # The lab's addresses (192.0.2.0/24) on the test network as well, so the
+    # client talks to the server as in the lab and scenario commands that
+    # name 192.0.2.1 work unchanged.
+    server = vm.serverAddress;
+    inherit (vm) serverPublicKey;
+  };
+  networking.interfaces.eth1.ipv4.addresses = [
+    {
+      address = vm.labAddress;
+      prefixLength = 24;
+    }
+  ];
+  # The timer is installed but not started: each pull step starts the real
+  # unit itself, so no timer run races a step.
+  systemd.timers.tiffin-pull.wantedBy = lib.mkForce [];
+
+  # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
+  # steps and scenario commands, which use OpenSSH's own ssh and sftp.
+  programs.ssh.knownHosts.tiffin-server = {
+    hostNames = [vm.serverAddress "server"];
+    publicKey = vm.serverPublicKey;
+  };
+
+  # Offline, as in nixpkgs' nixos/tests/nixos-rebuild/common.nix: every path a
+  # rebuild needs is pre-built into the VM's store.
+  nix.settings = {
+    substituters = lib.mkForce [];
+    hashed-mirrors = null;
+    connect-timeout = 1;
+    flake-registry = "";
+  };
+
+  # The VMs boot their kernel directly (qemu-vm.nix); there is no boot loader
+  # for `switch` to install.
+  boot.loader.grub.enable = false;
+  system.switch.enable = true;
+
+  # Constant, like nixos/lib/testing/nixos-test-base.nix does for the nodes,
+  # so the system a client builds from its flake equals the pre-built one.
+  documentation.nixos.enable = false;
+  system.nixos = {
+    revision = lib.mkForce "constant-nixos-revision";
+    versionSuffix = lib.mkForce "test";
+    label = lib.mkForce "test";
+  };
+}

@@ -1,0 +1,113 @@
+# The wiring of one scenario's VM test (nixos-tests/scenario-test.nix) with
+# stand-ins for nixpkgs, the flake and the test framework: the nodes, the
+# testScript from the evaluated nodes, and the systems each client gets
+# pre-built. nixpkgs' lib is real (NIXPKGS_LIB); `lib.nixosSystem` is a
+# stand-in that only imports the host's configuration.nix and what it
+# imports, so a configuration meant to fail (it throws) shows up as not
+# pre-built. Run by static-check with --read-write-mode (it imports files it
+# writes to the store).
+{
+  nixpkgsLib,
+  file,
+  name,
+}: let
+  lib = import nixpkgsLib;
+  system = "x86_64-linux";
+  fakePath = n: "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" n)}-${n}";
+
+  # Imports a module and everything it imports, calling module functions with
+  # stand-in arguments; returns the list of evaluated modules.
+  importModule = m: let
+    value =
+      if builtins.isPath m || builtins.isString m
+      then import m
+      else m;
+    r =
+      if builtins.isFunction value
+      then
+        value {
+          config = {};
+          options = {};
+          pkgs = {};
+          modulesPath = "";
+          inherit lib;
+        }
+      else value;
+  in
+    [r] ++ builtins.concatMap importModule (r.imports or []);
+
+  nixpkgs = {
+    outPath = fakePath "nixpkgs-source";
+    narHash = "sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    lib =
+      lib
+      // {
+        nixosSystem = {modules}: let
+          host = importModule (builtins.head modules);
+        in {
+          config.system.build.toplevel = {
+            type = "derivation";
+            name = "nixos-system";
+            outPath = fakePath "nixos-system";
+            # Forces the configuration, as a real evaluation would.
+            drvPath = builtins.seq (map builtins.attrNames host) (fakePath "nixos-system.drv");
+            inherit modules;
+          };
+        };
+      };
+  };
+  self = {
+    outPath = fakePath "tiffin-source";
+    narHash = "sha256-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+    nixosModules = {
+      client = {};
+      server = {};
+    };
+  };
+  pkgs = {
+    inherit lib;
+    stdenv.hostPlatform.system = system;
+    testers.runNixOSTest = module: module;
+  };
+
+  test =
+    builtins.head
+    (import ../scenario-test.nix {inherit pkgs self nixpkgs;} {
+      inherit name;
+      text = builtins.readFile file;
+    })
+    .imports;
+  clients = lib.filter (n: n != "server") (lib.attrNames test.nodes);
+  # What the framework's network module would give each node.
+  nodes = lib.genAttrs (lib.attrNames test.nodes) (n: {
+    system.build.networkConfig = {
+      networking.hostName = lib.mkDefault n;
+      networking.primaryIPAddress = "192.168.1.${toString (1 + lib.lists.findFirstIndex (x: x == n) 0 (lib.attrNames test.nodes))}";
+    };
+  });
+  clientNode = c: test.nodes.${c} {config = nodes.${c};};
+in {
+  machines = lib.attrNames test.nodes;
+  testScript = test.testScript {inherit nodes;};
+  server = {
+    inherit (test.nodes.server.services.tiffin.server) chrootRoot userPrefix sshdExtra;
+    hosts = lib.attrNames test.nodes.server.services.tiffin.server.hosts;
+    addresses = test.nodes.server.networking.interfaces.eth1.ipv4.addresses;
+    fleet = test.nodes.server.environment.variables.TIFFIN_FLEET;
+  };
+  # Per client: how many paths it gets (nixpkgs, tiffin, one per pre-built
+  # system) and the modules of each pre-built system.
+  clients = lib.genAttrs clients (c: let
+    node = clientNode c;
+    paths = node.virtualisation.additionalPaths;
+  in {
+    pathCount = builtins.length paths;
+    sources = lib.take 2 paths;
+    systems = map (p: {
+      moduleCount = builtins.length p.modules;
+      configuration = builtins.readFile (builtins.head p.modules);
+      networkConfig = builtins.elemAt p.modules 3;
+    }) (lib.drop 2 paths);
+    imports = builtins.length node.imports;
+  });
+}
