@@ -7,7 +7,9 @@ mod publish;
 mod pull;
 mod status;
 
+use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -127,4 +129,111 @@ macro_rules! assert_snapshot_ids {
             insta::assert_snapshot!($name, $value);
         });
     };
+}
+
+/// Runs `tests/cli/<script>` as root inside private mount, network and pid namespaces, with the
+/// `tiffin` binary, a scratch directory and `args` as its arguments, and proves the machine's
+/// accounts, `/etc/ssh` and `/home` are exactly as before. The script ends with "== all good".
+/// Without root it only says so: CI runs as root, so there it always runs.
+pub fn run_isolated_script(script: &str, timeout_secs: u32, args: &[&str]) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to create namespaces (CI runs tests as root)");
+        return;
+    }
+    let before = machine_state();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("tiffin-{script}."))
+        .tempdir()
+        .unwrap();
+    let out = std::process::Command::new("timeout")
+        .arg(timeout_secs.to_string())
+        .args([
+            "unshare",
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ])
+        .args(["--mount-proc", "--propagation", "private", "bash"])
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/cli")
+                .join(script),
+        )
+        .arg(env!("CARGO_BIN_EXE_tiffin"))
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{script} failed: {stderr}");
+    assert!(stdout.contains("== all good"), "{script} did not finish");
+    let after = machine_state();
+    assert!(before.len() > 3, "saw the machine's files");
+    for (path, state) in &before {
+        assert_eq!(after.get(path), Some(state), "{} changed", path.display());
+    }
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "files appeared or vanished under /etc/ssh"
+    );
+}
+
+/// Bytes and ownership of the machine's account files and sshd configuration.
+fn machine_state() -> BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)> {
+    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)>) {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return;
+        };
+        let content = if m.is_file() {
+            fs::read(p).unwrap_or_default()
+        } else if m.file_type().is_symlink() {
+            fs::read_link(p)
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else {
+            Vec::new()
+        };
+        out.insert(p.to_owned(), (content, m.uid(), m.gid(), m.mode()));
+        if m.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(p)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            names.sort();
+            for n in names {
+                walk(&n, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for p in [
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/etc/ssh",
+    ] {
+        walk(Path::new(p), &mut out);
+    }
+    // Home directories are not overlaid on the machine: none may appear.
+    let homes: Vec<String> = fs::read_dir("/home")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.insert(
+        "/home (entries)".into(),
+        (homes.join("\n").into_bytes(), 0, 0, 0),
+    );
+    out
 }

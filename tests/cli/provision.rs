@@ -1,9 +1,8 @@
 //! `tiffin provision` from the command line: the plan against a fake server, bad input, and
 //! (as root) the real OpenSSH serving provisioned hosts inside private namespaces.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -199,107 +198,9 @@ fn needs_root_to_change_anything() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"));
 }
 
-/// Bytes and ownership of the machine's account files and sshd configuration.
-fn machine_state() -> BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)> {
-    fn walk(p: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, u32, u32, u32)>) {
-        let Ok(m) = fs::symlink_metadata(p) else {
-            return;
-        };
-        let content = if m.is_file() {
-            fs::read(p).unwrap_or_default()
-        } else if m.file_type().is_symlink() {
-            fs::read_link(p)
-                .unwrap()
-                .into_os_string()
-                .into_encoded_bytes()
-        } else {
-            Vec::new()
-        };
-        out.insert(p.to_owned(), (content, m.uid(), m.gid(), m.mode()));
-        if m.is_dir() {
-            let mut names: Vec<_> = fs::read_dir(p)
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            names.sort();
-            for n in names {
-                walk(&n, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    for p in [
-        "/etc/passwd",
-        "/etc/group",
-        "/etc/shadow",
-        "/etc/gshadow",
-        "/etc/ssh",
-    ] {
-        walk(Path::new(p), &mut out);
-    }
-    // Home directories are not overlaid on the machine: none may appear.
-    let homes: Vec<String> = fs::read_dir("/home")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.insert(
-        "/home (entries)".into(),
-        (homes.join("\n").into_bytes(), 0, 0, 0),
-    );
-    out
-}
-
 /// Acceptance 2-4 of the provision issue, with OpenSSH's own sshd, sftp and ssh:
 /// tests/cli/provision_e2e.sh says step by step what it proves.
 #[test]
 fn real_sshd_serves_provisioned_hosts_in_isolation() {
-    if !is_root() {
-        eprintln!("skipped: needs root to create namespaces (CI runs tests as root)");
-        return;
-    }
-    let before = machine_state();
-    let dir = tempfile::Builder::new()
-        .prefix("tiffin-provision-e2e.")
-        .tempdir()
-        .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/provision_e2e.sh");
-    let out = std::process::Command::new("timeout")
-        .args([
-            "300",
-            "unshare",
-            "--mount",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ])
-        .args(["--mount-proc", "--propagation", "private", "bash"])
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_tiffin"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "the end-to-end script failed: {stderr}"
-    );
-    assert!(stdout.contains("== all good"));
-    let after = machine_state();
-    assert!(before.len() > 3, "saw the machine's files");
-    for (path, state) in &before {
-        assert_eq!(after.get(path), Some(state), "{} changed", path.display());
-    }
-    assert_eq!(
-        before.len(),
-        after.len(),
-        "files appeared or vanished under /etc/ssh"
-    );
+    crate::run_isolated_script("provision_e2e.sh", 300, &[]);
 }

@@ -5,22 +5,9 @@
 # /home, DIR) and in its own network namespace, so the machine's accounts and sshd never change; the
 # PID namespace takes sshd down with the script, whatever happens.
 set -euo pipefail
-umask 022   # the overlays take their upper directories' modes, and sshd checks them
 TIFFIN=$1
 T=$2
-step() { printf '\n== %s\n' "$*"; }
-fail() { echo "FAILED: $*" >&2; exit 1; }
-
-mount -t tmpfs -o mode=755 tmpfs "$T"
-mkdir -p "$T"/etc.up "$T"/etc.work "$T"/var.up "$T"/var.work
-mount -t overlay overlay -o lowerdir=/etc,upperdir="$T"/etc.up,workdir="$T"/etc.work /etc
-mount -t overlay overlay -o lowerdir=/var,upperdir="$T"/var.up,workdir="$T"/var.work /var
-# A private /run: no systemd in here, and sshd's pid file and privilege-separation dir stay ours.
-mount -t tmpfs -o mode=755 tmpfs /run
-mount -t tmpfs -o mode=755 tmpfs /home   # in case anything creates a home directory
-mkdir -m 755 /run/sshd
-ip link set lo up
-ip addr add 192.0.2.1/32 dev lo
+. "$(dirname "$0")/e2e-namespace.sh"
 ssh-keygen -A >/dev/null
 
 step "fleet: two hosts, published before provisioning (so the release trees are root:root)"

@@ -162,39 +162,5 @@ fn a_concurrent_pull_exits_at_once() {
 /// delta, modes, backoff, lock, mitm refusal) and prints the poll/delta/RSS figures.
 #[test]
 fn real_sshd_pull_end_to_end() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root to create namespaces (CI runs tests as root)");
-        return;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("tiffin-pull-e2e.")
-        .tempdir()
-        .unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/pull_e2e.sh");
-    let out = std::process::Command::new("timeout")
-        .args([
-            "600",
-            "unshare",
-            "--mount",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-        ])
-        .args(["--mount-proc", "--propagation", "private", "bash"])
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_tiffin"))
-        .arg(dir.path())
-        .arg("5")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "the end-to-end script failed: {stderr}"
-    );
-    assert!(stdout.contains("== all good"));
+    crate::run_isolated_script("pull_e2e.sh", 600, &["5"]);
 }

@@ -12,17 +12,7 @@ set -euo pipefail
 TIFFIN=$1
 T=$2
 POLLS=${3:-20}
-step() { printf '\n== %s\n' "$*"; }
-fail() { echo "FAILED: $*" >&2; exit 1; }
-
-mount -t tmpfs -o mode=755 tmpfs "$T"
-mkdir -p "$T"/etc.up "$T"/etc.work "$T"/var.up "$T"/var.work
-mount -t overlay overlay -o lowerdir=/etc,upperdir="$T"/etc.up,workdir="$T"/etc.work /etc
-mount -t overlay overlay -o lowerdir=/var,upperdir="$T"/var.up,workdir="$T"/var.work /var
-mount -t tmpfs -o mode=755 tmpfs /run
-mkdir -m 755 /run/sshd
-ip link set lo up
-ip addr add 192.0.2.1/32 dev lo
+. "$(dirname "$0")/e2e-namespace.sh"
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 
