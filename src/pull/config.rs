@@ -171,6 +171,13 @@ struct RawConfig {
     backoff_initial: Interval,
     #[serde(default = "default_backoff_max")]
     backoff_max: Interval,
+    /// Run after applying a release whose `reboot = "if-needed"` finds a new kernel, initrd or modules.
+    #[serde(default = "default_reboot_command")]
+    reboot_command: Vec<String>,
+}
+
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
 }
 
 fn default_identity() -> AbsPath {
@@ -214,6 +221,7 @@ pub struct ClientConfig {
     pub rebuild_timeout: Interval,
     pub backoff_initial: Interval,
     pub backoff_max: Interval,
+    pub reboot_command: Vec<String>,
 }
 
 /// A configuration that cannot be used, naming the file and the key.
@@ -309,6 +317,12 @@ impl ClientConfig {
                 ),
             ));
         }
+        if raw.reboot_command.first().is_none_or(|p| p.is_empty()) {
+            return Err(invalid(
+                Some("reboot_command".into()),
+                "is empty: give an argv like [\"systemctl\", \"reboot\"]".into(),
+            ));
+        }
         if raw.state_dir.0.starts_with(&raw.root.0) && raw.root.0 != Path::new("/") {
             return Err(invalid(
                 Some("state_dir".into()),
@@ -329,6 +343,7 @@ impl ClientConfig {
             rebuild_timeout: raw.rebuild_timeout,
             backoff_initial: raw.backoff_initial,
             backoff_max: raw.backoff_max,
+            reboot_command: raw.reboot_command,
         })
     }
 

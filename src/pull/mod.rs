@@ -4,6 +4,7 @@ pub mod config;
 pub mod connect;
 pub mod deploy;
 pub mod fetch;
+pub mod reboot;
 pub mod rebuild;
 pub mod state;
 pub mod transport;
@@ -106,6 +107,10 @@ pub enum PullError {
     Report(RemoteError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "the release is applied and reported, but the reboot it needs failed: {message} (reboot by hand, or fix reboot_command in the client configuration)"
+    )]
+    Reboot { message: String },
 }
 
 impl PullError {
@@ -129,6 +134,8 @@ pub enum Polled {
         seq: u64,
         fetch: FetchStats,
         deployed: deploy::DeployStats,
+        /// `reboot = "if-needed"` and the new kernel, initrd or modules differ from the booted ones.
+        reboot: bool,
     },
 }
 
@@ -141,6 +148,9 @@ pub struct PollOptions {
     pub chown_root: bool,
     /// `/run/current-system`, reported as `system`.
     pub system_link: PathBuf,
+    /// `/run/booted-system` and `/nix/var/nix/profiles/system`, compared for `reboot = "if-needed"`.
+    pub booted_system: PathBuf,
+    pub system_profile: PathBuf,
     pub now: fn() -> SystemTime,
 }
 
@@ -151,6 +161,8 @@ impl Default for PollOptions {
             allow_downgrade: false,
             chown_root: rustix::process::geteuid().is_root(),
             system_link: "/run/current-system".into(),
+            booted_system: "/run/booted-system".into(),
+            system_profile: "/nix/var/nix/profiles/system".into(),
             now: crate::cli::now,
         }
     }
@@ -232,7 +244,7 @@ pub async fn poll<R: Remote>(
         Ok((fetch, deployed, result)) => {
             let seq = seq.unwrap_or_default();
             match result {
-                Ok(()) => {
+                Ok(reboot) => {
                     state.applied = Some(Applied {
                         id: id.clone(),
                         seq,
@@ -250,6 +262,7 @@ pub async fn poll<R: Remote>(
                         seq,
                         fetch,
                         deployed,
+                        reboot,
                     })
                 }
                 Err((result, e)) => {
@@ -313,7 +326,8 @@ async fn fail<R: Remote>(
 type Applying = (
     FetchStats,
     deploy::DeployStats,
-    Result<(), (PullResult, PullError)>,
+    // Ok(true): applied, and `reboot = "if-needed"` found that it takes a reboot.
+    Result<bool, (PullResult, PullError)>,
 );
 
 /// Fetch, verify, deploy, rebuild. An `Err` means nothing changed on this machine; the
@@ -419,7 +433,13 @@ async fn apply<R: Remote>(
             ));
         }
     }
-    Ok((fetch, deployed, Ok(())))
+    let reboot = manifest.apply.reboot == crate::settings::Reboot::IfNeeded
+        && matches!(
+            manifest.apply.action,
+            crate::settings::Action::Switch | crate::settings::Action::Boot
+        )
+        && reboot::needed(&opts.booted_system, &opts.system_profile);
+    Ok((fetch, deployed, Ok(reboot)))
 }
 
 /// After a failed health check: rebuild the previous release again, if there is one.
@@ -550,6 +570,7 @@ pub fn command(args: &PullArgs) -> Result<Exit, Error> {
             seq,
             fetch,
             deployed,
+            reboot,
         } => {
             println!(
                 "{}: applied release #{seq} {} (downloaded {} file(s), {} bytes; reused {} local file(s); files/: {} written, {} unchanged, {} removed{})",
@@ -567,6 +588,15 @@ pub fn command(args: &PullArgs) -> Result<Exit, Error> {
                     format!(", {} dropped but kept", deployed.kept.len())
                 }
             );
+            if reboot {
+                let argv = &cfg.reboot_command;
+                println!(
+                    "{}: the new system's kernel, initrd or modules differ from the booted ones (reboot = \"if-needed\"): running {}",
+                    cfg.host,
+                    argv.join(" ")
+                );
+                rebuild::run_reboot(argv).map_err(|message| PullError::Reboot { message })?;
+            }
         }
     }
     Ok(Exit::Ok)

@@ -109,6 +109,22 @@ fn tail(mut f: std::fs::File, limit: u64) -> Vec<u8> {
     buf
 }
 
+/// Runs the reboot command (`reboot_command`); returns once the system accepted the request.
+pub fn run_reboot(argv: &[String]) -> Result<(), String> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| "reboot_command is empty".to_owned())?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} exited with {status}", argv.join(" ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ struct Fixture {
     remote: MemRemote,
     seq: u64,
     opts: PollOptions,
+    apply: ApplyPolicy,
 }
 
 impl Fixture {
@@ -77,8 +78,11 @@ backoff_max = "1h"
                 allow_downgrade: false,
                 chown_root: false,
                 system_link: "/nonexistent/current-system".into(),
+                booted_system: "/nonexistent/booted-system".into(),
+                system_profile: "/nonexistent/profiles/system".into(),
                 now: clock,
             },
+            apply: ApplyPolicy::default(),
         }
     }
 
@@ -98,7 +102,7 @@ backoff_max = "1h"
             host: "client1".parse().unwrap(),
             seq,
             created: "2026-11-24T00:00:00Z".into(),
-            apply: ApplyPolicy::default(),
+            apply: self.apply.clone(),
             files: files
                 .iter()
                 .map(|(p, c, m)| FileEntry {
@@ -662,4 +666,46 @@ proptest! {
             prop_assert!(["root", "state", "outside", "calls"].contains(&s.to_str().unwrap()), "{s:?}");
         }
     }
+}
+
+#[test]
+fn reboot_if_needed_only_when_the_kernel_changes_and_only_for_switch_or_boot() {
+    use crate::settings::{Action, Reboot};
+    let mut f = Fixture::new();
+    let dir = f._dir.path().to_owned();
+    f.opts.booted_system = super::reboot::fake_system(&dir, "booted", "kernel-1");
+    f.opts.system_profile = super::reboot::fake_system(&dir, "profile-same", "kernel-1");
+    f.apply.reboot = Reboot::IfNeeded;
+    f.publish(&base_files());
+    let Polled::Applied { reboot, .. } = f.poll().unwrap() else {
+        panic!("applied")
+    };
+    assert!(!reboot, "same kernel, initrd and modules: no reboot");
+
+    f.opts.system_profile = super::reboot::fake_system(&dir, "profile-new", "kernel-2");
+    f.publish(&[("config/flake.nix", b"{ }\n", 0o644)]);
+    let Polled::Applied { reboot, .. } = f.poll().unwrap() else {
+        panic!("applied")
+    };
+    assert!(reboot, "a new kernel takes a reboot");
+
+    f.apply.action = Action::Test;
+    f.publish(&[("config/flake.nix", b"{ x = 1; }\n", 0o644)]);
+    let Polled::Applied { reboot, .. } = f.poll().unwrap() else {
+        panic!("applied")
+    };
+    assert!(
+        !reboot,
+        "`test` never changes the boot default, so it never reboots"
+    );
+
+    f.apply = ApplyPolicy {
+        reboot: Reboot::Never,
+        ..ApplyPolicy::default()
+    };
+    f.publish(&[("config/flake.nix", b"{ x = 2; }\n", 0o644)]);
+    let Polled::Applied { reboot, .. } = f.poll().unwrap() else {
+        panic!("applied")
+    };
+    assert!(!reboot, "reboot = never");
 }
