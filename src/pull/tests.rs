@@ -709,3 +709,43 @@ fn reboot_if_needed_only_when_the_kernel_changes_and_only_for_switch_or_boot() {
     };
     assert!(!reboot, "reboot = never");
 }
+
+#[test]
+fn a_failed_health_check_rolls_back_to_the_previous_release() {
+    let mut f = Fixture::new();
+    let first = f.publish(&base_files());
+    f.poll().unwrap();
+    f.apply.health_check = vec![
+        "sh".into(),
+        "-c".into(),
+        "echo unhealthy >&2; exit 1".into(),
+    ];
+    let second = f.publish(&[("config/flake.nix", b"{ y = 1; }\n", 0o644)]);
+    let err = f.poll().unwrap_err().to_string();
+    assert!(err.contains("the health check failed"), "{err}");
+    assert!(
+        err.contains(&format!("rolled back to release {}", first.short())),
+        "{err}"
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::RolledBack);
+    assert_eq!(
+        report.release.as_deref(),
+        Some(second.as_str()),
+        "the attempted release"
+    );
+    assert_eq!(
+        report.applied.as_deref(),
+        Some(first.as_str()),
+        "the release still running"
+    );
+    // Rebuilt three times: the first release, the second, and the first again.
+    let calls = f.calls();
+    assert_eq!(calls.lines().count(), 3, "{calls}");
+    let current = std::fs::read_link(f.cfg.state_dir.join(super::CURRENT_LINK)).unwrap();
+    assert!(
+        current.ends_with(first.as_str()),
+        "current points back at the first release: {current:?}"
+    );
+    assert_eq!(f.state().applied.unwrap().id, first);
+}
