@@ -289,6 +289,15 @@ impl Fleet {
                     continue;
                 }
             };
+            // Read nothing through a host directory that leads outside the repository;
+            // `check` and `publish` name the link (release::resolve_host_tree).
+            let inside = match (fs::canonicalize(root), fs::canonicalize(root.join(&rel))) {
+                (Ok(real_root), Ok(real)) => real.starts_with(real_root),
+                _ => false,
+            };
+            if !inside {
+                continue;
+            }
             if let Some(host) = load_host(root, &config, &name, &mut problems) {
                 hosts.insert(name, host);
             }
@@ -460,6 +469,14 @@ pub fn parse_public_key(text: &str) -> Result<String, String> {
     if line.contains("PRIVATE KEY") {
         return Err("this is a private key: give the public key (the .pub file) instead".into());
     }
+    // One line, no control characters: the key is written into authorized_keys after
+    // `restrict`, and a second line there would be a key without restrictions.
+    if line.chars().any(char::is_control) {
+        return Err(
+            "it spans several lines or holds control characters: give exactly one public key line"
+                .into(),
+        );
+    }
     let key = ssh_key::PublicKey::from_openssh(line).map_err(|e| {
         format!(
             "not an OpenSSH public key ({e}): expected a line like \"ssh-ed25519 AAAA… root@host\""
@@ -531,11 +548,28 @@ pub fn add_host(fleet: &Fleet, name: &HostName, key: &str) -> Result<(), FleetEr
     add_host_unchecked(&fleet.root, name, &normalised)
 }
 
+/// Builds `hosts/NAME/` under a temporary name and renames it into place, so a failure
+/// leaves no half-made host behind (a retry would otherwise be refused as a duplicate).
 fn add_host_unchecked(root: &Path, name: &HostName, key: &str) -> Result<(), FleetError> {
     let dir = root.join("hosts").join(name.as_str());
+    let tmp = root
+        .join("hosts")
+        .join(format!(".{name}.new-{}", std::process::id()));
+    let result = write_host_dir(&tmp, name, key)
+        .and_then(|()| fs::rename(&tmp, &dir).map_err(FleetError::io(&dir)));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn write_host_dir(dir: &Path, name: &HostName, key: &str) -> Result<(), FleetError> {
+    // A TOML basic string: parse_public_key allowed no control characters, so escaping
+    // backslash and quote is all it takes.
+    let key = key.replace('\\', "\\\\").replace('"', "\\\"");
     let host_toml = format!(
         "# {name}: settings for this host. Keys not set here come from [defaults] in fleet.toml.\n\
-         public_key = {key:?}\n\
+         public_key = \"{key}\"\n\
          # poll_interval = \"15m\"\n\
          \n\
          [apply]\n\

@@ -563,6 +563,28 @@ fn diff(previous: Option<&Manifest>, next: &Manifest) -> Change {
     change
 }
 
+/// Why a host directory did not load, for a host that was selected but is not in the fleet.
+fn problems_of(fleet: &Fleet, name: &HostName) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = fleet
+        .problems
+        .iter()
+        .filter(|p| p.host.as_ref() == Some(name))
+        .cloned()
+        .collect();
+    if problems.is_empty() {
+        problems = release::resolve_host_tree(&fleet.root, name)
+            .err()
+            .unwrap_or_else(|| {
+                vec![Problem::error(
+                    Some(name),
+                    Path::new("hosts").join(name.as_str()),
+                    "this host did not load",
+                )]
+            });
+    }
+    problems
+}
+
 /// Held while publishing, so two `tiffin publish` runs never interleave on one chroot root.
 pub struct PublishLock {
     _lock: nix::fcntl::Flock<fs::File>,
@@ -613,12 +635,7 @@ pub fn publish_all(
                         Some(host) => publish_host(fleet, host, opts),
                         None => Err(PublishError::Invalid {
                             host: name.clone(),
-                            problems: fleet
-                                .problems
-                                .iter()
-                                .filter(|p| p.host.as_ref() == Some(name))
-                                .cloned()
-                                .collect(),
+                            problems: problems_of(fleet, name),
                         }),
                     };
                     slots.lock().expect("no panics while holding")[i] = Some(result);

@@ -295,7 +295,27 @@ pub fn resolve_host_tree(
         problems: Vec::new(),
         ancestors: Vec::new(),
     };
-    let host_real = real_root.join(&host_rel);
+    // hosts/ or hosts/<name> may itself be a symlink: only a target inside the repository counts.
+    let host_real = match fs::canonicalize(real_root.join(&host_rel)) {
+        Ok(real) if real.starts_with(&real_root) => real,
+        Ok(real) => {
+            return Err(vec![Problem::error(
+                Some(host),
+                &host_rel,
+                format!(
+                    "the host directory leads outside the fleet repository (to {}): publish reads nothing outside it",
+                    real.display()
+                ),
+            )]);
+        }
+        Err(e) => {
+            return Err(vec![Problem::error(
+                Some(host),
+                &host_rel,
+                format!("cannot read: {e}"),
+            )]);
+        }
+    };
     walk.ancestors.push(host_real.clone());
     let mut entries = match sorted_entries(&host_real) {
         Ok(e) => e,
@@ -382,6 +402,16 @@ impl Walk<'_> {
         } else {
             (path.to_owned(), meta)
         };
+        if release_rel.starts_with(CONFIG_DIR) && self.is_in_some_files_tree(&real) {
+            self.problem(
+                shown,
+                format!(
+                    "the Nix part reaches into a files/ tree (through {}): the Nix part ends up in /nix/store, readable by every local user, so nothing from files/ may enter it",
+                    real.strip_prefix(self.real_root).unwrap_or(&real).display()
+                ),
+            );
+            return;
+        }
         let Ok(release_path) = release_rel.parse::<RelPath>() else {
             self.problem(
                 shown,
@@ -425,6 +455,16 @@ impl Walk<'_> {
                 "not a regular file, directory or symlink: only those can be published",
             );
         }
+    }
+
+    /// Whether a real path lies in `hosts/<any>/files/` (a file meant to stay out of the Nix store).
+    fn is_in_some_files_tree(&self, real: &Path) -> bool {
+        let Ok(rest) = real.strip_prefix(self.real_root.join("hosts")) else {
+            return false;
+        };
+        rest.components()
+            .nth(1)
+            .is_some_and(|c| c.as_os_str() == FILES_DIR)
     }
 
     fn problem(&mut self, shown: &Path, message: impl Into<String>) {

@@ -116,7 +116,7 @@ pub fn host_status(
             None
         }
     };
-    let report = match fs::read_to_string(paths.reports().join(STATUS_FILE)) {
+    let report = match read_client_file(&paths.reports().join(STATUS_FILE), REPORT_LIMIT) {
         Ok(text) => match Report::parse(&text) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -188,6 +188,51 @@ pub fn host_status(
         last_seen: Some(report.last_seen),
         error: (!errors.is_empty()).then(|| errors.join("; ")),
     }
+}
+
+/// The largest report `status` reads; a real one is under 1 KiB.
+const REPORT_LIMIT: u64 = 64 * 1024;
+
+/// Reads a file the client wrote in its chroot. `status` runs as root and the client
+/// controls `reports/`, so a symlink (to another host's report, to /dev/zero) or a
+/// huge or special file is refused instead of followed.
+fn read_client_file(path: &Path, limit: u64) -> std::io::Result<String> {
+    use nix::fcntl::OFlag;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "it is a symlink, which tiffin never follows in a client's chroot",
+                )
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes, more than the {limit} a report may have",
+                meta.len()
+            ),
+        ));
+    }
+    let mut text = String::new();
+    file.take(limit).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn read_seq(release_dir: &Path) -> Result<u64, String> {

@@ -230,3 +230,77 @@ fn help_teaches() {
         insta::assert_snapshot!(name, String::from_utf8_lossy(&out.get_output().stdout));
     }
 }
+
+#[test]
+fn a_key_with_a_second_line_is_refused() {
+    // A second line in authorized_keys would be a key without `restrict`.
+    let two_lines = format!("{}\n{}", KEYS[0], KEYS[1]);
+    let fleet = TestFleet::with_hosts(&[]);
+    let (code, out) = fleet.output(&["host", "add", "web", "--key", &two_lines]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("spans several lines"), "{out}");
+    let out = check_error(|f| {
+        f.write(
+            "hosts/web/host.toml",
+            &format!("public_key = \"{} x\\nssh-ed25519 AAAA\"\n", KEYS[0]),
+        )
+    });
+    assert!(
+        out.contains("hosts/web/host.toml: public_key: it spans several lines"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_host_directory_that_leads_outside_the_repository_is_refused() {
+    let out = check_error(|f| {
+        let outside = f.tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("configuration.nix"), "{...}: {}\n").unwrap();
+        std::fs::write(
+            outside.join("host.toml"),
+            format!("public_key = \"{}\"\n", KEYS[3]),
+        )
+        .unwrap();
+        symlink(&outside, f.root().join("hosts/db")).unwrap();
+    });
+    assert!(
+        out.contains("error: hosts/db: the host directory leads outside the fleet repository"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_nix_file_linked_from_a_files_tree_is_refused() {
+    // The Nix part goes to /nix/store (world-readable); files/ holds secrets.
+    let out = check_error(|f| {
+        f.write("hosts/web/files/etc/wireguard/key", "secret\n");
+        symlink(
+            "files/etc/wireguard/key",
+            f.root().join("hosts/web/key.nix"),
+        )
+        .unwrap();
+    });
+    assert!(
+        out.contains("error: hosts/web/key.nix: the Nix part reaches into a files/ tree"),
+        "{out}"
+    );
+    // Nor through a link to a whole directory that holds a files/ tree.
+    let out = check_error(|f| {
+        f.write("hosts/db/files/etc/secret", "secret\n");
+        symlink("../db", f.root().join("hosts/web/other")).unwrap();
+    });
+    assert!(
+        out.contains("error: hosts/web/other/files: the Nix part reaches into a files/ tree"),
+        "{out}"
+    );
+    // Sharing a file between two hosts' files/ trees stays allowed.
+    let fleet = TestFleet::with_hosts(&["web", "db"]);
+    fleet.write("hosts/web/files/etc/ca.pem", "ca\n");
+    symlink(
+        "../../../web/files/etc/ca.pem",
+        fleet.root().join("hosts/db/files/etc/ca.pem"),
+    )
+    .unwrap();
+    fleet.tiffin(&["check"]).assert().success();
+}

@@ -154,3 +154,35 @@ fn a_garbled_report_is_shown_not_fatal() {
         "{out}"
     );
 }
+
+#[test]
+fn a_report_that_is_a_symlink_or_huge_is_refused_not_followed() {
+    let fleet = fleet_in_every_state();
+    // The client owns reports/: it could point its report at another host's, or at /dev/zero.
+    let alpha_report = fleet.chroots().join("alpha/reports/status.toml");
+    let foxtrot_reports = fleet.chroots().join("foxtrot/reports");
+    fs::create_dir_all(&foxtrot_reports).unwrap();
+    std::os::unix::fs::symlink(&alpha_report, foxtrot_reports.join("status.toml")).unwrap();
+    std::os::unix::fs::symlink(
+        "/dev/zero",
+        fleet.chroots().join("bravo/reports/status.toml.tmp"),
+    )
+    .unwrap();
+    fs::rename(
+        fleet.chroots().join("bravo/reports/status.toml.tmp"),
+        fleet.chroots().join("bravo/reports/status.toml"),
+    )
+    .unwrap();
+    fs::write(
+        fleet.chroots().join("charlie/reports/status.toml"),
+        "x".repeat(100_000),
+    )
+    .unwrap();
+    let (_, out) = fleet.output(&["status", "--json", "bravo", "charlie", "foxtrot"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for (i, why) in [(0, "symlink"), (1, "more than"), (2, "symlink")] {
+        let host = &doc["hosts"][i];
+        assert_eq!(host["state"], "never-seen", "{host}");
+        assert!(host["error"].as_str().unwrap().contains(why), "{host}");
+    }
+}
