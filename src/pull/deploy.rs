@@ -157,42 +157,62 @@ pub fn deploy(manifest: &Manifest, opts: &DeployOptions) -> Result<DeployStats, 
         .collect();
     let mut stats = DeployStats::default();
     let mut now_deployed = Vec::new();
-    for (rel, entry) in &targets {
-        let dir = open_parent(&root_fd, rel, true).map_err(|e| match e {
-            Walk::Unsafe(why) => DeployError::Unsafe {
-                root: root.to_owned(),
-                path: rel.to_string(),
-                why,
-            },
-            Walk::Io(e) => io(rel)(e),
-        })?;
-        let name = rel.components().last().unwrap_or_default();
-        let existing = inspect(&dir, name).map_err(io(rel))?;
-        let created = match previous.get(rel) {
-            Some(p) => p.created,
-            None => matches!(existing, Existing::Absent),
-        };
-        now_deployed.push(Deployed {
-            path: rel.clone(),
-            sha256: entry.sha256.clone(),
-            created,
-        });
-        if let Existing::Regular {
-            sha,
-            mode,
-            owner_root,
-        } = &existing
-            && sha == &entry.sha256
-            && *mode == entry.mode.bits()
-            && (*owner_root || !opts.chown_root)
-        {
-            stats.unchanged += 1;
-            continue;
+    let mut write_all = || -> Result<(), DeployError> {
+        for (rel, entry) in &targets {
+            let dir = open_parent(&root_fd, rel, true).map_err(|e| match e {
+                Walk::Unsafe(why) => DeployError::Unsafe {
+                    root: root.to_owned(),
+                    path: rel.to_string(),
+                    why,
+                },
+                Walk::Io(e) => io(rel)(e),
+            })?;
+            let name = rel.components().last().unwrap_or_default();
+            let existing = inspect(&dir, name).map_err(io(rel))?;
+            let created = match previous.get(rel) {
+                Some(p) => p.created,
+                None => matches!(existing, Existing::Absent),
+            };
+            now_deployed.push(Deployed {
+                path: rel.clone(),
+                sha256: entry.sha256.clone(),
+                created,
+            });
+            if let Existing::Regular {
+                sha,
+                mode,
+                owner_root,
+            } = &existing
+                && sha == &entry.sha256
+                && *mode == entry.mode.bits()
+                && (*owner_root || !opts.chown_root)
+            {
+                stats.unchanged += 1;
+                continue;
+            }
+            let src = entry.path.under(opts.release_dir);
+            let bytes = std::fs::read(&src).map_err(io(rel))?;
+            write_atomic(&dir, name, &bytes, entry.mode.bits(), opts.chown_root)
+                .map_err(io(rel))?;
+            stats.written += 1;
         }
-        let src = entry.path.under(opts.release_dir);
-        let bytes = std::fs::read(&src).map_err(io(rel))?;
-        write_atomic(&dir, name, &bytes, entry.mode.bits(), opts.chown_root).map_err(io(rel))?;
-        stats.written += 1;
+        Ok(())
+    };
+    if let Err(e) = write_all() {
+        // Remember what this run wrote and what earlier runs did, so no file tiffin
+        // created is ever forgotten (and so never retired) after a partial deploy.
+        let done: std::collections::BTreeSet<RelPath> =
+            now_deployed.iter().map(|d| d.path.clone()).collect();
+        record.files = now_deployed;
+        record
+            .files
+            .extend(previous.into_values().filter(|d| !done.contains(&d.path)));
+        if let Err(save) = record.save(opts.state_dir) {
+            tracing::warn!(
+                "after a failed deploy, the record of deployed files could not be saved: {save}"
+            );
+        }
+        return Err(e);
     }
 
     let wanted: std::collections::BTreeSet<&RelPath> = targets.iter().map(|(r, _)| r).collect();
@@ -406,5 +426,69 @@ fn retire(root: &OwnedFd, rel: &RelPath, old: &Deployed) -> std::io::Result<bool
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{FileEntry, Mode, Sha256Hex, sha256_hex};
+    use crate::settings::ApplyPolicy;
+
+    fn manifest(files: &[(&str, &[u8])]) -> Manifest {
+        Manifest {
+            host: "client1".parse().unwrap(),
+            seq: 1,
+            created: "2026-11-24T00:00:00Z".into(),
+            apply: ApplyPolicy::default(),
+            files: files
+                .iter()
+                .map(|(p, c)| FileEntry {
+                    path: p.parse().unwrap(),
+                    size: c.len() as u64,
+                    mode: Mode::new(0o644).unwrap(),
+                    sha256: Sha256Hex::new(sha256_hex(c)).unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A deploy that fails half-way still records the files it created, so a later
+    /// release that drops them removes them instead of leaving them forever.
+    #[test]
+    fn a_partial_deploy_remembers_what_it_created() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (root, release, state) = (
+            tmp.path().join("root"),
+            tmp.path().join("rel"),
+            tmp.path().join("state"),
+        );
+        for d in [&root, &state, &release.join("files/etc")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        // files/etc/a is in the release; files/etc/b is missing from it, so its copy fails.
+        std::fs::write(release.join("files/etc/a"), b"a\n").unwrap();
+        let m = manifest(&[("files/etc/a", b"a\n"), ("files/etc/b", b"b\n")]);
+        let opts = DeployOptions {
+            root: &root,
+            release_dir: &release,
+            state_dir: &state,
+            chown_root: false,
+        };
+        deploy(&m, &opts).unwrap_err();
+        assert!(root.join("etc/a").exists());
+        let record = Record::load(&state).unwrap();
+        let a = record
+            .files
+            .iter()
+            .find(|d| d.path.as_str() == "etc/a")
+            .expect("etc/a is recorded");
+        assert!(a.created, "tiffin created etc/a");
+
+        // The next release drops etc/a: tiffin created it and it is unchanged, so it goes.
+        std::fs::write(release.join("files/etc/b"), b"b\n").unwrap();
+        let stats = deploy(&manifest(&[("files/etc/b", b"b\n")]), &opts).unwrap();
+        assert_eq!(stats.removed, 1);
+        assert!(!root.join("etc/a").exists());
     }
 }

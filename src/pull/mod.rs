@@ -418,7 +418,7 @@ async fn apply<R: Remote>(
                 log.extend_from_slice(b"\n--- health check ---\n");
                 log.extend_from_slice(&check.log_tail);
             }
-            let (result, rolled) = roll_back(cfg, previous.as_ref(), manifest.apply.action);
+            let (result, rolled) = roll_back(cfg, opts, previous.as_ref(), manifest.apply.action);
             return Ok((
                 fetch,
                 deployed,
@@ -442,9 +442,11 @@ async fn apply<R: Remote>(
     Ok((fetch, deployed, Ok(reboot)))
 }
 
-/// After a failed health check: rebuild the previous release again, if there is one.
+/// After a failed health check: deploy the previous release's `files/` again and rebuild
+/// it, if there is one, so a rolled-back host runs the old configuration with the old files.
 fn roll_back(
     cfg: &ClientConfig,
+    opts: &PollOptions,
     previous: Option<&ReleaseId>,
     action: crate::settings::Action,
 ) -> (PullResult, String) {
@@ -454,6 +456,31 @@ fn roll_back(
             "there is no previous release to roll back to".into(),
         );
     };
+    let store = Store::new(&cfg.state_dir);
+    let redeployed = std::fs::read(store.release(prev).join(MANIFEST_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| Manifest::parse_verified(&bytes, prev).map_err(|e| e.to_string()))
+        .and_then(|old| {
+            deploy::deploy(
+                &old,
+                &DeployOptions {
+                    root: &cfg.root,
+                    release_dir: &store.release(prev),
+                    state_dir: &cfg.state_dir,
+                    chown_root: opts.chown_root,
+                },
+            )
+            .map_err(|e| e.to_string())
+        });
+    if let Err(e) = redeployed {
+        return (
+            PullResult::Failed,
+            format!(
+                "rolling back to release {}: its files/ could not be deployed again: {e}",
+                prev.short()
+            ),
+        );
+    }
     restore_current(&cfg.state_dir, Some(prev));
     let config_dir = cfg.state_dir.join(CURRENT_LINK).join(CONFIG_DIR);
     let argv = rebuild::argv(&cfg.rebuild.0, action, &config_dir, &cfg.host);

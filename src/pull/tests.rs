@@ -720,7 +720,10 @@ fn a_failed_health_check_rolls_back_to_the_previous_release() {
         "-c".into(),
         "echo unhealthy >&2; exit 1".into(),
     ];
-    let second = f.publish(&[("config/flake.nix", b"{ y = 1; }\n", 0o644)]);
+    let second = f.publish(&[
+        ("config/flake.nix", b"{ y = 1; }\n", 0o644),
+        ("files/etc/new-secret", b"new\n", 0o600),
+    ]);
     let err = f.poll().unwrap_err().to_string();
     assert!(err.contains("the health check failed"), "{err}");
     assert!(
@@ -748,4 +751,16 @@ fn a_failed_health_check_rolls_back_to_the_previous_release() {
         "current points back at the first release: {current:?}"
     );
     assert_eq!(f.state().applied.unwrap().id, first);
+    // The previous release's files are back, and the new release's are gone again.
+    assert!(
+        !f.root().join("etc/new-secret").exists(),
+        "the new release's file is removed"
+    );
+    for (path, content, mode) in base_files() {
+        if let Some(rel) = path.strip_prefix("files/") {
+            let target = f.root().join(rel);
+            assert_eq!(std::fs::read(&target).unwrap(), content, "{rel}");
+            assert_eq!(mode_of(&target), mode, "{rel}");
+        }
+    }
 }
