@@ -206,7 +206,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn account_name(&self, host: &HostName) -> String {
-        format!("{}{}", self.config.server.user_prefix, host)
+        account_name(&self.config.server.user_prefix, host)
     }
 
     pub fn host_dir(&self, host: &HostName) -> PathBuf {
@@ -352,6 +352,26 @@ impl Fleet {
     }
 }
 
+/// A host's Unix account on the server: `user_prefix + host`.
+pub fn account_name(user_prefix: &str, host: &HostName) -> String {
+    format!("{user_prefix}{host}")
+}
+
+/// The problem with a host whose account name would be longer than Unix allows.
+fn account_problem(user_prefix: &str, name: &HostName) -> Option<Problem> {
+    let account = account_name(user_prefix, name);
+    (account.len() > MAX_ACCOUNT_NAME).then(|| {
+        Problem::error(
+            Some(name),
+            Path::new("hosts").join(name.as_str()),
+            format!(
+                "host name \"{name}\" is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME} (shorten the name or server.user_prefix)",
+                account.len()
+            ),
+        )
+    })
+}
+
 fn load_host(
     root: &Path,
     config: &FleetConfig,
@@ -359,17 +379,9 @@ fn load_host(
     problems: &mut Vec<Problem>,
 ) -> Option<Host> {
     let rel = Path::new("hosts").join(name.as_str());
-    let account = format!("{}{}", config.server.user_prefix, name);
     let mut ok = true;
-    if account.len() > MAX_ACCOUNT_NAME {
-        problems.push(Problem::error(
-            Some(name),
-            &rel,
-            format!(
-                "host name \"{name}\" is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME} (shorten the name or server.user_prefix)",
-                account.len()
-            ),
-        ));
+    if let Some(problem) = account_problem(&config.server.user_prefix, name) {
+        problems.push(problem);
         ok = false;
     }
     let host_file = rel.join(HOST_FILE);
@@ -524,16 +536,8 @@ pub fn add_host(fleet: &Fleet, name: &HostName, key: &str) -> Result<(), FleetEr
     if fleet.root.join("hosts").join(name.as_str()).exists() {
         return Err(FleetError::HostExists(name.clone()));
     }
-    let account = fleet.account_name(name);
-    if account.len() > MAX_ACCOUNT_NAME {
-        return Err(FleetError::Invalid(vec![Problem::error(
-            Some(name),
-            Path::new("hosts").join(name.as_str()),
-            format!(
-                "host name is too long: its account {account:?} has {} bytes, Unix allows {MAX_ACCOUNT_NAME}",
-                account.len()
-            ),
-        )]));
+    if let Some(problem) = account_problem(&fleet.config.server.user_prefix, name) {
+        return Err(FleetError::Invalid(vec![problem]));
     }
     // KEY is either the key itself or a file holding it (e.g. /etc/ssh/ssh_host_ed25519_key.pub).
     let key_text = if Path::new(key).is_file() {

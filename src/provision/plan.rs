@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::names::HostName;
-use crate::publish::{SERVER_DIR_MODE, SERVER_FILE_MODE, STAGING_DIR};
-use crate::release::{CURRENT_FILE, Mode, RELEASES_DIR, REPORTS_DIR};
+use crate::publish::{ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE};
+use crate::release::Mode;
 
 use super::ProvisionError;
 use super::dropin::{self, Block, Gone, Inclusion};
@@ -654,14 +654,14 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
     )?;
     for h in &target.hosts {
         let group = h.account.as_str();
-        let chroot = target.chroot_root.join(h.host.as_str());
+        let paths = ChrootPaths::new(&target.chroot_root, &h.host);
         p.managed(
-            &chroot,
+            &paths.root,
             Kind::Dir,
             Want::new("root", group, SERVER_DIR_MODE),
             false,
         )?;
-        let releases = chroot.join(RELEASES_DIR);
+        let releases = paths.releases();
         let releases_exist = p.managed(
             &releases,
             Kind::Dir,
@@ -669,13 +669,13 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
             false,
         )?;
         p.managed(
-            &chroot.join(REPORTS_DIR),
+            &paths.reports(),
             Kind::Dir,
             Want::new(&h.account, group, REPORTS_MODE),
             false,
         )?;
         p.managed(
-            &chroot.join(CURRENT_FILE),
+            &paths.current(),
             Kind::File,
             Want::new("root", group, SERVER_FILE_MODE),
             false,
@@ -685,9 +685,6 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
                 .list(&releases)
                 .map_err(ProvisionError::inspect(&releases))?
             {
-                if name == STAGING_DIR {
-                    continue;
-                }
                 let tree = releases.join(&name);
                 let (mut wrong, mut example) = (0, None);
                 p.tree_wrong(&tree, group, &mut wrong, &mut example)?;

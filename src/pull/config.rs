@@ -8,8 +8,7 @@ use serde::Deserialize;
 use crate::names::HostName;
 use crate::settings::Interval;
 
-/// Account names on the server are `user_prefix + host`; the prefix is the fleet's default.
-pub const DEFAULT_USER_PREFIX: &str = "tiffin-";
+use crate::fleet::{DEFAULT_USER_PREFIX, account_name};
 
 /// `server = "host[:port]"`, with `[v6]:port` for IPv6 literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,7 +305,7 @@ impl ClientConfig {
                 }
                 u
             }
-            None => format!("{DEFAULT_USER_PREFIX}{}", raw.host),
+            None => account_name(DEFAULT_USER_PREFIX, &raw.host),
         };
         if raw.backoff_max < raw.backoff_initial {
             return Err(invalid(
