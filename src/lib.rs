@@ -1,6 +1,7 @@
 //! tiffin: keep a fleet of NixOS machines up to date by pull over per-host SFTP chroots.
 
 pub mod cli;
+pub mod durable;
 pub mod fleet;
 pub mod lab;
 pub mod names;

@@ -7,6 +7,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::durable;
 use crate::fleet::{Fleet, Host, Problem};
 use crate::names::{HostName, ReleaseId};
 use crate::release::{
@@ -340,12 +341,12 @@ fn stage_and_swap(
         "writing",
         &manifest_path,
     ))?;
-    sync_tree(&tmp).map_err(io_error(&host, "syncing", &tmp))?;
+    durable::sync_tree(&tmp).map_err(io_error(&host, "syncing", &tmp))?;
     fault(Fault::BeforeReleaseRename)?;
 
     let final_dir = paths.release(&id);
     fs::rename(&tmp, &final_dir).map_err(io_error(&host, "renaming into place", &final_dir))?;
-    sync_dir(&paths.releases()).map_err(io_error(&host, "syncing", &paths.releases()))?;
+    durable::sync_dir(&paths.releases()).map_err(io_error(&host, "syncing", &paths.releases()))?;
     fault(Fault::BeforeCurrentSwap)?;
 
     let current_tmp = paths.staging().join(CURRENT_FILE);
@@ -359,7 +360,7 @@ fn stage_and_swap(
         "swapping",
         &paths.current(),
     ))?;
-    sync_dir(&paths.root).map_err(io_error(&host, "syncing", &paths.root))?;
+    durable::sync_dir(&paths.root).map_err(io_error(&host, "syncing", &paths.root))?;
     Ok((id, manifest.seq))
 }
 
@@ -465,21 +466,6 @@ fn ensure_dir_all(base: &Path, dir: &Path, group: Option<u32>) -> std::io::Resul
         ensure_dir_all(base, parent, group)?;
     }
     ensure_dir(dir, SERVER_DIR_MODE, group)
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-/// fsyncs every directory of a staged tree (files were synced as written).
-fn sync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            sync_tree(&entry.path())?;
-        }
-    }
-    sync_dir(dir)
 }
 
 /// The host's group on the server, when we can and should chown to it.

@@ -253,8 +253,13 @@ impl Applier<'_> {
                 self.repair_tree(path, gid)?;
             }
             Action::WriteKey { path, content, .. } => {
-                write_atomic(&self.sys.real(path), content.as_bytes(), KEY_FILE_MODE)
-                    .map_err(io_err("writing", path))?;
+                crate::durable::write_atomic(
+                    &self.sys.real(path),
+                    content.as_bytes(),
+                    KEY_FILE_MODE,
+                    crate::durable::Owner::Root,
+                )
+                .map_err(io_err("writing", path))?;
             }
             Action::WriteDropin { path, old, new, .. } => {
                 self.write_dropin(path, old.is_some(), new)?;
@@ -317,16 +322,14 @@ impl Applier<'_> {
             } else {
                 fs::remove_file(&real)?;
             }
-            fs::File::open(dir)?.sync_all()
+            crate::durable::sync_dir(dir)
         };
         match check {
             Ok(()) => {
                 if had_old {
                     let _ = fs::remove_file(&backup);
                 }
-                fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_err("syncing", dir))?;
+                crate::durable::sync_dir(dir).map_err(io_err("syncing", dir))?;
                 Ok(())
             }
             Err(message) => {
@@ -472,20 +475,6 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Temp name in the same directory, fsync, rename, fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tiffin-new"));
-    let _ = fs::remove_file(&tmp);
-    write_synced(&tmp, bytes, mode)?;
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,27 +499,5 @@ mod tests {
         );
         assert!("pidfile:relative".parse::<ReloadMethod>().is_err());
         assert!("sometimes".parse::<ReloadMethod>().is_err());
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // chown to root
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k");
-        write_atomic(&p, b"one\n", 0o644).unwrap();
-        write_atomic(&p, b"two\n", 0o644).unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two\n");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("k")]);
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
-            0o644
-        );
     }
 }

@@ -233,7 +233,7 @@ async fn build<R: Remote>(
     f.write_all(manifest_bytes)
         .and_then(|()| f.sync_all())
         .map_err(io(&manifest_path))?;
-    fsync_tree_dirs(partial).map_err(io(partial))?;
+    crate::durable::sync_tree(partial).map_err(io(partial))?;
     let dest = store.release(id);
     fs::rename(partial, &dest).map_err(io(&dest))?;
     fsync_dir(&store.dir).map_err(io(&store.dir))?;
@@ -273,15 +273,4 @@ fn write_file(dest: &Path, bytes: &[u8], entry: &FileEntry) -> std::io::Result<(
     f.write_all(bytes)?;
     f.set_permissions(fs::Permissions::from_mode(entry.mode.bits()))?;
     f.sync_all()
-}
-
-/// fsyncs every directory of a freshly built tree, so the rename publishes complete entries.
-fn fsync_tree_dirs(dir: &Path) -> std::io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            fsync_tree_dirs(&entry.path())?;
-        }
-    }
-    fsync_dir(dir)
 }

@@ -1,7 +1,6 @@
 //! The client's memory between polls (`state_dir/state.toml`), its backoff, and the lock against a concurrent pull.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -182,21 +181,10 @@ impl Lock {
 
 /// Writes `path` by temp name + fsync + rename + directory fsync: never half-written.
 pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tiffin-tmp")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(io(path))?;
-    tmp.write_all(bytes).map_err(io(path))?;
-    tmp.as_file().sync_all().map_err(io(path))?;
-    tmp.persist(path).map_err(|e| io(path)(e.error))?;
-    fsync_dir(dir).map_err(io(dir))
+    crate::durable::write_atomic(path, bytes, mode, crate::durable::Owner::Caller).map_err(io(path))
 }
 
-pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
+pub use crate::durable::sync_dir as fsync_dir;
 
 #[cfg(test)]
 mod tests {
