@@ -396,31 +396,14 @@ impl Copied {
 }
 
 fn copy_hashing(src: &Path, dest: &Path, group: Option<u32>) -> std::io::Result<Copied> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut input = fs::File::open(src)?;
     let mut out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(SERVER_FILE_MODE)
         .open(dest)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = [0u8; 64 * 1024];
-    let mut size = 0;
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        size += n as u64;
-    }
+    let (sha256, size) = release::sha256_reader(fs::File::open(src)?, &mut out)?;
     finish_file(&out, group)?;
-    Ok(Copied {
-        sha256: hex::encode(hasher.finalize()),
-        size,
-    })
+    Ok(Copied { sha256, size })
 }
 
 fn write_synced(path: &Path, bytes: &[u8], group: Option<u32>) -> std::io::Result<()> {

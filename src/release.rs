@@ -38,17 +38,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// sha256 of a file's content, streamed.
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = fs::File::open(path)?;
+    sha256_reader(fs::File::open(path)?, std::io::sink())
+}
+
+/// sha256 and length of everything `input` yields, copied to `out` on the way (a sink
+/// when only the hash is wanted): publish hashes what it writes, not what it read earlier.
+pub fn sha256_reader(
+    mut input: impl Read,
+    mut out: impl std::io::Write,
+) -> std::io::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64 * 1024];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = input.read(&mut buf)?;
         if n == 0 {
             break;
         }
         size += n as u64;
         hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
     }
     Ok((hex::encode(hasher.finalize()), size))
 }

@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use sha2::Digest;
-
 use super::exec::{self, ExecError};
 use super::machine::SERVER_ADDRESS;
 use super::scenario::{Access, MachineName};
@@ -474,7 +472,7 @@ fn check_server_untouched(
     if let Some(id) = own_id {
         let dir = chroot.release(id);
         let manifest = std::fs::read(dir.join(crate::release::MANIFEST_FILE)).unwrap_or_default();
-        if hex::encode(sha2::Sha256::digest(&manifest)) != id.as_str() {
+        if &crate::names::ReleaseId::of_bytes(&manifest) != id {
             return Err(fail(format!(
                 "{on}'s release {} no longer matches its id after the write attempts",
                 id.short()

@@ -6,8 +6,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use sha2::Digest;
-
 use crate::fleet::FleetConfig;
 use crate::names::HostName;
 use crate::publish::ChrootPaths;
@@ -269,8 +267,8 @@ fn walk(path: &Path, shown: &str, out: &mut BTreeMap<String, String>) {
             fs::read_link(path).unwrap_or_default().display()
         )
     } else if meta.is_file() {
-        let bytes = fs::read(path).unwrap_or_default();
-        format!("file sha256 {}", hex::encode(sha2::Sha256::digest(&bytes)))
+        let sha = crate::release::sha256_file(path).map_or_else(|e| e.to_string(), |(sha, _)| sha);
+        format!("file sha256 {sha}")
     } else {
         "other".to_owned()
     };

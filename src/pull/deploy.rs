@@ -12,14 +12,13 @@
 //! (and no longer managed), with a warning. Directories are never deleted.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode as FsMode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::names::RelPath;
 use crate::release::{FILES_DIR, FileEntry, Manifest, Sha256Hex};
@@ -349,17 +348,8 @@ fn inspect(dir: &Option<OwnedFd>, name: &str) -> std::io::Result<Existing> {
 }
 
 fn hash_fd(fd: OwnedFd) -> std::io::Result<Sha256Hex> {
-    let mut file = std::fs::File::from(fd);
-    let mut hasher = Sha256::new();
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(Sha256Hex::new(hex::encode(hasher.finalize())).expect("hex of a digest"))
+    let (sha, _) = crate::release::sha256_reader(std::fs::File::from(fd), std::io::sink())?;
+    Ok(Sha256Hex::new(sha).expect("hex of a digest"))
 }
 
 /// Temp name in the target directory, content, mode, owner, fsync, rename over the target, fsync the directory.
