@@ -32,31 +32,7 @@ step "tiffin provision --dry-run"
 getent passwd tiffin-client1 && fail "dry run created an account"
 
 step "sshd starts (before provisioning, so provision must reload it)"
-/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -o ListenAddress=192.0.2.1:22 2>"$T/sshd.log" &
-SSHD=$!
-for _ in $(seq 100); do
-    [ -s /run/sshd.pid ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && break
-    sleep 0.1
-done
-[ -s /run/sshd.pid ] || fail "sshd did not start: $(cat "$T/sshd.log")"
-
-# sshd re-executes itself on SIGHUP and closes its socket meanwhile: after a reload, wait
-# until it has logged listening once more and accepts a connection.
-listening() { grep -c "Server listening" "$T/sshd.log" || true; }
-provision() { # provision ARGS...: tiffin provision, then wait for sshd if it was reloaded
-    local before rc=0
-    before=$(listening)
-    "$TIFFIN" provision "$@" >"$T/provision.out" 2>"$T/provision.err" || rc=$?
-    cat "$T/provision.out"; cat "$T/provision.err" >&2
-    if grep -q "reloaded sshd" "$T/provision.out"; then
-        for _ in $(seq 100); do
-            [ "$(listening)" -gt "$before" ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && return "$rc"
-            sleep 0.1
-        done
-        fail "sshd did not come back after the reload: $(tail -5 "$T/sshd.log")"
-    fi
-    return "$rc"
-}
+start_sshd
 
 step "tiffin provision"
 provision

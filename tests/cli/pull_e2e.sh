@@ -35,14 +35,8 @@ cd "$F"
 C=/var/lib/tiffin/chroots
 
 step "sshd, provisioned by tiffin provision"
-/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -o ListenAddress=192.0.2.1:22 2>"$T/sshd.log" &
-SSHD=$!
-for _ in $(seq 100); do
-    [ -s /run/sshd.pid ] && (exec 3<>/dev/tcp/192.0.2.1/22) 2>/dev/null && break
-    sleep 0.1
-done
-[ -s /run/sshd.pid ] || fail "sshd did not start: $(cat "$T/sshd.log")"
-"$TIFFIN" provision >/dev/null
+start_sshd
+provision >/dev/null
 
 step "client configuration"
 R="$T/client-root"
