@@ -1,9 +1,15 @@
 //! tiffin: keep a fleet of NixOS machines up to date by pull over per-host SFTP chroots.
 
 pub mod cli;
+pub mod clock;
+pub mod command;
+pub mod diag;
 pub mod durable;
+pub mod error;
 pub mod fleet;
-pub mod lab;
+pub mod hash;
+pub mod host_tree;
+pub mod layout;
 pub mod names;
 pub mod provision;
 pub mod publish;

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
         Ok(code) => code.into(),
         Err(err) => {
             eprintln!("error: {err:#}");
-            tiffin::cli::exit_code_of(&err).into()
+            ExitCode::from(err.exit_code())
         }
     }
 }

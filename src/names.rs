@@ -61,7 +61,7 @@ impl ReleaseId {
     }
     /// The id of a manifest's bytes.
     pub fn of_bytes(bytes: &[u8]) -> ReleaseId {
-        ReleaseId(crate::release::sha256_hex(bytes))
+        ReleaseId(crate::hash::sha256_hex(bytes))
     }
 }
 

@@ -7,21 +7,15 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::diag::Problem;
 use crate::durable;
-use crate::fleet::{Fleet, Host, Problem};
+use crate::fleet::{Fleet, Host};
+use crate::hash::sha256_reader;
+use crate::host_tree::{self, SourceFile};
+use crate::layout::{CURRENT_FILE, ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE, list_releases};
 use crate::names::{HostName, ReleaseId};
-use crate::release::{
-    self, CURRENT_FILE, FileEntry, MANIFEST_FILE, Manifest, ManifestHead, RELEASES_DIR, SourceFile,
-};
+use crate::release::{FileEntry, MANIFEST_FILE, Manifest, ManifestHead};
 use crate::settings::format_time;
-
-/// Where a publish stages a release before renaming it into `releases/`:
-/// root-only, so a crash leaves nothing the client can see.
-pub const STAGING_DIR: &str = ".staging";
-/// Release files on the server are readable by the host's group only,
-/// whatever mode they get on the client (the MANIFEST carries that).
-pub const SERVER_FILE_MODE: u32 = 0o640;
-pub const SERVER_DIR_MODE: u32 = 0o750;
 
 /// Errors of publishing one host.
 #[derive(Debug, thiserror::Error)]
@@ -118,53 +112,6 @@ impl std::fmt::Display for Change {
     }
 }
 
-/// Paths of one host's chroot on the server.
-#[derive(Debug, Clone)]
-pub struct ChrootPaths {
-    pub root: PathBuf,
-}
-
-impl ChrootPaths {
-    pub fn new(chroot_root: &Path, host: &HostName) -> ChrootPaths {
-        ChrootPaths {
-            root: chroot_root.join(host.as_str()),
-        }
-    }
-    pub fn current(&self) -> PathBuf {
-        self.root.join(CURRENT_FILE)
-    }
-    pub fn releases(&self) -> PathBuf {
-        self.root.join(RELEASES_DIR)
-    }
-    pub fn release(&self, id: &ReleaseId) -> PathBuf {
-        self.releases().join(id.as_str())
-    }
-    pub fn staging(&self) -> PathBuf {
-        self.root.join(STAGING_DIR)
-    }
-    pub fn reports(&self) -> PathBuf {
-        self.root.join(release::REPORTS_DIR)
-    }
-
-    /// The id `CURRENT` names, if any.
-    pub fn read_current(&self) -> std::io::Result<Option<ReleaseId>> {
-        match fs::read_to_string(self.current()) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub fn read_manifest(&self, id: &ReleaseId) -> Result<Manifest, String> {
-        let bytes = fs::read(self.release(id).join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
-        Manifest::parse_verified(&bytes, id).map_err(|e| e.to_string())
-    }
-}
-
 /// Publishes one host: unchanged trees write nothing; otherwise a new release
 /// is staged, fsynced, renamed into `releases/`, and `CURRENT` swapped by rename.
 pub fn publish_host(
@@ -173,7 +120,7 @@ pub fn publish_host(
     opts: &PublishOptions,
 ) -> Result<Outcome, PublishError> {
     let name = &host.name;
-    let sources = release::resolve_host_tree(&fleet.root, name).map_err(|problems| {
+    let sources = host_tree::resolve_host_tree(&fleet.root, name).map_err(|problems| {
         PublishError::Invalid {
             host: name.clone(),
             problems,
@@ -184,7 +131,7 @@ pub fn publish_host(
         .read_current()
         .map_err(io_error(name, "reading", &paths.current()))?;
     let entries =
-        release::hash_tree(&sources).map_err(io_error(name, "hashing", &fleet.host_dir(name)))?;
+        host_tree::hash_tree(&sources).map_err(io_error(name, "hashing", &fleet.host_dir(name)))?;
     let mut candidate = Manifest {
         host: name.clone(),
         seq: 0,
@@ -390,7 +337,7 @@ impl Copied {
             path: src.release_path.clone(),
             size: self.size,
             mode: src.mode,
-            sha256: release::Sha256Hex::new(self.sha256).expect("hex of a digest"),
+            sha256: crate::release::Sha256Hex::new(self.sha256).expect("hex of a digest"),
         }
     }
 }
@@ -401,7 +348,7 @@ fn copy_hashing(src: &Path, dest: &Path, group: Option<u32>) -> std::io::Result<
         .create_new(true)
         .mode(SERVER_FILE_MODE)
         .open(dest)?;
-    let (sha256, size) = release::sha256_reader(fs::File::open(src)?, &mut out)?;
+    let (sha256, size) = sha256_reader(fs::File::open(src)?, &mut out)?;
     finish_file(&out, group)?;
     Ok(Copied { sha256, size })
 }
@@ -478,20 +425,6 @@ fn next_seq(paths: &ChrootPaths, previous: Option<&Manifest>) -> u64 {
     previous.map_or(0, |p| p.seq).max(newest_listed) + 1
 }
 
-/// Every readable release with its seq.
-pub fn list_releases(paths: &ChrootPaths) -> Vec<(ReleaseId, u64)> {
-    let Ok(entries) = fs::read_dir(paths.releases()) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| {
-            let id: ReleaseId = e.ok()?.file_name().to_str()?.parse().ok()?;
-            let seq = paths.read_manifest(&id).ok()?.seq;
-            Some((id, seq))
-        })
-        .collect()
-}
-
 /// Removes all but the newest `keep` releases, never the current one.
 fn prune(paths: &ChrootPaths, current: &ReleaseId, keep: usize) -> std::io::Result<usize> {
     let mut releases = list_releases(paths);
@@ -541,7 +474,7 @@ fn problems_of(fleet: &Fleet, name: &HostName) -> Vec<Problem> {
         .cloned()
         .collect();
     if problems.is_empty() {
-        problems = release::resolve_host_tree(&fleet.root, name)
+        problems = host_tree::resolve_host_tree(&fleet.root, name)
             .err()
             .unwrap_or_else(|| {
                 vec![Problem::error(

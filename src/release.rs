@@ -1,23 +1,15 @@
-//! Releases: the MANIFEST format, hashing, and resolving a host directory into the tree a release holds.
+//! The release format both sides share: the MANIFEST (TOML), its entries, and the id that verifies it.
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
 
-use crate::fleet::{HOST_FILE, Problem};
+use crate::hash::sha256_hex;
 use crate::names::{HostName, RelPath, ReleaseId};
 use crate::settings::ApplyPolicy;
 
 pub const MANIFEST_FILE: &str = "MANIFEST";
-pub const CURRENT_FILE: &str = "CURRENT";
-pub const RELEASES_DIR: &str = "releases";
-pub const REPORTS_DIR: &str = "reports";
 /// The Nix part of a release (what the flake sees).
 pub const CONFIG_DIR: &str = "config";
 /// The files copied into the client's `/`, kept apart so they never enter a Nix store.
@@ -30,36 +22,6 @@ pub enum ReleaseError {
     Invalid(String),
     #[error("MANIFEST does not match its release id: expected sha256 {expected}, got {actual}")]
     IdMismatch { expected: ReleaseId, actual: String },
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// sha256 of a file's content, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    sha256_reader(fs::File::open(path)?, std::io::sink())
-}
-
-/// sha256 and length of everything `input` yields, copied to `out` on the way (a sink
-/// when only the hash is wanted): publish hashes what it writes, not what it read earlier.
-pub fn sha256_reader(
-    mut input: impl Read,
-    mut out: impl std::io::Write,
-) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let mut buf = [0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-    }
-    Ok((hex::encode(hasher.finalize()), size))
 }
 
 /// Permission bits of a file, written in manifests as a 4-digit octal string ("0644").
@@ -184,7 +146,7 @@ impl Manifest {
         let text =
             std::str::from_utf8(bytes).map_err(|_| ReleaseError::Invalid("not UTF-8".into()))?;
         let manifest: Manifest = toml::from_str(text)
-            .map_err(|e| ReleaseError::Invalid(crate::fleet::toml_message(&e)))?;
+            .map_err(|e| ReleaseError::Invalid(crate::diag::toml_message(&e)))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -264,247 +226,8 @@ impl ManifestHead {
             std::str::from_utf8(bytes).map_err(|_| ReleaseError::Invalid("not UTF-8".into()))?;
         // Rendered manifests put every top-level key before the first table.
         let head = text.split("\n[").next().unwrap_or_default();
-        toml::from_str(head).map_err(|e| ReleaseError::Invalid(crate::fleet::toml_message(&e)))
+        toml::from_str(head).map_err(|e| ReleaseError::Invalid(crate::diag::toml_message(&e)))
     }
-}
-
-/// A file of a host directory, resolved: where its content is read from, and
-/// where it goes in the release.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFile {
-    /// `config/…` or `files/…`.
-    pub release_path: RelPath,
-    /// Real path inside the fleet repository (symlinks resolved).
-    pub source: PathBuf,
-    pub mode: Mode,
-}
-
-/// Resolves `hosts/<host>/` into release paths, dereferencing symlinks that
-/// stay inside the fleet repository. Every problem is reported, naming the
-/// link or file relative to the repository.
-pub fn resolve_host_tree(
-    fleet_root: &Path,
-    host: &HostName,
-) -> Result<Vec<SourceFile>, Vec<Problem>> {
-    let real_root = match fs::canonicalize(fleet_root) {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(vec![Problem::error(
-                Some(host),
-                fleet_root,
-                format!("cannot resolve the fleet repository: {e}"),
-            )]);
-        }
-    };
-    let host_rel = Path::new("hosts").join(host.as_str());
-    let mut walk = Walk {
-        real_root: &real_root,
-        host,
-        out: Vec::new(),
-        problems: Vec::new(),
-        ancestors: Vec::new(),
-    };
-    // hosts/ or hosts/<name> may itself be a symlink: only a target inside the repository counts.
-    let host_real = match fs::canonicalize(real_root.join(&host_rel)) {
-        Ok(real) if real.starts_with(&real_root) => real,
-        Ok(real) => {
-            return Err(vec![Problem::error(
-                Some(host),
-                &host_rel,
-                format!(
-                    "the host directory leads outside the fleet repository (to {}): publish reads nothing outside it",
-                    real.display()
-                ),
-            )]);
-        }
-        Err(e) => {
-            return Err(vec![Problem::error(
-                Some(host),
-                &host_rel,
-                format!("cannot read: {e}"),
-            )]);
-        }
-    };
-    walk.ancestors.push(host_real.clone());
-    let mut entries = match sorted_entries(&host_real) {
-        Ok(e) => e,
-        Err(e) => {
-            return Err(vec![Problem::error(
-                Some(host),
-                &host_rel,
-                format!("cannot read: {e}"),
-            )]);
-        }
-    };
-    entries.retain(|n| n != HOST_FILE);
-    for name in entries {
-        let top = if name == FILES_DIR {
-            FILES_DIR
-        } else {
-            CONFIG_DIR
-        };
-        let release_rel = if top == FILES_DIR {
-            FILES_DIR.to_owned()
-        } else {
-            format!("{CONFIG_DIR}/{name}")
-        };
-        walk.visit(&host_rel.join(&name), &host_real.join(&name), &release_rel);
-    }
-    if walk.problems.is_empty() {
-        walk.out.sort_by(|a, b| a.release_path.cmp(&b.release_path));
-        Ok(walk.out)
-    } else {
-        Err(walk.problems)
-    }
-}
-
-struct Walk<'a> {
-    real_root: &'a Path,
-    host: &'a HostName,
-    out: Vec<SourceFile>,
-    problems: Vec<Problem>,
-    /// Real paths of the directories being walked, to stop symlink loops.
-    ancestors: Vec<PathBuf>,
-}
-
-impl Walk<'_> {
-    /// `shown` is the path relative to the repository as the admin sees it.
-    fn visit(&mut self, shown: &Path, path: &Path, release_rel: &str) {
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) => {
-                self.problem(shown, format!("cannot read: {e}"));
-                return;
-            }
-        };
-        let (real, meta) = if meta.file_type().is_symlink() {
-            let target = fs::read_link(path).unwrap_or_default();
-            match fs::canonicalize(path) {
-                Err(_) => {
-                    self.problem(
-                        shown,
-                        format!(
-                            "dangling symlink: its target {} does not exist",
-                            target.display()
-                        ),
-                    );
-                    return;
-                }
-                Ok(real) if !real.starts_with(self.real_root) => {
-                    self.problem(
-                        shown,
-                        format!(
-                            "symlink leaves the fleet repository (target {}): publish reads nothing outside it; copy the file in instead",
-                            target.display()
-                        ),
-                    );
-                    return;
-                }
-                Ok(real) => match fs::metadata(&real) {
-                    Ok(m) => (real, m),
-                    Err(e) => {
-                        self.problem(shown, format!("cannot read: {e}"));
-                        return;
-                    }
-                },
-            }
-        } else {
-            (path.to_owned(), meta)
-        };
-        if release_rel.starts_with(CONFIG_DIR) && self.is_in_some_files_tree(&real) {
-            self.problem(
-                shown,
-                format!(
-                    "the Nix part reaches into a files/ tree (through {}): the Nix part ends up in /nix/store, readable by every local user, so nothing from files/ may enter it",
-                    real.strip_prefix(self.real_root).unwrap_or(&real).display()
-                ),
-            );
-            return;
-        }
-        let Ok(release_path) = release_rel.parse::<RelPath>() else {
-            self.problem(
-                shown,
-                "this name cannot be published: use plain names without backslashes or control characters",
-            );
-            return;
-        };
-        if meta.is_file() {
-            self.out.push(SourceFile {
-                release_path,
-                source: real,
-                mode: Mode::from_stat(meta.permissions().mode()),
-            });
-        } else if meta.is_dir() {
-            if self.ancestors.contains(&real) {
-                self.problem(
-                    shown,
-                    "symlink loop: it points to a directory that contains it",
-                );
-                return;
-            }
-            let names = match sorted_entries(&real) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.problem(shown, format!("cannot read directory: {e}"));
-                    return;
-                }
-            };
-            self.ancestors.push(real.clone());
-            for name in names {
-                self.visit(
-                    &shown.join(&name),
-                    &real.join(&name),
-                    &format!("{release_rel}/{name}"),
-                );
-            }
-            self.ancestors.pop();
-        } else {
-            self.problem(
-                shown,
-                "not a regular file, directory or symlink: only those can be published",
-            );
-        }
-    }
-
-    /// Whether a real path lies in `hosts/<any>/files/` (a file meant to stay out of the Nix store).
-    fn is_in_some_files_tree(&self, real: &Path) -> bool {
-        let Ok(rest) = real.strip_prefix(self.real_root.join("hosts")) else {
-            return false;
-        };
-        rest.components()
-            .nth(1)
-            .is_some_and(|c| c.as_os_str() == FILES_DIR)
-    }
-
-    fn problem(&mut self, shown: &Path, message: impl Into<String>) {
-        self.problems
-            .push(Problem::error(Some(self.host), shown, message));
-    }
-}
-
-fn sorted_entries(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        names.push(entry?.file_name().to_string_lossy().into_owned());
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// Hashes the resolved files into manifest entries.
-pub fn hash_tree(files: &[SourceFile]) -> std::io::Result<Vec<FileEntry>> {
-    files
-        .iter()
-        .map(|f| {
-            let (sha, size) = sha256_file(&f.source)?;
-            Ok(FileEntry {
-                path: f.release_path.clone(),
-                size,
-                mode: f.mode,
-                sha256: Sha256Hex::new(sha).expect("hex of a digest"),
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -65,6 +65,6 @@ impl Report {
         toml::to_string(self).expect("a report always serializes")
     }
     pub fn parse(text: &str) -> Result<Report, String> {
-        toml::from_str(text).map_err(|e| crate::fleet::toml_message(&e))
+        toml::from_str(text).map_err(|e| crate::diag::toml_message(&e))
     }
 }

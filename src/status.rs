@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::Fleet;
+use crate::layout::ChrootPaths;
 use crate::names::{HostName, ReleaseId};
-use crate::publish::ChrootPaths;
 use crate::release::{MANIFEST_FILE, ManifestHead};
 use crate::report::{PullResult, Report, STATUS_FILE};
 use crate::settings::{Interval, parse_time};

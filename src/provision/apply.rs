@@ -9,7 +9,7 @@ use std::process::Command;
 use super::ProvisionError;
 use super::plan::{AccountFix, Action, KEY_FILE_MODE, Want};
 use super::system::{Accounts, Password, RealSystem};
-use crate::publish::{SERVER_DIR_MODE, SERVER_FILE_MODE};
+use crate::layout::{SERVER_DIR_MODE, SERVER_FILE_MODE};
 
 /// How sshd learns about a new drop-in (`TIFFIN_SSHD_RELOAD`).
 #[derive(Debug, Clone, PartialEq, Eq)]

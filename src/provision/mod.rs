@@ -11,8 +11,6 @@ pub mod system;
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::{self, Error, Exit, FleetArgs};
-
 pub use apply::ReloadMethod;
 pub use plan::{Action, Plan, PlanOptions, Target};
 pub use system::{RealSystem, System};
@@ -159,84 +157,4 @@ pub fn target(fleet: &crate::fleet::Fleet, chroot_root: PathBuf) -> Result<Targe
         sshd_config: PathBuf::from(system::SSHD_CONFIG),
         sshd_extra: server.sshd_extra.clone(),
     })
-}
-
-pub fn command(args: &FleetArgs, dry_run: bool, prune: bool) -> Result<Exit, Error> {
-    let fleet = args.load()?;
-    let all: Vec<_> = fleet.hosts.keys().cloned().collect();
-    cli::require_valid(&fleet, &all)?;
-    let target = target(&fleet, args.chroot_root(&fleet))?;
-
-    let root = std::env::var_os(SYSTEM_ROOT_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let sys = RealSystem::new(root);
-    if !sys.is_real_root() && !dry_run {
-        return Err(ProvisionError::BadInput(format!(
-            "{SYSTEM_ROOT_ENV} is only for planning: use it with --dry-run"
-        ))
-        .into());
-    }
-    let reload: ReloadMethod = std::env::var(RELOAD_ENV)
-        .unwrap_or_default()
-        .parse()
-        .map_err(ProvisionError::BadInput)?;
-    if !dry_run && !nix::unistd::geteuid().is_root() {
-        return Err(ProvisionError::NotRoot.into());
-    }
-
-    // Held from planning to the last action, so a concurrent run cannot act on a stale plan.
-    let _lock = if dry_run { None } else { Some(apply::lock()?) };
-    let opts = PlanOptions {
-        prune,
-        now: cli::now(),
-    };
-    let plan = plan::plan(&target, &sys, &opts)?;
-    print!("{}", plan.render(&target));
-    if plan.is_blocked() {
-        return Err(ProvisionError::Blocked.into());
-    }
-    if dry_run {
-        if !plan.actions.is_empty() {
-            println!("dry run: nothing was changed");
-        }
-        return Ok(Exit::Ok);
-    }
-    if plan.actions.is_empty() {
-        return Ok(Exit::Ok);
-    }
-    let applier = apply::Applier {
-        sys: &sys,
-        sshd_config: target.sshd_config.clone(),
-        // Without the Include, checking sshd_config would not read the drop-in at all.
-        validate: if plan.sshd_reads_dropin {
-            target.sshd_config.clone()
-        } else {
-            target.dropin.clone()
-        },
-        reload,
-    };
-    let total = plan.actions.len();
-    for (i, action) in plan.actions.iter().enumerate() {
-        match applier.apply(action) {
-            Ok(Some(message)) => println!("{message}"),
-            Ok(None) => {}
-            Err(e @ ProvisionError::SshdRejected { .. }) => return Err(e.into()),
-            Err(source) => {
-                return Err(ProvisionError::Step {
-                    step: i + 1,
-                    total,
-                    action: action
-                        .to_string()
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    source: Box::new(source),
-                }
-                .into());
-            }
-        }
-    }
-    println!("done: {total} change(s) applied");
-    Ok(Exit::Ok)
 }

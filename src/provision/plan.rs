@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::layout::{ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE};
 use crate::names::HostName;
-use crate::publish::{ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE};
 use crate::release::Mode;
 
 use super::ProvisionError;

@@ -280,9 +280,9 @@ impl ClientConfig {
         let raw: RawConfig = match syntax {
             Syntax::Toml => {
                 let de = toml::Deserializer::parse(text)
-                    .map_err(|e| invalid(None, crate::fleet::toml_message(&e)))?;
+                    .map_err(|e| invalid(None, crate::diag::toml_message(&e)))?;
                 serde_path_to_error::deserialize(de)
-                    .map_err(|e| invalid(key_of(e.path()), crate::fleet::toml_message(e.inner())))?
+                    .map_err(|e| invalid(key_of(e.path()), crate::diag::toml_message(e.inner())))?
             }
             Syntax::Json => {
                 let mut de = serde_json::Deserializer::from_str(text);

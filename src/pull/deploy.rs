@@ -72,7 +72,7 @@ impl Record {
         match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| StateError::Invalid {
                 path,
-                message: crate::fleet::toml_message(&e),
+                message: crate::diag::toml_message(&e),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
             Err(source) => Err(StateError::Io { path, source }),
@@ -348,7 +348,7 @@ fn inspect(dir: &Option<OwnedFd>, name: &str) -> std::io::Result<Existing> {
 }
 
 fn hash_fd(fd: OwnedFd) -> std::io::Result<Sha256Hex> {
-    let (sha, _) = crate::release::sha256_reader(std::fs::File::from(fd), std::io::sink())?;
+    let (sha, _) = crate::hash::sha256_reader(std::fs::File::from(fd), std::io::sink())?;
     Ok(Sha256Hex::new(sha).expect("hex of a digest"))
 }
 
@@ -422,7 +422,8 @@ fn retire(root: &OwnedFd, rel: &RelPath, old: &Deployed) -> std::io::Result<bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::{FileEntry, Mode, Sha256Hex, sha256_hex};
+    use crate::hash::sha256_hex;
+    use crate::release::{FileEntry, Mode, Sha256Hex};
     use crate::settings::ApplyPolicy;
 
     fn manifest(files: &[(&str, &[u8])]) -> Manifest {

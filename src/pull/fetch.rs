@@ -6,8 +6,10 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::hash::sha256_hex;
+use crate::layout::RELEASES_DIR;
 use crate::names::ReleaseId;
-use crate::release::{FileEntry, MANIFEST_FILE, Manifest, RELEASES_DIR, Sha256Hex, sha256_hex};
+use crate::release::{FileEntry, MANIFEST_FILE, Manifest, Sha256Hex};
 
 use super::state::fsync_dir;
 use super::transport::{Remote, RemoteError, Wanted};

@@ -88,7 +88,7 @@ impl State {
         match fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| StateError::Invalid {
                 path,
-                message: crate::fleet::toml_message(&e),
+                message: crate::diag::toml_message(&e),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) => Err(StateError::Io { path, source: e }),

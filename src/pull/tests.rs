@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 use proptest::prelude::*;
 
 use super::config::{ClientConfig, Syntax};
-use super::transport::{MemRemote, Op};
+use super::mem_remote::{MemRemote, Op};
 use super::*;
-use crate::release::{FileEntry, Mode, Sha256Hex, sha256_hex};
+use crate::hash::sha256_hex;
+use crate::release::{FileEntry, Mode, Sha256Hex};
 use crate::settings::ApplyPolicy;
 
 const KEY: &str =

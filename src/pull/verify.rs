@@ -1,7 +1,8 @@
 //! Checks that what came over the wire is what the release id promises: the MANIFEST, then each file.
 
+use crate::hash::sha256_hex;
 use crate::names::{HostName, ReleaseId};
-use crate::release::{FileEntry, Manifest, ReleaseError, sha256_hex};
+use crate::release::{FileEntry, Manifest, ReleaseError};
 
 /// Why fetched bytes were rejected; each names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! The lab: `tiffin-lab` runs vm-scenarios on one Linux machine, each lab machine a network namespace plus a mount namespace with its own /etc and /var.
+//! `tiffin-lab`, the test harness (not part of the tiffin library): it runs vm-scenarios on one Linux machine, each lab machine a network namespace plus a mount namespace with its own /etc and /var.
 //!
 //! Layout: `cli` (commands) → `runner` (scenarios, progress, failures) →
 //! `world` (the machines of one scenario: bridge, namespaces, sshd, fleet) →
@@ -7,23 +7,36 @@
 //! give each scenario step its meaning; `state` records running labs for
 //! `down` and `shell`; `init` is the tiny pid 1 inside every machine.
 
-pub mod access;
-pub mod bench;
-pub mod cli;
-pub mod exec;
-pub mod init;
-pub mod interrupt;
-pub mod machine;
-pub mod procfs;
-pub mod runner;
-pub mod scenario;
-pub mod state;
-pub mod steps;
-pub mod world;
+mod access;
+mod bench;
+mod cli;
+mod exec;
+mod init;
+mod interrupt;
+mod machine;
+mod procfs;
+mod runner;
+mod scenario;
+mod state;
+mod steps;
+mod world;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-pub use cli::{LabCli, run};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::LabCli::parse();
+    tiffin::cli::init_tracing(cli.verbose);
+    match cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
 
 /// Errors of the lab harness itself (a failing scenario is not one of them: it is a result).
 #[derive(Debug, thiserror::Error)]

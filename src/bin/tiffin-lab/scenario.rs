@@ -7,10 +7,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::names::{HostName, RelPath};
-use crate::release::Mode;
-use crate::settings::Interval;
-use crate::status::State;
+use tiffin::names::{HostName, RelPath};
+use tiffin::release::Mode;
+use tiffin::settings::Interval;
+use tiffin::status::State;
 
 use super::LabError;
 
@@ -33,14 +33,6 @@ impl MachineName {
     }
     pub fn is_server(&self) -> bool {
         self.0 == SERVER
-    }
-    /// The fleet host a client machine stands for (`None` for the server).
-    pub fn host(&self) -> Option<HostName> {
-        if self.is_server() {
-            None
-        } else {
-            self.0.parse().ok()
-        }
     }
 }
 
@@ -440,7 +432,7 @@ impl Scenario {
             }
         };
         let file: ScenarioFile =
-            toml::from_str(text).map_err(|e| bad(crate::fleet::toml_message(&e)))?;
+            toml::from_str(text).map_err(|e| bad(tiffin::diag::toml_message(&e)))?;
         let steps = file
             .steps
             .into_iter()
@@ -681,6 +673,25 @@ pub fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_shipped_scenario_and_fixture_loads() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        for dir in ["vm-scenarios", "tests/fixtures/lab"] {
+            for e in std::fs::read_dir(repo.join(dir)).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    files.push(p);
+                }
+            }
+        }
+        assert!(files.len() >= 6, "{files:?}");
+        for f in files {
+            let s = Scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!s.steps.is_empty(), "{}: no steps", f.display());
+        }
+    }
 
     fn parse(text: &str) -> Result<Scenario, String> {
         Scenario::parse(Path::new("t.toml"), text).map_err(|e| e.to_string())

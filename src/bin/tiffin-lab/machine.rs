@@ -72,14 +72,11 @@ pub struct MachineSpec {
 pub struct Machine {
     pub name: MachineName,
     pub address: Ipv4Addr,
-    pub netns: String,
-    pub dir: PathBuf,
     /// The machine's pid 1, as the lab sees it.
     pub init_pid: u32,
     pub init_start: u64,
     /// The `unshare` process whose child is `init_pid`.
     holder: Option<Child>,
-    pub holder_pid: u32,
     pub env: Vec<(String, String)>,
     /// Namespace inodes, to find every process of the machine at teardown.
     pub net_ns: Option<u64>,
@@ -141,12 +138,9 @@ impl Machine {
         let mut machine = Machine {
             name: spec.name,
             address: spec.address,
-            netns: spec.netns,
-            dir: spec.dir,
             init_pid: 0,
             init_start: 0,
             holder: Some(child),
-            holder_pid,
             env: spec.env,
             net_ns: None,
             mnt_ns: None,

@@ -19,7 +19,7 @@ use super::scenario::{MachineName, Scenario};
 use super::state::{self, MachineState, PREFIX, RunState};
 
 /// The recording stand-in for nixos-rebuild, shipped inside the binary so `demo` works from anywhere.
-pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../vm-scenarios/bin/nixos-rebuild");
+pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../../vm-scenarios/bin/nixos-rebuild");
 
 /// How long one command may take before the lab kills it.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -477,7 +477,7 @@ impl<'r> World<'r> {
                 &["tiffin", "host", "add", c.as_str(), "--key", &key],
             )?;
         }
-        let fleet_toml = self.fleet_dir.join(crate::fleet::FLEET_FILE);
+        let fleet_toml = self.fleet_dir.join(tiffin::fleet::FLEET_FILE);
         let text = fs::read_to_string(&fleet_toml)
             .map_err(|e| Failure::new(format!("reading {}: {e}", fleet_toml.display())))?;
         let text = adjust_fleet_toml(&text, scenario);
@@ -985,9 +985,9 @@ mod tests {
             "# x\n[fleet]\npoll_interval = \"1m\"\nsshd_extra = [\"ClientAliveInterval 5\"]\n",
         )
         .unwrap();
-        let template = include_str!("../templates/fleet.toml");
+        let template = include_str!("../../templates/fleet.toml");
         let out = adjust_fleet_toml(template, &scenario);
-        let parsed: crate::fleet::FleetConfig = toml::from_str(&out).unwrap();
+        let parsed: tiffin::fleet::FleetConfig = toml::from_str(&out).unwrap();
         assert_eq!(parsed.server.sshd_extra, vec!["ClientAliveInterval 5"]);
         assert_eq!(parsed.defaults.poll_interval.to_string(), "1m");
         let plain = Scenario::parse(Path::new("t.toml"), "# x\n").unwrap();

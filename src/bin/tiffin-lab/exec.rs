@@ -18,7 +18,6 @@ pub struct Finished {
     pub status: ExitStatus,
     /// stdout and stderr as they interleaved.
     pub output: String,
-    pub elapsed: Duration,
 }
 
 impl Finished {
@@ -95,10 +94,6 @@ impl Running {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The exit status if it ended.
     pub fn poll(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -117,7 +112,6 @@ impl Running {
                 return Ok(Finished {
                     status,
                     output: self.output(),
-                    elapsed: self.started.elapsed(),
                 });
             }
             if interrupt.is_set() {

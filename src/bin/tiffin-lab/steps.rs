@@ -6,12 +6,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::fleet::FleetConfig;
-use crate::names::HostName;
-use crate::publish::ChrootPaths;
-use crate::release::Mode;
-use crate::report::{PullResult, Report};
-use crate::status::State;
+use tiffin::fleet::FleetConfig;
+use tiffin::layout::ChrootPaths;
+use tiffin::names::HostName;
+use tiffin::release::Mode;
+use tiffin::report::{PullResult, Report};
+use tiffin::status::State;
 
 use super::access;
 use super::exec::{self, Finished};
@@ -178,14 +178,14 @@ fn expect_success(world: &mut World, on: &MachineName, argv: &[&str], problem: &
 
 /// The fleet's settings as the server sees them.
 pub fn fleet_config(world: &World) -> StepResult<FleetConfig> {
-    let path = world.fleet_dir.join(crate::fleet::FLEET_FILE);
+    let path = world.fleet_dir.join(tiffin::fleet::FLEET_FILE);
     let text = fs::read_to_string(&path)
         .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
         Failure::new(format!(
             "{}: {}",
             path.display(),
-            crate::fleet::toml_message(&e)
+            tiffin::diag::toml_message(&e)
         ))
         .into()
     })
@@ -199,7 +199,7 @@ pub fn chroot_of(world: &World, host: &str) -> StepResult<ChrootPaths> {
         .path(&config.server.chroot_root.display().to_string());
     let host: HostName = host
         .parse()
-        .map_err(|e: crate::names::NameError| Failure::new(e.to_string()))?;
+        .map_err(|e: tiffin::names::NameError| Failure::new(e.to_string()))?;
     Ok(ChrootPaths::new(&root, &host))
 }
 
@@ -267,7 +267,7 @@ fn walk(path: &Path, shown: &str, out: &mut BTreeMap<String, String>) {
             fs::read_link(path).unwrap_or_default().display()
         )
     } else if meta.is_file() {
-        let sha = crate::release::sha256_file(path).map_or_else(|e| e.to_string(), |(sha, _)| sha);
+        let sha = tiffin::hash::sha256_file(path).map_or_else(|e| e.to_string(), |(sha, _)| sha);
         format!("file sha256 {sha}")
     } else {
         "other".to_owned()
@@ -405,7 +405,7 @@ fn judge_pull(
     let code = done.code();
     let report = || -> Result<Report, String> {
         let chroot = chroot_of(world, on.as_str()).map_err(|_| "no chroot".to_string())?;
-        let path = chroot.reports().join(crate::report::STATUS_FILE);
+        let path = chroot.reports().join(tiffin::report::STATUS_FILE);
         let text = fs::read_to_string(&path).map_err(|e| {
             format!("the server has no report from {on} (reports/status.toml: {e})")
         })?;

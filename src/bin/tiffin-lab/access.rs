@@ -183,7 +183,7 @@ fn attempts(
     other: Option<&MachineName>,
     prefix: &str,
     chroot_root: &str,
-    own_id: Option<&crate::names::ReleaseId>,
+    own_id: Option<&tiffin::names::ReleaseId>,
 ) -> StepResult<Vec<Attempt>> {
     let other_name = other.map(|o| o.to_string()).unwrap_or_default();
     let other_id = match other {
@@ -446,7 +446,7 @@ fn check_server_untouched(
     world: &World,
     on: &MachineName,
     access: Access,
-    own_id: Option<&crate::names::ReleaseId>,
+    own_id: Option<&tiffin::names::ReleaseId>,
 ) -> StepResult {
     if !matches!(access, Access::WriteRelease | Access::WriteRoot) {
         return Ok(());
@@ -471,8 +471,8 @@ fn check_server_untouched(
     }
     if let Some(id) = own_id {
         let dir = chroot.release(id);
-        let manifest = std::fs::read(dir.join(crate::release::MANIFEST_FILE)).unwrap_or_default();
-        if &crate::names::ReleaseId::of_bytes(&manifest) != id {
+        let manifest = std::fs::read(dir.join(tiffin::release::MANIFEST_FILE)).unwrap_or_default();
+        if &tiffin::names::ReleaseId::of_bytes(&manifest) != id {
             return Err(fail(format!(
                 "{on}'s release {} no longer matches its id after the write attempts",
                 id.short()

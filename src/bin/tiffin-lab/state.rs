@@ -103,7 +103,7 @@ impl RunState {
             .map(|p| {
                 let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
                 toml::from_str(&text)
-                    .map_err(|e| format!("{}: {}", p.display(), crate::fleet::toml_message(&e)))
+                    .map_err(|e| format!("{}: {}", p.display(), tiffin::diag::toml_message(&e)))
             })
             .collect()
     }

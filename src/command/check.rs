@@ -1,0 +1,55 @@
+//! `tiffin check`: every problem of the fleet repository, with its path.
+
+use std::path::Path;
+
+use super::RepoArgs;
+use crate::diag::Severity;
+use crate::error::{Error, Exit};
+use crate::fleet::Fleet;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub fleet: RepoArgs,
+}
+
+pub fn run(args: &Args) -> Result<Exit, Error> {
+    check(&args.fleet.load()?)
+}
+
+fn check(fleet: &Fleet) -> Result<Exit, Error> {
+    let mut problems = fleet.problems.clone();
+    for name in fleet.host_dirs() {
+        if let Err(mut found) = crate::host_tree::resolve_host_tree(&fleet.root, &name) {
+            problems.append(&mut found);
+        }
+    }
+    problems.sort_by(|a, b| (a.severity, &a.path).cmp(&(b.severity, &b.path)));
+    for p in &problems {
+        println!("{p}");
+    }
+    let errors = problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
+    let warnings = problems.len() - errors;
+    if errors > 0 {
+        return Err(Error::Usage(format!(
+            "the fleet repository has {errors} error(s) and {warnings} warning(s)"
+        )));
+    }
+    println!(
+        "ok: {} host(s), {warnings} warning(s) in {}",
+        fleet.hosts.len(),
+        display_root(&fleet.root)
+    );
+    Ok(Exit::Ok)
+}
+
+fn display_root(root: &Path) -> String {
+    if root == Path::new(".") {
+        "the current directory".into()
+    } else {
+        root.display().to_string()
+    }
+}

@@ -1,0 +1,63 @@
+//! One module per `tiffin` command: its arguments, its run, its printing and exit status; the work itself is below, in the domain modules.
+
+pub mod check;
+pub mod host;
+pub mod init;
+pub mod provision;
+pub mod publish;
+pub mod pull;
+pub mod status;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::Error;
+use crate::fleet::{Fleet, FleetError};
+use crate::names::HostName;
+
+/// Where admin commands find the fleet repository.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// The fleet repository [default: the current directory]
+    #[arg(long, env = "TIFFIN_FLEET", value_name = "DIR")]
+    pub fleet: Option<PathBuf>,
+}
+
+impl RepoArgs {
+    pub fn load(&self) -> Result<Fleet, Error> {
+        let root = self.fleet.clone().unwrap_or_else(|| PathBuf::from("."));
+        Ok(Fleet::load(&root)?)
+    }
+}
+
+/// Where server commands find the fleet and the chroots.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Use this chroot root instead of fleet.toml's server.chroot_root (e.g. to publish into a test directory)
+    #[arg(long, value_name = "DIR")]
+    pub chroot_root: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    pub fn load(&self) -> Result<Fleet, Error> {
+        self.repo.load()
+    }
+    pub fn chroot_root(&self, fleet: &Fleet) -> PathBuf {
+        self.chroot_root
+            .clone()
+            .unwrap_or_else(|| fleet.config.server.chroot_root.clone())
+    }
+}
+
+/// Fails with every error of the fleet that concerns `hosts` (warnings are printed).
+pub fn require_valid(fleet: &Fleet, hosts: &[HostName]) -> Result<(), Error> {
+    let errors: Vec<_> = fleet.errors_for(hosts).cloned().collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(FleetError::Invalid(errors).into())
+    }
+}

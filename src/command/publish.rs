@@ -1,0 +1,96 @@
+//! `tiffin publish`: one line per host (published, unchanged, failed), exit 1 or 2 when any host failed.
+
+use super::{FleetArgs, require_valid};
+use crate::clock::now;
+use crate::error::{Error, Exit};
+use crate::fleet::Fleet;
+use crate::names::HostName;
+use crate::publish::{self, Outcome, PublishError, PublishOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Hosts to publish [default: all]
+    pub hosts: Vec<String>,
+    /// Show what would be published and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(args: &Args) -> Result<Exit, Error> {
+    let fleet = args.fleet.load()?;
+    let selected = fleet.select(&args.hosts)?;
+    require_valid(&fleet, &selected)?;
+    let opts = PublishOptions {
+        chroot_root: args.fleet.chroot_root(&fleet),
+        dry_run: args.dry_run,
+        keep_releases: fleet.config.server.keep_releases,
+        now: now(),
+        fault: None,
+    };
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(publish::lock_chroot_root(&opts.chroot_root).map_err(|e| {
+            Error::Failed(format!("chroot root {}: {e}", opts.chroot_root.display()))
+        })?)
+    };
+    publish_and_print(&fleet, &selected, &opts)
+}
+
+fn publish_and_print(
+    fleet: &Fleet,
+    hosts: &[HostName],
+    opts: &PublishOptions,
+) -> Result<Exit, Error> {
+    let (mut failed, mut invalid) = (0, 0);
+    for (name, result) in publish::publish_all(fleet, hosts, opts) {
+        match result {
+            Ok(outcome) => println!("{name}: {}", describe(&outcome)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed += 1;
+                invalid += usize::from(matches!(e, PublishError::Invalid { .. }));
+            }
+        }
+    }
+    if invalid > 0 {
+        return Err(Error::Usage(format!(
+            "{failed} of {} host(s) not published: fix the fleet repository (`tiffin check` lists every problem); each failed host keeps its previous release",
+            hosts.len()
+        )));
+    }
+    if failed > 0 {
+        return Err(Error::Failed(format!(
+            "{failed} of {} host(s) failed to publish; the others are done, and each failed host keeps its previous release",
+            hosts.len()
+        )));
+    }
+    Ok(Exit::Ok)
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Unchanged { id, seq } => format!("unchanged (release #{seq} {})", id.short()),
+        Outcome::Published {
+            id,
+            seq,
+            change,
+            pruned,
+            dry_run,
+        } => {
+            let verb = if *dry_run {
+                "would publish"
+            } else {
+                "published"
+            };
+            let pruned = if *pruned > 0 {
+                format!(", pruned {pruned} old release(s)")
+            } else {
+                String::new()
+            };
+            format!("{verb} release #{seq} {} ({change}){pruned}", id.short())
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `tiffin pull`: load the client configuration, take the lock, run one poll over SSH and say what it did.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Exit};
+use crate::pull::config::ClientConfig;
+use crate::pull::connect::SshRemote;
+use crate::pull::{PollOptions, Polled, PullError, poll, rebuild, state};
+
+pub const LONG_ABOUT: &str =
+    "One poll of this host, normally run by the systemd timer of the NixOS module.
+
+Connects to the server (its host key must be the one pinned in the configuration),
+reads /CURRENT in this host's chroot and, when it names a release not applied yet:
+downloads only the files whose content this host does not already hold, verifies
+every file against the release's MANIFEST and the MANIFEST against the release id,
+copies files/ into root (atomically per file, never through a symlink), points
+state_dir/current at the release, runs the rebuild command on state_dir/current/config
+and uploads reports/status.toml and reports/rebuild.log. An unchanged release costs
+one read of /CURRENT and one report upload.
+
+A release that failed is retried with exponential backoff (backoff_initial doubling up
+to backoff_max); a newer release is tried at once. Exit codes: 0 applied or unchanged,
+1 failed (the previous system keeps running), 2 bad configuration.";
+
+/// Options of `tiffin pull`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The client configuration (TOML, or JSON when the name ends in .json)
+    #[arg(long, default_value = "/etc/tiffin/client.toml", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Check the configuration, print what it would do, and exit (0 valid, 2 not)
+    #[arg(long)]
+    pub validate: bool,
+    /// Retry a failed release now instead of waiting for its backoff
+    #[arg(long)]
+    pub now: bool,
+    /// Apply the current release even if its seq is not newer than the applied one (e.g. after restoring the server from a backup)
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+pub fn run(args: &Args) -> Result<Exit, Error> {
+    let cfg = ClientConfig::load(&args.config).map_err(PullError::from)?;
+    if args.validate {
+        print!("{}: valid\n{}", args.config.display(), cfg.summary());
+        if let Err(e) = std::fs::File::open(&cfg.identity) {
+            println!(
+                "note: the identity {} cannot be read here ({e}); pull will need it",
+                cfg.identity.display()
+            );
+        }
+        return Ok(Exit::Ok);
+    }
+    state::prepare_state_dir(&cfg.state_dir).map_err(PullError::from)?;
+    let _lock = state::Lock::take(&cfg.state_dir).map_err(PullError::from)?;
+    let opts = PollOptions {
+        retry_now: args.now,
+        allow_downgrade: args.allow_downgrade,
+        ..PollOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PullError::Runtime)?;
+    let polled = runtime.block_on(async {
+        let mut remote = SshRemote::connect(&cfg).await?;
+        let result = poll(&mut remote, &cfg, &opts).await;
+        tracing::debug!(
+            "sftp requests: {}, bytes read: {}",
+            remote
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            remote
+                .counters
+                .bytes_read
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        remote.close().await;
+        result
+    })?;
+    match polled {
+        Polled::Unchanged { id, seq } => {
+            println!("{}: unchanged (release #{seq} {})", cfg.host, id.short());
+        }
+        Polled::Applied {
+            id,
+            seq,
+            fetch,
+            deployed,
+            reboot,
+        } => {
+            println!(
+                "{}: applied release #{seq} {} (downloaded {} file(s), {} bytes; reused {} local file(s); files/: {} written, {} unchanged, {} removed{})",
+                cfg.host,
+                id.short(),
+                fetch.downloaded_files,
+                fetch.downloaded_bytes,
+                fetch.reused_files,
+                deployed.written,
+                deployed.unchanged,
+                deployed.removed,
+                if deployed.kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} dropped but kept", deployed.kept.len())
+                }
+            );
+            if reboot {
+                let argv = &cfg.reboot_command;
+                println!(
+                    "{}: the new system's kernel, initrd or modules differ from the booted ones (reboot = \"if-needed\"): running {}",
+                    cfg.host,
+                    argv.join(" ")
+                );
+                rebuild::run_reboot(argv).map_err(|message| PullError::Reboot { message })?;
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}

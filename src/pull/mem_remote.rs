@@ -1,0 +1,95 @@
+//! An in-memory chroot behind the transport seam, for the pull tests (built only with them).
+
+use std::collections::BTreeMap;
+
+use super::transport::{Remote, RemoteError, Wanted};
+
+/// One request a transport made, as tests count them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Read(String),
+    Write(String),
+}
+
+/// An in-memory chroot: tests plant files, count requests and inject faults.
+#[derive(Debug, Default)]
+pub struct MemRemote {
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub log: Vec<Op>,
+    /// Fail every read after this many file reads (a cut link).
+    pub fail_after_reads: Option<usize>,
+    /// Writes are refused (a full or read-only reports/).
+    pub deny_writes: bool,
+}
+
+impl MemRemote {
+    pub fn new() -> MemRemote {
+        MemRemote::default()
+    }
+    pub fn put(&mut self, path: &str, bytes: impl Into<Vec<u8>>) {
+        self.files.insert(path.to_owned(), bytes.into());
+    }
+    pub fn reads(&self) -> usize {
+        self.log.iter().filter(|o| matches!(o, Op::Read(_))).count()
+    }
+    fn get(&mut self, path: &str) -> Result<Vec<u8>, RemoteError> {
+        if self
+            .fail_after_reads
+            .is_some_and(|limit| self.reads() >= limit)
+        {
+            return Err(RemoteError::Other {
+                path: path.to_owned(),
+                message: "connection lost".into(),
+            });
+        }
+        self.log.push(Op::Read(path.to_owned()));
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| RemoteError::NotFound {
+                path: path.to_owned(),
+            })
+    }
+}
+
+impl Remote for MemRemote {
+    async fn read(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let bytes = self.get(path)?;
+        if bytes.len() as u64 > limit {
+            return Err(RemoteError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn read_files(&mut self, files: &[Wanted]) -> Result<Vec<Vec<u8>>, RemoteError> {
+        let mut out = Vec::with_capacity(files.len());
+        for w in files {
+            let mut bytes = self.get(&w.path)?;
+            // Like the wire: read exactly the promised size, a short file is an error.
+            if (bytes.len() as u64) < w.size {
+                return Err(RemoteError::Size {
+                    path: w.path.clone(),
+                    expected: w.size,
+                    got: bytes.len() as u64,
+                });
+            }
+            bytes.truncate(w.size as usize);
+            out.push(bytes);
+        }
+        Ok(out)
+    }
+
+    async fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<(), RemoteError> {
+        self.log.push(Op::Write(path.to_owned()));
+        if self.deny_writes {
+            return Err(RemoteError::Denied {
+                path: path.to_owned(),
+            });
+        }
+        self.files.insert(path.to_owned(), bytes.to_vec());
+        Ok(())
+    }
+}
