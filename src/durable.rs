@@ -1,16 +1,50 @@
-//! Durable file writes shared by publish, provision and pull: atomic replace and directory fsyncs.
+//! Durable writes and locks shared by publish, provision, pull and the lab: create or replace a file fsynced, fsync directories, take an exclusive lock.
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-/// Who owns a file written by `write_atomic`.
+/// Who owns a file that tiffin writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
     /// Whoever runs tiffin (tests as a user).
     Caller,
     /// root:root, for files sshd or the system reads as root.
     Root,
+    /// root and this group: release files a host's account reads through its group.
+    RootGroup(u32),
+}
+
+impl Owner {
+    fn apply(self, file: &fs::File) -> std::io::Result<()> {
+        match self {
+            Owner::Caller => Ok(()),
+            Owner::Root => std::os::unix::fs::fchown(file, Some(0), Some(0)),
+            Owner::RootGroup(gid) => std::os::unix::fs::fchown(file, Some(0), Some(gid)),
+        }
+    }
+}
+
+/// Gives a freshly written file its final mode (the umask may have narrowed the one given at
+/// creation) and owner, and fsyncs it: the one last step of every durable write.
+pub fn finish(file: &fs::File, mode: u32, owner: Owner) -> std::io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    owner.apply(file)?;
+    file.sync_all()
+}
+
+/// Creates `path`, which must not exist yet, with `bytes`, `mode` and `owner`, fsynced.
+/// For files inside a tree that is renamed into place as a whole (a staged release, a
+/// downloaded tree); the caller fsyncs the directories.
+pub fn create_synced(path: &Path, bytes: &[u8], mode: u32, owner: Owner) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    finish(&f, mode, owner)
 }
 
 /// Replaces `path` by a temporary file in the same directory, fsynced, renamed over it,
@@ -20,18 +54,56 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, owner: Owner) -> std::
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".tiffin-tmp")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    // The umask may have narrowed the mode given at creation.
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    if owner == Owner::Root {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(0), Some(0))?;
-    }
-    tmp.as_file().sync_all()?;
+    finish(tmp.as_file(), mode, owner)?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// An exclusive `flock`, released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct Lock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Why a lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{} is held by another process", path.display())]
+    Busy { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Lock {
+    /// Takes the lock on `path` (created 0600 when missing, never through a symlink) without waiting.
+    pub fn try_exclusive(path: &Path) -> Result<Lock, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(path)
+            .map_err(io)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Lock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LockError::Busy {
+                path: path.to_owned(),
+            }),
+            Err((_, errno)) => Err(io(errno.into())),
+        }
+    }
 }
 
 /// fsyncs a directory, so the entries created or renamed in it survive a crash.
@@ -54,7 +126,39 @@ pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_second_lock_is_busy_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let first = Lock::try_exclusive(&p).unwrap();
+        assert!(matches!(
+            Lock::try_exclusive(&p),
+            Err(LockError::Busy { .. })
+        ));
+        drop(first);
+        Lock::try_exclusive(&p).unwrap();
+        // Never through a symlink: a planted link is refused, not followed.
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("link")).unwrap();
+        assert!(matches!(
+            Lock::try_exclusive(&dir.path().join("link")),
+            Err(LockError::Io { .. })
+        ));
+        assert!(!dir.path().join("elsewhere").exists());
+    }
+
+    #[test]
+    fn create_synced_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        create_synced(&p, b"one", 0o640, Owner::Caller).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        create_synced(&p, b"two", 0o640, Owner::Caller).unwrap_err();
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+    }
 
     #[test]
     fn replaces_with_the_mode_and_leaves_no_temporary_file() {

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -283,11 +282,13 @@ fn stage_and_swap(
     let text = manifest.render();
     let id = ReleaseId::of_bytes(text.as_bytes());
     let manifest_path = tmp.join(MANIFEST_FILE);
-    write_synced(&manifest_path, text.as_bytes(), group).map_err(io_error(
-        &host,
-        "writing",
+    durable::create_synced(
         &manifest_path,
-    ))?;
+        text.as_bytes(),
+        SERVER_FILE_MODE,
+        owner_of(group),
+    )
+    .map_err(io_error(&host, "writing", &manifest_path))?;
     durable::sync_tree(&tmp).map_err(io_error(&host, "syncing", &tmp))?;
     fault(Fault::BeforeReleaseRename)?;
 
@@ -297,11 +298,15 @@ fn stage_and_swap(
     fault(Fault::BeforeCurrentSwap)?;
 
     let current_tmp = paths.staging().join(CURRENT_FILE);
-    write_synced(&current_tmp, format!("{id}\n").as_bytes(), group).map_err(io_error(
-        &host,
-        "writing",
+    // A crash between writing and renaming leaves it behind; it was never visible to anyone.
+    let _ = fs::remove_file(&current_tmp);
+    durable::create_synced(
         &current_tmp,
-    ))?;
+        format!("{id}\n").as_bytes(),
+        SERVER_FILE_MODE,
+        owner_of(group),
+    )
+    .map_err(io_error(&host, "writing", &current_tmp))?;
     fs::rename(&current_tmp, paths.current()).map_err(io_error(
         &host,
         "swapping",
@@ -349,28 +354,8 @@ fn copy_hashing(src: &Path, dest: &Path, group: Option<u32>) -> std::io::Result<
         .mode(SERVER_FILE_MODE)
         .open(dest)?;
     let (sha256, size) = sha256_reader(fs::File::open(src)?, &mut out)?;
-    finish_file(&out, group)?;
+    durable::finish(&out, SERVER_FILE_MODE, owner_of(group))?;
     Ok(Copied { sha256, size })
-}
-
-fn write_synced(path: &Path, bytes: &[u8], group: Option<u32>) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(SERVER_FILE_MODE)
-        .open(path)?;
-    f.write_all(bytes)?;
-    finish_file(&f, group)
-}
-
-fn finish_file(f: &fs::File, group: Option<u32>) -> std::io::Result<()> {
-    // The umask may have narrowed the mode given at creation.
-    f.set_permissions(fs::Permissions::from_mode(SERVER_FILE_MODE))?;
-    if let Some(gid) = group {
-        std::os::unix::fs::fchown(f, Some(0), Some(gid))?;
-    }
-    f.sync_all()
 }
 
 /// Creates `dir` (one level) with `mode` and, as root, owner root and the host's group.
@@ -487,31 +472,22 @@ fn problems_of(fleet: &Fleet, name: &HostName) -> Vec<Problem> {
     problems
 }
 
-/// Held while publishing, so two `tiffin publish` runs never interleave on one chroot root.
-pub struct PublishLock {
-    _lock: nix::fcntl::Flock<fs::File>,
+/// Takes the publish lock of a chroot root (creating the root when missing), so two
+/// `tiffin publish` runs never interleave on one chroot root; held until dropped.
+pub fn lock_chroot_root(chroot_root: &Path) -> Result<durable::Lock, String> {
+    fs::create_dir_all(chroot_root).map_err(|e| e.to_string())?;
+    durable::Lock::try_exclusive(&chroot_root.join(".publish.lock")).map_err(|e| match e {
+        durable::LockError::Busy { path } => format!(
+            "another `tiffin publish` holds {}; wait for it to finish",
+            path.display()
+        ),
+        e => e.to_string(),
+    })
 }
 
-/// Takes the publish lock of a chroot root (creating the root when missing), or says who holds it.
-pub fn lock_chroot_root(chroot_root: &Path) -> Result<PublishLock, std::io::Error> {
-    fs::create_dir_all(chroot_root)?;
-    let path = chroot_root.join(".publish.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(PublishLock { _lock: lock }),
-        Err((_, errno)) => Err(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            format!(
-                "another `tiffin publish` holds {} ({errno}); wait for it to finish",
-                path.display()
-            ),
-        )),
-    }
+/// Release files belong to root and the host's group; without root (tests) to the caller.
+fn owner_of(group: Option<u32>) -> durable::Owner {
+    group.map_or(durable::Owner::Caller, durable::Owner::RootGroup)
 }
 
 /// Publishes `hosts` in parallel (hashing dominates); results in host order.

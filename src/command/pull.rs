@@ -53,7 +53,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         return Ok(Exit::Ok);
     }
     state::prepare_state_dir(&cfg.state_dir).map_err(PullError::from)?;
-    let _lock = state::Lock::take(&cfg.state_dir).map_err(PullError::from)?;
+    let _lock = state::lock(&cfg.state_dir).map_err(PullError::from)?;
     let opts = PollOptions {
         retry_now: args.now,
         allow_downgrade: args.allow_downgrade,

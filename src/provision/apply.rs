@@ -1,8 +1,7 @@
 //! Applying a plan with the system's own tools (groupadd, useradd, usermod, sshd -t) and plain syscalls.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,25 +51,22 @@ pub struct Applier<'a> {
 }
 
 /// One provisioning at a time: two would race on the drop-in's backup and on useradd.
-pub fn lock() -> Result<nix::fcntl::Flock<fs::File>, ProvisionError> {
+pub fn lock() -> Result<crate::durable::Lock, ProvisionError> {
     let dir = ["/run/lock", "/run", "/tmp"]
         .into_iter()
         .map(Path::new)
         .find(|d| d.is_dir())
         .unwrap_or(Path::new("/tmp"));
-    let path = dir.join("tiffin-provision.lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err("opening", &path))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        ProvisionError::Unexpected(format!(
-            "another tiffin provision is running (it holds {}: {e}); wait for it and run again",
+    crate::durable::Lock::try_exclusive(&dir.join("tiffin-provision.lock")).map_err(|e| match e {
+        crate::durable::LockError::Busy { path } => ProvisionError::Unexpected(format!(
+            "another tiffin provision is running (it holds {}); wait for it and run again",
             path.display()
-        ))
+        )),
+        crate::durable::LockError::Io { path, source } => ProvisionError::Io {
+            step: "opening",
+            path,
+            source,
+        },
     })
 }
 
@@ -310,7 +306,13 @@ impl Applier<'_> {
         let backup = dir.join(format!(".{name}.tiffin-previous"));
         let _ = fs::remove_file(&staged);
         let _ = fs::remove_file(&backup);
-        write_synced(&staged, new.as_bytes(), KEY_FILE_MODE).map_err(io_err("writing", &staged))?;
+        crate::durable::create_synced(
+            &staged,
+            new.as_bytes(),
+            KEY_FILE_MODE,
+            crate::durable::Owner::Root,
+        )
+        .map_err(io_err("writing", &staged))?;
         if had_old {
             fs::hard_link(&real, &backup).map_err(io_err("backing up", path))?;
         }
@@ -461,18 +463,6 @@ fn sshd_pid_file(main_config: &Path) -> PathBuf {
         .find_map(|l| l.strip_prefix("pidfile ").map(|p| PathBuf::from(p.trim())))
         .filter(|p| p.is_absolute())
         .unwrap_or(fallback)
-}
-
-fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.set_permissions(fs::Permissions::from_mode(mode))?;
-    std::os::unix::fs::fchown(&f, Some(0), Some(0))?;
-    f.sync_all()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::hash::sha256_hex;
@@ -267,12 +267,10 @@ fn write_file(dest: &Path, bytes: &[u8], entry: &FileEntry) -> std::io::Result<(
             .mode(0o755)
             .create(parent)?;
     }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dest)?;
-    f.write_all(bytes)?;
-    f.set_permissions(fs::Permissions::from_mode(entry.mode.bits()))?;
-    f.sync_all()
+    crate::durable::create_synced(
+        dest,
+        bytes,
+        entry.mode.bits(),
+        crate::durable::Owner::Caller,
+    )
 }

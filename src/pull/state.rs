@@ -1,7 +1,7 @@
 //! The client's memory between polls (`state_dir/state.toml`), its backoff, and the lock against a concurrent pull.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -154,29 +154,12 @@ pub fn prepare_state_dir(state_dir: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
-/// An exclusive `flock` on `state_dir/lock`, released when dropped (or when the process dies).
-#[derive(Debug)]
-pub struct Lock {
-    _file: fs::File,
-}
-
-impl Lock {
-    pub fn take(state_dir: &Path) -> Result<Lock, StateError> {
-        let path = state_dir.join(LOCK_FILE);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .map_err(io(&path))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Lock { _file: file }),
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(StateError::Busy { path }),
-            Err(e) => Err(io(&path)(e.into())),
-        }
-    }
+/// Takes the exclusive lock of `state_dir` (held until dropped), or says a pull is running.
+pub fn lock(state_dir: &Path) -> Result<crate::durable::Lock, StateError> {
+    crate::durable::Lock::try_exclusive(&state_dir.join(LOCK_FILE)).map_err(|e| match e {
+        crate::durable::LockError::Busy { path } => StateError::Busy { path },
+        crate::durable::LockError::Io { path, source } => io(&path)(source),
+    })
 }
 
 /// Writes `path` by temp name + fsync + rename + directory fsync: never half-written.
@@ -219,12 +202,12 @@ mod tests {
     #[test]
     fn second_lock_is_refused_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Lock::take(dir.path()).unwrap();
-        let err = Lock::take(dir.path()).unwrap_err();
+        let first = lock(dir.path()).unwrap();
+        let err = lock(dir.path()).unwrap_err();
         assert!(matches!(err, StateError::Busy { .. }), "{err}");
         assert!(err.to_string().contains("another tiffin pull is running"));
         drop(first);
-        Lock::take(dir.path()).unwrap();
+        lock(dir.path()).unwrap();
     }
 
     #[test]

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -63,18 +62,17 @@ impl RunState {
         let path = RunState::path_of(&self.run);
         fs::create_dir_all(STATE_DIR)
             .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
-        let tmp = path.with_extension("toml.tmp");
         let text = format!(
             "# A tiffin-lab run; `tiffin-lab down` removes what it names.\n{}",
             toml::to_string(self).expect("state serializes")
         );
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+        tiffin::durable::write_atomic(
+            &path,
+            text.as_bytes(),
+            0o600,
+            tiffin::durable::Owner::Caller,
+        )
+        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
     }
 
     /// Removes the record, and the state directory once it is empty.
