@@ -53,10 +53,17 @@ pub enum Fault {
     BeforeCurrentSwap,
 }
 
+/// Whether publish writes releases or only says what it would write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Write,
+    DryRun,
+}
+
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
     pub chroot_root: PathBuf,
-    pub dry_run: bool,
+    pub mode: Mode,
     pub keep_releases: usize,
     pub now: SystemTime,
     /// Test hook; `None` in real use.
@@ -75,7 +82,7 @@ pub enum Outcome {
         seq: u64,
         change: Change,
         pruned: usize,
-        dry_run: bool,
+        mode: Mode,
     },
 }
 
@@ -111,6 +118,26 @@ impl std::fmt::Display for Change {
     }
 }
 
+/// The release `CURRENT` names: the base of the next one (its seq, and files to hard-link).
+struct Previous {
+    id: ReleaseId,
+    manifest: Manifest,
+}
+
+/// A host's next release, computed from its directory but not written yet.
+struct Next {
+    sources: Vec<SourceFile>,
+    paths: ChrootPaths,
+    previous: Option<Previous>,
+    manifest: Manifest,
+    change: Change,
+}
+
+enum Prepared {
+    Unchanged { id: ReleaseId, seq: u64 },
+    Next(Box<Next>),
+}
+
 /// Publishes one host: unchanged trees write nothing; otherwise a new release
 /// is staged, fsynced, renamed into `releases/`, and `CURRENT` swapped by rename.
 pub fn publish_host(
@@ -118,6 +145,24 @@ pub fn publish_host(
     host: &Host,
     opts: &PublishOptions,
 ) -> Result<Outcome, PublishError> {
+    let next = match prepare(fleet, host, opts)? {
+        Prepared::Unchanged { id, seq } => return Ok(Outcome::Unchanged { id, seq }),
+        Prepared::Next(next) => next,
+    };
+    match opts.mode {
+        Mode::DryRun => Ok(Outcome::Published {
+            id: next.manifest.id(),
+            seq: next.manifest.seq,
+            change: next.change,
+            pruned: 0,
+            mode: Mode::DryRun,
+        }),
+        Mode::Write => install(fleet, *next, opts),
+    }
+}
+
+/// Resolves and hashes the host's directory and compares it with the current release.
+fn prepare(fleet: &Fleet, host: &Host, opts: &PublishOptions) -> Result<Prepared, PublishError> {
     let name = &host.name;
     let sources = host_tree::resolve_host_tree(&fleet.root, name).map_err(|problems| {
         PublishError::Invalid {
@@ -131,189 +176,234 @@ pub fn publish_host(
         .map_err(io_error(name, "reading", &paths.current()))?;
     let entries =
         host_tree::hash_tree(&sources).map_err(io_error(name, "hashing", &fleet.host_dir(name)))?;
-    let mut candidate = Manifest {
+    let mut manifest = Manifest {
         host: name.clone(),
         seq: 0,
         created: format_time(opts.now),
         apply: host.apply.clone(),
         files: entries,
     };
-    let broken = |id: &ReleaseId| {
-        let (host, id) = (name.clone(), id.to_string());
-        move |message: String| PublishError::BrokenCurrent { host, id, message }
-    };
-    let previous = match &current_id {
-        Some(id) => {
-            let bytes = fs::read(paths.release(id).join(MANIFEST_FILE))
-                .map_err(|e| broken(id)(e.to_string()))?;
-            // Cheap no-change test for big fleets: the candidate rendered with the current
-            // release's header has the current id exactly when nothing changed.
-            let head = ManifestHead::parse(&bytes).map_err(|e| broken(id)(e.to_string()))?;
-            let same_header = Manifest {
-                seq: head.seq,
-                created: head.created,
-                ..candidate.clone()
-            };
-            if &same_header.id() == id {
-                return Ok(Outcome::Unchanged {
-                    id: id.clone(),
-                    seq: head.seq,
-                });
-            }
-            Some(Manifest::parse_verified(&bytes, id).map_err(|e| broken(id)(e.to_string()))?)
-        }
+    let previous = match current_id {
         None => None,
+        Some(id) => match read_current_release(&paths, id, &manifest)? {
+            Current::Same { id, seq } => return Ok(Prepared::Unchanged { id, seq }),
+            Current::Differs(previous) => Some(previous),
+        },
     };
-    candidate.seq = next_seq(&paths, previous.as_ref());
-    let change = diff(previous.as_ref(), &candidate);
-    if opts.dry_run {
-        return Ok(Outcome::Published {
-            id: candidate.id(),
-            seq: candidate.seq,
-            change,
-            pruned: 0,
-            dry_run: true,
-        });
-    }
+    let previous_manifest = previous.as_ref().map(|p| &p.manifest);
+    manifest.seq = next_seq(&paths, previous_manifest);
+    let change = diff(previous_manifest, &manifest);
+    Ok(Prepared::Next(Box::new(Next {
+        sources,
+        paths,
+        previous,
+        manifest,
+        change,
+    })))
+}
 
-    let group = host_group(fleet, name);
-    if !opts.chroot_root.is_dir() {
-        fs::create_dir_all(&opts.chroot_root).map_err(io_error(
-            name,
-            "creating",
-            &opts.chroot_root,
-        ))?;
-    }
-    for dir in [&paths.root, &paths.releases()] {
-        ensure_dir(dir, SERVER_DIR_MODE, group).map_err(io_error(name, "creating", dir))?;
-    }
-    let staging = paths.staging();
-    // Left over by an interrupted publish; never visible to the client.
-    let _ = fs::remove_dir_all(&staging);
-    ensure_dir(&staging, 0o700, None).map_err(io_error(name, "creating", &staging))?;
+enum Current {
+    Same { id: ReleaseId, seq: u64 },
+    Differs(Previous),
+}
 
-    let result = stage_and_swap(
-        &paths,
-        &sources,
-        previous.as_ref(),
-        current_id.as_ref(),
-        candidate,
-        group,
-        opts,
-    );
-    let _ = fs::remove_dir_all(&staging);
+/// Reads the current release and tells whether `candidate` would be the same release.
+fn read_current_release(
+    paths: &ChrootPaths,
+    id: ReleaseId,
+    candidate: &Manifest,
+) -> Result<Current, PublishError> {
+    let broken = |message: String| PublishError::BrokenCurrent {
+        host: candidate.host.clone(),
+        id: id.to_string(),
+        message,
+    };
+    let bytes =
+        fs::read(paths.release(&id).join(MANIFEST_FILE)).map_err(|e| broken(e.to_string()))?;
+    // Cheap no-change test for big fleets: the candidate rendered with the current
+    // release's header has the current id exactly when nothing changed.
+    let head = ManifestHead::parse(&bytes).map_err(|e| broken(e.to_string()))?;
+    let same_header = Manifest {
+        seq: head.seq,
+        created: head.created,
+        ..candidate.clone()
+    };
+    if same_header.id() == id {
+        return Ok(Current::Same { id, seq: head.seq });
+    }
+    let manifest = Manifest::parse_verified(&bytes, &id).map_err(|e| broken(e.to_string()))?;
+    Ok(Current::Differs(Previous { id, manifest }))
+}
+
+/// Writes the release, swaps `CURRENT`, prunes old releases.
+fn install(fleet: &Fleet, next: Next, opts: &PublishOptions) -> Result<Outcome, PublishError> {
+    let name = next.manifest.host.clone();
+    let stager = Stager {
+        paths: &next.paths,
+        host: &name,
+        group: host_group(fleet, &name),
+        fault: opts.fault,
+    };
+    stager.prepare_dirs(&opts.chroot_root)?;
+    let result = stager.stage_and_swap(&next);
+    let _ = fs::remove_dir_all(next.paths.staging());
     let (id, seq) = result?;
-    let pruned = prune(&paths, &id, opts.keep_releases).map_err(io_error(
-        name,
+    let pruned = prune(&next.paths, &id, opts.keep_releases).map_err(io_error(
+        &name,
         "pruning",
-        &paths.releases(),
+        &next.paths.releases(),
     ))?;
     Ok(Outcome::Published {
         id,
         seq,
-        change,
+        change: next.change,
         pruned,
-        dry_run: false,
+        mode: Mode::Write,
     })
 }
 
-fn stage_and_swap(
-    paths: &ChrootPaths,
-    sources: &[SourceFile],
-    previous: Option<&Manifest>,
-    previous_id: Option<&ReleaseId>,
-    mut manifest: Manifest,
+/// Writes one host's release: the chroot it writes into, the group its files get, the fault to inject.
+struct Stager<'a> {
+    paths: &'a ChrootPaths,
+    host: &'a HostName,
     group: Option<u32>,
-    opts: &PublishOptions,
-) -> Result<(ReleaseId, u64), PublishError> {
-    let host = manifest.host.clone();
-    let fault = |f: Fault| {
-        if opts.fault == Some(f) {
-            Err(PublishError::Injected {
-                host: host.clone(),
-                fault: f,
-            })
-        } else {
-            Ok(())
-        }
-    };
-    let tmp = paths.staging().join(format!("release-{}", manifest.seq));
-    ensure_dir(&tmp, SERVER_DIR_MODE, group).map_err(io_error(&host, "creating", &tmp))?;
+    fault: Option<Fault>,
+}
 
-    // Unchanged files are hard links to the previous release (immutable, so sharing is safe).
-    let reusable: HashMap<&str, &FileEntry> = match (previous, previous_id) {
-        (Some(p), Some(_)) => p.files.iter().map(|f| (f.path.as_str(), f)).collect(),
-        _ => HashMap::new(),
-    };
-    let mut entries = Vec::with_capacity(sources.len());
-    for (i, src) in sources.iter().enumerate() {
-        fault(Fault::AfterFiles(i))?;
-        let dest = src.release_path.under(&tmp);
-        if let Some(parent) = dest.parent() {
-            ensure_dir_all(&tmp, parent, group).map_err(io_error(&host, "creating", parent))?;
-        }
-        let hashed = manifest
-            .files
-            .iter()
-            .find(|f| f.path == src.release_path)
-            .cloned()
-            .expect("manifest built from the same sources");
-        let linked = match (reusable.get(src.release_path.as_str()), previous_id) {
-            (Some(old), Some(old_id)) if old.sha256 == hashed.sha256 && old.size == hashed.size => {
-                fs::hard_link(src.release_path.under(&paths.release(old_id)), &dest).is_ok()
-            }
-            _ => false,
-        };
-        let entry = if linked {
-            FileEntry {
-                mode: src.mode,
-                ..hashed
-            }
-        } else {
-            // Hash what is written, not what was read earlier: the admin may be editing.
-            copy_hashing(&src.source, &dest, group)
-                .map_err(io_error(&host, "writing", &dest))?
-                .into_entry(src)
-        };
-        entries.push(entry);
+impl Stager<'_> {
+    fn io(
+        &self,
+        step: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> PublishError + use<> {
+        io_error(self.host, step, path)
     }
-    fault(Fault::AfterFiles(sources.len()))?;
-    manifest.files = entries;
-    let text = manifest.render();
-    let id = ReleaseId::of_bytes(text.as_bytes());
-    let manifest_path = tmp.join(MANIFEST_FILE);
-    durable::create_synced(
-        &manifest_path,
-        text.as_bytes(),
-        SERVER_FILE_MODE,
-        owner_of(group),
-    )
-    .map_err(io_error(&host, "writing", &manifest_path))?;
-    durable::sync_tree(&tmp).map_err(io_error(&host, "syncing", &tmp))?;
-    fault(Fault::BeforeReleaseRename)?;
 
-    let final_dir = paths.release(&id);
-    fs::rename(&tmp, &final_dir).map_err(io_error(&host, "renaming into place", &final_dir))?;
-    durable::sync_dir(&paths.releases()).map_err(io_error(&host, "syncing", &paths.releases()))?;
-    fault(Fault::BeforeCurrentSwap)?;
+    fn inject(&self, at: Fault) -> Result<(), PublishError> {
+        if self.fault == Some(at) {
+            return Err(PublishError::Injected {
+                host: self.host.clone(),
+                fault: at,
+            });
+        }
+        Ok(())
+    }
 
-    let current_tmp = paths.staging().join(CURRENT_FILE);
-    // A crash between writing and renaming leaves it behind; it was never visible to anyone.
-    let _ = fs::remove_file(&current_tmp);
-    durable::create_synced(
-        &current_tmp,
-        format!("{id}\n").as_bytes(),
-        SERVER_FILE_MODE,
-        owner_of(group),
-    )
-    .map_err(io_error(&host, "writing", &current_tmp))?;
-    fs::rename(&current_tmp, paths.current()).map_err(io_error(
-        &host,
-        "swapping",
-        &paths.current(),
-    ))?;
-    durable::sync_dir(&paths.root).map_err(io_error(&host, "syncing", &paths.root))?;
-    Ok((id, manifest.seq))
+    /// The chroot root, the host's chroot and releases/, and an empty root-only staging directory.
+    fn prepare_dirs(&self, chroot_root: &Path) -> Result<(), PublishError> {
+        if !chroot_root.is_dir() {
+            fs::create_dir_all(chroot_root).map_err(self.io("creating", chroot_root))?;
+        }
+        for dir in [&self.paths.root, &self.paths.releases()] {
+            ensure_dir(dir, SERVER_DIR_MODE, self.group).map_err(self.io("creating", dir))?;
+        }
+        let staging = self.paths.staging();
+        // Left over by an interrupted publish; never visible to the client.
+        let _ = fs::remove_dir_all(&staging);
+        ensure_dir(&staging, 0o700, None).map_err(self.io("creating", &staging))
+    }
+
+    fn stage_and_swap(&self, next: &Next) -> Result<(ReleaseId, u64), PublishError> {
+        let mut manifest = next.manifest.clone();
+        let tmp = self
+            .paths
+            .staging()
+            .join(format!("release-{}", manifest.seq));
+        ensure_dir(&tmp, SERVER_DIR_MODE, self.group).map_err(self.io("creating", &tmp))?;
+        manifest.files = self.write_files(&tmp, next)?;
+        let id = self.write_manifest(&tmp, &manifest)?;
+        self.inject(Fault::BeforeReleaseRename)?;
+        let final_dir = self.paths.release(&id);
+        fs::rename(&tmp, &final_dir).map_err(self.io("renaming into place", &final_dir))?;
+        let releases = self.paths.releases();
+        durable::sync_dir(&releases).map_err(self.io("syncing", &releases))?;
+        self.inject(Fault::BeforeCurrentSwap)?;
+        self.swap_current(&id)?;
+        Ok((id, manifest.seq))
+    }
+
+    /// Copies (or hard-links, when unchanged since the previous release) every file into `tmp`.
+    fn write_files(&self, tmp: &Path, next: &Next) -> Result<Vec<FileEntry>, PublishError> {
+        // Unchanged files are hard links to the previous release (immutable, so sharing is safe).
+        let reusable: HashMap<&str, &FileEntry> = next
+            .previous
+            .iter()
+            .flat_map(|p| p.manifest.files.iter().map(|f| (f.path.as_str(), f)))
+            .collect();
+        let mut entries = Vec::with_capacity(next.sources.len());
+        for (i, src) in next.sources.iter().enumerate() {
+            self.inject(Fault::AfterFiles(i))?;
+            let hashed = next
+                .manifest
+                .files
+                .iter()
+                .find(|f| f.path == src.release_path)
+                .expect("manifest built from the same sources");
+            let reuse = reusable
+                .get(src.release_path.as_str())
+                .filter(|old| old.sha256 == hashed.sha256 && old.size == hashed.size)
+                .and(next.previous.as_ref());
+            entries.push(self.write_file(tmp, src, hashed, reuse)?);
+        }
+        self.inject(Fault::AfterFiles(next.sources.len()))?;
+        Ok(entries)
+    }
+
+    fn write_file(
+        &self,
+        tmp: &Path,
+        src: &SourceFile,
+        hashed: &FileEntry,
+        reuse: Option<&Previous>,
+    ) -> Result<FileEntry, PublishError> {
+        let dest = src.release_path.under(tmp);
+        if let Some(parent) = dest.parent() {
+            ensure_dir_all(tmp, parent, self.group).map_err(self.io("creating", parent))?;
+        }
+        if let Some(previous) = reuse {
+            let old = src.release_path.under(&self.paths.release(&previous.id));
+            if fs::hard_link(old, &dest).is_ok() {
+                return Ok(FileEntry {
+                    mode: src.mode,
+                    ..hashed.clone()
+                });
+            }
+        }
+        // Hash what is written, not what was read earlier: the admin may be editing.
+        Ok(copy_hashing(&src.source, &dest, self.group)
+            .map_err(self.io("writing", &dest))?
+            .into_entry(src))
+    }
+
+    fn write_manifest(&self, tmp: &Path, manifest: &Manifest) -> Result<ReleaseId, PublishError> {
+        let text = manifest.render();
+        let path = tmp.join(MANIFEST_FILE);
+        durable::create_synced(
+            &path,
+            text.as_bytes(),
+            SERVER_FILE_MODE,
+            owner_of(self.group),
+        )
+        .map_err(self.io("writing", &path))?;
+        durable::sync_tree(tmp).map_err(self.io("syncing", tmp))?;
+        Ok(ReleaseId::of_bytes(text.as_bytes()))
+    }
+
+    fn swap_current(&self, id: &ReleaseId) -> Result<(), PublishError> {
+        let tmp = self.paths.staging().join(CURRENT_FILE);
+        // A crash between writing and renaming leaves it behind; it was never visible to anyone.
+        let _ = fs::remove_file(&tmp);
+        durable::create_synced(
+            &tmp,
+            format!("{id}\n").as_bytes(),
+            SERVER_FILE_MODE,
+            owner_of(self.group),
+        )
+        .map_err(self.io("writing", &tmp))?;
+        let current = self.paths.current();
+        fs::rename(&tmp, &current).map_err(self.io("swapping", &current))?;
+        durable::sync_dir(&self.paths.root).map_err(self.io("syncing", &self.paths.root))
+    }
 }
 
 /// Turns an io::Error into a PublishError naming the host, the step and the path.

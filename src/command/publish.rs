@@ -5,7 +5,7 @@ use crate::clock::now;
 use crate::error::{Error, Exit};
 use crate::fleet::Fleet;
 use crate::names::HostName;
-use crate::publish::{self, Outcome, PublishError, PublishOptions};
+use crate::publish::{self, Mode, Outcome, PublishError, PublishOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,12 +24,16 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     require_valid(&fleet, &selected)?;
     let opts = PublishOptions {
         chroot_root: args.fleet.chroot_root(&fleet),
-        dry_run: args.dry_run,
+        mode: if args.dry_run {
+            Mode::DryRun
+        } else {
+            Mode::Write
+        },
         keep_releases: fleet.config.server.keep_releases,
         now: now(),
         fault: None,
     };
-    let _lock = if args.dry_run {
+    let _lock = if opts.mode == Mode::DryRun {
         None
     } else {
         Some(publish::lock_chroot_root(&opts.chroot_root).map_err(|e| {
@@ -78,12 +82,11 @@ fn describe(outcome: &Outcome) -> String {
             seq,
             change,
             pruned,
-            dry_run,
+            mode,
         } => {
-            let verb = if *dry_run {
-                "would publish"
-            } else {
-                "published"
+            let verb = match mode {
+                Mode::DryRun => "would publish",
+                Mode::Write => "published",
             };
             let pruned = if *pruned > 0 {
                 format!(", pruned {pruned} old release(s)")

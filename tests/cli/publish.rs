@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::time::SystemTime;
 
 use tiffin::fleet::Fleet;
-use tiffin::publish::{Fault, PublishOptions, publish_host};
+use tiffin::publish::{Fault, Mode, PublishOptions, publish_host};
 use tiffin::release::Manifest;
 
 use crate::{TestFleet, list};
@@ -241,7 +241,7 @@ fn injected_failures_leave_the_previous_release() {
     for fault in faults {
         let opts = PublishOptions {
             chroot_root: fleet.chroots(),
-            dry_run: false,
+            mode: Mode::Write,
             keep_releases: 5,
             now: SystemTime::now(),
             fault: Some(fault),
@@ -258,7 +258,7 @@ fn injected_failures_leave_the_previous_release() {
     // not name; clients never see it, and the next publish supersedes it (pruning removes it later).
     let opts = PublishOptions {
         chroot_root: fleet.chroots(),
-        dry_run: false,
+        mode: Mode::Write,
         keep_releases: 5,
         now: SystemTime::now(),
         fault: Some(Fault::BeforeCurrentSwap),
