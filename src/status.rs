@@ -95,42 +95,17 @@ pub fn collect(
     rows
 }
 
+/// One host's row: its published release, its report, and the state they add up to.
 pub fn host_status(
     name: &HostName,
     paths: &ChrootPaths,
     interval: Interval,
     now: SystemTime,
 ) -> HostStatus {
+    // Every problem found on the way ends up in the row's error column.
     let mut errors = Vec::new();
-    let published = match paths.read_current() {
-        Ok(Some(id)) => match read_seq(&paths.release(&id)) {
-            Ok(seq) => Some(Published { id, seq }),
-            Err(e) => {
-                errors.push(format!("release {} unreadable: {e}", id.short()));
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            errors.push(format!("CURRENT unreadable: {e}"));
-            None
-        }
-    };
-    let report = match read_client_file(&paths.reports().join(STATUS_FILE), REPORT_LIMIT) {
-        Ok(text) => match Report::parse(&text) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                errors.push(format!("reports/{STATUS_FILE} unreadable: {e}"));
-                None
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            errors.push(format!("reports/{STATUS_FILE} unreadable: {e}"));
-            None
-        }
-    };
-    let Some(report) = report else {
+    let published = read_published(paths, &mut errors);
+    let Some(report) = read_report(paths, &mut errors) else {
         return HostStatus {
             host: name.clone(),
             state: State::NeverSeen,
@@ -140,7 +115,7 @@ pub fn host_status(
             attempted_seq: None,
             result: None,
             last_seen: None,
-            error: (!errors.is_empty()).then(|| errors.join("; ")),
+            error: joined(errors),
         };
     };
     if report.host != name.as_str() {
@@ -153,16 +128,7 @@ pub fn host_status(
     } else {
         report.applied.clone()
     };
-    let seen = parse_time(&report.last_seen);
-    let stale_after = interval.0 * STALE_AFTER_INTERVALS;
-    let is_stale = match seen {
-        Some(t) => now.duration_since(t).unwrap_or_default() > stale_after,
-        None => {
-            errors.push(format!("last_seen {:?} is not a time", report.last_seen));
-            true
-        }
-    };
-    let state = if is_stale {
+    let state = if is_stale(&report, interval, now, &mut errors) {
         State::Stale
     } else {
         match report.result {
@@ -174,9 +140,7 @@ pub fn host_status(
             },
         }
     };
-    if let Some(e) = &report.error {
-        errors.push(e.clone());
-    }
+    errors.extend(report.error.clone());
     HostStatus {
         host: name.clone(),
         state,
@@ -186,7 +150,57 @@ pub fn host_status(
         attempted_seq: report.seq,
         result: Some(report.result),
         last_seen: Some(report.last_seen),
-        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        error: joined(errors),
+    }
+}
+
+fn joined(errors: Vec<String>) -> Option<String> {
+    (!errors.is_empty()).then(|| errors.join("; "))
+}
+
+/// The release `CURRENT` names, with its seq.
+fn read_published(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Published> {
+    match paths.read_current() {
+        Ok(Some(id)) => match read_seq(&paths.release(&id)) {
+            Ok(seq) => Some(Published { id, seq }),
+            Err(e) => {
+                errors.push(format!("release {} unreadable: {e}", id.short()));
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            errors.push(format!("CURRENT unreadable: {e}"));
+            None
+        }
+    }
+}
+
+/// The client's last report, if it wrote one that can be read.
+fn read_report(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Report> {
+    let parsed = match read_client_file(&paths.reports().join(STATUS_FILE), REPORT_LIMIT) {
+        Ok(text) => Report::parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => Err(e.to_string()),
+    };
+    parsed
+        .map_err(|e| errors.push(format!("reports/{STATUS_FILE} unreadable: {e}")))
+        .ok()
+}
+
+/// Not seen for `STALE_AFTER_INTERVALS` poll intervals (or `last_seen` is not a time).
+fn is_stale(
+    report: &Report,
+    interval: Interval,
+    now: SystemTime,
+    errors: &mut Vec<String>,
+) -> bool {
+    match parse_time(&report.last_seen) {
+        Some(t) => now.duration_since(t).unwrap_or_default() > interval.0 * STALE_AFTER_INTERVALS,
+        None => {
+            errors.push(format!("last_seen {:?} is not a time", report.last_seen));
+            true
+        }
     }
 }
 
@@ -258,63 +272,20 @@ fn short(id: &str) -> &str {
 }
 
 /// The table for people; `colour` only on a terminal.
+const HEADER: [&str; 7] = [
+    "HOST",
+    "PUBLISHED",
+    "APPLIED",
+    "RESULT",
+    "LAST SEEN",
+    "STATE",
+    "NOTE",
+];
+
+/// The table for people; the STATE column is coloured when `colour` is set (a terminal, no NO_COLOR).
 pub fn render_table(rows: &[HostStatus], now: SystemTime, colour: bool) -> String {
-    let header = [
-        "HOST",
-        "PUBLISHED",
-        "APPLIED",
-        "RESULT",
-        "LAST SEEN",
-        "STATE",
-        "NOTE",
-    ];
-    let cells: Vec<[String; 7]> = rows
-        .iter()
-        .map(|r| {
-            let published = r
-                .published
-                .as_ref()
-                .map_or("-".into(), |p| format!("#{} {}", p.seq, p.id.short()));
-            let applied = match (&r.applied, &r.published) {
-                (Some(a), Some(p)) if a == p.id.as_str() => format!("#{} {}", p.seq, short(a)),
-                (Some(a), _) if Some(a) == r.attempted.as_ref() => match r.attempted_seq {
-                    Some(seq) => format!("#{seq} {}", short(a)),
-                    None => short(a).to_owned(),
-                },
-                (Some(a), _) => short(a).to_owned(),
-                (None, _) => "-".into(),
-            };
-            let note = match (&r.error, r.state) {
-                (Some(e), _) => e
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(60)
-                    .collect(),
-                (None, State::Failed | State::RolledBack) => {
-                    match (&r.attempted, r.attempted_seq) {
-                        (Some(a), Some(seq)) => format!("attempted #{seq} {}", short(a)),
-                        _ => String::new(),
-                    }
-                }
-                _ => String::new(),
-            };
-            [
-                r.host.to_string(),
-                published,
-                applied,
-                r.result.map_or("-", |x| x.as_str()).to_owned(),
-                r.last_seen
-                    .as_deref()
-                    .and_then(parse_time)
-                    .map_or("never".into(), |t| ago(t, now)),
-                r.state.as_str().to_owned(),
-                note,
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
+    let cells: Vec<[String; 7]> = rows.iter().map(|r| table_row(r, now)).collect();
+    let mut widths = HEADER.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
@@ -336,11 +307,57 @@ pub fn render_table(rows: &[HostStatus], now: SystemTime, colour: bool) -> Strin
         out.push_str(s.trim_end());
         out.push('\n');
     };
-    line(&mut out, &header.map(String::from), None);
+    line(&mut out, &HEADER.map(String::from), None);
     for (row, r) in cells.iter().zip(rows) {
         line(&mut out, row, Some(r.state));
     }
     out
+}
+
+fn table_row(r: &HostStatus, now: SystemTime) -> [String; 7] {
+    let published = r
+        .published
+        .as_ref()
+        .map_or("-".into(), |p| format!("#{} {}", p.seq, p.id.short()));
+    let applied = match (&r.applied, &r.published) {
+        (Some(a), Some(p)) if a == p.id.as_str() => format!("#{} {}", p.seq, short(a)),
+        (Some(a), _) if Some(a) == r.attempted.as_ref() => match r.attempted_seq {
+            Some(seq) => format!("#{seq} {}", short(a)),
+            None => short(a).to_owned(),
+        },
+        (Some(a), _) => short(a).to_owned(),
+        (None, _) => "-".into(),
+    };
+    [
+        r.host.to_string(),
+        published,
+        applied,
+        r.result.map_or("-", |x| x.as_str()).to_owned(),
+        r.last_seen
+            .as_deref()
+            .and_then(parse_time)
+            .map_or("never".into(), |t| ago(t, now)),
+        r.state.as_str().to_owned(),
+        note(r),
+    ]
+}
+
+/// The first line of the error, or what a failed host attempted.
+fn note(r: &HostStatus) -> String {
+    match (&r.error, r.state) {
+        (Some(e), _) => e
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(60)
+            .collect(),
+        (None, State::Failed | State::RolledBack) => match (&r.attempted, r.attempted_seq) {
+            (Some(a), Some(seq)) => format!("attempted #{seq} {}", short(a)),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    }
 }
 
 pub fn render_json(rows: &[HostStatus]) -> String {
