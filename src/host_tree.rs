@@ -112,46 +112,8 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// `shown` is the path relative to the repository as the admin sees it.
     fn visit(&mut self, shown: &Path, path: &Path, release_rel: &str) {
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) => {
-                self.problem(shown, format!("cannot read: {e}"));
-                return;
-            }
-        };
-        let (real, meta) = if meta.file_type().is_symlink() {
-            let target = fs::read_link(path).unwrap_or_default();
-            match fs::canonicalize(path) {
-                Err(_) => {
-                    self.problem(
-                        shown,
-                        format!(
-                            "dangling symlink: its target {} does not exist",
-                            target.display()
-                        ),
-                    );
-                    return;
-                }
-                Ok(real) if !real.starts_with(self.real_root) => {
-                    self.problem(
-                        shown,
-                        format!(
-                            "symlink leaves the fleet repository (target {}): publish reads nothing outside it; copy the file in instead",
-                            target.display()
-                        ),
-                    );
-                    return;
-                }
-                Ok(real) => match fs::metadata(&real) {
-                    Ok(m) => (real, m),
-                    Err(e) => {
-                        self.problem(shown, format!("cannot read: {e}"));
-                        return;
-                    }
-                },
-            }
-        } else {
-            (path.to_owned(), meta)
+        let Some((real, meta)) = self.resolve(shown, path) else {
+            return;
         };
         if release_rel.starts_with(CONFIG_DIR) && self.is_in_some_files_tree(&real) {
             self.problem(
@@ -177,35 +139,74 @@ impl Walk<'_> {
                 mode: Mode::from_stat(meta.permissions().mode()),
             });
         } else if meta.is_dir() {
-            if self.ancestors.contains(&real) {
-                self.problem(
-                    shown,
-                    "symlink loop: it points to a directory that contains it",
-                );
-                return;
-            }
-            let names = match sorted_entries(&real) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.problem(shown, format!("cannot read directory: {e}"));
-                    return;
-                }
-            };
-            self.ancestors.push(real.clone());
-            for name in names {
-                self.visit(
-                    &shown.join(&name),
-                    &real.join(&name),
-                    &format!("{release_rel}/{name}"),
-                );
-            }
-            self.ancestors.pop();
+            self.visit_dir(shown, real, release_rel);
         } else {
             self.problem(
                 shown,
                 "not a regular file, directory or symlink: only those can be published",
             );
         }
+    }
+
+    /// The real path and metadata behind `path`, following a symlink only while it stays in the repository.
+    fn resolve(&mut self, shown: &Path, path: &Path) -> Option<(PathBuf, fs::Metadata)> {
+        let meta = fs::symlink_metadata(path)
+            .map_err(|e| self.problem(shown, format!("cannot read: {e}")))
+            .ok()?;
+        if !meta.file_type().is_symlink() {
+            return Some((path.to_owned(), meta));
+        }
+        let target = fs::read_link(path).unwrap_or_default();
+        let Ok(real) = fs::canonicalize(path) else {
+            self.problem(
+                shown,
+                format!(
+                    "dangling symlink: its target {} does not exist",
+                    target.display()
+                ),
+            );
+            return None;
+        };
+        if !real.starts_with(self.real_root) {
+            self.problem(
+                shown,
+                format!(
+                    "symlink leaves the fleet repository (target {}): publish reads nothing outside it; copy the file in instead",
+                    target.display()
+                ),
+            );
+            return None;
+        }
+        let meta = fs::metadata(&real)
+            .map_err(|e| self.problem(shown, format!("cannot read: {e}")))
+            .ok()?;
+        Some((real, meta))
+    }
+
+    fn visit_dir(&mut self, shown: &Path, real: PathBuf, release_rel: &str) {
+        if self.ancestors.contains(&real) {
+            self.problem(
+                shown,
+                "symlink loop: it points to a directory that contains it",
+            );
+            return;
+        }
+        let names = match sorted_entries(&real) {
+            Ok(n) => n,
+            Err(e) => {
+                self.problem(shown, format!("cannot read directory: {e}"));
+                return;
+            }
+        };
+        self.ancestors.push(real.clone());
+        for name in names {
+            self.visit(
+                &shown.join(&name),
+                &real.join(&name),
+                &format!("{release_rel}/{name}"),
+            );
+        }
+        self.ancestors.pop();
     }
 
     /// Whether a real path lies in `hosts/<any>/files/` (a file meant to stay out of the Nix store).
