@@ -22,21 +22,6 @@ fn lab() -> Command {
     c
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Root-only tests say loudly that they did not run (CI runs as root, so they run there).
-fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!(
-        "NOTICE: {test} needs root (namespaces, a real sshd) and did not run; CI runs it as root"
-    );
-    true
-}
-
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -123,10 +108,9 @@ fn help_teaches_the_commands() {
 }
 
 #[test]
+#[ignore = "needs root: network and mount namespaces, a real sshd"]
 fn a_failing_step_is_reported_with_machine_command_and_output() {
-    if skip_unless_root("a_failing_step_is_reported_with_machine_command_and_output") {
-        return;
-    }
+    crate::require_root();
     let _one_lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let out = lab()
         .args(["run", "tests/fixtures/lab/failing.toml"])
@@ -284,10 +268,9 @@ fn interrupt_at(file: &str, marker: &str) -> (Option<i32>, String, Vec<String>) 
 }
 
 #[test]
+#[ignore = "needs root: network and mount namespaces, a real sshd"]
 fn the_host_is_left_as_it_was_after_a_pass_a_failure_and_an_interrupt() {
-    if skip_unless_root("the_host_is_left_as_it_was_after_a_pass_a_failure_and_an_interrupt") {
-        return;
-    }
+    crate::require_root();
     let _one_lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let before = host_files();
 

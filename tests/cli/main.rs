@@ -134,12 +134,9 @@ macro_rules! assert_snapshot_ids {
 /// Runs `tests/cli/<script>` as root inside private mount, network and pid namespaces, with the
 /// `tiffin` binary, a scratch directory and `args` as its arguments, and proves the machine's
 /// accounts, `/etc/ssh` and `/home` are exactly as before. The script ends with "== all good".
-/// Without root it only says so: CI runs as root, so there it always runs.
+/// Tests that call it are `#[ignore = "needs root: …"]`; `scripts/test` runs them as root.
 pub fn run_isolated_script(script: &str, timeout_secs: u32, args: &[&str]) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to create namespaces (CI runs tests as root)");
-        return;
-    }
+    require_root();
     let before = machine_state();
     let dir = tempfile::Builder::new()
         .prefix(&format!("tiffin-{script}."))
@@ -181,6 +178,14 @@ pub fn run_isolated_script(script: &str, timeout_secs: u32, args: &[&str]) {
         before.len(),
         after.len(),
         "files appeared or vanished under /etc/ssh"
+    );
+}
+
+/// A root-only test (marked `#[ignore = "needs root: …"]`) run without root fails, never passes.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (namespaces, root-owned directories, a real sshd): run it as root, as scripts/test and CI do"
     );
 }
 
