@@ -1,4 +1,4 @@
-//! `publish`: releases as DESIGN.md lays them out, no-op when nothing changed, atomic under failure.
+//! `publish`: releases laid out as docs/formats.md says, no-op when nothing changed, atomic under failure.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -35,7 +35,7 @@ fn publish_lays_out_releases_and_is_a_no_op_when_nothing_changed() {
     fleet.tiffin(&["check"]).assert().success();
     fleet.tiffin(&["publish"]).assert().success();
 
-    // The layout of DESIGN.md.
+    // The server layout of docs/formats.md.
     let host = fleet.chroots().join("client2");
     let id = fleet.current("client2");
     assert_eq!(list(&host), ["CURRENT", "releases"]);
