@@ -1,3 +1,5 @@
+//! `tiffin`: parse the arguments, set up logging, run the command, turn its error into an exit code.
+
 use std::process::ExitCode;
 
 use clap::Parser;
