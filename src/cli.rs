@@ -18,7 +18,7 @@ const AFTER_HELP: &str = "Typical use:
   client:  tiffin pull            (from a systemd timer; see the NixOS module)
 
 Exit codes: 0 ok, 1 the operation failed, 2 bad usage or bad input,
-3 (status) a host is failed, rolled back or stale.";
+3 (status) a host is failed, rolled back, stale or unreadable.";
 
 #[derive(Debug, Parser)]
 #[command(name = "tiffin", version, about = ABOUT, after_help = AFTER_HELP, max_term_width = 100)]
@@ -57,7 +57,7 @@ pub enum Command {
     Publish(publish::Args),
     /// One row per host: published and applied release, result, last seen, state
     #[command(
-        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report for 3 poll intervals), never-seen.\nExits 3 when any host is failed, rolled-back or stale, so it can drive monitoring."
+        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted).\nExits 3 when any host is failed, rolled-back, stale or unreadable, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log)."
     )]
     Status(status::Args),
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)

@@ -36,7 +36,7 @@ impl Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Ok,
-    /// `status` found a host failed, rolled back or stale.
+    /// `status` found a host failed, rolled back, stale or unreadable.
     Alarm,
 }
 

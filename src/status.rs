@@ -11,8 +11,8 @@ use crate::fleet::Fleet;
 use crate::layout::ChrootPaths;
 use crate::names::{HostName, ReleaseId};
 use crate::release::{MANIFEST_FILE, ManifestHead};
-use crate::report::{PullResult, Report, STATUS_FILE};
-use crate::settings::{Interval, parse_time};
+use crate::report::{PullResult, REBUILD_LOG_FILE, Report, STATUS_FILE};
+use crate::settings::{Interval, format_time, parse_time};
 
 /// A host is stale when it has not reported for this many poll intervals.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -26,6 +26,8 @@ pub enum State {
     RolledBack,
     Stale,
     NeverSeen,
+    /// The host's CURRENT, release or report cannot be read: its state is unknown.
+    Unreadable,
 }
 
 impl State {
@@ -37,17 +39,21 @@ impl State {
             State::RolledBack => "rolled-back",
             State::Stale => "stale",
             State::NeverSeen => "never-seen",
+            State::Unreadable => "unreadable",
         }
     }
     /// States that make `tiffin status` exit 3, for monitoring.
     pub fn is_alarming(self) -> bool {
-        matches!(self, State::Failed | State::RolledBack | State::Stale)
+        matches!(
+            self,
+            State::Failed | State::RolledBack | State::Stale | State::Unreadable
+        )
     }
     fn colour(self) -> &'static str {
         match self {
             State::UpToDate => "\x1b[32m",
             State::Pending | State::NeverSeen => "\x1b[33m",
-            State::Failed | State::RolledBack | State::Stale => "\x1b[31m",
+            State::Failed | State::RolledBack | State::Stale | State::Unreadable => "\x1b[31m",
         }
     }
 }
@@ -70,8 +76,11 @@ pub struct HostStatus {
     pub attempted: Option<String>,
     pub attempted_seq: Option<u64>,
     pub result: Option<PullResult>,
+    /// When the server last received a report (its own clock: the report file's mtime).
     pub last_seen: Option<String>,
     pub error: Option<String>,
+    /// Worth a look, but no alarm (e.g. more in reports/ than the report and its log).
+    pub warning: Option<String>,
 }
 
 /// Reads every selected host's chroot and report.
@@ -102,13 +111,18 @@ pub fn host_status(
     interval: Interval,
     now: SystemTime,
 ) -> HostStatus {
-    // Every problem found on the way ends up in the row's error column.
+    // Every problem found on the way ends up in the row's error column; any makes the state unknown.
     let mut errors = Vec::new();
     let published = read_published(paths, &mut errors);
-    let Some(report) = read_report(paths, &mut errors) else {
+    let warning = reports_warning(paths);
+    let Some(Received { report, at }) = read_report(paths, &mut errors) else {
         return HostStatus {
             host: name.clone(),
-            state: State::NeverSeen,
+            state: if errors.is_empty() {
+                State::NeverSeen
+            } else {
+                State::Unreadable
+            },
             published,
             applied: None,
             attempted: None,
@@ -116,6 +130,7 @@ pub fn host_status(
             result: None,
             last_seen: None,
             error: joined(errors),
+            warning,
         };
     };
     if report.host != name.as_str() {
@@ -128,7 +143,9 @@ pub fn host_status(
     } else {
         report.applied.clone()
     };
-    let state = if is_stale(&report, interval, now, &mut errors) {
+    let state = if !errors.is_empty() {
+        State::Unreadable
+    } else if is_stale(at, interval, now) {
         State::Stale
     } else {
         match report.result {
@@ -149,8 +166,9 @@ pub fn host_status(
         attempted: report.release,
         attempted_seq: report.seq,
         result: Some(report.result),
-        last_seen: Some(report.last_seen),
+        last_seen: Some(format_time(at)),
         error: joined(errors),
+        warning: warning.or_else(|| clock_warning(&report.last_seen, at)),
     }
 }
 
@@ -176,10 +194,17 @@ fn read_published(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Publi
     }
 }
 
+/// A report and when the server received it.
+struct Received {
+    report: Report,
+    /// The report file's mtime: the server's clock, not a time the client wrote.
+    at: SystemTime,
+}
+
 /// The client's last report, if it wrote one that can be read.
-fn read_report(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Report> {
+fn read_report(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Received> {
     let parsed = match read_client_file(&paths.reports().join(STATUS_FILE), REPORT_LIMIT) {
-        Ok(text) => Report::parse(&text),
+        Ok((text, at)) => Report::parse(&text).map(|report| Received { report, at }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => Err(e.to_string()),
     };
@@ -188,20 +213,53 @@ fn read_report(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Report> 
         .ok()
 }
 
-/// Not seen for `STALE_AFTER_INTERVALS` poll intervals (or `last_seen` is not a time).
-fn is_stale(
-    report: &Report,
-    interval: Interval,
-    now: SystemTime,
-    errors: &mut Vec<String>,
-) -> bool {
-    match parse_time(&report.last_seen) {
-        Some(t) => now.duration_since(t).unwrap_or_default() > interval.0 * STALE_AFTER_INTERVALS,
-        None => {
-            errors.push(format!("last_seen {:?} is not a time", report.last_seen));
-            true
+/// Not heard from for `STALE_AFTER_INTERVALS` poll intervals, by the server's clock.
+fn is_stale(received: SystemTime, interval: Interval, now: SystemTime) -> bool {
+    now.duration_since(received).unwrap_or_default() > interval.0 * STALE_AFTER_INTERVALS
+}
+
+/// How far the client's clock may be off before status mentions it.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// Says so when the time the client wrote is far from when the server received the report.
+fn clock_warning(reported: &str, received: SystemTime) -> Option<String> {
+    let Some(reported) = parse_time(reported) else {
+        return Some(format!("the report's last_seen {reported:?} is not a time"));
+    };
+    let (how, by) = match reported.duration_since(received) {
+        Ok(ahead) => ("ahead", ahead),
+        Err(e) => ("behind", e.duration()),
+    };
+    (by > CLOCK_SKEW).then(|| {
+        format!(
+            "the client's clock is {} {how} of the server's",
+            humantime::format_duration(Duration::from_secs(by.as_secs()))
+        )
+    })
+}
+
+/// What a client may keep in its reports/: the report, the rebuild log, and their upload temporaries.
+const EXPECTED_REPORTS: [&str; 4] = [
+    STATUS_FILE,
+    REBUILD_LOG_FILE,
+    "status.toml.tmp",
+    "rebuild.log.tmp",
+];
+
+/// A warning when reports/ holds more than the client needs (it is the one place a client can write).
+fn reports_warning(paths: &ChrootPaths) -> Option<String> {
+    let entries = fs::read_dir(paths.reports()).ok()?;
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for entry in entries.flatten() {
+        if EXPECTED_REPORTS.contains(&entry.file_name().to_string_lossy().as_ref()) {
+            continue;
         }
+        count += 1;
+        bytes += entry.metadata().map_or(0, |m| m.len());
     }
+    (count > 0).then(|| {
+        format!("reports/ holds {count} other entr(ies), {bytes} bytes: only the report and its log belong there")
+    })
 }
 
 /// The largest report `status` reads; a real one is under 1 KiB.
@@ -210,7 +268,7 @@ const REPORT_LIMIT: u64 = 64 * 1024;
 /// Reads a file the client wrote in its chroot. `status` runs as root and the client
 /// controls `reports/`, so a symlink (to another host's report, to /dev/zero) or a
 /// huge or special file is refused instead of followed.
-fn read_client_file(path: &Path, limit: u64) -> std::io::Result<String> {
+fn read_client_file(path: &Path, limit: u64) -> std::io::Result<(String, SystemTime)> {
     use nix::fcntl::OFlag;
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -246,7 +304,7 @@ fn read_client_file(path: &Path, limit: u64) -> std::io::Result<String> {
     }
     let mut text = String::new();
     file.take(limit).read_to_string(&mut text)?;
-    Ok(text)
+    Ok((text, meta.modified()?))
 }
 
 fn read_seq(release_dir: &Path) -> Result<u64, String> {
@@ -345,18 +403,12 @@ fn table_row(r: &HostStatus, now: SystemTime) -> [String; 7] {
 /// The first line of the error, or what a failed host attempted.
 fn note(r: &HostStatus) -> String {
     match (&r.error, r.state) {
-        (Some(e), _) => e
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .take(60)
-            .collect(),
+        (Some(e), _) => e.lines().next().unwrap_or_default().to_owned(),
         (None, State::Failed | State::RolledBack) => match (&r.attempted, r.attempted_seq) {
             (Some(a), Some(seq)) => format!("attempted #{seq} {}", short(a)),
             _ => String::new(),
         },
-        _ => String::new(),
+        _ => r.warning.clone().unwrap_or_default(),
     }
 }
 

@@ -6,10 +6,27 @@ use crate::TestFleet;
 
 const HOSTS: [&str; 6] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
 
+/// Writes a client's report as the server would receive it at the `last_seen` it names
+/// (status judges by the file's mtime, the server's own clock).
 fn report(fleet: &TestFleet, host: &str, body: &str) {
+    let received = body
+        .lines()
+        .find_map(|l| l.strip_prefix("last_seen = \""))
+        .and_then(|t| humantime::parse_rfc3339(t.trim_end_matches('"')).ok())
+        .expect("a report with last_seen");
+    report_received_at(fleet, host, body, received);
+}
+
+fn report_received_at(fleet: &TestFleet, host: &str, body: &str, at: std::time::SystemTime) {
     let dir = fleet.chroots().join(host).join("reports");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("status.toml"), body).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(dir.join("status.toml"))
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
 }
 
 /// A fleet with one host in each state.
@@ -119,7 +136,7 @@ fn status_exits_0_when_all_is_well_and_can_select_hosts() {
 #[test]
 fn the_chroot_decides_who_reported() {
     let fleet = fleet_in_every_state();
-    // A report in foxtrot's chroot that claims to be alpha counts for foxtrot, and is flagged.
+    // A report in foxtrot's chroot that claims to be alpha counts for foxtrot, and is not trusted.
     report(
         &fleet,
         "foxtrot",
@@ -131,7 +148,7 @@ fn the_chroot_decides_who_reported() {
     let (_, out) = fleet.output(&["status", "--json", "alpha", "foxtrot"]);
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["hosts"][1]["host"], "foxtrot");
-    assert_eq!(doc["hosts"][1]["state"], "up-to-date");
+    assert_eq!(doc["hosts"][1]["state"], "unreadable");
     assert!(
         doc["hosts"][1]["error"]
             .as_str()
@@ -147,11 +164,74 @@ fn the_chroot_decides_who_reported() {
 #[test]
 fn a_garbled_report_is_shown_not_fatal() {
     let fleet = fleet_in_every_state();
-    report(&fleet, "alpha", "this is not toml");
-    let (_, out) = fleet.output(&["status", "alpha"]);
+    report_received_at(&fleet, "alpha", "this is not toml", std::time::SystemTime::now());
+    let (code, out) = fleet.output(&["status", "alpha"]);
     assert!(
-        out.contains("never-seen") && out.contains("reports/status.toml unreadable"),
+        out.contains("unreadable") && out.contains("reports/status.toml unreadable"),
         "{out}"
+    );
+    assert_eq!(code, 3, "an unreadable report is not 'all is well'");
+}
+
+#[test]
+fn an_unreadable_current_is_its_own_state() {
+    let fleet = fleet_in_every_state();
+    fs::write(fleet.chroots().join("alpha/CURRENT"), "not an id\n").unwrap();
+    let (code, out) = fleet.output(&["status", "alpha"]);
+    assert_eq!(code, 3, "{out}");
+    let line = out.lines().find(|l| l.starts_with("alpha")).unwrap();
+    assert!(
+        line.contains("unreadable") && line.contains("CURRENT unreadable"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_report_from_the_future_still_goes_stale() {
+    let fleet = fleet_in_every_state();
+    // The client's clock is a year ahead, but the server received the report four hours ago.
+    report_received_at(
+        &fleet,
+        "alpha",
+        &format!(
+            "host = \"alpha\"\nrelease = \"{}\"\nseq = 1\nresult = \"ok\"\nlast_seen = \"2027-11-24T12:00:00Z\"\n",
+            fleet.current("alpha")
+        ),
+        humantime::parse_rfc3339("2026-11-24T08:00:00Z").unwrap(),
+    );
+    let (code, out) = fleet.output(&["status", "--json", "alpha"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let alpha = &doc["hosts"][0];
+    assert_eq!(alpha["state"], "stale", "{alpha}");
+    assert_eq!(
+        alpha["last_seen"], "2026-11-24T08:00:00Z",
+        "the server's clock"
+    );
+    assert!(
+        alpha["warning"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of the server's"),
+        "{alpha}"
+    );
+    assert_eq!(code, 3);
+}
+
+#[test]
+fn more_than_a_report_in_reports_is_a_warning() {
+    let fleet = fleet_in_every_state();
+    fs::write(
+        fleet.chroots().join("alpha/reports/filler"),
+        vec![0u8; 4096],
+    )
+    .unwrap();
+    let (code, out) = fleet.output(&["status", "alpha"]);
+    assert_eq!(code, 0, "a warning, not an alarm: {out}");
+    let line = out.lines().find(|l| l.starts_with("alpha")).unwrap();
+    assert!(
+        line.contains("up-to-date")
+            && line.contains("reports/ holds 1 other entr(ies), 4096 bytes"),
+        "{line}"
     );
 }
 
@@ -182,7 +262,7 @@ fn a_report_that_is_a_symlink_or_huge_is_refused_not_followed() {
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     for (i, why) in [(0, "symlink"), (1, "more than"), (2, "symlink")] {
         let host = &doc["hosts"][i];
-        assert_eq!(host["state"], "never-seen", "{host}");
+        assert_eq!(host["state"], "unreadable", "{host}");
         assert!(host["error"].as_str().unwrap().contains(why), "{host}");
     }
 }
