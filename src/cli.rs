@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::command::{check, host, init, provision, publish, pull, status};
+use crate::command::{check, host, init, provision, publish, pull, status, verify};
 use crate::error::{Error, Exit};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -60,6 +60,11 @@ pub enum Command {
         long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted).\nExits 3 when any host is failed, rolled-back, stale or unreadable, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log)."
     )]
     Status(status::Args),
+    /// Re-hash every stored release against its MANIFEST; --repair replaces damaged ones
+    #[command(
+        long_about = "Re-hash every stored release of each host against its MANIFEST and name every file that changed on the server after publishing (a disk error, a hand edit). Exits 1 if any is damaged.\n\nWith --repair (as root, like publish): a host whose current release is damaged gets a fresh release published from the fleet repository (a new seq, every file copied, none linked), and damaged older releases are removed. publish itself never hard-links a stored file whose content no longer matches its hash."
+    )]
+    Verify(verify::Args),
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)
     #[command(long_about = pull::LONG_ABOUT)]
     Pull(pull::Args),
@@ -72,6 +77,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Check(args) => check::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Status(args) => status::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Provision(args) => provision::run(args),
         Command::Pull(args) => pull::run(args),
     }

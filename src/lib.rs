@@ -18,3 +18,4 @@ pub mod release;
 pub mod report;
 pub mod settings;
 pub mod status;
+pub mod verify;

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use crate::diag::Problem;
 use crate::durable;
 use crate::fleet::{Fleet, Host};
-use crate::hash::sha256_reader;
+use crate::hash::{sha256_file, sha256_reader};
 use crate::host_tree::{self, SourceFile};
 use crate::layout::{CURRENT_FILE, ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE, list_releases};
 use crate::names::{HostName, ReleaseId};
@@ -60,10 +60,20 @@ pub enum Mode {
     DryRun,
 }
 
+/// Whether a host whose directory did not change still gets a new release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Only when something changed (every publish).
+    Changed,
+    /// Always: `tiffin verify --repair` replaces a damaged current release by a fresh copy.
+    Always,
+}
+
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
     pub chroot_root: PathBuf,
     pub mode: Mode,
+    pub when: When,
     pub keep_releases: usize,
     pub now: SystemTime,
     /// Test hook; `None` in real use.
@@ -185,7 +195,7 @@ fn prepare(fleet: &Fleet, host: &Host, opts: &PublishOptions) -> Result<Prepared
     };
     let previous = match current_id {
         None => None,
-        Some(id) => match read_current_release(&paths, id, &manifest)? {
+        Some(id) => match read_current_release(&paths, id, &manifest, opts.when)? {
             Current::Same { id, seq } => return Ok(Prepared::Unchanged { id, seq }),
             Current::Differs(previous) => Some(previous),
         },
@@ -212,6 +222,7 @@ fn read_current_release(
     paths: &ChrootPaths,
     id: ReleaseId,
     candidate: &Manifest,
+    when: When,
 ) -> Result<Current, PublishError> {
     let broken = |message: String| PublishError::BrokenCurrent {
         host: candidate.host.clone(),
@@ -228,7 +239,7 @@ fn read_current_release(
         created: head.created,
         ..candidate.clone()
     };
-    if same_header.id() == id {
+    if same_header.id() == id && when == When::Changed {
         return Ok(Current::Same { id, seq: head.seq });
     }
     let manifest = Manifest::parse_verified(&bytes, &id).map_err(|e| broken(e.to_string()))?;
@@ -362,7 +373,17 @@ impl Stager<'_> {
         }
         if let Some(previous) = reuse {
             let old = src.release_path.under(&self.paths.release(&previous.id));
-            if fs::hard_link(old, &dest).is_ok() {
+            // A stored file changed after publishing must not spread into every later release.
+            let intact = sha256_file(&old)
+                .is_ok_and(|(sha, size)| sha == hashed.sha256.as_str() && size == hashed.size);
+            if !intact {
+                tracing::warn!(
+                    "host {}: {} no longer matches release {}'s MANIFEST; copied afresh instead of linked (`tiffin verify` checks every stored release)",
+                    self.host,
+                    old.display(),
+                    previous.id.short()
+                );
+            } else if fs::hard_link(old, &dest).is_ok() {
                 return Ok(FileEntry {
                     mode: src.mode,
                     ..hashed.clone()

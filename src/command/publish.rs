@@ -5,7 +5,7 @@ use crate::clock::now;
 use crate::error::{Error, Exit};
 use crate::fleet::Fleet;
 use crate::names::HostName;
-use crate::publish::{self, Mode, Outcome, PublishError, PublishOptions};
+use crate::publish::{self, Mode, Outcome, PublishError, PublishOptions, When};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +29,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         } else {
             Mode::Write
         },
+        when: When::Changed,
         keep_releases: fleet.config.server.keep_releases,
         now: now(),
         fault: None,

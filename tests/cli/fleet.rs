@@ -218,6 +218,7 @@ fn help_teaches() {
         ("help", vec!["--help"]),
         ("help_publish", vec!["publish", "--help"]),
         ("help_status", vec!["status", "--help"]),
+        ("help_verify", vec!["verify", "--help"]),
         ("help_host_add", vec!["host", "add", "--help"]),
     ] {
         let out = assert_cmd::Command::cargo_bin("tiffin")

@@ -74,7 +74,7 @@ impl TestFleet {
             .env("NO_COLOR", "1")
             .env_remove("TIFFIN_FLEET")
             .env_remove("RUST_LOG");
-        if matches!(args.first(), Some(&"publish") | Some(&"status")) {
+        if matches!(args.first(), Some(&"publish" | &"status" | &"verify")) {
             cmd.arg("--chroot-root").arg(self.chroots());
         }
         cmd

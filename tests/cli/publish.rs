@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::time::SystemTime;
 
 use tiffin::fleet::Fleet;
-use tiffin::publish::{Fault, Mode, PublishOptions, publish_host};
+use tiffin::publish::{Fault, Mode, PublishOptions, When, publish_host};
 use tiffin::release::Manifest;
 
 use crate::{TestFleet, list};
@@ -242,6 +242,7 @@ fn injected_failures_leave_the_previous_release() {
         let opts = PublishOptions {
             chroot_root: fleet.chroots(),
             mode: Mode::Write,
+            when: When::Changed,
             keep_releases: 5,
             now: SystemTime::now(),
             fault: Some(fault),
@@ -259,6 +260,7 @@ fn injected_failures_leave_the_previous_release() {
     let opts = PublishOptions {
         chroot_root: fleet.chroots(),
         mode: Mode::Write,
+        when: When::Changed,
         keep_releases: 5,
         now: SystemTime::now(),
         fault: Some(Fault::BeforeCurrentSwap),
@@ -275,4 +277,56 @@ fn injected_failures_leave_the_previous_release() {
     let m = manifest(&fleet, "web", &fleet.current("web"));
     assert!(m.files.iter().any(|f| f.path.as_str() == "files/etc/new-b"));
     assert_eq!(m.seq, 3, "the seq of an orphaned release is never reused");
+}
+
+#[test]
+fn a_damaged_stored_file_is_found_never_linked_again_and_repaired() {
+    let fleet = TestFleet::with_hosts(&["web"]);
+    fleet.tiffin(&["publish"]).assert().success();
+    let first = fleet.current("web");
+    let stored = fleet
+        .chroots()
+        .join("web/releases")
+        .join(&first)
+        .join("config/configuration.nix");
+    let good = fs::read(&stored).unwrap();
+    fs::write(&stored, "{ }: { damaged = true; }\n").unwrap();
+
+    // verify names the file, the release and what is wrong, and fails.
+    let (code, out) = fleet.output(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("release #1 {}", &first[..12]))
+            && out.contains("config/configuration.nix")
+            && out.contains("bytes, the MANIFEST says"),
+        "{out}"
+    );
+
+    // A publish for another change copies the file afresh instead of linking the damaged one.
+    fleet.write("hosts/web/files/etc/motd", "hello\n");
+    fleet.tiffin(&["publish"]).assert().success();
+    let second = fleet.current("web");
+    let fresh = fleet
+        .chroots()
+        .join("web/releases")
+        .join(&second)
+        .join("config/configuration.nix");
+    assert_eq!(fs::read(&fresh).unwrap(), good);
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(
+        fs::metadata(&fresh).unwrap().ino(),
+        fs::metadata(&stored).unwrap().ino()
+    );
+
+    // Damage the current release too; --repair publishes a fresh one and removes the old damaged one.
+    fs::write(&fresh, "x").unwrap();
+    let (code, out) = fleet.output(&["verify", "--repair"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("web: repaired: published release #3"), "{out}");
+    assert!(out.contains(&format!("removed damaged release {}", &first[..12])), "{out}");
+    let (code, out) = fleet.output(&["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("all intact"), "{out}");
+    let third = fleet.current("web");
+    assert_eq!(manifest(&fleet, "web", &third).seq, 3);
 }

@@ -164,7 +164,12 @@ fn the_chroot_decides_who_reported() {
 #[test]
 fn a_garbled_report_is_shown_not_fatal() {
     let fleet = fleet_in_every_state();
-    report_received_at(&fleet, "alpha", "this is not toml", std::time::SystemTime::now());
+    report_received_at(
+        &fleet,
+        "alpha",
+        "this is not toml",
+        std::time::SystemTime::now(),
+    );
     let (code, out) = fleet.output(&["status", "alpha"]);
     assert!(
         out.contains("unreadable") && out.contains("reports/status.toml unreadable"),
