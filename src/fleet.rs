@@ -284,9 +284,16 @@ impl Fleet {
     }
 
     /// The hosts named on the command line, or all of them.
+    /// The hosts `names` asks for, or every host directory when it is empty: also those that
+    /// failed to load, so a mistyped host.toml is an error for publish and provision, never a
+    /// host that silently left the fleet.
     pub fn select(&self, names: &[String]) -> Result<Vec<HostName>, FleetError> {
         if names.is_empty() {
-            return Ok(self.hosts.keys().cloned().collect());
+            let mut all = self.host_dirs();
+            all.extend(self.hosts.keys().cloned());
+            all.sort();
+            all.dedup();
+            return Ok(all);
         }
         names
             .iter()

@@ -330,3 +330,20 @@ fn a_damaged_stored_file_is_found_never_linked_again_and_repaired() {
     let third = fleet.current("web");
     assert_eq!(manifest(&fleet, "web", &third).seq, 3);
 }
+
+#[test]
+fn a_host_whose_host_toml_does_not_load_is_an_error_not_a_departure() {
+    let fleet = TestFleet::with_hosts(&["web", "db"]);
+    fleet.tiffin(&["publish"]).assert().success();
+    let before = fleet.current("db");
+    let host_toml = fs::read_to_string(fleet.root().join("hosts/db/host.toml")).unwrap();
+    fleet.write("hosts/db/host.toml", &format!("{host_toml}\nacton = \"boot\"\n"));
+    fleet.write("hosts/db/files/etc/motd", "changed\n");
+    let (code, out) = fleet.output(&["publish"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("hosts/db/host.toml") && out.contains("acton"),
+        "names the file and the key: {out}"
+    );
+    assert_eq!(fleet.current("db"), before, "db keeps its release");
+}
