@@ -50,7 +50,11 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     // Held from planning to the last action, so a concurrent run cannot act on a stale plan.
     let _lock = if dry_run { None } else { Some(apply::lock()?) };
     let opts = PlanOptions {
-        prune: args.prune,
+        departed: if args.prune {
+            plan::Departed::Prune
+        } else {
+            plan::Departed::Keep
+        },
         now: now(),
     };
     let plan = plan::plan(&target, &sys, &opts)?;
