@@ -71,17 +71,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     if plan.actions.is_empty() {
         return Ok(Exit::Ok);
     }
-    let applier = apply::Applier {
-        sys: &sys,
-        sshd_config: target.sshd_config.clone(),
-        // Without the Include, checking sshd_config would not read the drop-in at all.
-        validate: if plan.sshd_reads_dropin {
-            target.sshd_config.clone()
-        } else {
-            target.dropin.clone()
-        },
-        reload,
-    };
+    let applier = apply::Applier::new(&sys, &target, &plan, reload);
     let total = plan.actions.len();
     for (i, action) in plan.actions.iter().enumerate() {
         match applier.apply(action) {
