@@ -5,7 +5,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::plan::{AccountFix, Action, COMMENT_PREFIX, KEY_FILE_MODE, Plan, Target, Want};
+use super::action::{AccountFix, Action, Want};
+use super::plan::{COMMENT_PREFIX, KEY_FILE_MODE, Plan, SshdCheck, Target};
 use super::system::{Accounts, Password, RealSystem};
 use super::{ProvisionError, Refusal, Rollback};
 use crate::layout::{SERVER_DIR_MODE, SERVER_FILE_MODE};
@@ -115,11 +116,9 @@ impl<'a> Applier<'a> {
         Applier {
             sys,
             sshd_config: target.sshd_config.clone(),
-            // Without the Include, checking sshd_config would not read the drop-in at all.
-            validate: if plan.sshd_reads_dropin {
-                target.sshd_config.clone()
-            } else {
-                target.dropin.clone()
+            validate: match plan.sshd_check {
+                SshdCheck::WholeConfig => target.sshd_config.clone(),
+                SshdCheck::DropinAlone => target.dropin.clone(),
             },
             reload,
         }

@@ -1,9 +1,10 @@
 //! `tiffin provision`: make OpenSSH serve every host (accounts, chroots, keys, sshd drop-in).
 //!
-//! It inspects the server (`system`), computes a plan of typed actions (`plan`), prints it, and,
-//! unless `--dry-run`, applies it (`apply`). The sshd drop-in (`dropin`) is validated with
-//! `sshd -t` in place before sshd is reloaded; a refused drop-in is rolled back.
+//! It inspects the server (`system`), computes a plan of typed actions (`plan`, `action`),
+//! prints it, and, unless `--dry-run`, applies it (`apply`). The sshd drop-in (`dropin`) is
+//! validated with `sshd -t` in place before sshd is reloaded; a refused drop-in is rolled back.
 
+pub mod action;
 pub mod apply;
 pub mod dropin;
 pub mod plan;
@@ -12,8 +13,9 @@ pub mod system;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use action::Action;
 pub use apply::ReloadMethod;
-pub use plan::{Action, Plan, PlanOptions, Target};
+pub use plan::{Plan, PlanOptions, Target};
 pub use system::{RealSystem, System};
 
 /// Test hook: plan against a copy of a server under this directory instead of `/` (dry runs only).
