@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use super::{FleetArgs, require_valid};
 use crate::clock::now;
 use crate::error::{Error, Exit};
+use crate::provision::apply::{self, Applier};
+use crate::provision::plan::{self, Departed};
 use crate::provision::{
-    self, PlanOptions, ProvisionError, RELOAD_ENV, RealSystem, ReloadMethod, SYSTEM_ROOT_ENV,
-    apply, plan,
+    self, Plan, PlanOptions, ProvisionError, RELOAD_ENV, RealSystem, ReloadMethod, SYSTEM_ROOT_ENV,
+    Target,
 };
 
 #[derive(Debug, clap::Args)]
@@ -22,83 +24,127 @@ pub struct Args {
     pub prune: bool,
 }
 
+/// Whether this run may change the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunMode {
+    DryRun,
+    Apply,
+}
+
+impl Args {
+    fn mode(&self) -> RunMode {
+        if self.dry_run {
+            RunMode::DryRun
+        } else {
+            RunMode::Apply
+        }
+    }
+    fn departed(&self) -> Departed {
+        if self.prune {
+            Departed::Prune
+        } else {
+            Departed::Keep
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Result<Exit, Error> {
-    let dry_run = args.dry_run;
-    let fleet = args.fleet.load()?;
-    let all: Vec<_> = fleet.hosts.keys().cloned().collect();
-    require_valid(&fleet, &all)?;
-    let target = provision::target(&fleet, args.fleet.chroot_root(&fleet))?;
-
-    let root = std::env::var_os(SYSTEM_ROOT_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let sys = RealSystem::new(root);
-    if !sys.is_real_root() && !dry_run {
-        return Err(ProvisionError::BadInput(format!(
-            "{SYSTEM_ROOT_ENV} is only for planning: use it with --dry-run"
-        ))
-        .into());
-    }
-    let reload: ReloadMethod = std::env::var(RELOAD_ENV)
-        .unwrap_or_default()
-        .parse()
-        .map_err(ProvisionError::BadInput)?;
-    if !dry_run && !nix::unistd::geteuid().is_root() {
-        return Err(ProvisionError::NotRoot.into());
-    }
-
+    let setup = Setup::check(args)?;
     // Held from planning to the last action, so a concurrent run cannot act on a stale plan.
-    let _lock = if dry_run { None } else { Some(apply::lock()?) };
+    let _lock = match setup.mode {
+        RunMode::DryRun => None,
+        RunMode::Apply => Some(apply::lock()?),
+    };
     let opts = PlanOptions {
-        prune: args.prune,
+        departed: args.departed(),
         now: now(),
     };
-    let plan = plan::plan(&target, &sys, &opts)?;
-    print!("{}", plan.render(&target));
+    let plan = plan::plan(&setup.target, &setup.sys, &opts)?;
+    print!("{}", plan.render(&setup.target));
     if plan.is_blocked() {
         return Err(ProvisionError::Blocked.into());
     }
-    if dry_run {
-        if !plan.actions.is_empty() {
-            println!("dry run: nothing was changed");
+    match setup.mode {
+        RunMode::DryRun => {
+            if !plan.actions.is_empty() {
+                println!("dry run: nothing was changed");
+            }
+            Ok(Exit::Ok)
         }
-        return Ok(Exit::Ok);
+        RunMode::Apply => setup.apply(&plan),
     }
-    if plan.actions.is_empty() {
-        return Ok(Exit::Ok);
+}
+
+/// What a run works with, every input checked before anything is planned.
+struct Setup {
+    mode: RunMode,
+    target: Target,
+    sys: RealSystem,
+    reload: ReloadMethod,
+}
+
+impl Setup {
+    fn check(args: &Args) -> Result<Setup, Error> {
+        let mode = args.mode();
+        let fleet = args.fleet.load()?;
+        let all: Vec<_> = fleet.hosts.keys().cloned().collect();
+        require_valid(&fleet, &all)?;
+        let target = provision::target(&fleet, args.fleet.chroot_root(&fleet))?;
+        let root = std::env::var_os(SYSTEM_ROOT_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let sys = RealSystem::new(root);
+        if !sys.is_real_root() && mode == RunMode::Apply {
+            return Err(ProvisionError::BadInput(format!(
+                "{SYSTEM_ROOT_ENV} is only for planning: use it with --dry-run"
+            ))
+            .into());
+        }
+        let reload: ReloadMethod = std::env::var(RELOAD_ENV)
+            .unwrap_or_default()
+            .parse()
+            .map_err(ProvisionError::BadInput)?;
+        if mode == RunMode::Apply && !nix::unistd::geteuid().is_root() {
+            return Err(ProvisionError::NotRoot.into());
+        }
+        Ok(Setup {
+            mode,
+            target,
+            sys,
+            reload,
+        })
     }
-    let applier = apply::Applier {
-        sys: &sys,
-        sshd_config: target.sshd_config.clone(),
-        // Without the Include, checking sshd_config would not read the drop-in at all.
-        validate: if plan.sshd_reads_dropin {
-            target.sshd_config.clone()
-        } else {
-            target.dropin.clone()
-        },
-        reload,
-    };
-    let total = plan.actions.len();
-    for (i, action) in plan.actions.iter().enumerate() {
-        match applier.apply(action) {
-            Ok(Some(message)) => println!("{message}"),
-            Ok(None) => {}
-            Err(e @ ProvisionError::SshdRejected { .. }) => return Err(e.into()),
-            Err(source) => {
-                return Err(ProvisionError::Step {
-                    step: i + 1,
-                    total,
-                    action: action
-                        .to_string()
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    source: Box::new(source),
+
+    /// Applies the plan's actions in order; the first failure stops the run and names its step.
+    fn apply(&self, plan: &Plan) -> Result<Exit, Error> {
+        if plan.actions.is_empty() {
+            return Ok(Exit::Ok);
+        }
+        let applier = Applier::new(&self.sys, &self.target, plan, self.reload.clone());
+        let total = plan.actions.len();
+        for (i, action) in plan.actions.iter().enumerate() {
+            match applier.apply(action) {
+                Ok(Some(message)) => println!("{message}"),
+                Ok(None) => {}
+                // It says itself what was rolled back and what to fix; no step to resume from.
+                Err(e @ ProvisionError::SshdRejected { .. }) => return Err(e.into()),
+                Err(source) => {
+                    return Err(ProvisionError::Step {
+                        step: i + 1,
+                        total,
+                        // One line, without the plan's column padding.
+                        action: action
+                            .to_string()
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        source: Box::new(source),
+                    }
+                    .into());
                 }
-                .into());
             }
         }
+        println!("done: {total} change(s) applied");
+        Ok(Exit::Ok)
     }
-    println!("done: {total} change(s) applied");
-    Ok(Exit::Ok)
 }

@@ -5,10 +5,12 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::ProvisionError;
-use super::plan::{AccountFix, Action, KEY_FILE_MODE, Want};
+use super::action::{AccountFix, Action, Want};
+use super::plan::{COMMENT_PREFIX, KEY_FILE_MODE, Plan, SshdCheck, Target};
 use super::system::{Accounts, Password, RealSystem};
+use super::{ProvisionError, Refusal, Rollback};
 use crate::layout::{SERVER_DIR_MODE, SERVER_FILE_MODE};
+use crate::names::HostName;
 
 /// How sshd learns about a new drop-in (`TIFFIN_SSHD_RELOAD`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +45,11 @@ impl std::str::FromStr for ReloadMethod {
 
 /// Runs a plan's actions in order on the real system; stops at the first failure.
 pub struct Applier<'a> {
-    pub sys: &'a RealSystem,
-    pub sshd_config: PathBuf,
+    sys: &'a RealSystem,
+    sshd_config: PathBuf,
     /// The file `sshd -t -f` checks: the main config when it includes the drop-in, else the drop-in.
-    pub validate: PathBuf,
-    pub reload: ReloadMethod,
+    validate: PathBuf,
+    reload: ReloadMethod,
 }
 
 /// One provisioning at a time: two would race on the drop-in's backup and on useradd.
@@ -108,11 +110,120 @@ fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Pro
     move |source| ProvisionError::Io { step, path, source }
 }
 
+impl<'a> Applier<'a> {
+    /// An applier for `plan`, checking the drop-in with `sshd -t` the way sshd will read it.
+    pub fn new(sys: &'a RealSystem, target: &Target, plan: &Plan, reload: ReloadMethod) -> Self {
+        Applier {
+            sys,
+            sshd_config: target.sshd_config.clone(),
+            validate: match plan.sshd_check {
+                SshdCheck::WholeConfig => target.sshd_config.clone(),
+                SshdCheck::DropinAlone => target.dropin.clone(),
+            },
+            reload,
+        }
+    }
+
+    /// Applies one action; returns a line to print when there is more to say than the plan did.
+    pub fn apply(&self, action: &Action) -> Result<Option<String>, ProvisionError> {
+        match action {
+            Action::CreateGroup { name } => self.create_group(name)?,
+            Action::CreateAccount {
+                name,
+                host,
+                group,
+                home,
+                shell,
+            } => self.create_account(name, host, group, home, shell)?,
+            Action::FixAccount { name, fixes } => self.fix_account(name, fixes)?,
+            Action::UnlockAccount { name, .. } => self.unlock_account(name)?,
+            Action::CreateDir { path, want } => self.create_dir(path, want)?,
+            Action::Repair { path, want, .. } => self.repair(path, want)?,
+            Action::RepairTree { path, group, .. } => self.repair_tree(path, group)?,
+            Action::WriteKey { path, content, .. } => self.write_key(path, content)?,
+            Action::WriteDropin { path, old, new, .. } => {
+                self.write_dropin(path, Previous::of(old.as_deref()), new)?
+            }
+            Action::Reload => return self.reload().map(Some),
+            Action::LockAccount { name, .. } => self.lock_account(name)?,
+            Action::RemoveKey { path } => self.remove_key(path)?,
+            Action::MoveChroot { from, to } => self.move_chroot(from, to)?,
+        }
+        Ok(None)
+    }
+}
+
+/// Accounts and groups, with the system's own tools.
 impl Applier<'_> {
+    fn create_group(&self, name: &str) -> Result<(), ProvisionError> {
+        run("groupadd", &["--system", name]).map(drop)
+    }
+
+    fn create_account(
+        &self,
+        name: &str,
+        host: &HostName,
+        group: &str,
+        home: &Path,
+        shell: &Path,
+    ) -> Result<(), ProvisionError> {
+        let comment = format!("{COMMENT_PREFIX}{host}");
+        let home = home.to_string_lossy();
+        let shell = shell.to_string_lossy();
+        run(
+            "useradd",
+            &[
+                "--system",
+                "--gid",
+                group,
+                "--home-dir",
+                &home,
+                "--no-create-home",
+                "--shell",
+                &shell,
+                "--comment",
+                &comment,
+                name,
+            ],
+        )?;
+        // useradd leaves a locked "!" (Debian) or "!!" (Fedora): sshd refuses key logins then.
+        run("usermod", &["--password", "*", name])?;
+        self.verify_unlocked(name)
+    }
+
+    fn fix_account(&self, name: &str, fixes: &[AccountFix]) -> Result<(), ProvisionError> {
+        let mut args: Vec<String> = Vec::new();
+        for f in fixes {
+            match f {
+                AccountFix::Home { to, .. } => {
+                    args.extend(["--home".into(), to.to_string_lossy().into_owned()])
+                }
+                AccountFix::Shell { to, .. } => {
+                    args.extend(["--shell".into(), to.to_string_lossy().into_owned()])
+                }
+                AccountFix::Group { to, .. } => args.extend(["--gid".into(), to.clone()]),
+            }
+        }
+        args.push(name.to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("usermod", &args).map(drop)
+    }
+
+    fn unlock_account(&self, name: &str) -> Result<(), ProvisionError> {
+        run("usermod", &["--password", "*", "--expiredate", "", name])?;
+        self.verify_unlocked(name)
+    }
+
+    fn lock_account(&self, name: &str) -> Result<(), ProvisionError> {
+        // Locking alone does not stop key logins when sshd uses PAM; expiry does.
+        run("usermod", &["--lock", "--expiredate", "1", name]).map(drop)
+    }
+
     fn accounts(&self) -> Result<Accounts, ProvisionError> {
         Accounts::load(self.sys).map_err(ProvisionError::inspect(Path::new("/etc")))
     }
 
+    /// The uid and gid of a `Want`'s owner and group, which earlier steps may have just created.
     fn ids(&self, want: &Want) -> Result<(u32, u32), ProvisionError> {
         let accounts = self.accounts()?;
         let uid = match want.owner.as_str() {
@@ -132,20 +243,6 @@ impl Applier<'_> {
                 .ok_or_else(|| ProvisionError::Missing(format!("group {name}")))?,
         };
         Ok((uid, gid))
-    }
-
-    /// Sets owner, group and mode without following a symlink put in its place.
-    fn set_meta(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), ProvisionError> {
-        let real = self.sys.real(path);
-        let meta = fs::symlink_metadata(&real).map_err(io_err("inspecting", path))?;
-        if meta.file_type().is_symlink() {
-            return Err(ProvisionError::Unexpected(format!(
-                "{} became a symlink while provisioning; not following it",
-                path.display()
-            )));
-        }
-        std::os::unix::fs::lchown(&real, Some(uid), Some(gid)).map_err(io_err("chown", path))?;
-        fs::set_permissions(&real, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
     }
 
     /// The password field must end up `*`: not locked (sshd refuses locked accounts), no password.
@@ -168,115 +265,37 @@ impl Applier<'_> {
             ))),
         }
     }
+}
 
-    /// Applies one action; returns a line to print when there is more to say than the plan did.
-    pub fn apply(&self, action: &Action) -> Result<Option<String>, ProvisionError> {
-        match action {
-            Action::CreateGroup { name } => {
-                run("groupadd", &["--system", name])?;
-            }
-            Action::CreateAccount {
-                name,
-                host,
-                group,
-                home,
-                shell,
-            } => {
-                let comment = format!("{}{host}", super::plan::COMMENT_PREFIX);
-                let home = home.to_string_lossy();
-                let shell = shell.to_string_lossy();
-                run(
-                    "useradd",
-                    &[
-                        "--system",
-                        "--gid",
-                        group,
-                        "--home-dir",
-                        &home,
-                        "--no-create-home",
-                        "--shell",
-                        &shell,
-                        "--comment",
-                        &comment,
-                        name,
-                    ],
-                )?;
-                // useradd leaves a locked "!" (Debian) or "!!" (Fedora): sshd refuses key logins then.
-                run("usermod", &["--password", "*", name])?;
-                self.verify_unlocked(name)?;
-            }
-            Action::FixAccount { name, fixes } => {
-                let mut args: Vec<String> = Vec::new();
-                for f in fixes {
-                    match f {
-                        AccountFix::Home { to, .. } => {
-                            args.extend(["--home".into(), to.to_string_lossy().into_owned()])
-                        }
-                        AccountFix::Shell { to, .. } => {
-                            args.extend(["--shell".into(), to.to_string_lossy().into_owned()])
-                        }
-                        AccountFix::Group { to, .. } => args.extend(["--gid".into(), to.clone()]),
-                    }
-                }
-                args.push(name.clone());
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run("usermod", &args)?;
-            }
-            Action::UnlockAccount { name, .. } => {
-                run("usermod", &["--password", "*", "--expiredate", "", name])?;
-                self.verify_unlocked(name)?;
-            }
-            Action::CreateDir { path, want } => {
-                let (uid, gid) = self.ids(want)?;
-                let real = self.sys.real(path);
-                match fs::DirBuilder::new().mode(0o700).create(&real) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(io_err("creating", path)(e)),
-                }
-                self.set_meta(path, uid, gid, want.mode.bits())?;
-            }
-            Action::Repair { path, want, .. } => {
-                let (uid, gid) = self.ids(want)?;
-                self.set_meta(path, uid, gid, want.mode.bits())?;
-            }
-            Action::RepairTree { path, group, .. } => {
-                let (_, gid) = self.ids(&Want {
-                    owner: "root".into(),
-                    group: group.clone(),
-                    mode: crate::release::Mode::from_stat(0),
-                })?;
-                self.repair_tree(path, gid)?;
-            }
-            Action::WriteKey { path, content, .. } => {
-                crate::durable::write_atomic(
-                    &self.sys.real(path),
-                    content.as_bytes(),
-                    KEY_FILE_MODE,
-                    crate::durable::Owner::Root,
-                )
-                .map_err(io_err("writing", path))?;
-            }
-            Action::WriteDropin { path, old, new, .. } => {
-                self.write_dropin(path, old.is_some(), new)?;
-            }
-            Action::Reload => return self.reload().map(Some),
-            Action::LockAccount { name, .. } => {
-                // Locking alone does not stop key logins when sshd uses PAM; expiry does.
-                run("usermod", &["--lock", "--expiredate", "1", name])?;
-            }
-            Action::RemoveKey { path } => {
-                fs::remove_file(self.sys.real(path)).map_err(io_err("removing", path))?;
-            }
-            Action::MoveChroot { from, to } => {
-                fs::rename(self.sys.real(from), self.sys.real(to))
-                    .map_err(io_err("moving", from))?;
-            }
+/// Directories and files, with plain syscalls on the real paths.
+impl Applier<'_> {
+    fn create_dir(&self, path: &Path, want: &Want) -> Result<(), ProvisionError> {
+        let (uid, gid) = self.ids(want)?;
+        let real = self.sys.real(path);
+        match fs::DirBuilder::new().mode(0o700).create(&real) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("creating", path)(e)),
         }
-        Ok(None)
+        self.set_meta(path, uid, gid, want.mode.bits())
     }
 
-    fn repair_tree(&self, path: &Path, gid: u32) -> Result<(), ProvisionError> {
+    fn repair(&self, path: &Path, want: &Want) -> Result<(), ProvisionError> {
+        let (uid, gid) = self.ids(want)?;
+        self.set_meta(path, uid, gid, want.mode.bits())
+    }
+
+    fn repair_tree(&self, path: &Path, group: &str) -> Result<(), ProvisionError> {
+        let (_, gid) = self.ids(&Want {
+            owner: "root".into(),
+            group: group.to_owned(),
+            mode: crate::release::Mode::from_stat(0),
+        })?;
+        self.repair_entries(path, gid)
+    }
+
+    /// root:gid 0750 for directories, 0640 for files, all the way down; symlinks are left alone.
+    fn repair_entries(&self, path: &Path, gid: u32) -> Result<(), ProvisionError> {
         let real = self.sys.real(path);
         let meta = fs::symlink_metadata(&real).map_err(io_err("inspecting", path))?;
         let kind = meta.file_type();
@@ -284,7 +303,7 @@ impl Applier<'_> {
             self.set_meta(path, 0, gid, SERVER_DIR_MODE)?;
             for entry in fs::read_dir(&real).map_err(io_err("listing", path))? {
                 let entry = entry.map_err(io_err("listing", path))?;
-                self.repair_tree(&path.join(entry.file_name()), gid)?;
+                self.repair_entries(&path.join(entry.file_name()), gid)?;
             }
         } else if kind.is_file() {
             self.set_meta(path, 0, gid, SERVER_FILE_MODE)?;
@@ -292,139 +311,236 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Sets owner, group and mode without following a symlink put in its place.
+    fn set_meta(&self, path: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), ProvisionError> {
+        let real = self.sys.real(path);
+        let meta = fs::symlink_metadata(&real).map_err(io_err("inspecting", path))?;
+        if meta.file_type().is_symlink() {
+            return Err(ProvisionError::Unexpected(format!(
+                "{} became a symlink while provisioning; not following it",
+                path.display()
+            )));
+        }
+        std::os::unix::fs::lchown(&real, Some(uid), Some(gid)).map_err(io_err("chown", path))?;
+        fs::set_permissions(&real, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+    }
+
+    fn write_key(&self, path: &Path, content: &str) -> Result<(), ProvisionError> {
+        crate::durable::write_atomic(
+            &self.sys.real(path),
+            content.as_bytes(),
+            KEY_FILE_MODE,
+            crate::durable::Owner::Root,
+        )
+        .map_err(io_err("writing", path))
+    }
+
+    fn remove_key(&self, path: &Path) -> Result<(), ProvisionError> {
+        fs::remove_file(self.sys.real(path)).map_err(io_err("removing", path))
+    }
+
+    fn move_chroot(&self, from: &Path, to: &Path) -> Result<(), ProvisionError> {
+        fs::rename(self.sys.real(from), self.sys.real(to)).map_err(io_err("moving", from))
+    }
+}
+
+/// The drop-in: swapped in, judged by `sshd -t`, rolled back when refused.
+impl Applier<'_> {
     /// Puts the new drop-in in place, lets `sshd -t` judge the whole configuration, and
     /// puts the previous file (the same inode, so byte-identical) back if sshd refuses it.
-    fn write_dropin(&self, path: &Path, had_old: bool, new: &str) -> Result<(), ProvisionError> {
-        let real = self.sys.real(path);
-        let dir = real.parent().unwrap_or(Path::new("/"));
+    fn write_dropin(
+        &self,
+        path: &Path,
+        previous: Previous,
+        new: &str,
+    ) -> Result<(), ProvisionError> {
+        let swap = DropinSwap::new(self.sys.real(path), previous);
+        swap.put_in_place(path, new)?;
+        match sshd_test(&self.validate) {
+            Ok(()) => swap.keep(),
+            Err(message) => Err(self.refused(path, &swap, message)),
+        }
+    }
+
+    /// Rolls the refused drop-in back and says what sshd objects to.
+    fn refused(&self, path: &Path, swap: &DropinSwap, message: String) -> ProvisionError {
+        let rollback = match (swap.roll_back(), swap.previous) {
+            (Err(e), _) => Rollback::Failed(e.to_string()),
+            (Ok(()), Previous::Present) => Rollback::Restored,
+            (Ok(()), Previous::Absent) => Rollback::Removed,
+        };
+        // Tells a broken drop-in from a server where `sshd -t` fails anyway
+        // (a broken sshd_config, a missing /run/sshd when sshd is stopped).
+        let cause = match rollback {
+            Rollback::Restored | Rollback::Removed if sshd_test(&self.validate).is_err() => {
+                Refusal::Elsewhere
+            }
+            _ => Refusal::Dropin,
+        };
+        ProvisionError::SshdRejected {
+            dropin: path.to_owned(),
+            message,
+            rollback,
+            cause,
+        }
+    }
+}
+
+/// Whether a drop-in existed before this run: what a refused one rolls back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Previous {
+    Absent,
+    Present,
+}
+
+impl Previous {
+    fn of(old: Option<&str>) -> Previous {
+        match old {
+            Some(_) => Previous::Present,
+            None => Previous::Absent,
+        }
+    }
+}
+
+/// The drop-in's replacement, staged beside it; the previous file is hard-linked aside as the backup.
+struct DropinSwap {
+    real: PathBuf,
+    dir: PathBuf,
+    staged: PathBuf,
+    backup: PathBuf,
+    previous: Previous,
+}
+
+impl DropinSwap {
+    fn new(real: PathBuf, previous: Previous) -> DropinSwap {
+        let dir = real.parent().unwrap_or(Path::new("/")).to_owned();
         let name = real
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // Dot names: sshd's `Include dir/*.conf` (or `dir/*`) never reads them.
-        let staged = dir.join(format!(".{name}.tiffin-new"));
-        let backup = dir.join(format!(".{name}.tiffin-previous"));
-        let _ = fs::remove_file(&staged);
-        let _ = fs::remove_file(&backup);
+        DropinSwap {
+            staged: dir.join(format!(".{name}.tiffin-new")),
+            backup: dir.join(format!(".{name}.tiffin-previous")),
+            real,
+            dir,
+            previous,
+        }
+    }
+
+    /// Writes and fsyncs the new text under the staged name, then renames it over the drop-in.
+    fn put_in_place(&self, path: &Path, new: &str) -> Result<(), ProvisionError> {
+        // Leftovers of an interrupted run.
+        let _ = fs::remove_file(&self.staged);
+        let _ = fs::remove_file(&self.backup);
         crate::durable::create_synced(
-            &staged,
+            &self.staged,
             new.as_bytes(),
             KEY_FILE_MODE,
             crate::durable::Owner::Root,
         )
-        .map_err(io_err("writing", &staged))?;
-        if had_old {
-            fs::hard_link(&real, &backup).map_err(io_err("backing up", path))?;
+        .map_err(io_err("writing", &self.staged))?;
+        if self.previous == Previous::Present {
+            fs::hard_link(&self.real, &self.backup).map_err(io_err("backing up", path))?;
         }
-        fs::rename(&staged, &real).map_err(io_err("replacing", path))?;
-        let check = sshd_test(&self.validate);
-        let restore = || -> std::io::Result<()> {
-            if had_old {
-                fs::rename(&backup, &real)?;
-            } else {
-                fs::remove_file(&real)?;
-            }
-            crate::durable::sync_dir(dir)
-        };
-        match check {
-            Ok(()) => {
-                if had_old {
-                    let _ = fs::remove_file(&backup);
-                }
-                crate::durable::sync_dir(dir).map_err(io_err("syncing", dir))?;
-                Ok(())
-            }
-            Err(message) => {
-                let restored = restore();
-                // Tells a broken drop-in from a server where `sshd -t` fails anyway
-                // (a broken sshd_config, a missing /run/sshd when sshd is stopped).
-                let fails_without_it = restored.is_ok() && sshd_test(&self.validate).is_err();
-                Err(ProvisionError::SshdRejected {
-                    dropin: path.to_owned(),
-                    message,
-                    restored: restored.err().map(|e| e.to_string()),
-                    had_old,
-                    fails_without_it,
-                })
-            }
-        }
+        fs::rename(&self.staged, &self.real).map_err(io_err("replacing", path))
     }
 
+    /// sshd accepted it: the backup goes, and the directory is synced so the rename lasts.
+    fn keep(&self) -> Result<(), ProvisionError> {
+        if self.previous == Previous::Present {
+            let _ = fs::remove_file(&self.backup);
+        }
+        crate::durable::sync_dir(&self.dir).map_err(io_err("syncing", &self.dir))
+    }
+
+    fn roll_back(&self) -> std::io::Result<()> {
+        match self.previous {
+            Previous::Present => fs::rename(&self.backup, &self.real)?,
+            Previous::Absent => fs::remove_file(&self.real)?,
+        }
+        crate::durable::sync_dir(&self.dir)
+    }
+}
+
+/// Telling sshd about the new drop-in, by the method `TIFFIN_SSHD_RELOAD` chose.
+impl Applier<'_> {
     fn reload(&self) -> Result<String, ProvisionError> {
-        let method = match &self.reload {
-            ReloadMethod::Auto if Path::new("/run/systemd/system").is_dir() => {
-                ReloadMethod::Systemd
-            }
-            ReloadMethod::Auto => ReloadMethod::PidFile(None),
-            other => other.clone(),
-        };
-        match method {
+        match &self.reload {
             ReloadMethod::Never => Ok(
                 "not reloading sshd (TIFFIN_SSHD_RELOAD=none): restart it to use the new drop-in"
                     .into(),
             ),
-            ReloadMethod::Systemd => {
-                for unit in ["ssh.service", "sshd.service"] {
-                    let active = Command::new(tool("systemctl"))
-                        .args(["is-active", "--quiet", unit])
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    if active {
-                        run("systemctl", &["reload", unit])?;
-                        return Ok(format!("reloaded sshd (systemctl reload {unit})"));
-                    }
-                }
-                Ok("sshd is not running (neither ssh.service nor sshd.service is active): it reads the drop-in when it starts".into())
-            }
-            ReloadMethod::PidFile(file) => {
-                let file = file.unwrap_or_else(|| sshd_pid_file(&self.sshd_config));
-                // A pid is only meaningful in the pid namespace /proc shows; signalling it from
-                // another one (a container, a half-entered lab machine) would hit a stranger.
-                let proc_is_ours = fs::read_link("/proc/self")
-                    .ok()
-                    .and_then(|p| p.to_str()?.parse::<u32>().ok())
-                    == Some(std::process::id());
-                if !proc_is_ours {
-                    return Err(ProvisionError::Unexpected(format!(
-                        "cannot reload sshd: /proc does not show this process (another pid namespace), so the pid in {} cannot be checked; reload sshd yourself",
-                        file.display()
-                    )));
-                }
-                let real = self.sys.real(&file);
-                let pid = match fs::read_to_string(&real) {
-                    Ok(text) => text.trim().parse::<i32>().ok(),
-                    Err(_) => None,
-                };
-                let running = pid.filter(|pid| {
-                    fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .is_ok_and(|c| c.trim().starts_with("sshd"))
-                });
-                match running {
-                    Some(pid) => {
-                        nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGHUP,
-                        )
-                        .map_err(|e| {
-                            ProvisionError::Unexpected(format!(
-                                "cannot send SIGHUP to sshd (pid {pid} from {}): {e}",
-                                file.display()
-                            ))
-                        })?;
-                        Ok(format!(
-                            "reloaded sshd (SIGHUP to pid {pid} from {})",
-                            file.display()
-                        ))
-                    }
-                    None => Ok(format!(
-                        "sshd is not running (no live sshd pid in {}): it reads the drop-in when it starts",
-                        file.display()
-                    )),
-                }
-            }
-            ReloadMethod::Auto => unreachable!("resolved above"),
+            ReloadMethod::Systemd => reload_systemd(),
+            ReloadMethod::PidFile(file) => self.reload_pid_file(file.as_deref()),
+            ReloadMethod::Auto if Path::new("/run/systemd/system").is_dir() => reload_systemd(),
+            ReloadMethod::Auto => self.reload_pid_file(None),
         }
     }
+
+    /// SIGHUP to the sshd whose pid `file` (or sshd's own `PidFile`) names, if it still runs.
+    fn reload_pid_file(&self, file: Option<&Path>) -> Result<String, ProvisionError> {
+        let file = file.map_or_else(|| sshd_pid_file(&self.sshd_config), Path::to_owned);
+        // A pid is only meaningful in the pid namespace /proc shows; signalling it from
+        // another one (a container, a half-entered lab machine) would hit a stranger.
+        let proc_is_ours = fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id());
+        if !proc_is_ours {
+            return Err(ProvisionError::Unexpected(format!(
+                "cannot reload sshd: /proc does not show this process (another pid namespace), so the pid in {} cannot be checked; reload sshd yourself",
+                file.display()
+            )));
+        }
+        let Some(pid) = live_sshd_pid(&self.sys.real(&file)) else {
+            return Ok(format!(
+                "sshd is not running (no live sshd pid in {}): it reads the drop-in when it starts",
+                file.display()
+            ));
+        };
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .map_err(|e| {
+            ProvisionError::Unexpected(format!(
+                "cannot send SIGHUP to sshd (pid {pid} from {}): {e}",
+                file.display()
+            ))
+        })?;
+        Ok(format!(
+            "reloaded sshd (SIGHUP to pid {pid} from {})",
+            file.display()
+        ))
+    }
+}
+
+/// `systemctl reload` of `ssh.service` (Debian) or `sshd.service`, whichever is active.
+fn reload_systemd() -> Result<String, ProvisionError> {
+    for unit in ["ssh.service", "sshd.service"] {
+        let active = Command::new(tool("systemctl"))
+            .args(["is-active", "--quiet", unit])
+            .status()
+            .is_ok_and(|s| s.success());
+        if active {
+            run("systemctl", &["reload", unit])?;
+            return Ok(format!("reloaded sshd (systemctl reload {unit})"));
+        }
+    }
+    Ok("sshd is not running (neither ssh.service nor sshd.service is active): it reads the drop-in when it starts".into())
+}
+
+/// The pid in a pid file, if a process of that pid is an sshd (pid files outlive their process).
+fn live_sshd_pid(pid_file: &Path) -> Option<i32> {
+    let pid = fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim().starts_with("sshd"))
+        .then_some(pid)
 }
 
 /// `sshd -t` on a configuration file that includes (or is) the drop-in; `Err` holds sshd's message.

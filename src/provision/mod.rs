@@ -1,18 +1,21 @@
 //! `tiffin provision`: make OpenSSH serve every host (accounts, chroots, keys, sshd drop-in).
 //!
-//! It inspects the server (`system`), computes a plan of typed actions (`plan`), prints it, and,
-//! unless `--dry-run`, applies it (`apply`). The sshd drop-in (`dropin`) is validated with
-//! `sshd -t` in place before sshd is reloaded; a refused drop-in is rolled back.
+//! It inspects the server (`system`), computes a plan of typed actions (`plan`, `action`),
+//! prints it, and, unless `--dry-run`, applies it (`apply`). The sshd drop-in (`dropin`) is
+//! validated with `sshd -t` in place before sshd is reloaded; a refused drop-in is rolled back.
 
+pub mod action;
 pub mod apply;
 pub mod dropin;
 pub mod plan;
 pub mod system;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use action::Action;
 pub use apply::ReloadMethod;
-pub use plan::{Action, Plan, PlanOptions, Target};
+pub use plan::{Plan, PlanOptions, Target};
 pub use system::{RealSystem, System};
 
 /// Test hook: plan against a copy of a server under this directory instead of `/` (dry runs only).
@@ -63,25 +66,14 @@ pub enum ProvisionError {
     #[error("{0}")]
     Unexpected(String),
     #[error(
-        "sshd refused the new drop-in {}, so sshd was not reloaded; {}\n{message}\n{}",
-        dropin.display(),
-        match (restored, had_old) {
-            (Some(e), _) => format!("restoring the previous drop-in FAILED ({e}): restore it by hand before sshd restarts"),
-            (None, true) => "the previous drop-in is back in place, unchanged".to_owned(),
-            (None, false) => "the new drop-in was removed again".to_owned(),
-        },
-        if *fails_without_it {
-            "sshd -t fails without the new drop-in too, so the cause is elsewhere in sshd's configuration or setup: fix what sshd names, then run `tiffin provision` again."
-        } else {
-            "Fix server.sshd_extra in fleet.toml (or the line sshd names), then run `tiffin provision` again."
-        }
+        "sshd refused the new drop-in {}, so sshd was not reloaded; {rollback}\n{message}\n{cause}",
+        dropin.display()
     )]
     SshdRejected {
         dropin: PathBuf,
         message: String,
-        restored: Option<String>,
-        had_old: bool,
-        fails_without_it: bool,
+        rollback: Rollback,
+        cause: Refusal,
     },
     #[error("step {step} of {total} failed ({action}): {source}\nThe {done} step(s) before it are done; fix the cause and run `tiffin provision` again, it continues from there.", done = step - 1)]
     Step {
@@ -91,6 +83,52 @@ pub enum ProvisionError {
         #[source]
         source: Box<ProvisionError>,
     },
+}
+
+/// What became of the previous drop-in once sshd refused the new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollback {
+    /// The previous file is back (the same inode).
+    Restored,
+    /// There was none: the new one was removed.
+    Removed,
+    /// Putting things back failed; the error says why.
+    Failed(String),
+}
+
+impl fmt::Display for Rollback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rollback::Failed(e) => write!(
+                f,
+                "restoring the previous drop-in FAILED ({e}): restore it by hand before sshd restarts"
+            ),
+            Rollback::Restored => f.write_str("the previous drop-in is back in place, unchanged"),
+            Rollback::Removed => f.write_str("the new drop-in was removed again"),
+        }
+    }
+}
+
+/// Where `sshd -t`'s objection lies, found by checking again without the new drop-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// In the drop-in (or could not be told apart: the rollback failed).
+    Dropin,
+    /// `sshd -t` fails without the new drop-in too.
+    Elsewhere,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::Elsewhere => {
+                "sshd -t fails without the new drop-in too, so the cause is elsewhere in sshd's configuration or setup: fix what sshd names, then run `tiffin provision` again."
+            }
+            Refusal::Dropin => {
+                "Fix server.sshd_extra in fleet.toml (or the line sshd names), then run `tiffin provision` again."
+            }
+        })
+    }
 }
 
 impl ProvisionError {
@@ -109,36 +147,12 @@ impl ProvisionError {
 /// What the fleet asks for, checked for what sshd_config can express.
 pub fn target(fleet: &crate::fleet::Fleet, chroot_root: PathBuf) -> Result<Target, ProvisionError> {
     let server = &fleet.config.server;
-    for (what, path) in [
+    check_paths(&[
         ("chroot root", &chroot_root),
         ("server.authorized_keys_dir", &server.authorized_keys_dir),
         ("server.sshd_dropin", &server.sshd_dropin),
-    ] {
-        if !path.is_absolute() {
-            return Err(ProvisionError::BadInput(format!(
-                "the {what} {} must be an absolute path",
-                path.display()
-            )));
-        }
-        if let Some(c) = dropin::unsafe_in_config(path) {
-            return Err(ProvisionError::BadInput(format!(
-                "the {what} {} contains {c:?}, which sshd_config cannot take literally: choose a path without spaces, quotes, '%', '#' or ','",
-                path.display()
-            )));
-        }
-    }
-    for line in &server.sshd_extra {
-        let keyword = line
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if keyword == "match" || keyword == "include" {
-            return Err(ProvisionError::BadInput(format!(
-                "fleet.toml server.sshd_extra {line:?}: a {keyword} line would change which accounts the blocks apply to; only per-account settings belong there"
-            )));
-        }
-    }
+    ])?;
+    check_sshd_extra(&server.sshd_extra)?;
     let hosts = fleet
         .hosts
         .values()
@@ -157,4 +171,78 @@ pub fn target(fleet: &crate::fleet::Fleet, chroot_root: PathBuf) -> Result<Targe
         sshd_config: PathBuf::from(system::SSHD_CONFIG),
         sshd_extra: server.sshd_extra.clone(),
     })
+}
+
+/// The drop-in writes these paths literally, so they must be absolute and need no quoting.
+fn check_paths(paths: &[(&str, &PathBuf)]) -> Result<(), ProvisionError> {
+    for (what, path) in paths {
+        if !path.is_absolute() {
+            return Err(ProvisionError::BadInput(format!(
+                "the {what} {} must be an absolute path",
+                path.display()
+            )));
+        }
+        if let Some(c) = dropin::unsafe_in_config(path) {
+            return Err(ProvisionError::BadInput(format!(
+                "the {what} {} contains {c:?}, which sshd_config cannot take literally: choose a path without spaces, quotes, '%', '#' or ','",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Extra lines go inside every Match block, so they must not open or pull in another one.
+fn check_sshd_extra(lines: &[String]) -> Result<(), ProvisionError> {
+    for line in lines {
+        let keyword = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if keyword == "match" || keyword == "include" {
+            return Err(ProvisionError::BadInput(format!(
+                "fleet.toml server.sshd_extra {line:?}: a {keyword} line would change which accounts the blocks apply to; only per-account settings belong there"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(rollback: Rollback, cause: Refusal) -> String {
+        ProvisionError::SshdRejected {
+            dropin: "/etc/ssh/sshd_config.d/tiffin.conf".into(),
+            message: "sshd -t said no".into(),
+            rollback,
+            cause,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_refused_dropin_says_what_was_rolled_back_and_where_to_look() {
+        let head = "sshd refused the new drop-in /etc/ssh/sshd_config.d/tiffin.conf, so sshd was not reloaded; ";
+        assert_eq!(
+            rejected(Rollback::Restored, Refusal::Dropin),
+            format!(
+                "{head}the previous drop-in is back in place, unchanged\nsshd -t said no\nFix server.sshd_extra in fleet.toml (or the line sshd names), then run `tiffin provision` again."
+            )
+        );
+        assert_eq!(
+            rejected(Rollback::Removed, Refusal::Elsewhere),
+            format!(
+                "{head}the new drop-in was removed again\nsshd -t said no\nsshd -t fails without the new drop-in too, so the cause is elsewhere in sshd's configuration or setup: fix what sshd names, then run `tiffin provision` again."
+            )
+        );
+        assert_eq!(
+            rejected(Rollback::Failed("EIO".into()), Refusal::Dropin),
+            format!(
+                "{head}restoring the previous drop-in FAILED (EIO): restore it by hand before sshd restarts\nsshd -t said no\nFix server.sshd_extra in fleet.toml (or the line sshd names), then run `tiffin provision` again."
+            )
+        );
+    }
 }

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use crate::layout::{ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE};
 use crate::names::HostName;
-use crate::release::Mode;
 
 use super::ProvisionError;
+use super::action::{AccountFix, Action, Want};
 use super::dropin::{self, Block, Gone, Inclusion};
 use super::system::{Accounts, Kind, Meta, NOLOGIN_CANDIDATES, Password, System, User};
 
@@ -42,234 +42,20 @@ pub struct Target {
     pub sshd_extra: Vec<String>,
 }
 
+/// What happens to the accounts of hosts gone from the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departed {
+    /// Still served, with a note that `--prune` would retire them.
+    Keep,
+    /// Locked, key removed, chroot moved under [`PRUNED_DIR`] (nothing is deleted).
+    Prune,
+}
+
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
-    pub prune: bool,
+    pub departed: Departed,
     /// Names the pruned chroots.
     pub now: SystemTime,
-}
-
-/// Owner, group and mode a path must have, by name (the group may not exist yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Want {
-    pub owner: String,
-    pub group: String,
-    pub mode: Mode,
-}
-
-impl Want {
-    fn new(owner: &str, group: &str, mode: u32) -> Want {
-        Want {
-            owner: owner.to_owned(),
-            group: group.to_owned(),
-            mode: Mode::new(mode).expect("a permission mode"),
-        }
-    }
-    fn root(mode: u32) -> Want {
-        Want::new("root", "root", mode)
-    }
-}
-
-impl fmt::Display for Want {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} {}", self.owner, self.group, self.mode)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccountFix {
-    Home { from: PathBuf, to: PathBuf },
-    Shell { from: PathBuf, to: PathBuf },
-    Group { from: String, to: String },
-}
-
-/// One change to the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    CreateGroup {
-        name: String,
-    },
-    CreateAccount {
-        name: String,
-        host: HostName,
-        group: String,
-        home: PathBuf,
-        shell: PathBuf,
-    },
-    FixAccount {
-        name: String,
-        fixes: Vec<AccountFix>,
-    },
-    /// Password `*` (no password, not locked: sshd refuses key logins to locked accounts) and no expiry.
-    UnlockAccount {
-        name: String,
-        was: Password,
-        expired: bool,
-    },
-    CreateDir {
-        path: PathBuf,
-        want: Want,
-    },
-    Repair {
-        path: PathBuf,
-        kind: Kind,
-        want: Want,
-        was: Want,
-    },
-    /// A release tree left root:root by a publish that ran before provisioning.
-    RepairTree {
-        path: PathBuf,
-        group: String,
-        wrong: usize,
-        example: Want,
-    },
-    WriteKey {
-        path: PathBuf,
-        content: String,
-        fingerprint: String,
-        replaces: bool,
-    },
-    WriteDropin {
-        path: PathBuf,
-        old: Option<String>,
-        new: String,
-        blocks: usize,
-    },
-    Reload,
-    LockAccount {
-        name: String,
-        host: HostName,
-    },
-    RemoveKey {
-        path: PathBuf,
-    },
-    MoveChroot {
-        from: PathBuf,
-        to: PathBuf,
-    },
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::CreateGroup { name } => write!(f, "create group    {name} (system group)"),
-            Action::CreateAccount {
-                name,
-                group,
-                home,
-                shell,
-                ..
-            } => write!(
-                f,
-                "create account  {name} (system; group {group}; home {}; shell {}; password '*': key logins only, not locked)",
-                home.display(),
-                shell.display()
-            ),
-            Action::FixAccount { name, fixes } => {
-                let parts: Vec<String> = fixes
-                    .iter()
-                    .map(|x| match x {
-                        AccountFix::Home { from, to } => {
-                            format!("home {} -> {}", from.display(), to.display())
-                        }
-                        AccountFix::Shell { from, to } => {
-                            format!("shell {} -> {}", from.display(), to.display())
-                        }
-                        AccountFix::Group { from, to } => format!("group {from} -> {to}"),
-                    })
-                    .collect();
-                write!(f, "fix account     {name}: {}", parts.join("; "))
-            }
-            Action::UnlockAccount { name, was, expired } => {
-                let mut why = Vec::new();
-                if *was != Password::NoPassword {
-                    why.push(format!("it had {}", was.describe()));
-                }
-                if *expired {
-                    why.push("it had an expiry date".to_owned());
-                }
-                write!(
-                    f,
-                    "unlock account  {name} (password '*', no expiry; {})",
-                    why.join(", ")
-                )
-            }
-            Action::CreateDir { path, want } => {
-                write!(f, "create dir      {}  {want}", path.display())
-            }
-            Action::Repair {
-                path,
-                kind,
-                want,
-                was,
-            } => {
-                let what = if *kind == Kind::Dir { "dir " } else { "file" };
-                write!(
-                    f,
-                    "repair {what}     {}  {want} (was {was})",
-                    path.display()
-                )
-            }
-            Action::RepairTree {
-                path,
-                group,
-                wrong,
-                example,
-            } => write!(
-                f,
-                "repair tree     {}  root:{group}, dirs {}, files {} ({wrong} wrong, e.g. {example})",
-                path.display(),
-                Mode::new(SERVER_DIR_MODE).expect("mode"),
-                Mode::new(SERVER_FILE_MODE).expect("mode"),
-            ),
-            Action::WriteKey {
-                path,
-                fingerprint,
-                replaces,
-                ..
-            } => {
-                let what = if *replaces {
-                    "replaces another key"
-                } else {
-                    "new"
-                };
-                write!(
-                    f,
-                    "write key       {}  root:root 0644 ({what}: restrict {fingerprint})",
-                    path.display()
-                )
-            }
-            Action::WriteDropin {
-                path,
-                old,
-                new,
-                blocks,
-            } => match old {
-                None => write!(
-                    f,
-                    "write drop-in   {}  root:root 0644 (new: {blocks} Match block(s); checked with sshd -t first)",
-                    path.display()
-                ),
-                Some(old) => {
-                    let (added, removed) = dropin::line_changes(old, new);
-                    write!(
-                        f,
-                        "write drop-in   {}  root:root 0644 (+{added} -{removed} lines; checked with sshd -t first)",
-                        path.display()
-                    )
-                }
-            },
-            Action::Reload => write!(f, "reload sshd"),
-            Action::LockAccount { name, host } => write!(
-                f,
-                "lock account    {name} (host {host} is gone from the fleet: usermod --lock --expiredate 1)"
-            ),
-            Action::RemoveKey { path } => write!(f, "remove key      {}", path.display()),
-            Action::MoveChroot { from, to } => {
-                write!(f, "move chroot     {} -> {}", from.display(), to.display())
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -302,8 +88,16 @@ pub struct Plan {
     pub hosts: usize,
     pub actions: Vec<Action>,
     pub findings: Vec<Finding>,
-    /// Whether the main sshd_config includes the drop-in; if not, `sshd -t` checks the drop-in alone.
-    pub sshd_reads_dropin: bool,
+    pub sshd_check: SshdCheck,
+}
+
+/// What `sshd -t` is pointed at to judge the drop-in as sshd will read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshdCheck {
+    /// sshd_config includes the drop-in: check the whole configuration.
+    WholeConfig,
+    /// It does not (yet), so checking sshd_config would not read the drop-in: check it alone.
+    DropinAlone,
 }
 
 impl Plan {
@@ -345,15 +139,73 @@ impl Plan {
     }
 }
 
-/// Collects actions and findings while walking the server.
+/// Computes the plan: inspects accounts, directories, keys and the drop-in, and lists every change.
+pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Plan, ProvisionError> {
+    let accounts = Accounts::load(sys).map_err(ProvisionError::inspect(Path::new("/etc")))?;
+    let mut p = Planner::new(target, sys, &accounts);
+    // Accounts first: the directories below are owned by them.
+    p.accounts();
+    // The chroot tree of DESIGN.md's "Server layout".
+    p.chroot_tree()?;
+    // Keys: outside every chroot, root-owned, read by sshd as root before it chroots.
+    p.keys()?;
+    let departed = p.departed_hosts(opts)?;
+    // The drop-in, last: sshd is reloaded only once everything it points to exists.
+    p.dropin(departed)?;
+    let sshd_check = p.inclusion()?;
+    Ok(p.finish(sshd_check))
+}
+
+/// Collects actions and findings while walking the server, one phase of `plan` after another.
 struct Planner<'a> {
+    target: &'a Target,
     sys: &'a dyn System,
     accounts: &'a Accounts,
     actions: Vec<Action>,
     findings: Vec<Finding>,
+    /// `<chroot root>/.pruned` once it is planned: checked once, however many chroots move there.
+    pruned_dir: Option<PathBuf>,
 }
 
-impl Planner<'_> {
+/// How `Planner::managed` looks at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Symlinks {
+    /// Judge what the path points to: the configured roots (chroot root, keys directory) may be links.
+    Follow,
+    /// Judge the path itself: inside those roots a symlink is refused like any other wrong kind.
+    Refuse,
+}
+
+/// Entries of a release tree whose owner, group or mode is not what publish would have written.
+#[derive(Debug, Default)]
+struct WrongEntries {
+    count: usize,
+    example: Option<Want>,
+}
+
+/// An account of tiffin's whose host is no longer in the fleet.
+struct Departure {
+    account: String,
+    host: HostName,
+    chroot: PathBuf,
+    keys_file: PathBuf,
+    /// Locked and expired: an earlier `--prune` retired it.
+    locked: bool,
+}
+
+/// The basics every phase uses: findings, inspection, ownership checks.
+impl<'a> Planner<'a> {
+    fn new(target: &'a Target, sys: &'a dyn System, accounts: &'a Accounts) -> Planner<'a> {
+        Planner {
+            target,
+            sys,
+            accounts,
+            actions: Vec::new(),
+            findings: Vec::new(),
+            pruned_dir: None,
+        }
+    }
+
     fn blocker(&mut self, message: String) {
         self.findings.push(Finding {
             level: Level::Blocker,
@@ -378,6 +230,14 @@ impl Planner<'_> {
     }
     fn stat(&self, path: &Path) -> Result<Option<Meta>, ProvisionError> {
         self.sys.stat(path).map_err(ProvisionError::inspect(path))
+    }
+    /// A file's content, `None` when it does not exist.
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, ProvisionError> {
+        match self.sys.read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ProvisionError::inspect(path)(e)),
+        }
     }
 
     fn was(&self, meta: &Meta) -> Want {
@@ -427,17 +287,17 @@ impl Planner<'_> {
     }
 
     /// A path tiffin manages: created, or repaired when owner, group or mode differ.
+    /// True when it exists and is of the right kind (so what is inside it can be checked too).
     fn managed(
         &mut self,
         path: &Path,
         kind: Kind,
         want: Want,
-        follow: bool,
+        symlinks: Symlinks,
     ) -> Result<bool, ProvisionError> {
-        let meta = if follow {
-            self.stat(path)?
-        } else {
-            self.lstat(path)?
+        let meta = match symlinks {
+            Symlinks::Follow => self.stat(path)?,
+            Symlinks::Refuse => self.lstat(path)?,
         };
         match meta {
             None if kind == Kind::Dir => {
@@ -475,118 +335,69 @@ impl Planner<'_> {
             }
         }
     }
+}
 
-    /// Counts entries of a release tree whose owner, group or mode is not root:group 0750/0640.
-    fn tree_wrong(
-        &self,
-        path: &Path,
-        group: &str,
-        wrong: &mut usize,
-        example: &mut Option<Want>,
-    ) -> Result<(), ProvisionError> {
-        let Some(meta) = self.lstat(path)? else {
-            return Ok(());
-        };
-        let mode = match meta.kind {
-            Kind::Dir => SERVER_DIR_MODE,
-            Kind::File => SERVER_FILE_MODE,
-            Kind::Symlink | Kind::Other => return Ok(()),
-        };
-        if !self.matches(&meta, &Want::new("root", group, mode)) {
-            *wrong += 1;
-            example.get_or_insert_with(|| self.was(&meta));
+/// Phase 1, accounts: a group and an account per host, created or adopted, and unlocked.
+impl Planner<'_> {
+    fn accounts(&mut self) {
+        let shell = self.nologin_shell();
+        if self.accounts.shadow.is_none() {
+            self.note(
+                "cannot read /etc/shadow (not root): whether accounts are locked is not checked"
+                    .into(),
+            );
         }
-        if meta.kind == Kind::Dir {
-            for name in self.sys.list(path).map_err(ProvisionError::inspect(path))? {
-                self.tree_wrong(&path.join(name), group, wrong, example)?;
+        let target = self.target;
+        for h in &target.hosts {
+            self.account(h, &shell);
+            self.group_members(h);
+        }
+    }
+
+    /// The shell of every host account; a blocker when the server has no nologin at all.
+    fn nologin_shell(&mut self) -> PathBuf {
+        let found = NOLOGIN_CANDIDATES
+            .iter()
+            .map(Path::new)
+            .find(|c| matches!(self.sys.stat(c), Ok(Some(m)) if m.kind == Kind::File));
+        match found {
+            Some(s) => s.to_owned(),
+            None => {
+                self.blocker(format!(
+                    "no nologin shell found (looked for {}): install it (util-linux or shadow provide it)",
+                    NOLOGIN_CANDIDATES.join(", ")
+                ));
+                PathBuf::from(NOLOGIN_CANDIDATES[0])
             }
         }
-        Ok(())
-    }
-}
-
-fn is_nologin(shell: &Path) -> bool {
-    matches!(
-        shell.file_name().and_then(|n| n.to_str()),
-        Some("nologin" | "false")
-    )
-}
-
-pub fn key_line(key: &str) -> String {
-    format!("restrict {}\n", key.trim())
-}
-
-fn fingerprint(key: &str) -> String {
-    match ssh_key::PublicKey::from_openssh(key.trim()) {
-        Ok(k) => format!(
-            "{} {}",
-            k.algorithm(),
-            k.fingerprint(ssh_key::HashAlg::Sha256)
-        ),
-        Err(_) => "an unreadable key".to_owned(),
-    }
-}
-
-/// `20261124T224416Z`: sortable and free of characters that need quoting.
-pub fn stamp(t: SystemTime) -> String {
-    crate::settings::format_time(t).replace(['-', ':'], "")
-}
-
-/// Computes the plan: inspects accounts, directories, keys and the drop-in, and lists every change.
-pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Plan, ProvisionError> {
-    let accounts = Accounts::load(sys).map_err(ProvisionError::inspect(Path::new("/etc")))?;
-    let mut p = Planner {
-        sys,
-        accounts: &accounts,
-        actions: Vec::new(),
-        findings: Vec::new(),
-    };
-
-    let nologin = NOLOGIN_CANDIDATES
-        .iter()
-        .map(Path::new)
-        .find(|c| matches!(sys.stat(c), Ok(Some(m)) if m.kind == Kind::File));
-    let shell = match nologin {
-        Some(s) => s.to_owned(),
-        None => {
-            p.blocker(format!(
-                "no nologin shell found (looked for {}): install it (util-linux or shadow provide it)",
-                NOLOGIN_CANDIDATES.join(", ")
-            ));
-            PathBuf::from(NOLOGIN_CANDIDATES[0])
-        }
-    };
-    if accounts.shadow.is_none() {
-        p.note(
-            "cannot read /etc/shadow (not root): whether accounts are locked is not checked".into(),
-        );
     }
 
-    // Accounts first: the directories below are owned by them.
-    for h in &target.hosts {
-        let chroot = target.chroot_root.join(h.host.as_str());
-        let group = h.account.clone();
-        if !accounts.groups.contains_key(&group) {
-            p.actions.push(Action::CreateGroup {
+    fn account(&mut self, h: &HostTarget, shell: &Path) {
+        let chroot = self.target.chroot_root.join(h.host.as_str());
+        // Each host's account has a group of its own name: the files of its chroot are its alone.
+        let group = &h.account;
+        if !self.accounts.groups.contains_key(group) {
+            self.actions.push(Action::CreateGroup {
                 name: group.clone(),
             });
         }
+        let accounts = self.accounts;
         match accounts.users.get(&h.account) {
-            None => p.actions.push(Action::CreateAccount {
+            None => self.actions.push(Action::CreateAccount {
                 name: h.account.clone(),
                 host: h.host.clone(),
                 group: group.clone(),
-                home: chroot.clone(),
-                shell: shell.clone(),
+                home: chroot,
+                shell: shell.to_owned(),
             }),
-            Some(u) if u.uid == 0 => p.blocker(format!(
+            Some(u) if u.uid == 0 => self.blocker(format!(
                 "account {} has uid 0: tiffin will not serve a host through a root account; remove or renumber it",
                 u.name
             )),
             // Only an account tiffin created (its comment) or that already points at the chroot
             // is adopted; taking over, say, `daemon` for a host named so would be a disaster.
             Some(u) if u.home != chroot && u.comment != format!("{COMMENT_PREFIX}{}", h.host) => {
-                p.blocker(format!(
+                self.blocker(format!(
                     "account {} exists and is not tiffin's (home {}, comment {:?}): tiffin will not take it over; rename the host or change server.user_prefix, or, if it is meant for host {}, make its home {} (`usermod --home {} {0}`)",
                     u.name,
                     u.home.display(),
@@ -597,147 +408,430 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
                 ))
             }
             Some(u) => {
-                let fixes = account_fixes(u, &chroot, &shell, &group, &accounts);
+                let fixes = account_fixes(u, &chroot, shell, group, accounts);
                 if !fixes.is_empty() {
-                    p.actions.push(Action::FixAccount {
+                    self.actions.push(Action::FixAccount {
                         name: u.name.clone(),
                         fixes,
                     });
                 }
-                if let Some(shadow) = &accounts.shadow {
-                    let (was, expired) = match shadow.get(&u.name) {
-                        Some(s) => (s.password, s.expires.is_some()),
-                        None => (Password::Locked, false),
-                    };
-                    if was != Password::NoPassword || expired {
-                        p.actions.push(Action::UnlockAccount {
-                            name: u.name.clone(),
-                            was,
-                            expired,
-                        });
-                    }
-                }
-            }
-        }
-        if let Some(g) = accounts.groups.get(&group) {
-            let mut others: BTreeSet<&str> = g
-                .members
-                .iter()
-                .map(String::as_str)
-                .filter(|m| *m != h.account)
-                .collect();
-            others.extend(
-                accounts
-                    .users
-                    .values()
-                    .filter(|u| u.gid == g.gid && u.name != h.account)
-                    .map(|u| u.name.as_str()),
-            );
-            if !others.is_empty() {
-                let list: Vec<&str> = others.into_iter().collect();
-                p.warning(format!(
-                    "group {group} also has {}: they can read every file of host {} (secrets included); remove them (`gpasswd -d USER {group}`)",
-                    list.join(", "),
-                    h.host
-                ));
+                self.unlock(u);
             }
         }
     }
 
-    // The chroot tree of DESIGN.md's "Server layout".
-    p.ancestors(&target.chroot_root, "chroot")?;
-    p.managed(
-        &target.chroot_root,
-        Kind::Dir,
-        Want::root(PUBLIC_DIR_MODE),
-        true,
-    )?;
-    for h in &target.hosts {
+    /// sshd refuses key logins to a locked or expired account (unknown when shadow is unreadable).
+    fn unlock(&mut self, u: &User) {
+        let Some(shadow) = &self.accounts.shadow else {
+            return;
+        };
+        let (was, expired) = match shadow.get(&u.name) {
+            Some(s) => (s.password, s.expires.is_some()),
+            None => (Password::Locked, false),
+        };
+        if was != Password::NoPassword || expired {
+            self.actions.push(Action::UnlockAccount {
+                name: u.name.clone(),
+                was,
+                expired,
+            });
+        }
+    }
+
+    /// Anyone else in a host's group reads its files, secrets included: worth a warning.
+    fn group_members(&mut self, h: &HostTarget) {
+        let group = &h.account;
+        let Some(g) = self.accounts.groups.get(group) else {
+            return;
+        };
+        let mut others: BTreeSet<&str> = g
+            .members
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != h.account)
+            .collect();
+        others.extend(
+            self.accounts
+                .users
+                .values()
+                .filter(|u| u.gid == g.gid && u.name != h.account)
+                .map(|u| u.name.as_str()),
+        );
+        if !others.is_empty() {
+            let list: Vec<&str> = others.into_iter().collect();
+            self.warning(format!(
+                "group {group} also has {}: they can read every file of host {} (secrets included); remove them (`gpasswd -d USER {group}`)",
+                list.join(", "),
+                h.host
+            ));
+        }
+    }
+}
+
+/// Phase 2, the chroot tree: the chroot root, then per host its chroot, releases, reports, CURRENT.
+impl Planner<'_> {
+    fn chroot_tree(&mut self) -> Result<(), ProvisionError> {
+        let target = self.target;
+        self.ancestors(&target.chroot_root, "chroot")?;
+        self.managed(
+            &target.chroot_root,
+            Kind::Dir,
+            Want::root(PUBLIC_DIR_MODE),
+            Symlinks::Follow,
+        )?;
+        for h in &target.hosts {
+            self.host_chroot(h)?;
+        }
+        Ok(())
+    }
+
+    /// Root-owned and readable by the host's group only; reports/ is the one place the host writes.
+    fn host_chroot(&mut self, h: &HostTarget) -> Result<(), ProvisionError> {
         let group = h.account.as_str();
-        let paths = ChrootPaths::new(&target.chroot_root, &h.host);
-        p.managed(
-            &paths.root,
-            Kind::Dir,
-            Want::new("root", group, SERVER_DIR_MODE),
-            false,
-        )?;
+        let paths = ChrootPaths::new(&self.target.chroot_root, &h.host);
+        let published = Want::new("root", group, SERVER_DIR_MODE);
+        self.managed(&paths.root, Kind::Dir, published.clone(), Symlinks::Refuse)?;
         let releases = paths.releases();
-        let releases_exist = p.managed(
-            &releases,
-            Kind::Dir,
-            Want::new("root", group, SERVER_DIR_MODE),
-            false,
-        )?;
-        p.managed(
+        let releases_exist = self.managed(&releases, Kind::Dir, published, Symlinks::Refuse)?;
+        self.managed(
             &paths.reports(),
             Kind::Dir,
             Want::new(&h.account, group, REPORTS_MODE),
-            false,
+            Symlinks::Refuse,
         )?;
-        p.managed(
+        self.managed(
             &paths.current(),
             Kind::File,
             Want::new("root", group, SERVER_FILE_MODE),
-            false,
+            Symlinks::Refuse,
         )?;
         if releases_exist {
-            for name in sys
-                .list(&releases)
-                .map_err(ProvisionError::inspect(&releases))?
-            {
-                let tree = releases.join(&name);
-                let (mut wrong, mut example) = (0, None);
-                p.tree_wrong(&tree, group, &mut wrong, &mut example)?;
-                if let Some(example) = example {
-                    p.actions.push(Action::RepairTree {
-                        path: tree,
-                        group: group.to_owned(),
-                        wrong,
-                        example,
-                    });
-                }
-            }
+            self.release_trees(&releases, group)?;
         }
+        Ok(())
     }
 
-    // Keys: outside every chroot, root-owned, read by sshd as root before it chroots.
-    if target.keys_dir.starts_with(&target.chroot_root) {
-        p.blocker(format!(
-            "server.authorized_keys_dir {} is inside the chroot root {}: keys must live outside every chroot (e.g. /etc/tiffin/authorized_keys)",
-            target.keys_dir.display(),
-            target.chroot_root.display()
-        ));
-    }
-    p.ancestors(&target.keys_dir, "the authorized keys directory")?;
-    p.managed(
-        &target.keys_dir,
-        Kind::Dir,
-        Want::root(PUBLIC_DIR_MODE),
-        true,
-    )?;
-    for h in &target.hosts {
-        let path = target.keys_dir.join(&h.account);
-        let content = key_line(&h.key);
-        let current = match sys.read(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(ProvisionError::inspect(&path)(e)),
-        };
-        match current {
-            Some(bytes) if bytes == content.as_bytes() => {
-                p.managed(&path, Kind::File, Want::root(KEY_FILE_MODE), false)?;
+    /// A publish that ran before the host's group existed left its release trees root:root.
+    fn release_trees(&mut self, releases: &Path, group: &str) -> Result<(), ProvisionError> {
+        for name in self
+            .sys
+            .list(releases)
+            .map_err(ProvisionError::inspect(releases))?
+        {
+            let tree = releases.join(&name);
+            let mut wrong = WrongEntries::default();
+            self.tree_wrong(&tree, group, &mut wrong)?;
+            if let Some(example) = wrong.example {
+                self.actions.push(Action::RepairTree {
+                    path: tree,
+                    group: group.to_owned(),
+                    wrong: wrong.count,
+                    example,
+                });
             }
-            other => p.actions.push(Action::WriteKey {
+        }
+        Ok(())
+    }
+
+    /// Adds the entries under `path` that are not root:group 0750/0640 to `wrong`.
+    fn tree_wrong(
+        &self,
+        path: &Path,
+        group: &str,
+        wrong: &mut WrongEntries,
+    ) -> Result<(), ProvisionError> {
+        let Some(meta) = self.lstat(path)? else {
+            return Ok(());
+        };
+        let mode = match meta.kind {
+            Kind::Dir => SERVER_DIR_MODE,
+            Kind::File => SERVER_FILE_MODE,
+            Kind::Symlink | Kind::Other => return Ok(()),
+        };
+        if !self.matches(&meta, &Want::new("root", group, mode)) {
+            wrong.count += 1;
+            wrong.example.get_or_insert_with(|| self.was(&meta));
+        }
+        if meta.kind == Kind::Dir {
+            for name in self.sys.list(path).map_err(ProvisionError::inspect(path))? {
+                self.tree_wrong(&path.join(name), group, wrong)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Phase 3, keys: one root-owned file per account, outside every chroot.
+impl Planner<'_> {
+    fn keys(&mut self) -> Result<(), ProvisionError> {
+        let target = self.target;
+        if target.keys_dir.starts_with(&target.chroot_root) {
+            self.blocker(format!(
+                "server.authorized_keys_dir {} is inside the chroot root {}: keys must live outside every chroot (e.g. /etc/tiffin/authorized_keys)",
+                target.keys_dir.display(),
+                target.chroot_root.display()
+            ));
+        }
+        self.ancestors(&target.keys_dir, "the authorized keys directory")?;
+        self.managed(
+            &target.keys_dir,
+            Kind::Dir,
+            Want::root(PUBLIC_DIR_MODE),
+            Symlinks::Follow,
+        )?;
+        for h in &target.hosts {
+            self.key(h)?;
+        }
+        Ok(())
+    }
+
+    /// Rewritten whenever its content differs from `restrict <the fleet's key>`.
+    fn key(&mut self, h: &HostTarget) -> Result<(), ProvisionError> {
+        let path = self.target.keys_dir.join(&h.account);
+        let content = key_line(&h.key);
+        match self.read(&path)? {
+            Some(bytes) if bytes == content.as_bytes() => {
+                self.managed(
+                    &path,
+                    Kind::File,
+                    Want::root(KEY_FILE_MODE),
+                    Symlinks::Refuse,
+                )?;
+            }
+            other => self.actions.push(Action::WriteKey {
                 path,
                 fingerprint: fingerprint(&h.key),
                 content,
                 replaces: other.is_some(),
             }),
         }
+        Ok(())
+    }
+}
+
+/// Phase 4, departed hosts: accounts of hosts gone from the fleet, kept (with a note) or pruned.
+impl Planner<'_> {
+    /// Their drop-in blocks: kept even once pruned, so the account stays confined if unlocked.
+    fn departed_hosts(&mut self, opts: &PlanOptions) -> Result<Vec<Block>, ProvisionError> {
+        let fleet: BTreeSet<&str> = self
+            .target
+            .hosts
+            .iter()
+            .map(|h| h.account.as_str())
+            .collect();
+        let accounts = self.accounts;
+        let mut blocks = Vec::new();
+        for u in accounts.users.values() {
+            let Some(d) = self.departure(u, &fleet) else {
+                continue;
+            };
+            let gone = if opts.departed == Departed::Prune || d.locked {
+                Gone::Pruned
+            } else {
+                Gone::Kept
+            };
+            blocks.push(Block {
+                account: d.account.clone(),
+                chroot: d.chroot.clone(),
+                keys_file: d.keys_file.clone(),
+                gone: Some(gone),
+            });
+            match opts.departed {
+                Departed::Keep => self.keep(&d),
+                Departed::Prune => self.prune(&d, opts.now)?,
+            }
+        }
+        Ok(blocks)
     }
 
-    // Accounts of hosts gone from the fleet.
-    let fleet_accounts: BTreeSet<&str> = target.hosts.iter().map(|h| h.account.as_str()).collect();
+    /// `u` when it is tiffin's account of a host gone from the fleet; a note when it merely
+    /// shares the prefix (someone else's account, left alone).
+    fn departure(&mut self, u: &User, fleet: &BTreeSet<&str>) -> Option<Departure> {
+        let target = self.target;
+        let rest = u.name.strip_prefix(&target.user_prefix)?;
+        if fleet.contains(u.name.as_str()) {
+            return None;
+        }
+        let host = rest.parse::<HostName>().ok()?;
+        let chroot = target.chroot_root.join(host.as_str());
+        if u.home != chroot || !is_nologin(&u.shell) || u.uid == 0 {
+            self.note(format!(
+                "account {} has the prefix {:?} but is not one of tiffin's (home {}, shell {}): left alone",
+                u.name,
+                target.user_prefix,
+                u.home.display(),
+                u.shell.display()
+            ));
+            return None;
+        }
+        let locked = self
+            .accounts
+            .shadow
+            .as_ref()
+            .and_then(|s| s.get(&u.name))
+            .is_some_and(|s| s.password == Password::Locked && s.expires.is_some());
+        Some(Departure {
+            account: u.name.clone(),
+            keys_file: target.keys_dir.join(&u.name),
+            host,
+            chroot,
+            locked,
+        })
+    }
+
+    fn keep(&mut self, d: &Departure) {
+        if !d.locked {
+            self.note(format!(
+                "host {} is gone from the fleet: account {} is kept and still served; `tiffin provision --prune` locks it, removes its key and moves its chroot to {}/",
+                d.host,
+                d.account,
+                self.target.chroot_root.join(PRUNED_DIR).display()
+            ));
+        }
+    }
+
+    /// Lock, remove the key, move the chroot aside: each only if an earlier run has not.
+    fn prune(&mut self, d: &Departure, now: SystemTime) -> Result<(), ProvisionError> {
+        if !d.locked {
+            self.actions.push(Action::LockAccount {
+                name: d.account.clone(),
+                host: d.host.clone(),
+            });
+        }
+        if self.lstat(&d.keys_file)?.is_some() {
+            self.actions.push(Action::RemoveKey {
+                path: d.keys_file.clone(),
+            });
+        }
+        if self.lstat(&d.chroot)?.is_some() {
+            let pruned = self.pruned_dir()?;
+            self.actions.push(Action::MoveChroot {
+                from: d.chroot.clone(),
+                to: pruned.join(format!("{}-{}", d.host, stamp(now))),
+            });
+        }
+        Ok(())
+    }
+
+    fn pruned_dir(&mut self) -> Result<PathBuf, ProvisionError> {
+        if let Some(dir) = &self.pruned_dir {
+            return Ok(dir.clone());
+        }
+        let dir = self.target.chroot_root.join(PRUNED_DIR);
+        self.managed(&dir, Kind::Dir, Want::root(0o700), Symlinks::Refuse)?;
+        self.pruned_dir = Some(dir.clone());
+        Ok(dir)
+    }
+}
+
+/// Phase 5, the drop-in: written (and sshd reloaded) only when its text changes.
+impl Planner<'_> {
+    fn dropin(&mut self, departed: Vec<Block>) -> Result<(), ProvisionError> {
+        let target = self.target;
+        let blocks = dropin_blocks(target, departed);
+        let new = dropin::render(&blocks, &target.sshd_extra);
+        self.dropin_dirs()?;
+        let old = self
+            .read(&target.dropin)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        if old.as_deref() == Some(new.as_str()) {
+            self.managed(
+                &target.dropin,
+                Kind::File,
+                Want::root(KEY_FILE_MODE),
+                Symlinks::Refuse,
+            )?;
+        } else {
+            self.actions.push(Action::WriteDropin {
+                path: target.dropin.clone(),
+                old,
+                new,
+                blocks: blocks.len(),
+            });
+            self.actions.push(Action::Reload);
+        }
+        Ok(())
+    }
+
+    /// The directories the drop-in goes in, created when missing.
+    fn dropin_dirs(&mut self) -> Result<(), ProvisionError> {
+        let target = self.target;
+        let Some(dir) = target.dropin.parent() else {
+            return Ok(());
+        };
+        let mut chain: Vec<&Path> = dir.ancestors().collect();
+        chain.reverse();
+        for d in chain {
+            if self.stat(d)?.is_none() {
+                self.actions.push(Action::CreateDir {
+                    path: d.to_owned(),
+                    want: Want::root(PUBLIC_DIR_MODE),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Warns unless sshd_config includes the drop-in (outside any Match block).
+    fn inclusion(&mut self) -> Result<SshdCheck, ProvisionError> {
+        let target = self.target;
+        let Some(main) = self.read(&target.sshd_config)? else {
+            self.warning(format!(
+                "{} does not exist: is openssh-server installed? sshd must include {} (`{}`)",
+                target.sshd_config.display(),
+                target.dropin.display(),
+                dropin::include_line(&target.dropin)
+            ));
+            return Ok(SshdCheck::DropinAlone);
+        };
+        let main = String::from_utf8_lossy(&main);
+        let config_dir = target.sshd_config.parent().unwrap_or(Path::new("/"));
+        let inclusion = dropin::inclusion(&main, config_dir, &target.dropin);
+        match inclusion {
+            Inclusion::Included => {}
+            Inclusion::NotIncluded => self.warning(format!(
+                "{} does not include {}, so sshd ignores it and no host can log in: add this line near the top of {0}, before any Match block (tiffin never edits it):\n    {}",
+                target.sshd_config.display(),
+                target.dropin.display(),
+                dropin::include_line(&target.dropin)
+            )),
+            Inclusion::InsideMatch { line } => self.warning(format!(
+                "{}:{line} includes {} inside a Match block, so its blocks apply only where that Match does: move the Include above the first Match line",
+                target.sshd_config.display(),
+                target.dropin.display()
+            )),
+        }
+        Ok(match inclusion {
+            Inclusion::Included | Inclusion::InsideMatch { .. } => SshdCheck::WholeConfig,
+            Inclusion::NotIncluded => SshdCheck::DropinAlone,
+        })
+    }
+
+    /// The plan as collected, with problems first.
+    fn finish(self, sshd_check: SshdCheck) -> Plan {
+        // Ancestors shared by the chroot root, the keys directory and the drop-in are created once.
+        let mut created = BTreeSet::new();
+        let actions = self
+            .actions
+            .into_iter()
+            .filter(|a| match a {
+                Action::CreateDir { path, .. } => created.insert(path.clone()),
+                _ => true,
+            })
+            .collect();
+        let mut findings = self.findings;
+        findings.sort_by_key(|f| f.level);
+        Plan {
+            hosts: self.target.hosts.len(),
+            actions,
+            findings,
+            sshd_check,
+        }
+    }
+}
+
+/// One block per fleet host and per departed account, in account order.
+fn dropin_blocks(target: &Target, departed: Vec<Block>) -> Vec<Block> {
     let mut blocks: Vec<Block> = target
         .hosts
         .iter()
@@ -748,130 +842,9 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
             gone: None,
         })
         .collect();
-    let mut pruned_dir_planned = false;
-    for u in accounts.users.values() {
-        let Some(rest) = u.name.strip_prefix(&target.user_prefix) else {
-            continue;
-        };
-        if fleet_accounts.contains(u.name.as_str()) {
-            continue;
-        }
-        let Ok(host) = rest.parse::<HostName>() else {
-            continue;
-        };
-        let chroot = target.chroot_root.join(host.as_str());
-        if u.home != chroot || !is_nologin(&u.shell) || u.uid == 0 {
-            p.note(format!(
-                "account {} has the prefix {:?} but is not one of tiffin's (home {}, shell {}): left alone",
-                u.name,
-                target.user_prefix,
-                u.home.display(),
-                u.shell.display()
-            ));
-            continue;
-        }
-        let locked = accounts
-            .shadow
-            .as_ref()
-            .and_then(|s| s.get(&u.name))
-            .is_some_and(|s| s.password == Password::Locked && s.expires.is_some());
-        let keys_file = target.keys_dir.join(&u.name);
-        let gone = if opts.prune || locked {
-            Gone::Pruned
-        } else {
-            Gone::Kept
-        };
-        blocks.push(Block {
-            account: u.name.clone(),
-            chroot: chroot.clone(),
-            keys_file: keys_file.clone(),
-            gone: Some(gone),
-        });
-        if !opts.prune {
-            if !locked {
-                p.note(format!(
-                    "host {host} is gone from the fleet: account {} is kept and still served; `tiffin provision --prune` locks it, removes its key and moves its chroot to {}/",
-                    u.name,
-                    target.chroot_root.join(PRUNED_DIR).display()
-                ));
-            }
-            continue;
-        }
-        if !locked {
-            p.actions.push(Action::LockAccount {
-                name: u.name.clone(),
-                host: host.clone(),
-            });
-        }
-        if p.lstat(&keys_file)?.is_some() {
-            p.actions.push(Action::RemoveKey { path: keys_file });
-        }
-        if p.lstat(&chroot)?.is_some() {
-            let pruned = target.chroot_root.join(PRUNED_DIR);
-            if !pruned_dir_planned {
-                p.managed(&pruned, Kind::Dir, Want::root(0o700), false)?;
-                pruned_dir_planned = true;
-            }
-            p.actions.push(Action::MoveChroot {
-                from: chroot,
-                to: pruned.join(format!("{host}-{}", stamp(opts.now))),
-            });
-        }
-    }
+    blocks.extend(departed);
     blocks.sort_by(|a, b| a.account.cmp(&b.account));
-
-    // The drop-in, last: sshd is reloaded only once everything it points to exists.
-    let new = dropin::render(&blocks, &target.sshd_extra);
-    if let Some(dir) = target.dropin.parent() {
-        let mut chain: Vec<&Path> = dir.ancestors().collect();
-        chain.reverse();
-        for d in chain {
-            if p.stat(d)?.is_none() {
-                p.actions.push(Action::CreateDir {
-                    path: d.to_owned(),
-                    want: Want::root(PUBLIC_DIR_MODE),
-                });
-            }
-        }
-    }
-    let old = match sys.read(&target.dropin) {
-        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(ProvisionError::inspect(&target.dropin)(e)),
-    };
-    if old.as_deref() == Some(new.as_str()) {
-        p.managed(&target.dropin, Kind::File, Want::root(KEY_FILE_MODE), false)?;
-    } else {
-        p.actions.push(Action::WriteDropin {
-            path: target.dropin.clone(),
-            old,
-            new,
-            blocks: blocks.len(),
-        });
-        p.actions.push(Action::Reload);
-    }
-    let sshd_reads_dropin = check_inclusion(&mut p, target)?;
-
-    let Planner {
-        actions, findings, ..
-    } = p;
-    // Ancestors shared by the chroot root, the keys directory and the drop-in are created once.
-    let mut created = BTreeSet::new();
-    let actions = actions
-        .into_iter()
-        .filter(|a| match a {
-            Action::CreateDir { path, .. } => created.insert(path.clone()),
-            _ => true,
-        })
-        .collect();
-    let mut findings = findings;
-    findings.sort_by_key(|f| f.level);
-    Ok(Plan {
-        hosts: target.hosts.len(),
-        actions,
-        findings,
-        sshd_reads_dropin,
-    })
+    blocks
 }
 
 fn account_fixes(
@@ -903,38 +876,31 @@ fn account_fixes(
     fixes
 }
 
-/// Warns unless sshd_config includes the drop-in (outside any Match block); true when it does.
-fn check_inclusion(p: &mut Planner<'_>, target: &Target) -> Result<bool, ProvisionError> {
-    let main = match p.sys.read(&target.sshd_config) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            p.warning(format!(
-                "{} does not exist: is openssh-server installed? sshd must include {} (`{}`)",
-                target.sshd_config.display(),
-                target.dropin.display(),
-                dropin::include_line(&target.dropin)
-            ));
-            return Ok(false);
-        }
-        Err(e) => return Err(ProvisionError::inspect(&target.sshd_config)(e)),
-    };
-    let config_dir = target.sshd_config.parent().unwrap_or(Path::new("/"));
-    let inclusion = dropin::inclusion(&main, config_dir, &target.dropin);
-    match inclusion {
-        Inclusion::Included => {}
-        Inclusion::NotIncluded => p.warning(format!(
-            "{} does not include {}, so sshd ignores it and no host can log in: add this line near the top of {0}, before any Match block (tiffin never edits it):\n    {}",
-            target.sshd_config.display(),
-            target.dropin.display(),
-            dropin::include_line(&target.dropin)
-        )),
-        Inclusion::InsideMatch { line } => p.warning(format!(
-            "{}:{line} includes {} inside a Match block, so its blocks apply only where that Match does: move the Include above the first Match line",
-            target.sshd_config.display(),
-            target.dropin.display()
-        )),
+fn is_nologin(shell: &Path) -> bool {
+    matches!(
+        shell.file_name().and_then(|n| n.to_str()),
+        Some("nologin" | "false")
+    )
+}
+
+pub fn key_line(key: &str) -> String {
+    format!("restrict {}\n", key.trim())
+}
+
+fn fingerprint(key: &str) -> String {
+    match ssh_key::PublicKey::from_openssh(key.trim()) {
+        Ok(k) => format!(
+            "{} {}",
+            k.algorithm(),
+            k.fingerprint(ssh_key::HashAlg::Sha256)
+        ),
+        Err(_) => "an unreadable key".to_owned(),
     }
-    Ok(inclusion != Inclusion::NotIncluded)
+}
+
+/// `20261124T224416Z`: sortable and free of characters that need quoting.
+pub fn stamp(t: SystemTime) -> String {
+    crate::settings::format_time(t).replace(['-', ':'], "")
 }
 
 #[cfg(test)]

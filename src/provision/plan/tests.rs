@@ -31,9 +31,9 @@ fn target(hosts: &[&str]) -> Target {
     }
 }
 
-fn opts(prune: bool) -> PlanOptions {
+fn opts(departed: Departed) -> PlanOptions {
     PlanOptions {
-        prune,
+        departed,
         now: crate::settings::parse_time("2026-11-24T22:44:16Z").unwrap(),
     }
 }
@@ -107,7 +107,7 @@ fn kinds(p: &Plan) -> Vec<String> {
 #[test]
 fn three_hosts_on_an_empty_server() {
     let t = target(&["client1", "client2", "client3"]);
-    let plan = plan(&t, &FakeSystem::debian(), &opts(false)).unwrap();
+    let plan = plan(&t, &FakeSystem::debian(), &opts(Departed::Keep)).unwrap();
     assert!(!plan.is_blocked());
     insta::assert_snapshot!("plan_three_hosts", plan.render(&t));
 }
@@ -115,7 +115,7 @@ fn three_hosts_on_an_empty_server() {
 #[test]
 fn rendered_dropin() {
     let t = target(&["client1", "client2", "client3"]);
-    let plan = plan(&t, &FakeSystem::debian(), &opts(false)).unwrap();
+    let plan = plan(&t, &FakeSystem::debian(), &opts(Departed::Keep)).unwrap();
     let new = plan
         .actions
         .iter()
@@ -130,7 +130,7 @@ fn rendered_dropin() {
 #[test]
 fn provisioned_server_has_nothing_to_do() {
     let t = target(&["client1", "client2", "client3"]);
-    let plan = plan(&t, &provisioned(&t), &opts(false)).unwrap();
+    let plan = plan(&t, &provisioned(&t), &opts(Departed::Keep)).unwrap();
     assert_eq!(plan.actions, vec![], "{}", plan.render(&t));
     assert!(plan.findings.is_empty(), "{:?}", plan.findings);
     assert!(plan.render(&t).contains("nothing to do"));
@@ -151,7 +151,7 @@ fn locked_and_expired_accounts_are_unlocked() {
             "tiffin-client2:*:20000:::::1:",
         );
     s.file("/etc/shadow", 0, 42, 0o640, &shadow);
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert_eq!(
         plan.actions,
         vec![
@@ -184,7 +184,7 @@ fn publish_before_provision_is_repaired() {
         .file(&format!("{rel}/MANIFEST"), 0, 0, 0o640, "")
         .dir(&format!("{rel}/files"), 0, 0, 0o755)
         .file(&format!("{rel}/files/secret"), 0, 990, 0o600, "");
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     let text = plan.render(&t);
     insta::assert_snapshot!("plan_repairs_publish_before_provision", text);
     assert!(!text.contains(".staging"), "staging is publish's business");
@@ -200,7 +200,7 @@ fn unsafe_ancestor_blocks_everything() {
     let mut s = FakeSystem::debian();
     s.dir("/var/lib", 1000, 1000, 0o755)
         .dir("/var", 0, 0, 0o1777);
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert!(plan.is_blocked());
     let problems: Vec<&str> = plan
         .findings
@@ -226,7 +226,7 @@ fn wrong_chroot_root_modes_are_repaired_not_blocking() {
     let t = target(&["client1"]);
     let mut s = provisioned(&t);
     s.dir(ROOT, 1000, 0, 0o775);
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert!(!plan.is_blocked());
     assert_eq!(kinds(&plan), vec!["repair dir"]);
     assert!(
@@ -251,7 +251,7 @@ fn gone_hosts_are_kept_until_prune() {
     .dir(&format!("{ROOT}/client3"), 0, 980, 0o750)
     .file("/etc/tiffin/authorized_keys/tiffin-client3", 0, 0, 0o644, "restrict x\n");
 
-    let kept = plan(&t, &s, &opts(false)).unwrap();
+    let kept = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert_eq!(kinds(&kept), vec!["write drop-in", "reload sshd"]);
     let text = kept.render(&t);
     assert!(
@@ -261,7 +261,7 @@ fn gone_hosts_are_kept_until_prune() {
     assert!(text.contains("tiffin-admin has the prefix"), "{text}");
     assert!(!text.contains("Match User tiffin-admin"), "{text}");
 
-    let pruned = plan(&t, &s, &opts(true)).unwrap();
+    let pruned = plan(&t, &s, &opts(Departed::Prune)).unwrap();
     insta::assert_snapshot!("plan_prune", pruned.render(&t));
     assert!(!pruned.render(&t).contains("lock account    tiffin-admin"));
 }
@@ -297,9 +297,9 @@ fn pruned_accounts_stay_pruned() {
         0o644,
         &dropin::render(&blocks, &t.sshd_extra),
     );
-    for prune in [false, true] {
-        let plan = plan(&t, &s, &opts(prune)).unwrap();
-        assert_eq!(plan.actions, vec![], "prune={prune}: {}", plan.render(&t));
+    for departed in [Departed::Keep, Departed::Prune] {
+        let plan = plan(&t, &s, &opts(departed)).unwrap();
+        assert_eq!(plan.actions, vec![], "{departed:?}: {}", plan.render(&t));
     }
 }
 
@@ -312,7 +312,7 @@ fn missing_include_and_shared_group_are_reported() {
         .unwrap()
         .replace("tiffin-client1:x:990:", "tiffin-client1:x:990:alice");
     s.file("/etc/group", 0, 0, 0o644, &g);
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert!(plan.actions.is_empty());
     let text = plan.render(&t);
     assert!(
@@ -336,7 +336,7 @@ fn existing_account_with_a_shell_is_fixed() {
             "tiffin host client1:/home/client1:/bin/bash",
         );
     s.file("/etc/passwd", 0, 0, 0o644, &p);
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert_eq!(
         plan.actions[0].to_string(),
         "fix account     tiffin-client1: home /home/client1 -> /var/lib/tiffin/chroots/client1; shell /bin/bash -> /usr/sbin/nologin"
@@ -355,7 +355,7 @@ fn someone_elses_account_is_never_taken_over() {
         "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n",
     )
     .append("/etc/group", "daemon:x:1:\n");
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert!(plan.is_blocked());
     assert!(
         plan.findings[0]
@@ -378,7 +378,7 @@ fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
     let mut s = provisioned(&t);
     s.remove(&format!("{ROOT}/client1"));
     s.file(&format!("{ROOT}/client1"), 0, 0, 0o644, "");
-    let plan = plan(&t, &s, &opts(false)).unwrap();
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
     assert!(plan.is_blocked());
     assert!(
         plan.findings[0]
@@ -389,7 +389,12 @@ fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
     );
 
     t.keys_dir = format!("{ROOT}/keys").into();
-    let plan = super::plan(&t, &provisioned(&target(&["client1"])), &opts(false)).unwrap();
+    let plan = super::plan(
+        &t,
+        &provisioned(&target(&["client1"])),
+        &opts(Departed::Keep),
+    )
+    .unwrap();
     assert!(
         plan.findings
             .iter()
