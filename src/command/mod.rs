@@ -53,9 +53,23 @@ impl FleetArgs {
     }
 }
 
-/// Fails with every error of the fleet that concerns `hosts` (warnings are printed).
+/// Fails with every error of the fleet that concerns `hosts`, including a host directory that
+/// did not load for a reason `Fleet::load` does not record (it leads outside the repository).
 pub fn require_valid(fleet: &Fleet, hosts: &[HostName]) -> Result<(), Error> {
-    let errors: Vec<_> = fleet.errors_for(hosts).cloned().collect();
+    let mut errors: Vec<_> = fleet.errors_for(hosts).cloned().collect();
+    for host in hosts.iter().filter(|h| !fleet.hosts.contains_key(*h)) {
+        if errors.iter().any(|p| p.host.as_ref() == Some(host)) {
+            continue;
+        }
+        match crate::host_tree::resolve_host_tree(&fleet.root, host) {
+            Err(mut found) => errors.append(&mut found),
+            Ok(_) => errors.push(crate::diag::Problem::error(
+                Some(host),
+                std::path::Path::new("hosts").join(host.as_str()),
+                "this host did not load",
+            )),
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {

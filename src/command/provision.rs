@@ -87,7 +87,8 @@ impl Setup {
     fn check(args: &Args) -> Result<Setup, Error> {
         let mode = args.mode();
         let fleet = args.fleet.load()?;
-        let all: Vec<_> = fleet.hosts.keys().cloned().collect();
+        // Every host directory, loaded or not: one that fails to load is an error, never a departure.
+        let all = fleet.select(&[])?;
         require_valid(&fleet, &all)?;
         let target = provision::target(&fleet, args.fleet.chroot_root(&fleet))?;
         let root = std::env::var_os(SYSTEM_ROOT_ENV)

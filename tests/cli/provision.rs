@@ -207,3 +207,33 @@ fn needs_root_to_change_anything() {
 fn real_sshd_serves_provisioned_hosts_in_isolation() {
     crate::run_isolated_script("provision_e2e.sh", 300, &[]);
 }
+
+#[test]
+fn a_mistyped_host_toml_is_an_error_never_a_departure() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(dir.path());
+    let host_toml = f.join("hosts/client2/host.toml");
+    let text = fs::read_to_string(&host_toml).unwrap();
+    fs::write(&host_toml, format!("{text}\npublic_kye = \"x\"\n")).unwrap();
+    for args in [
+        &["provision", "--prune", "--fleet"][..],
+        &["provision", "--prune", "--dry-run", "--fleet"][..],
+    ] {
+        let out = tiffin()
+            .args(args)
+            .arg(&f)
+            .env("TIFFIN_SYSTEM_ROOT", dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("hosts/client2/host.toml") && stderr.contains("public_kye"),
+            "names the file and the key: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).is_empty(),
+            "no plan, so nothing pruned"
+        );
+    }
+}

@@ -323,7 +323,10 @@ fn a_damaged_stored_file_is_found_never_linked_again_and_repaired() {
     let (code, out) = fleet.output(&["verify", "--repair"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("web: repaired: published release #3"), "{out}");
-    assert!(out.contains(&format!("removed damaged release {}", &first[..12])), "{out}");
+    assert!(
+        out.contains(&format!("removed damaged release {}", &first[..12])),
+        "{out}"
+    );
     let (code, out) = fleet.output(&["verify"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("all intact"), "{out}");
@@ -337,7 +340,10 @@ fn a_host_whose_host_toml_does_not_load_is_an_error_not_a_departure() {
     fleet.tiffin(&["publish"]).assert().success();
     let before = fleet.current("db");
     let host_toml = fs::read_to_string(fleet.root().join("hosts/db/host.toml")).unwrap();
-    fleet.write("hosts/db/host.toml", &format!("{host_toml}\nacton = \"boot\"\n"));
+    fleet.write(
+        "hosts/db/host.toml",
+        &format!("{host_toml}\nacton = \"boot\"\n"),
+    );
     fleet.write("hosts/db/files/etc/motd", "changed\n");
     let (code, out) = fleet.output(&["publish"]);
     assert_eq!(code, 2, "{out}");
