@@ -49,6 +49,7 @@ fn main() {
     let fleet = tmp.path().join("fleet");
     let chroots = tmp.path().join("chroots");
     let chroots_arg = chroots.to_str().unwrap().to_owned();
+    let state_arg = tmp.path().join("state").to_str().unwrap().to_owned();
 
     let start = Instant::now();
     Command::new(env!("CARGO_BIN_EXE_tiffin"))
@@ -80,10 +81,30 @@ fn main() {
         start.elapsed()
     );
 
-    let first = tiffin(&fleet, &["publish", "--chroot-root", &chroots_arg]);
+    let first = tiffin(
+        &fleet,
+        &[
+            "publish",
+            "--chroot-root",
+            &chroots_arg,
+            "--state-dir",
+            &state_arg,
+        ],
+    );
     println!("publish, first release of every host: {first:.2?}");
     let unchanged: Vec<Duration> = (0..5)
-        .map(|_| tiffin(&fleet, &["publish", "--chroot-root", &chroots_arg]))
+        .map(|_| {
+            tiffin(
+                &fleet,
+                &[
+                    "publish",
+                    "--chroot-root",
+                    &chroots_arg,
+                    "--state-dir",
+                    &state_arg,
+                ],
+            )
+        })
         .collect();
     let status: Vec<Duration> = (0..10)
         .map(|_| tiffin(&fleet, &["status", "--chroot-root", &chroots_arg]))

@@ -19,6 +19,7 @@ pub const DEFAULT_SSHD_DROPIN: &str = "/etc/ssh/sshd_config.d/tiffin.conf";
 pub const DEFAULT_AUTHORIZED_KEYS_DIR: &str = "/etc/tiffin/authorized_keys";
 pub const DEFAULT_POLL_INTERVAL: Interval = Interval::secs(15 * 60);
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tiffin";
 
 /// Errors of the fleet layer: reading and writing the admin's repository.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,9 @@ pub struct ServerSettings {
     pub sshd_extra: Vec<String>,
     /// How many releases to keep per host (the current one is always kept).
     pub keep_releases: usize,
+    /// Server state outside every chroot: each host's last seq (`seq/<host>`), so that
+    /// re-provisioning, pruning or moving chroot_root never restarts a host's seq.
+    pub state_dir: PathBuf,
 }
 
 impl Default for ServerSettings {
@@ -94,6 +98,7 @@ impl Default for ServerSettings {
             authorized_keys_dir: DEFAULT_AUTHORIZED_KEYS_DIR.into(),
             sshd_extra: Vec::new(),
             keep_releases: DEFAULT_KEEP_RELEASES,
+            state_dir: DEFAULT_STATE_DIR.into(),
         }
     }
 }

@@ -72,6 +72,8 @@ pub enum When {
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
     pub chroot_root: PathBuf,
+    /// Where each host's last seq is kept (`<state_dir>/seq/<host>`), outside every chroot.
+    pub state_dir: PathBuf,
     pub mode: Mode,
     pub when: When,
     pub keep_releases: usize,
@@ -201,7 +203,8 @@ fn prepare(fleet: &Fleet, host: &Host, opts: &PublishOptions) -> Result<Prepared
         },
     };
     let previous_manifest = previous.as_ref().map(|p| &p.manifest);
-    manifest.seq = next_seq(&paths, previous_manifest);
+    let recorded = SeqRecord::new(&opts.state_dir, name).read()?;
+    manifest.seq = next_seq(&paths, previous_manifest).max(recorded + 1);
     let change = diff(previous_manifest, &manifest);
     Ok(Prepared::Next(Box::new(Next {
         sources,
@@ -256,6 +259,8 @@ fn install(fleet: &Fleet, next: Next, opts: &PublishOptions) -> Result<Outcome, 
         fault: opts.fault,
     };
     stager.prepare_dirs(&opts.chroot_root)?;
+    // Reserved before anything is published: a failure later leaves a gap, never a reused seq.
+    SeqRecord::new(&opts.state_dir, &name).reserve(next.manifest.seq)?;
     let result = stager.stage_and_swap(&next);
     let _ = fs::remove_dir_all(next.paths.staging());
     let (id, seq) = result?;
@@ -519,6 +524,61 @@ fn next_seq(paths: &ChrootPaths, previous: Option<&Manifest>) -> u64 {
         .max()
         .unwrap_or(0);
     previous.map_or(0, |p| p.seq).max(newest_listed) + 1
+}
+
+/// A host's last seq, kept outside its chroot (`<state_dir>/seq/<host>`): a chroot that is
+/// re-provisioned, pruned or moved loses its releases, but the next seq still exceeds every
+/// seq the host's client may have applied, so the client never refuses it as a downgrade.
+struct SeqRecord<'a> {
+    path: PathBuf,
+    host: &'a HostName,
+}
+
+impl<'a> SeqRecord<'a> {
+    fn new(state_dir: &Path, host: &'a HostName) -> SeqRecord<'a> {
+        SeqRecord {
+            path: state_dir.join("seq").join(host.as_str()),
+            host,
+        }
+    }
+
+    /// The recorded seq, 0 when there is none yet. A record that cannot be read stops the
+    /// publish: guessing could hand out a seq the client already applied.
+    fn read(&self) -> Result<u64, PublishError> {
+        match fs::read_to_string(&self.path) {
+            Ok(text) => text.trim().parse().map_err(|_| PublishError::Io {
+                host: self.host.clone(),
+                step: "reading the seq record",
+                path: self.path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{:?} is not a number; put the highest seq this host ever had there (or remove the file if the host is new)",
+                        text.trim()
+                    ),
+                ),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_error(self.host, "reading the seq record", &self.path)(e)),
+        }
+    }
+
+    fn reserve(&self, seq: u64) -> Result<(), PublishError> {
+        let dir = self.path.parent().expect("seq/<host>");
+        let io = |step| io_error(self.host, step, &self.path);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io("creating the seq record in"))?;
+        durable::write_atomic(
+            &self.path,
+            format!("{seq}\n").as_bytes(),
+            0o600,
+            durable::Owner::Caller,
+        )
+        .map_err(io("writing the seq record"))
+    }
 }
 
 /// Removes all but the newest `keep` releases, never the current one.

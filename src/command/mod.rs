@@ -40,6 +40,9 @@ pub struct FleetArgs {
     /// Use this chroot root instead of fleet.toml's server.chroot_root (e.g. to publish into a test directory)
     #[arg(long, value_name = "DIR")]
     pub chroot_root: Option<PathBuf>,
+    /// Use this state directory instead of fleet.toml's server.state_dir (where each host's last seq is kept)
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl FleetArgs {
@@ -50,6 +53,11 @@ impl FleetArgs {
         self.chroot_root
             .clone()
             .unwrap_or_else(|| fleet.config.server.chroot_root.clone())
+    }
+    pub fn state_dir(&self, fleet: &Fleet) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| fleet.config.server.state_dir.clone())
     }
 }
 

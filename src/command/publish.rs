@@ -24,6 +24,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     require_valid(&fleet, &selected)?;
     let opts = PublishOptions {
         chroot_root: args.fleet.chroot_root(&fleet),
+        state_dir: args.fleet.state_dir(&fleet),
         mode: if args.dry_run {
             Mode::DryRun
         } else {

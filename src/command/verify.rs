@@ -57,7 +57,16 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         }
         damaged_hosts += 1;
         if repair == Repair::Yes {
-            repair_host(&fleet, host, &paths, &checks, &chroot_root)?;
+            let opts = PublishOptions {
+                chroot_root: chroot_root.clone(),
+                state_dir: args.fleet.state_dir(&fleet),
+                mode: Mode::Write,
+                when: When::Always,
+                keep_releases: fleet.config.server.keep_releases,
+                now: now(),
+                fault: None,
+            };
+            repair_host(&fleet, host, &paths, &checks, &opts)?;
             damaged_hosts -= 1;
         }
     }
@@ -102,23 +111,15 @@ fn repair_host(
     host: &HostName,
     paths: &ChrootPaths,
     checks: &[ReleaseCheck],
-    chroot_root: &std::path::Path,
+    opts: &PublishOptions,
 ) -> Result<(), Error> {
     let current = paths.read_current().ok().flatten();
     let current_damaged = checks
         .iter()
         .any(|c| !c.is_sound() && Some(&c.id) == current.as_ref());
     if current_damaged {
-        let opts = PublishOptions {
-            chroot_root: chroot_root.to_owned(),
-            mode: Mode::Write,
-            when: When::Always,
-            keep_releases: fleet.config.server.keep_releases,
-            now: now(),
-            fault: None,
-        };
         let h = &fleet.hosts[host];
-        match publish::publish_host(fleet, h, &opts).map_err(|e| Error::Failed(e.to_string()))? {
+        match publish::publish_host(fleet, h, opts).map_err(|e| Error::Failed(e.to_string()))? {
             Outcome::Published { id, seq, .. } => println!(
                 "{host}: repaired: published release #{seq} {} with fresh copies from the fleet repository",
                 id.short()

@@ -61,6 +61,10 @@ impl TestFleet {
         self.tmp.path().join("fleet")
     }
 
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
     pub fn chroots(&self) -> PathBuf {
         self.tmp.path().join("chroots")
     }
@@ -76,6 +80,7 @@ impl TestFleet {
             .env_remove("RUST_LOG");
         if matches!(args.first(), Some(&"publish" | &"status" | &"verify")) {
             cmd.arg("--chroot-root").arg(self.chroots());
+            cmd.arg("--state-dir").arg(self.state_dir());
         }
         cmd
     }

@@ -241,6 +241,7 @@ fn injected_failures_leave_the_previous_release() {
     for fault in faults {
         let opts = PublishOptions {
             chroot_root: fleet.chroots(),
+            state_dir: fleet.state_dir(),
             mode: Mode::Write,
             when: When::Changed,
             keep_releases: 5,
@@ -259,6 +260,7 @@ fn injected_failures_leave_the_previous_release() {
     // not name; clients never see it, and the next publish supersedes it (pruning removes it later).
     let opts = PublishOptions {
         chroot_root: fleet.chroots(),
+        state_dir: fleet.state_dir(),
         mode: Mode::Write,
         when: When::Changed,
         keep_releases: 5,
@@ -276,7 +278,33 @@ fn injected_failures_leave_the_previous_release() {
     fleet.tiffin(&["publish"]).assert().success();
     let m = manifest(&fleet, "web", &fleet.current("web"));
     assert!(m.files.iter().any(|f| f.path.as_str() == "files/etc/new-b"));
-    assert_eq!(m.seq, 3, "the seq of an orphaned release is never reused");
+    // Every attempt reserved its seq before writing (the four injected failures above took 2 to 5,
+    // the orphaned release 6): gaps, never a seq handed out twice.
+    assert_eq!(m.seq, 7, "the seq of an orphaned release is never reused");
+}
+
+#[test]
+fn seq_survives_a_chroot_that_is_removed_or_moved() {
+    let fleet = TestFleet::with_hosts(&["web"]);
+    fleet.tiffin(&["publish"]).assert().success();
+    fleet.write("hosts/web/files/etc/motd", "two\n");
+    fleet.tiffin(&["publish"]).assert().success();
+    assert_eq!(manifest(&fleet, "web", &fleet.current("web")).seq, 2);
+    // As after `provision --prune` or a new chroot_root: the host's chroot is gone.
+    fs::remove_dir_all(fleet.chroots()).unwrap();
+    fleet.write("hosts/web/files/etc/motd", "three\n");
+    fleet.tiffin(&["publish"]).assert().success();
+    assert_eq!(
+        manifest(&fleet, "web", &fleet.current("web")).seq,
+        3,
+        "a client that applied #2 must not be offered #1"
+    );
+    // A record that cannot be read stops the publish rather than guess.
+    fs::write(fleet.state_dir().join("seq/web"), "garbage").unwrap();
+    fleet.write("hosts/web/files/etc/motd", "four\n");
+    let (code, out) = fleet.output(&["publish"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("seq/web") && out.contains("not a number"), "{out}");
 }
 
 #[test]
