@@ -81,31 +81,16 @@ fn main() {
         start.elapsed()
     );
 
-    let first = tiffin(
-        &fleet,
-        &[
-            "publish",
-            "--chroot-root",
-            &chroots_arg,
-            "--state-dir",
-            &state_arg,
-        ],
-    );
+    let publish = [
+        "publish",
+        "--chroot-root",
+        &chroots_arg,
+        "--state-dir",
+        &state_arg,
+    ];
+    let first = tiffin(&fleet, &publish);
     println!("publish, first release of every host: {first:.2?}");
-    let unchanged: Vec<Duration> = (0..5)
-        .map(|_| {
-            tiffin(
-                &fleet,
-                &[
-                    "publish",
-                    "--chroot-root",
-                    &chroots_arg,
-                    "--state-dir",
-                    &state_arg,
-                ],
-            )
-        })
-        .collect();
+    let unchanged: Vec<Duration> = (0..5).map(|_| tiffin(&fleet, &publish)).collect();
     let status: Vec<Duration> = (0..10)
         .map(|_| tiffin(&fleet, &["status", "--chroot-root", &chroots_arg]))
         .collect();

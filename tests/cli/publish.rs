@@ -304,7 +304,10 @@ fn seq_survives_a_chroot_that_is_removed_or_moved() {
     fleet.write("hosts/web/files/etc/motd", "four\n");
     let (code, out) = fleet.output(&["publish"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("seq/web") && out.contains("not a number"), "{out}");
+    assert!(
+        out.contains("seq/web") && out.contains("not a number"),
+        "{out}"
+    );
 }
 
 #[test]
