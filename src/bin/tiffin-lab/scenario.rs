@@ -817,4 +817,220 @@ do = "wait"
         let e = parse("[[step]]\ndo = \"provision\"\n").unwrap_err();
         assert!(e.contains("first line must be a comment"), "{e}");
     }
+
+    #[test]
+    fn every_step_kind_has_its_progress_line() {
+        let s = parse(
+            r#"# x
+[[step]]
+do = "provision"
+[[step]]
+do = "provision"
+expect = "nothing-to-do"
+[[step]]
+do = "publish"
+[[step]]
+do = "publish"
+hosts = ["client1", "client2"]
+[[step]]
+do = "edit"
+host = "client1"
+path = "configuration.nix"
+content = "x"
+[[step]]
+do = "edit"
+host = "client1"
+path = "files/etc/a"
+remove = true
+[[step]]
+do = "pull"
+[[step]]
+do = "pull"
+on = ["client2", "client3"]
+expect = "refused"
+[[step]]
+do = "expect_file"
+on = "client1"
+path = "/etc/a"
+[[step]]
+do = "expect_file"
+on = "client1"
+path = "/etc/b"
+absent = true
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "read-other"
+other = "client2"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "shell"
+[[step]]
+do = "expect_status"
+hosts = { client1 = "up-to-date", client2 = "failed" }
+[[step]]
+do = "net_down"
+on = "client2"
+[[step]]
+do = "net_up"
+on = "client2"
+[[step]]
+do = "stop_server"
+[[step]]
+do = "start_server"
+[[step]]
+do = "run"
+on = "server"
+command = "set -e\n# why\n\ntrue"
+[[step]]
+do = "run"
+on = "client1"
+background = true
+command = "echo 0123456789012345678901234567890123456789012345678901234567890123456789"
+[[step]]
+do = "run"
+on = "client1"
+command = "echo one\necho two"
+[[step]]
+do = "wait"
+"#,
+        )
+        .unwrap();
+        let lines: Vec<String> = s
+            .steps
+            .iter()
+            .map(|p| p.step.describe(s.clients()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "provision on server",
+                "provision on server (nothing to do)",
+                "publish (all hosts)",
+                "publish client1,client2",
+                "edit hosts/client1/configuration.nix",
+                "edit: remove hosts/client1/files/etc/a",
+                "pull on client1,client2,client3 (expect ok)",
+                "pull on client2,client3 (expect refused)",
+                "expect_file client1:/etc/a",
+                "expect_file client1:/etc/b absent",
+                "expect_denied client1 read-other client2",
+                "expect_denied client1 shell",
+                "expect_status client1=up-to-date client2=failed",
+                "net_down client2",
+                "net_up client2",
+                "stop_server",
+                "start_server",
+                "run on server: true",
+                "run on client1 (background): echo 0123456789012345678901234567890123456789012345678901234…",
+                "run on client1: echo one…",
+                "wait for background runs",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_file_order() {
+        let e = parse(
+            r#"# x
+[lab]
+clients = ["server", "client1", "client1", "client2"]
+[fleet]
+sshd_extra = ["", "ok"]
+[fleet.hosts.client9]
+configuration = "x"
+[[step]]
+do = "pull"
+on = ["server", "client7"]
+[[step]]
+do = "publish"
+hosts = ["client1", "zed"]
+[[step]]
+do = "expect_status"
+hosts = {}
+[[step]]
+do = "expect_status"
+hosts = { q = "up-to-date" }
+[[step]]
+do = "edit"
+host = "zz"
+path = "a"
+content = "x"
+remove = true
+[[step]]
+do = "edit"
+host = "client1"
+path = "a"
+[[step]]
+do = "expect_file"
+on = "c9"
+path = "rel/../x"
+content = "a"
+absent = true
+[[step]]
+do = "net_down"
+on = "c9"
+[[step]]
+do = "net_up"
+on = "c8"
+[[step]]
+do = "run"
+on = "c7"
+command = "  "
+[[step]]
+do = "expect_denied"
+on = "server"
+access = "shell"
+other = "client2"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "read-other"
+other = "client1"
+[[step]]
+do = "expect_denied"
+on = "c5"
+access = "wrong-key"
+other = "c6"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "list-other"
+[[step]]
+do = "wait"
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.split("\n  ").collect::<Vec<_>>(),
+            [
+                "t.toml: [lab] clients: \"server\" is the server's name, not a client",
+                "[lab] clients: client1 is listed twice",
+                "[fleet.hosts.client9]: client9 is not one of the clients (server, client1, client1, client2)",
+                "[fleet] sshd_extra: \"\" must be one non-empty sshd_config line",
+                "step 1 (line 8, pull): pull runs on clients, not on the server",
+                "step 1 (line 8, pull): on client7 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 2 (line 11, publish): host zed is not one of the clients",
+                "step 3 (line 14, expect_status): hosts: name at least one host",
+                "step 4 (line 17, expect_status): host q is not one of the clients",
+                "step 5 (line 20, edit): host zz is not one of the clients",
+                "step 5 (line 20, edit): give either `content` or `remove = true`, not both",
+                "step 6 (line 26, edit): give the new `content`, or `remove = true`",
+                "step 7 (line 30, expect_file): on c9 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 7 (line 30, expect_file): path \"rel/../x\" must be absolute, without '..'",
+                "step 7 (line 30, expect_file): `absent = true` cannot be combined with `content` or `mode`",
+                "step 8 (line 36, net_down): on c9 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 9 (line 39, net_up): on c8 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 10 (line 42, run): on c7 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 10 (line 42, run): command is empty",
+                "step 11 (line 46, expect_denied): expect_denied runs on a client (it logs in to the server)",
+                "step 11 (line 46, expect_denied): access \"shell\" takes no `other`",
+                "step 12 (line 51, expect_denied): `other` must be another client than client1",
+                "step 13 (line 56, expect_denied): on c5 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 13 (line 56, expect_denied): other c6 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 14 (line 61, expect_denied): access \"list-other\" needs `other`, the client whose chroot or account is tried",
+            ]
+        );
+    }
 }
