@@ -294,64 +294,58 @@ impl Step {
 
     /// A one-line description for the progress output.
     pub fn describe(&self, clients: &[MachineName]) -> String {
-        let list = |v: &[MachineName]| {
-            v.iter()
-                .map(MachineName::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         match self {
-            Step::Provision { expect } => match expect {
-                ProvisionExpect::Changed => "provision on server".into(),
-                ProvisionExpect::NothingToDo => "provision on server (nothing to do)".into(),
-            },
+            Step::Provision {
+                expect: ProvisionExpect::Changed,
+            } => "provision on server".into(),
+            Step::Provision {
+                expect: ProvisionExpect::NothingToDo,
+            } => "provision on server (nothing to do)".into(),
             Step::Publish { hosts } if hosts.is_empty() => "publish (all hosts)".into(),
-            Step::Publish { hosts } => format!(
-                "publish {}",
-                hosts
-                    .iter()
-                    .map(HostName::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            Step::Edit {
-                host, path, remove, ..
-            } => {
-                if *remove {
-                    format!("edit: remove hosts/{host}/{path}")
-                } else {
-                    format!("edit hosts/{host}/{path}")
-                }
+            Step::Publish { hosts } => {
+                format!(
+                    "publish {}",
+                    joined(hosts.iter().map(HostName::as_str), ",")
+                )
             }
+            Step::Edit {
+                host,
+                path,
+                remove: true,
+                ..
+            } => format!("edit: remove hosts/{host}/{path}"),
+            Step::Edit { host, path, .. } => format!("edit hosts/{host}/{path}"),
             Step::Pull { on, expect, .. } => {
                 let machines = on.as_ref().map(OneOrMany::to_vec);
+                let machines = machines.as_deref().unwrap_or(clients);
                 format!(
                     "pull on {} (expect {})",
-                    list(machines.as_deref().unwrap_or(clients)),
+                    joined(machines.iter().map(MachineName::as_str), ","),
                     expect.as_str()
                 )
             }
             Step::ExpectFile {
-                on, path, absent, ..
-            } => {
-                if *absent {
-                    format!("expect_file {on}:{path} absent")
-                } else {
-                    format!("expect_file {on}:{path}")
-                }
+                on,
+                path,
+                absent: true,
+                ..
+            } => format!("expect_file {on}:{path} absent"),
+            Step::ExpectFile { on, path, .. } => format!("expect_file {on}:{path}"),
+            Step::ExpectDenied {
+                on,
+                access,
+                other: Some(o),
+            } => format!("expect_denied {on} {} {o}", access.as_str()),
+            Step::ExpectDenied { on, access, .. } => {
+                format!("expect_denied {on} {}", access.as_str())
             }
-            Step::ExpectDenied { on, access, other } => match other {
-                Some(o) => format!("expect_denied {on} {} {o}", access.as_str()),
-                None => format!("expect_denied {on} {}", access.as_str()),
-            },
-            Step::ExpectStatus { hosts } => format!(
-                "expect_status {}",
-                hosts
+            Step::ExpectStatus { hosts } => {
+                let states: Vec<String> = hosts
                     .iter()
                     .map(|(h, s)| format!("{h}={}", s.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+                    .collect();
+                format!("expect_status {}", states.join(" "))
+            }
             Step::NetDown { on } => format!("net_down {on}"),
             Step::NetUp { on } => format!("net_up {on}"),
             Step::StopServer => "stop_server".into(),
@@ -362,24 +356,28 @@ impl Step {
                 background,
                 ..
             } => {
-                // The first line that says something (not `set -e`).
-                let first = command
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
-                    .unwrap_or_default();
-                let short: String = first.chars().take(60).collect();
-                let more =
-                    if short.len() < command.trim().len() && !command.trim().ends_with(&short) {
-                        "…"
-                    } else {
-                        ""
-                    };
                 let bg = if *background { " (background)" } else { "" };
-                format!("run on {on}{bg}: {short}{more}")
+                format!("run on {on}{bg}: {}", headline(command))
             }
             Step::Wait => "wait for background runs".into(),
         }
+    }
+}
+
+/// What a command does, in at most 60 characters: its first line that says something (not
+/// `set -e`, not a comment), with `…` when the command goes on.
+fn headline(command: &str) -> String {
+    let first = command
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
+        .unwrap_or_default();
+    let short: String = first.chars().take(60).collect();
+    let whole = command.trim();
+    if short.len() < whole.len() && !whole.ends_with(&short) {
+        format!("{short}…")
+    } else {
+        short
     }
 }
 
@@ -412,6 +410,10 @@ impl Scenario {
         m.is_server() || self.lab.clients.contains(m)
     }
 
+    fn is_client(&self, host: &str) -> bool {
+        self.lab.clients.iter().any(|c| c.as_str() == host)
+    }
+
     /// Parses and checks a scenario; every problem is reported with the file, the step and its line.
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, LabError> {
         let bad = |message: String| LabError::Scenario {
@@ -422,15 +424,9 @@ impl Scenario {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "scenario".into());
-        let first = text.lines().next().unwrap_or_default();
-        let proves = match first.strip_prefix('#') {
-            Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
-            _ => {
-                return Err(bad(
-                    "the first line must be a comment saying what the scenario proves, like \"# Proves: …\"".into(),
-                ));
-            }
-        };
+        let proves = opening_comment(text).ok_or_else(|| {
+            bad("the first line must be a comment saying what the scenario proves, like \"# Proves: …\"".into())
+        })?;
         let file: ScenarioFile =
             toml::from_str(text).map_err(|e| bad(tiffin::diag::toml_message(&e)))?;
         let steps = file
@@ -466,10 +462,21 @@ impl Scenario {
         Scenario::parse(path, &text)
     }
 
-    /// Everything that does not fit between the parts of the file: unknown machines, missing keys.
+    /// Everything that does not fit between the parts of the file: unknown machines, missing
+    /// keys. In file order, so the list reads top to bottom like the file.
     fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.lab_problems();
+        out.extend(self.fleet_problems());
+        for (i, placed) in self.steps.iter().enumerate() {
+            out.extend(StepCheck::problems(self, i + 1, placed));
+        }
+        out
+    }
+
+    /// `[lab]`: the clients must fit the lab's network and name distinct machines.
+    fn lab_problems(&self) -> Vec<String> {
         let clients = &self.lab.clients;
+        let mut out = Vec::new();
         if clients.is_empty() {
             out.push("[lab] clients: name at least one client".to_owned());
         }
@@ -486,15 +493,19 @@ impl Scenario {
                 out.push(format!("[lab] clients: {c} is listed twice"));
             }
         }
-        let is_client = |h: &str| clients.iter().any(|c| c.as_str() == h);
-        for (host, spec) in &self.fleet.hosts {
-            if !is_client(host.as_str()) {
+        out
+    }
+
+    /// `[fleet]`: hosts are clients of the lab, and each sshd_extra entry is one config line.
+    fn fleet_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for host in self.fleet.hosts.keys() {
+            if !self.is_client(host.as_str()) {
                 out.push(format!(
                     "[fleet.hosts.{host}]: {host} is not one of the clients ({})",
-                    names(clients)
+                    names(&self.lab.clients)
                 ));
             }
-            let _ = spec;
         }
         for line in &self.fleet.sshd_extra {
             if line.contains('\n') || line.trim().is_empty() {
@@ -503,133 +514,161 @@ impl Scenario {
                 ));
             }
         }
-        for (i, placed) in self.steps.iter().enumerate() {
-            let at = format!(
-                "step {} (line {}, {})",
-                i + 1,
-                placed.line,
-                placed.step.kind()
-            );
-            let unknown = |m: &MachineName, what: &str| -> Option<String> {
-                (!self.has_machine(m)).then(|| {
-                    format!(
-                        "{at}: {what} {m} is not a machine of this lab (server, {})",
-                        names(clients)
-                    )
-                })
-            };
-            match &placed.step {
-                Step::Pull { on: Some(on), .. } => {
-                    for m in on.to_vec() {
-                        out.extend(unknown(&m, "on"));
-                        if m.is_server() {
-                            out.push(format!("{at}: pull runs on clients, not on the server"));
-                        }
-                    }
-                }
-                Step::ExpectFile { on, .. }
-                | Step::NetDown { on }
-                | Step::NetUp { on }
-                | Step::Run { on, .. } => out.extend(unknown(on, "on")),
-                Step::ExpectDenied { on, other, .. } => {
-                    out.extend(unknown(on, "on"));
-                    if let Some(o) = other {
-                        out.extend(unknown(o, "other"));
-                    }
-                }
-                _ => {}
-            }
-            match &placed.step {
-                Step::Publish { hosts } => {
-                    for h in hosts {
-                        if !is_client(h.as_str()) {
-                            out.push(format!("{at}: host {h} is not one of the clients"));
-                        }
-                    }
-                }
-                Step::ExpectStatus { hosts } => {
-                    if hosts.is_empty() {
-                        out.push(format!("{at}: hosts: name at least one host"));
-                    }
-                    for h in hosts.keys() {
-                        if !is_client(h.as_str()) {
-                            out.push(format!("{at}: host {h} is not one of the clients"));
-                        }
-                    }
-                }
-                Step::Edit {
-                    host,
-                    content,
-                    remove,
-                    ..
-                } => {
-                    if !is_client(host.as_str()) {
-                        out.push(format!("{at}: host {host} is not one of the clients"));
-                    }
-                    match (content, remove) {
-                        (Some(_), true) => out.push(format!(
-                            "{at}: give either `content` or `remove = true`, not both"
-                        )),
-                        (None, false) => {
-                            out.push(format!("{at}: give the new `content`, or `remove = true`"))
-                        }
-                        _ => {}
-                    }
-                }
-                Step::ExpectFile {
-                    path,
-                    content,
-                    mode,
-                    absent,
-                    ..
-                } => {
-                    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                        out.push(format!(
-                            "{at}: path {path:?} must be absolute, without '..'"
-                        ));
-                    }
-                    if *absent && (content.is_some() || mode.is_some()) {
-                        out.push(format!(
-                            "{at}: `absent = true` cannot be combined with `content` or `mode`"
-                        ));
-                    }
-                }
-                Step::ExpectDenied { on, access, other } => {
-                    if on.is_server() {
-                        out.push(format!(
-                            "{at}: expect_denied runs on a client (it logs in to the server)"
-                        ));
-                    }
-                    match (access.needs_other(), other) {
-                        (true, None) => out.push(format!(
-                            "{at}: access {:?} needs `other`, the client whose chroot or account is tried",
-                            access.as_str()
-                        )),
-                        (false, Some(_)) => out.push(format!(
-                            "{at}: access {:?} takes no `other`",
-                            access.as_str()
-                        )),
-                        (true, Some(o)) if o == on || o.is_server() => out.push(format!(
-                            "{at}: `other` must be another client than {on}"
-                        )),
-                        _ => {}
-                    }
-                }
-                Step::Run { command, .. } if command.trim().is_empty() => {
-                    out.push(format!("{at}: command is empty"));
-                }
-                _ => {}
-            }
-        }
         out
     }
 }
 
+/// The checks of one step, one validator per step kind; every problem names the step and its line.
+struct StepCheck<'a> {
+    scenario: &'a Scenario,
+    at: String,
+    problems: Vec<String>,
+}
+
+impl<'a> StepCheck<'a> {
+    fn problems(scenario: &'a Scenario, number: usize, placed: &PlacedStep) -> Vec<String> {
+        let mut check = StepCheck {
+            scenario,
+            at: format!(
+                "step {number} (line {}, {})",
+                placed.line,
+                placed.step.kind()
+            ),
+            problems: Vec::new(),
+        };
+        // Exhaustive on purpose: a new step kind has to say what of it is checked.
+        match &placed.step {
+            Step::Pull { on, .. } => check.pull(on.as_ref()),
+            Step::Publish { hosts } => check.hosts(hosts.iter()),
+            Step::ExpectStatus { hosts } => check.expect_status(hosts),
+            Step::Edit {
+                host,
+                content,
+                remove,
+                ..
+            } => check.edit(host, content.as_deref(), *remove),
+            Step::ExpectFile {
+                on,
+                path,
+                content,
+                mode,
+                absent,
+            } => {
+                check.machine(on, "on");
+                check.expect_file(path, content.is_some() || mode.is_some(), *absent);
+            }
+            Step::ExpectDenied { on, access, other } => {
+                check.expect_denied(on, *access, other.as_ref())
+            }
+            Step::Run { on, command, .. } => check.run(on, command),
+            Step::NetDown { on } | Step::NetUp { on } => check.machine(on, "on"),
+            Step::Provision { .. } | Step::StopServer | Step::StartServer | Step::Wait => {}
+        }
+        check.problems
+    }
+
+    fn problem(&mut self, text: String) {
+        self.problems.push(format!("{}: {text}", self.at));
+    }
+
+    /// A machine the step names (`what` is its key) must be one of the lab's.
+    fn machine(&mut self, m: &MachineName, what: &str) {
+        if !self.scenario.has_machine(m) {
+            let machines = names(self.scenario.clients());
+            self.problem(format!(
+                "{what} {m} is not a machine of this lab (server, {machines})"
+            ));
+        }
+    }
+
+    fn hosts<'h>(&mut self, hosts: impl Iterator<Item = &'h HostName>) {
+        for h in hosts {
+            if !self.scenario.is_client(h.as_str()) {
+                self.problem(format!("host {h} is not one of the clients"));
+            }
+        }
+    }
+
+    fn pull(&mut self, on: Option<&OneOrMany>) {
+        for m in on.map(OneOrMany::to_vec).unwrap_or_default() {
+            self.machine(&m, "on");
+            if m.is_server() {
+                self.problem("pull runs on clients, not on the server".into());
+            }
+        }
+    }
+
+    fn expect_status(&mut self, hosts: &BTreeMap<HostName, State>) {
+        if hosts.is_empty() {
+            self.problem("hosts: name at least one host".into());
+        }
+        self.hosts(hosts.keys());
+    }
+
+    fn edit(&mut self, host: &HostName, content: Option<&str>, remove: bool) {
+        self.hosts(std::iter::once(host));
+        match (content, remove) {
+            (Some(_), true) => {
+                self.problem("give either `content` or `remove = true`, not both".into())
+            }
+            (None, false) => self.problem("give the new `content`, or `remove = true`".into()),
+            _ => {}
+        }
+    }
+
+    fn expect_file(&mut self, path: &str, expects_something: bool, absent: bool) {
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            self.problem(format!("path {path:?} must be absolute, without '..'"));
+        }
+        if absent && expects_something {
+            self.problem("`absent = true` cannot be combined with `content` or `mode`".into());
+        }
+    }
+
+    fn expect_denied(&mut self, on: &MachineName, access: Access, other: Option<&MachineName>) {
+        self.machine(on, "on");
+        if let Some(o) = other {
+            self.machine(o, "other");
+        }
+        if on.is_server() {
+            self.problem("expect_denied runs on a client (it logs in to the server)".into());
+        }
+        match (access.needs_other(), other) {
+            (true, None) => self.problem(format!(
+                "access {:?} needs `other`, the client whose chroot or account is tried",
+                access.as_str()
+            )),
+            (false, Some(_)) => {
+                self.problem(format!("access {:?} takes no `other`", access.as_str()))
+            }
+            (true, Some(o)) if o == on || o.is_server() => {
+                self.problem(format!("`other` must be another client than {on}"))
+            }
+            _ => {}
+        }
+    }
+
+    fn run(&mut self, on: &MachineName, command: &str) {
+        self.machine(on, "on");
+        if command.trim().is_empty() {
+            self.problem("command is empty".into());
+        }
+    }
+}
+
+/// The opening comment without its `#`: what the scenario proves.
+fn opening_comment(text: &str) -> Option<String> {
+    let first = text.lines().next().unwrap_or_default();
+    let comment = first.strip_prefix('#')?.trim();
+    (!comment.is_empty()).then(|| comment.to_owned())
+}
+
+fn joined<'a>(items: impl Iterator<Item = &'a str>, separator: &str) -> String {
+    items.collect::<Vec<_>>().join(separator)
+}
+
 fn names(v: &[MachineName]) -> String {
-    v.iter()
-        .map(MachineName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+    joined(v.iter().map(MachineName::as_str), ", ")
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
