@@ -62,7 +62,7 @@ fn reap_forever() -> ! {
 }
 
 /// The machine's private view, in the only order that works: the shares are opened before
-/// mounts hide them, the upper layers' tmpfs is made while / is still writable, and the
+/// mounts hide them, the machine directory is created while / is still writable, and the
 /// shares come back last, over the private /run and /tmp.
 fn build(args: &InitArgs) -> Result<(), String> {
     let shares = open_shares(args)?;
