@@ -94,20 +94,9 @@ impl Run {
                 tiffin.display()
             )));
         }
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                LabError::MissingTools(
-                    "sshd (install openssh-server; the lab runs the real OpenSSH server)".into(),
-                )
-            })?;
+        let sshd = find_sshd()?;
         let owner_pid = std::process::id();
-        let mut id = new_run_id();
-        while RunState::path_of(&id).exists() {
-            id = new_run_id();
-        }
+        let id = unused_run_id();
         let dir = std::env::temp_dir().join(format!("{PREFIX}{id}"));
         let state = RunState {
             run: id.clone(),
@@ -130,15 +119,20 @@ impl Run {
             state,
             count: 0,
         };
-        let bin = run.bin_dir();
+        run.install_bin()?;
+        Ok(run)
+    }
+
+    /// The run directory with its `bin/`, which every machine shares.
+    fn install_bin(&self) -> Result<(), LabError> {
+        let bin = self.bin_dir();
         fs::create_dir_all(&bin)
-            .and_then(|()| fs::set_permissions(&run.dir, fs::Permissions::from_mode(0o755)))
+            .and_then(|()| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)))
             .map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
-        let standin = bin.join("nixos-rebuild");
+        let standin = self.standin();
         fs::write(&standin, NIXOS_REBUILD_STANDIN)
             .and_then(|()| fs::set_permissions(&standin, fs::Permissions::from_mode(0o755)))
-            .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))?;
-        Ok(run)
+            .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))
     }
 
     pub fn prefix(&self) -> String {
@@ -166,6 +160,28 @@ impl Run {
         self.state.remove();
         problems
     }
+}
+
+/// The real OpenSSH server: the lab tests tiffin against it, never a stand-in.
+fn find_sshd() -> Result<PathBuf, LabError> {
+    ["/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            LabError::MissingTools(
+                "sshd (install openssh-server; the lab runs the real OpenSSH server)".into(),
+            )
+        })
+}
+
+/// A run id no recorded run has.
+fn unused_run_id() -> String {
+    let mut id = new_run_id();
+    while RunState::path_of(&id).exists() {
+        id = new_run_id();
+    }
+    id
 }
 
 fn new_run_id() -> String {
@@ -280,7 +296,13 @@ impl<'r> World<'r> {
         format!("{}-{m}", self.run.prefix())
     }
 
+    /// The lab's record, brought up to date with what exists now, for `down` after a crash.
     fn record(&mut self) -> StepResult {
+        self.record_state()
+            .map_err(|e| Failure::new(e.to_string()).into())
+    }
+
+    fn record_state(&mut self) -> Result<(), LabError> {
         self.run.state.netns = self.netns.clone();
         self.run.state.machines = self
             .machines
@@ -293,10 +315,7 @@ impl<'r> World<'r> {
                 env: m.env.iter().cloned().collect(),
             })
             .collect();
-        self.run
-            .state
-            .save()
-            .map_err(|e| Failure::new(e.to_string()).into())
+        self.run.state.save()
     }
 
     /// A bridge in its own network namespace (never in the host's), one veth per machine.
@@ -632,7 +651,6 @@ impl<'r> World<'r> {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// `algorithm base64` of an OpenSSH public key file inside a machine.
     /// A new ed25519 key pair at `path` on a machine (no passphrase); returns the public key line.
     pub fn generate_key(
         &mut self,
@@ -660,6 +678,7 @@ impl<'r> World<'r> {
         self.read_public_key(on, &public)
     }
 
+    /// `algorithm base64` of an OpenSSH public key file inside a machine.
     fn read_public_key(&self, on: &MachineName, path: &str) -> StepResult<String> {
         let text = self
             .read_file(on, path)
@@ -792,9 +811,8 @@ impl<'r> World<'r> {
     pub fn keep(&mut self) -> StepResult {
         self.run.state.kept = true;
         self.record()?;
-        for r in self.background.drain(..) {
-            drop(r);
-        }
+        // Dropping a command's handle neither kills nor waits: it goes on in the kept lab.
+        self.background.clear();
         self.sshd = None;
         for m in &mut self.machines {
             m.detach();
@@ -810,8 +828,24 @@ impl<'r> World<'r> {
             return Vec::new();
         }
         self.finished = true;
-        let mut problems = Vec::new();
         let t = Instant::now();
+        self.stop_machines(t);
+        let mut problems = self.delete_namespaces(t);
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("removing {}: {e}", self.dir.display())),
+        }
+        tracing::debug!("files removed at {:?}", t.elapsed());
+        self.run.state.scenario = None;
+        if let Err(e) = self.record_state() {
+            problems.push(e.to_string());
+        }
+        tracing::debug!("recorded at {:?}", t.elapsed());
+        problems
+    }
+
+    fn stop_machines(&mut self, t: Instant) {
         // All machines die at once (their pid 1 first: the kernel then kills every process in
         // them, sshd and running commands included); then each is waited for.
         for m in &self.machines {
@@ -835,6 +869,11 @@ impl<'r> World<'r> {
             );
         }
         self.machines.clear();
+    }
+
+    /// Deletes the lab's network namespaces, then looks for any of the run's still there.
+    fn delete_namespaces(&mut self, t: Instant) -> Vec<String> {
+        let mut problems = Vec::new();
         for ns in self.netns.iter().rev() {
             if let Err(e) = state::delete_netns(ns) {
                 problems.push(e);
@@ -847,17 +886,6 @@ impl<'r> World<'r> {
         }
         self.netns.clear();
         tracing::debug!("namespaces checked at {:?}", t.elapsed());
-        match fs::remove_dir_all(&self.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => problems.push(format!("removing {}: {e}", self.dir.display())),
-        }
-        tracing::debug!("files removed at {:?}", t.elapsed());
-        self.run.state.scenario = None;
-        if let Err(e) = self.record() {
-            problems.push(format!("{e:?}"));
-        }
-        tracing::debug!("recorded at {:?}", t.elapsed());
         problems
     }
 }
