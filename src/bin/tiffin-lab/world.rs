@@ -130,9 +130,13 @@ impl Run {
             .and_then(|()| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)))
             .map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
         let standin = self.standin();
-        fs::write(&standin, NIXOS_REBUILD_STANDIN)
-            .and_then(|()| fs::set_permissions(&standin, fs::Permissions::from_mode(0o755)))
-            .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))
+        tiffin::durable::write_atomic(
+            &standin,
+            NIXOS_REBUILD_STANDIN.as_bytes(),
+            0o755,
+            tiffin::durable::Owner::Caller,
+        )
+        .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))
     }
 
     pub fn prefix(&self) -> String {
@@ -913,17 +917,38 @@ pub fn exec_failure(e: ExecError, machine: &str, command: &str) -> StepError {
     }
 }
 
-/// Writes a file on the host's side (fleet repository, or a machine through /proc/PID/root).
+/// Writes a file on the host's side (fleet repository, or a machine through /proc/PID/root),
+/// by temporary file and rename: a command running meanwhile (a background publish loop, sshd)
+/// sees the old content or the new, never half of it, and a final symlink is replaced rather
+/// than followed (through /proc/PID/root an absolute one would lead to the host's own file).
 pub fn write_host_file(path: &Path, content: &str, mode: Option<u32>) -> StepResult {
     let fail = |e: std::io::Error| Failure::new(format!("writing {}: {e}", path.display()));
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(fail)?;
     }
-    fs::write(path, content).map_err(fail)?;
-    if let Some(mode) = mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(fail)?;
-    }
-    Ok(())
+    // Without a mode, what a plain write would leave: the file's own mode, or a new file's.
+    let mode = mode.unwrap_or_else(|| match fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(_) => 0o666 & !umask(),
+    });
+    tiffin::durable::write_atomic(
+        path,
+        content.as_bytes(),
+        mode,
+        tiffin::durable::Owner::Caller,
+    )
+    .map_err(|e| fail(e).into())
+}
+
+/// The process's umask, read without changing it (setting it to read it would race with threads).
+fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 #[derive(Serialize)]
@@ -1005,6 +1030,36 @@ pub fn adjust_fleet_toml(template: &str, scenario: &Scenario) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_files_are_replaced_whole_and_keep_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode_of = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        let file = dir.path().join("a/b/file");
+        write_host_file(&file, "one\n", Some(0o640)).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "one\n");
+        assert_eq!(mode_of(&file), 0o640);
+        write_host_file(&file, "two\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "two\n");
+        assert_eq!(mode_of(&file), 0o640, "an unnamed mode is the file's own");
+        let fresh = dir.path().join("fresh");
+        write_host_file(&fresh, "x", None).unwrap();
+        assert_eq!(mode_of(&fresh), 0o666 & !umask());
+        // A final symlink is replaced, its target left alone.
+        let target = dir.path().join("target");
+        fs::write(&target, "target\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_host_file(&link, "new\n", Some(0o644)).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "target\n");
+        assert!(fs::symlink_metadata(&link).unwrap().is_file());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 4, "no temporary file left: {names:?}");
+    }
 
     #[test]
     fn fleet_settings_land_under_their_tables() {
