@@ -8,9 +8,9 @@ use super::LabError;
 use super::init::{self, InitArgs};
 use super::interrupt::Interrupt;
 use super::machine;
-use super::runner::{self, Options};
+use super::runner::{self, Afterwards, Epilogue, Options};
 use super::scenario::{self, Scenario};
-use super::state::{self, RunState};
+use super::state::{self, MachineState, RunState};
 
 const ABOUT: &str =
     "The tiffin lab: a server and clients on this one Linux machine, with the real OpenSSH.
@@ -106,80 +106,94 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
     match cli.command {
         LabCommand::MachineInit(args) => init::main(&args),
         LabCommand::Run { paths, keep } => {
-            let files = scenario::collect(&paths)?;
-            let mut scenarios = Vec::new();
-            let mut problems = Vec::new();
-            for f in &files {
-                match Scenario::load(f) {
-                    Ok(s) => scenarios.push(s),
-                    Err(e) => problems.push(e.to_string()),
-                }
-            }
-            if !problems.is_empty() {
-                return Err(LabError::Usage(format!(
-                    "{} scenario file(s) have problems; nothing ran:\n{}",
-                    problems.len(),
-                    problems.join("\n")
-                )));
-            }
+            let scenarios = load_scenarios(&paths)?;
             preflight()?;
-            run_and_judge(
-                &scenarios,
-                &Options {
-                    keep,
-                    show_status: false,
-                },
-            )
+            let opts = Options {
+                afterwards: afterwards(keep),
+                epilogue: Epilogue::Nothing,
+            };
+            run_and_judge(&scenarios, &opts)
         }
         LabCommand::Demo { keep } => {
             let demo = Scenario::parse(std::path::Path::new("demo"), DEMO)?;
             preflight()?;
-            run_and_judge(
-                &[demo],
-                &Options {
-                    keep,
-                    show_status: true,
-                },
-            )
+            let opts = Options {
+                afterwards: afterwards(keep),
+                epilogue: Epilogue::StatusAndRecap,
+            };
+            run_and_judge(&[demo], &opts)
         }
-        LabCommand::Bench { polls } => {
-            preflight()?;
-            if !std::path::Path::new("/usr/bin/time").is_file() {
-                return Err(LabError::MissingTools(
-                    "/usr/bin/time (package time), for the client's peak RSS".into(),
-                ));
-            }
-            let interrupt = Interrupt::install()
-                .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
-            super::bench::bench(polls, interrupt)
-        }
+        LabCommand::Bench { polls } => bench(polls),
         LabCommand::Shell {
             machine,
             run,
             command,
         } => shell(&machine, run.as_deref(), &command),
-        LabCommand::Down { run } => {
-            require_root()?;
-            let report = state::down(run.as_deref());
-            for r in &report.removed {
-                println!("removed {r}");
-            }
-            for s in &report.skipped {
-                println!("left alone: {s}");
-            }
-            if report.removed.is_empty() && report.skipped.is_empty() && report.problems.is_empty()
-            {
-                println!("nothing to remove: no lab is up");
-            }
-            if report.problems.is_empty() {
-                Ok(0)
-            } else {
-                Err(LabError::Failed(format!(
-                    "could not remove everything:\n  {}",
-                    report.problems.join("\n  ")
-                )))
-            }
+        LabCommand::Down { run } => down(run.as_deref()),
+    }
+}
+
+fn afterwards(keep: bool) -> Afterwards {
+    if keep {
+        Afterwards::Keep
+    } else {
+        Afterwards::TearDown
+    }
+}
+
+/// Every scenario file, all checked before any lab starts: one bad file and nothing runs.
+fn load_scenarios(paths: &[PathBuf]) -> Result<Vec<Scenario>, LabError> {
+    let files = scenario::collect(paths)?;
+    let mut scenarios = Vec::new();
+    let mut problems = Vec::new();
+    for f in &files {
+        match Scenario::load(f) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => problems.push(e.to_string()),
         }
+    }
+    if problems.is_empty() {
+        Ok(scenarios)
+    } else {
+        Err(LabError::Usage(format!(
+            "{} scenario file(s) have problems; nothing ran:\n{}",
+            problems.len(),
+            problems.join("\n")
+        )))
+    }
+}
+
+fn bench(polls: u32) -> Result<u8, LabError> {
+    preflight()?;
+    if !std::path::Path::new("/usr/bin/time").is_file() {
+        return Err(LabError::MissingTools(
+            "/usr/bin/time (package time), for the client's peak RSS".into(),
+        ));
+    }
+    let interrupt = Interrupt::install()
+        .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
+    super::bench::bench(polls, interrupt)
+}
+
+fn down(run: Option<&str>) -> Result<u8, LabError> {
+    require_root()?;
+    let report = state::down(run);
+    for r in &report.removed {
+        println!("removed {r}");
+    }
+    for s in &report.skipped {
+        println!("left alone: {s}");
+    }
+    if report.removed.is_empty() && report.skipped.is_empty() && report.problems.is_empty() {
+        println!("nothing to remove: no lab is up");
+    }
+    if report.problems.is_empty() {
+        Ok(0)
+    } else {
+        Err(LabError::Failed(format!(
+            "could not remove everything:\n  {}",
+            report.problems.join("\n  ")
+        )))
     }
 }
 
@@ -244,31 +258,53 @@ fn preflight() -> Result<(), LabError> {
 
 fn shell(name: &str, run: Option<&str>, command: &[String]) -> Result<u8, LabError> {
     require_root()?;
-    let labs: Vec<RunState> = RunState::load_all()
+    let lab = the_lab(run)?;
+    let m = the_machine(&lab, name)?;
+    let mut env: Vec<(String, String)> = m.env.clone().into_iter().collect();
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".into(), term));
+    }
+    let argv: Vec<String> = if command.is_empty() {
+        eprintln!(
+            "tiffin-lab: entering {name} ({}) of run {}; `exit` to leave",
+            m.address, lab.run
+        );
+        vec![interactive_shell().into(), "-i".into()]
+    } else {
+        command.to_vec()
+    };
+    let status = machine::enter_command(m.init_pid, &env, "/root", &argv)
+        .status()
+        .map_err(|e| LabError::io("running nsenter", e))?;
+    Ok(u8::try_from(super::exec::exit_code(status)).unwrap_or(1))
+}
+
+/// The one lab that is up (kept, or still run by its tiffin-lab), or the one `--run` names.
+fn the_lab(run: Option<&str>) -> Result<RunState, LabError> {
+    let mut labs: Vec<RunState> = RunState::load_all()
         .into_iter()
         .filter_map(Result::ok)
         .filter(|s| run.is_none_or(|r| r == s.run))
         .filter(|s| !s.machines.is_empty() && (s.kept || s.owner_alive()))
         .collect();
-    let lab = match labs.as_slice() {
-        [] => {
-            return Err(LabError::Usage(match run {
-                Some(r) => format!("no lab with run id {r} is up (see /run/tiffin-lab/)"),
-                None => "no lab is up: start one with `tiffin-lab demo --keep` or `tiffin-lab run --keep PATH`".into(),
-            }));
-        }
-        [one] => one,
-        many => {
-            return Err(LabError::Usage(format!(
-                "{} labs are up (runs {}): choose one with --run RUN",
-                many.len(),
-                many.iter()
-                    .map(|s| s.run.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    };
+    match labs.len() {
+        0 => Err(LabError::Usage(match run {
+            Some(r) => format!("no lab with run id {r} is up (see /run/tiffin-lab/)"),
+            None => "no lab is up: start one with `tiffin-lab demo --keep` or `tiffin-lab run --keep PATH`".into(),
+        })),
+        1 => Ok(labs.remove(0)),
+        n => Err(LabError::Usage(format!(
+            "{n} labs are up (runs {}): choose one with --run RUN",
+            labs.iter()
+                .map(|s| s.run.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// A machine of the lab whose pid 1 still runs.
+fn the_machine<'a>(lab: &'a RunState, name: &str) -> Result<&'a MachineState, LabError> {
     let Some(m) = lab.machines.iter().find(|m| m.name == name) else {
         return Err(LabError::Usage(format!(
             "run {} has no machine {name:?} (machines: {})",
@@ -286,26 +322,13 @@ fn shell(name: &str, run: Option<&str>, command: &[String]) -> Result<u8, LabErr
             lab.run, m.init_pid
         )));
     }
-    let mut env: Vec<(String, String)> = m.env.clone().into_iter().collect();
-    if let Ok(term) = std::env::var("TERM") {
-        env.push(("TERM".into(), term));
-    }
-    let argv: Vec<String> = if command.is_empty() {
-        let sh = if std::path::Path::new("/bin/bash").exists() {
-            "/bin/bash"
-        } else {
-            "/bin/sh"
-        };
-        eprintln!(
-            "tiffin-lab: entering {name} ({}) of run {}; `exit` to leave",
-            m.address, lab.run
-        );
-        vec![sh.into(), "-i".into()]
+    Ok(m)
+}
+
+fn interactive_shell() -> &'static str {
+    if std::path::Path::new("/bin/bash").exists() {
+        "/bin/bash"
     } else {
-        command.to_vec()
-    };
-    let status = machine::enter_command(m.init_pid, &env, "/root", &argv)
-        .status()
-        .map_err(|e| LabError::io("running nsenter", e))?;
-    Ok(u8::try_from(super::exec::exit_code(status)).unwrap_or(1))
+        "/bin/sh"
+    }
 }

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// Directories that get a copy-on-write overlay: everything a system tool writes to.
-pub const OVERLAID: &[&str] = &["/etc", "/var", "/root", "/home"];
+const OVERLAID: &[&str] = &["/etc", "/var", "/root", "/home"];
 
 /// What `machine-init` needs to know.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,157 +61,196 @@ fn reap_forever() -> ! {
     }
 }
 
+/// The machine's private view, in the only order that works: the shares are opened before
+/// mounts hide them, the machine directory is created while / is still writable, and the
+/// shares come back last, over the private /run and /tmp.
 fn build(args: &InitArgs) -> Result<(), String> {
-    // Shares are opened before anything hides them; bind-mounting /proc/self/fd/N later
-    // brings each back at its own path.
-    let mut shares = Vec::new();
-    for (path, writable) in args
-        .shares
-        .iter()
-        .map(|p| (p, false))
-        .chain(args.shares_rw.iter().map(|p| (p, true)))
-    {
-        let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-        shares.push((path.clone(), dir, writable));
-    }
-    // The overlays' upper layers live in a tmpfs of the machine's own: nothing of the machine
-    // touches the host's disk, it works whatever filesystem the host's /tmp is (overlayfs in a
-    // container cannot hold upper layers), and it vanishes with the machine.
-    fs::create_dir_all(&args.dir).map_err(|e| format!("creating {}: {e}", args.dir.display()))?;
-    mount_or(
-        Some(Path::new("tmpfs")),
-        &args.dir,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=700"),
-        "tmpfs for the overlays' upper layers",
-    )?;
-    for d in OVERLAID {
-        let (upper, work) = overlay_dirs(&args.dir, d);
-        for p in [&upper, &work] {
-            fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
-        }
-    }
+    let shares = open_shares(args)?;
+    upper_layers(&args.dir)?;
     // ip-netns's bind mounts hold references to every lab's network namespaces; drop our copies.
     let _ = umount2("/run/netns", MntFlags::MNT_DETACH);
     // Read-only root: nothing a scenario runs can write outside the machine's private places.
-    mount_or(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-        None,
-        "remount / read-only",
-    )?;
-    for d in OVERLAID {
-        let target = Path::new(d);
-        if !target.is_dir() {
-            continue;
-        }
-        let (upper, work) = overlay_dirs(&args.dir, d);
-        for p in [&upper, &work] {
-            let s = p.to_string_lossy();
-            if s.contains([',', ':', '\\']) {
-                return Err(format!(
-                    "{s}: the run directory's path must not contain ',', ':' or '\\' (overlay options); set TMPDIR to a plainer path"
-                ));
-            }
-        }
-        let options = format!(
-            "lowerdir={d},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        // `volatile` (Linux 5.10+): the overlay is thrown away, so it need not sync the host's
-        // disk, which would make every teardown wait for a syncfs of the root filesystem.
-        let volatile = format!("{options},volatile");
-        if mount_or(
-            Some(Path::new("overlay")),
-            target,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(&volatile),
-            "",
-        )
-        .is_err()
-        {
-            mount_or(
-                Some(Path::new("overlay")),
-                target,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&options),
-                &format!("overlay {d}"),
-            )?;
-        }
-    }
-    // mode=755: sshd refuses a chroot whose path crosses a group/other-writable directory.
-    tmpfs("/run", "mode=755")?;
-    mkdir("/run/sshd", 0o755)?;
-    mkdir("/run/lock", 0o1777)?;
-    tmpfs("/tmp", "mode=1777")?;
-    for (path, dir, writable) in &shares {
-        // A read-only share still visible through the read-only root needs nothing; a writable
-        // one is always bound, so writes reach the host's directory, not an overlay.
-        if path.is_dir() && !writable {
-            continue;
-        }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(path)
-            .map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let source = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        mount_or(
-            Some(&source),
-            path,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-            &format!("show {}", path.display()),
-        )?;
-        // A bind mount copies the read-only flag of the root it came from; lift it.
-        if *writable {
-            mount_or(
-                None,
-                path,
-                None,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
-                None,
-                &format!("make {} writable", path.display()),
-            )?;
-        }
+    remount_bind(Path::new("/"), MsFlags::MS_RDONLY, "remount / read-only")?;
+    overlays(&args.dir)?;
+    private_run_and_tmp()?;
+    for share in &shares {
+        share.show()?;
     }
     drop(shares);
     nix::unistd::sethostname(&args.name).map_err(|e| format!("sethostname: {e}"))?;
     Ok(())
 }
 
+/// Whether the machine may write to a shared host directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ShareAccess {
+    ReadOnly,
+    Writable,
+}
+
+/// A host directory shown inside the machine at its own path.
+struct Share {
+    path: PathBuf,
+    /// Opened before the overlays and tmpfs mounts can hide the path; bind-mounting
+    /// /proc/self/fd/N brings it back.
+    dir: File,
+    access: ShareAccess,
+}
+
+fn open_shares(args: &InitArgs) -> Result<Vec<Share>, String> {
+    let read_only = args.shares.iter().map(|p| (p, ShareAccess::ReadOnly));
+    let writable = args.shares_rw.iter().map(|p| (p, ShareAccess::Writable));
+    read_only
+        .chain(writable)
+        .map(|(path, access)| {
+            let dir = File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            Ok(Share {
+                path: path.clone(),
+                dir,
+                access,
+            })
+        })
+        .collect()
+}
+
+impl Share {
+    fn show(&self) -> Result<(), String> {
+        let path = &self.path;
+        // A read-only share still visible through the read-only root needs nothing; a writable
+        // one is always bound, so writes reach the host's directory, not an overlay.
+        if path.is_dir() && self.access == ShareAccess::ReadOnly {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let source = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+        bind(&source, path, &format!("show {}", path.display()))?;
+        if self.access == ShareAccess::Writable {
+            // A bind mount copies the read-only flag of the root it came from; lift it.
+            remount_bind(
+                path,
+                MsFlags::empty(),
+                &format!("make {} writable", path.display()),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The overlays' upper layers live in a tmpfs of the machine's own: nothing of the machine
+/// touches the host's disk, it works whatever filesystem the host's /tmp is (overlayfs in a
+/// container cannot hold upper layers), and it vanishes with the machine.
+fn upper_layers(machine_dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(machine_dir)
+        .map_err(|e| format!("creating {}: {e}", machine_dir.display()))?;
+    tmpfs(
+        machine_dir,
+        "mode=700",
+        "tmpfs for the overlays' upper layers",
+    )?;
+    for d in OVERLAID {
+        let (upper, work) = overlay_dirs(machine_dir, d);
+        for p in [&upper, &work] {
+            fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A copy-on-write overlay on each of [`OVERLAID`] that exists.
+fn overlays(machine_dir: &Path) -> Result<(), String> {
+    for d in OVERLAID {
+        let target = Path::new(d);
+        if !target.is_dir() {
+            continue;
+        }
+        let options = overlay_options(machine_dir, d)?;
+        // `volatile` (Linux 5.10+): the overlay is thrown away, so it need not sync the host's
+        // disk, which would make every teardown wait for a syncfs of the root filesystem.
+        if overlay(target, &format!("{options},volatile"), "").is_err() {
+            overlay(target, &options, &format!("overlay {d}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn overlay_options(machine_dir: &Path, overlaid: &str) -> Result<String, String> {
+    let (upper, work) = overlay_dirs(machine_dir, overlaid);
+    for p in [&upper, &work] {
+        let s = p.to_string_lossy();
+        if s.contains([',', ':', '\\']) {
+            return Err(format!(
+                "{s}: the run directory's path must not contain ',', ':' or '\\' (overlay options); set TMPDIR to a plainer path"
+            ));
+        }
+    }
+    Ok(format!(
+        "lowerdir={overlaid},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    ))
+}
+
+/// The machine's own /run and /tmp, with the directories its daemons expect.
+fn private_run_and_tmp() -> Result<(), String> {
+    // mode=755: sshd refuses a chroot whose path crosses a group/other-writable directory.
+    tmpfs(Path::new("/run"), "mode=755", "tmpfs on /run")?;
+    mkdir("/run/sshd", 0o755)?;
+    mkdir("/run/lock", 0o1777)?;
+    tmpfs(Path::new("/tmp"), "mode=1777", "tmpfs on /tmp")
+}
+
 /// `<machine dir>/<etc|var|…>/{upper,work}`.
-pub fn overlay_dirs(machine_dir: &Path, overlaid: &str) -> (PathBuf, PathBuf) {
+fn overlay_dirs(machine_dir: &Path, overlaid: &str) -> (PathBuf, PathBuf) {
     let base = machine_dir.join(overlaid.trim_start_matches('/'));
     (base.join("upper"), base.join("work"))
 }
 
-fn mount_or(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-    what: &str,
-) -> Result<(), String> {
-    mount(source, target, fstype, flags, data).map_err(|e| format!("{what}: mount: {e}"))
+// ---- mounts: each names what it is for, which is what an error says ----------------------
+
+fn mounted(result: nix::Result<()>, what: &str) -> Result<(), String> {
+    result.map_err(|e| format!("{what}: mount: {e}"))
 }
 
-fn tmpfs(target: &str, options: &str) -> Result<(), String> {
-    mount_or(
-        Some(Path::new("tmpfs")),
-        Path::new(target),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(options),
-        &format!("tmpfs on {target}"),
+fn tmpfs(target: &Path, options: &str, what: &str) -> Result<(), String> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mounted(
+        mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options)),
+        what,
+    )
+}
+
+fn overlay(target: &Path, options: &str, what: &str) -> Result<(), String> {
+    let flags = MsFlags::empty();
+    mounted(
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            flags,
+            Some(options),
+        ),
+        what,
+    )
+}
+
+fn bind(source: &Path, target: &Path, what: &str) -> Result<(), String> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mounted(
+        mount(Some(source), target, None::<&str>, flags, None::<&str>),
+        what,
+    )
+}
+
+/// Changes the flags of a bind mount (or of `/`): `flags` on top of remount and bind.
+fn remount_bind(target: &Path, flags: MsFlags, what: &str) -> Result<(), String> {
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags;
+    mounted(
+        mount(None::<&str>, target, None::<&str>, flags, None::<&str>),
+        what,
     )
 }
 

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -89,97 +89,39 @@ impl Machine {
         std::fs::create_dir_all(&spec.dir)
             .map_err(|e| format!("creating {}: {e}", spec.dir.display()))?;
         let log_path = spec.dir.join("init.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", spec.netns))
-            .arg("--")
-            .arg("unshare")
-            .args([
-                "--mount",
-                "--uts",
-                "--ipc",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--propagation",
-                "private",
-                "--kill-child",
-                "--",
-            ])
-            .arg(lab_exe)
-            .arg("machine-init")
-            .arg("--name")
-            .arg(spec.name.as_str())
-            .arg("--dir")
-            .arg(&spec.dir);
-        for share in &spec.shares {
-            cmd.arg("--share").arg(share);
-        }
-        for share in &spec.shares_rw {
-            cmd.arg("--share-rw").arg(share);
-        }
-        use std::os::unix::process::CommandExt;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("starting nsenter/unshare: {e}"))?;
-        let holder_pid = child.id();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
+        let mut holder = spawn_init(&spec, lab_exe, &log_path)?;
+        let holder_pid = holder.id();
+        let said = first_line(holder.stdout.take().expect("piped stdout"));
+        // From here on the machine exists: every way out stops it.
         let mut machine = Machine {
             name: spec.name,
             address: spec.address,
             init_pid: 0,
             init_start: 0,
-            holder: Some(child),
+            holder: Some(holder),
             env: spec.env,
             net_ns: None,
             mnt_ns: None,
         };
-        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let line = said
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_default();
         if line.trim() != "ready" {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             machine.stop();
-            let said = line.trim().trim_start_matches("error: ");
+            return Err(not_started(&machine.name, &line, &log));
+        }
+        let Some(pid) = only_child(holder_pid) else {
+            machine.stop();
             return Err(format!(
-                "machine {} did not start: {}{}",
-                machine.name,
-                if said.is_empty() { "no answer" } else { said },
-                if log.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!("\n{}", log.trim_end())
-                }
+                "machine {}: cannot find its pid 1 (child of {holder_pid})",
+                machine.name
             ));
-        }
-        // The machine's pid 1 is the only child of unshare.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(&pid) = procfs::children(holder_pid).first() {
-                machine.init_pid = pid;
-                machine.init_start = procfs::start_time(pid).unwrap_or_default();
-                break;
-            }
-            if Instant::now() > deadline {
-                machine.stop();
-                return Err(format!(
-                    "machine {}: cannot find its pid 1 (child of {holder_pid})",
-                    machine.name
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        machine.net_ns = procfs::ns_inode(machine.init_pid, "net");
-        machine.mnt_ns = procfs::ns_inode(machine.init_pid, "mnt");
+        };
+        machine.init_pid = pid;
+        machine.init_start = procfs::start_time(pid).unwrap_or_default();
+        machine.net_ns = procfs::ns_inode(pid, "net");
+        machine.mnt_ns = procfs::ns_inode(pid, "mnt");
         Ok(machine)
     }
 
@@ -308,6 +250,86 @@ impl Machine {
             std::thread::sleep(Duration::from_millis(20));
         }
         killed
+    }
+}
+
+/// `nsenter` into the machine's network namespace, `unshare` for the rest, and `machine-init`
+/// as the new pid 1; its stderr goes to `log`, its stdout is where it says "ready".
+fn spawn_init(spec: &MachineSpec, lab_exe: &Path, log: &Path) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    let log_file =
+        std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", spec.netns))
+        .arg("--")
+        .arg("unshare")
+        .args([
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--propagation",
+            "private",
+            "--kill-child",
+            "--",
+        ])
+        .arg(lab_exe)
+        .arg("machine-init")
+        .arg("--name")
+        .arg(spec.name.as_str())
+        .arg("--dir")
+        .arg(&spec.dir);
+    for share in &spec.shares {
+        cmd.arg("--share").arg(share);
+    }
+    for share in &spec.shares_rw {
+        cmd.arg("--share-rw").arg(share);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .process_group(0);
+    cmd.spawn()
+        .map_err(|e| format!("starting nsenter/unshare: {e}"))
+}
+
+/// The first line `out` says, read on a thread of its own so that waiting for it can time out.
+fn first_line(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx
+}
+
+fn not_started(name: &MachineName, line: &str, log: &str) -> String {
+    let said = line.trim().trim_start_matches("error: ");
+    format!(
+        "machine {name} did not start: {}{}",
+        if said.is_empty() { "no answer" } else { said },
+        if log.trim().is_empty() {
+            String::new()
+        } else {
+            format!("\n{}", log.trim_end())
+        }
+    )
+}
+
+/// The machine's pid 1: the only child of `unshare`, which may take a moment to appear.
+fn only_child(holder_pid: u32) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(&pid) = procfs::children(holder_pid).first() {
+            return Some(pid);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

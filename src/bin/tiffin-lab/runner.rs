@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::LabError;
 use super::interrupt::Interrupt;
-use super::scenario::{MachineName, Scenario, Step};
+use super::scenario::{MachineName, PlacedStep, Scenario, Step};
 use super::steps;
 use super::world::{Failure, Run, StepError, World};
 
@@ -17,21 +17,59 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Passed => "PASS",
+            Outcome::Failed => "FAIL",
+            Outcome::Interrupted => "INTERRUPTED",
+        }
+    }
+}
+
+/// What happens to a scenario's lab once the scenario ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Afterwards {
+    #[default]
+    TearDown,
+    /// Leave up the first failing (or interrupted) scenario's lab, else the last one's, and stop there.
+    Keep,
+}
+
+/// What a passing scenario shows after its steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Epilogue {
+    #[default]
+    Nothing,
+    /// `tiffin status` on the server, then what just happened (the demo).
+    StatusAndRecap,
+}
+
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Leave the last lab (or the first failing one) up.
-    pub keep: bool,
-    /// Print `tiffin status` after the steps (the demo does).
-    pub show_status: bool,
+    pub afterwards: Afterwards,
+    pub epilogue: Epilogue,
+}
+
+/// Where a scenario stands in the run: with `--keep`, the last one's lab stays up even when it passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    Last,
+    NotLast,
+}
+
+/// What became of a scenario's lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lab {
+    Kept,
+    TornDown,
 }
 
 /// What a run did, per scenario.
 #[derive(Debug, Default)]
 pub struct Summary {
     pub results: Vec<(String, Outcome)>,
-    pub elapsed: Duration,
-    pub kept: bool,
 }
 
 impl Summary {
@@ -42,8 +80,37 @@ impl Summary {
             .map(|(n, _)| n.as_str())
             .collect()
     }
+
     pub fn interrupted(&self) -> bool {
         self.results.iter().any(|(_, o)| *o == Outcome::Interrupted)
+    }
+
+    /// The closing line: how many passed and failed, and how many did not run.
+    fn line(&self, scenarios: usize, elapsed: Duration) -> String {
+        let passed = self
+            .results
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Passed)
+            .count();
+        let failed = self.failed();
+        let mut line = if self.interrupted() {
+            format!(
+                "\ninterrupted; {passed} passed, {} failed before",
+                failed.len()
+            )
+        } else if failed.is_empty() && passed == scenarios {
+            format!("\n{passed} passed")
+        } else {
+            format!("\n{passed} passed, {} failed", failed.len())
+        };
+        if !failed.is_empty() {
+            line.push_str(&format!(" ({})", failed.join(", ")));
+        }
+        let not_run = scenarios - self.results.len();
+        if not_run > 0 {
+            line.push_str(&format!(", {not_run} not run"));
+        }
+        format!("{line} in {}\n", secs(elapsed))
     }
 }
 
@@ -73,47 +140,31 @@ pub fn run_scenarios(
     ));
     let mut summary = Summary::default();
     for (i, scenario) in scenarios.iter().enumerate() {
-        let last = i + 1 == scenarios.len();
-        let (outcome, kept) = run_one(&mut run, scenario, opts, last);
+        let position = if i + 1 == scenarios.len() {
+            Position::Last
+        } else {
+            Position::NotLast
+        };
+        let (outcome, lab) = run_one(&mut run, scenario, opts, position);
         summary.results.push((scenario.name.clone(), outcome));
-        summary.kept |= kept;
-        if outcome == Outcome::Interrupted || kept {
+        if outcome == Outcome::Interrupted || lab == Lab::Kept {
             break;
         }
     }
     for p in run.finish() {
         say(&format!("tiffin-lab: teardown: {p}\n"));
     }
-    summary.elapsed = started.elapsed();
-    let passed = summary
-        .results
-        .iter()
-        .filter(|(_, o)| *o == Outcome::Passed)
-        .count();
-    let failed = summary.failed();
-    let mut line = format!("\n{passed} passed, {} failed", failed.len());
-    if failed.is_empty() && passed == scenarios.len() {
-        line = format!("\n{passed} passed");
-    }
-    if summary.interrupted() {
-        line = format!(
-            "\ninterrupted; {passed} passed, {} failed before",
-            failed.len()
-        );
-    }
-    if !failed.is_empty() {
-        line.push_str(&format!(" ({})", failed.join(", ")));
-    }
-    let not_run = scenarios.len() - summary.results.len();
-    if not_run > 0 {
-        line.push_str(&format!(", {not_run} not run"));
-    }
-    say(&format!("{line} in {}\n", secs(summary.elapsed)));
+    say(&summary.line(scenarios.len(), started.elapsed()));
     Ok(summary)
 }
 
-/// Runs one scenario in a lab of its own; returns its outcome and whether its lab was kept.
-fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (Outcome, bool) {
+/// Runs one scenario in a lab of its own: set up, run the steps, report, tear down (or keep).
+fn run_one(
+    run: &mut Run,
+    scenario: &Scenario,
+    opts: &Options,
+    position: Position,
+) -> (Outcome, Lab) {
     let started = Instant::now();
     say(&format!(
         "\n== {} ({})\n   {}\n",
@@ -122,8 +173,36 @@ fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (O
         scenario.proves
     ));
     let mut world = World::new(run, scenario);
+    let mut outcome = set_up(&mut world, scenario, started);
+    if outcome == Outcome::Passed {
+        outcome = run_steps(&mut world, scenario);
+    }
+    if outcome == Outcome::Passed && opts.epilogue == Epilogue::StatusAndRecap {
+        show_status(&mut world);
+    }
+    let keep = opts.afterwards == Afterwards::Keep
+        && (position == Position::Last || outcome != Outcome::Passed);
+    let lab = if keep {
+        keep_lab(&mut world, scenario);
+        Lab::Kept
+    } else {
+        outcome = tear_down(&mut world, outcome);
+        Lab::TornDown
+    };
+    drop(world);
+    say(&format!(
+        "   {} {} ({})\n",
+        outcome.word(),
+        scenario.name,
+        secs(started.elapsed())
+    ));
+    (outcome, lab)
+}
+
+/// Brings the lab up and says which machines it has.
+fn set_up(world: &mut World, scenario: &Scenario, started: Instant) -> Outcome {
     say("   lab up: ");
-    let mut outcome = match world.build(scenario) {
+    match world.build(scenario) {
         Ok(()) => {
             let machines: Vec<String> = std::iter::once(MachineName::server())
                 .chain(scenario.clients().iter().cloned())
@@ -145,96 +224,101 @@ fn run_one(run: &mut Run, scenario: &Scenario, opts: &Options, last: bool) -> (O
             say(&render_failure("lab setup failed", &f, None));
             Outcome::Failed
         }
-    };
+    }
+}
+
+/// The steps in order, up to the first that does not pass.
+fn run_steps(world: &mut World, scenario: &Scenario) -> Outcome {
+    for (i, placed) in scenario.steps.iter().enumerate() {
+        let outcome = run_step(world, scenario, i + 1, placed);
+        if outcome != Outcome::Passed {
+            return outcome;
+        }
+    }
+    Outcome::Passed
+}
+
+fn run_step(world: &mut World, scenario: &Scenario, n: usize, placed: &PlacedStep) -> Outcome {
     let total = scenario.steps.len();
-    if outcome == Outcome::Passed {
-        for (i, placed) in scenario.steps.iter().enumerate() {
-            let n = i + 1;
-            let t = Instant::now();
-            say(&format!(
-                "   [{n:>2}/{total}] {} ... ",
-                placed.step.describe(scenario.clients())
-            ));
-            let mut result = steps::run(&mut world, n, &placed.step);
-            if result.is_ok() && n == total && !world.background.is_empty() {
-                // Background runs nobody waited for are checked at the end.
-                result = steps::wait_background(&mut world);
-            }
-            match result {
-                Ok(()) => say(&format!("ok ({})\n", secs(t.elapsed()))),
-                Err(StepError::Interrupted) => {
-                    say("interrupted\n");
-                    outcome = Outcome::Interrupted;
-                    break;
-                }
-                Err(StepError::Failed(f)) => {
-                    say(&format!("FAILED ({})\n", secs(t.elapsed())));
-                    let title = format!(
-                        "step {n} of {total} failed (line {}, {})",
-                        placed.line,
-                        placed.step.kind()
-                    );
-                    let sshd_tail = mentions_ssh(&placed.step)
-                        .then(|| tail(&super::exec::read_log(&world.sshd_log), 15));
-                    say(&render_failure(&title, &f, sshd_tail.as_deref()));
-                    outcome = Outcome::Failed;
-                    break;
-                }
-            }
-        }
-    }
-    if outcome == Outcome::Passed && opts.show_status {
-        match world.exec(&MachineName::server(), &["tiffin", "status"], None) {
-            Ok(done) => say(&format!("\n$ tiffin status\n{}\n", done.output.trim_end())),
-            Err(_) => say("\n(tiffin status could not run)\n"),
-        }
-        say(DEMO_RECAP);
-    }
-    let keep = opts.keep && outcome != Outcome::Interrupted && (last || outcome == Outcome::Failed);
-    let keep = keep || (opts.keep && outcome == Outcome::Interrupted);
-    if keep {
-        match world.keep() {
-            Ok(()) => say(&format!(
-                "   lab kept (run {}): enter a machine with `tiffin-lab shell server` (or {}); remove it with `tiffin-lab down`\n",
-                world.run.id,
-                scenario
-                    .clients()
-                    .iter()
-                    .map(MachineName::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            Err(_) => say("   could not record the kept lab; tearing it down\n"),
-        }
-    } else {
-        if outcome == Outcome::Interrupted {
-            say(
-                "   interrupted: tearing the lab down (interrupt again to abort; then `tiffin-lab down` cleans up)\n",
-            );
-        }
-        let problems = world.down();
-        if !problems.is_empty() {
-            say("   teardown problems:\n");
-            for p in &problems {
-                say(&format!("     {p}\n"));
-            }
-            if outcome == Outcome::Passed {
-                outcome = Outcome::Failed;
-            }
-        }
-    }
-    drop(world);
-    let word = match outcome {
-        Outcome::Passed => "PASS",
-        Outcome::Failed => "FAIL",
-        Outcome::Interrupted => "INTERRUPTED",
-    };
+    let t = Instant::now();
     say(&format!(
-        "   {word} {} ({})\n",
-        scenario.name,
-        secs(started.elapsed())
+        "   [{n:>2}/{total}] {} ... ",
+        placed.step.describe(scenario.clients())
     ));
-    (outcome, keep)
+    let mut result = steps::run(world, n, &placed.step);
+    if result.is_ok() && n == total && !world.background.is_empty() {
+        // Background runs nobody waited for are checked at the end.
+        result = steps::wait_background(world);
+    }
+    match result {
+        Ok(()) => {
+            say(&format!("ok ({})\n", secs(t.elapsed())));
+            Outcome::Passed
+        }
+        Err(StepError::Interrupted) => {
+            say("interrupted\n");
+            Outcome::Interrupted
+        }
+        Err(StepError::Failed(f)) => {
+            say(&format!("FAILED ({})\n", secs(t.elapsed())));
+            let title = format!(
+                "step {n} of {total} failed (line {}, {})",
+                placed.line,
+                placed.step.kind()
+            );
+            let sshd_tail = mentions_ssh(&placed.step)
+                .then(|| tail(&super::exec::read_log(&world.sshd_log), 15));
+            say(&render_failure(&title, &f, sshd_tail.as_deref()));
+            Outcome::Failed
+        }
+    }
+}
+
+fn show_status(world: &mut World) {
+    match world.exec(&MachineName::server(), &["tiffin", "status"], None) {
+        Ok(done) => say(&format!("\n$ tiffin status\n{}\n", done.output.trim_end())),
+        Err(_) => say("\n(tiffin status could not run)\n"),
+    }
+    say(DEMO_RECAP);
+}
+
+fn keep_lab(world: &mut World, scenario: &Scenario) {
+    match world.keep() {
+        Ok(()) => say(&format!(
+            "   lab kept (run {}): enter a machine with `tiffin-lab shell server` (or {}); remove it with `tiffin-lab down`\n",
+            world.run.id,
+            scenario
+                .clients()
+                .iter()
+                .map(MachineName::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        // Dropping the world then tears the lab down.
+        Err(_) => say("   could not record the kept lab; tearing it down\n"),
+    }
+}
+
+/// Tears the lab down; a scenario that passed fails when its lab does not go away cleanly.
+fn tear_down(world: &mut World, outcome: Outcome) -> Outcome {
+    if outcome == Outcome::Interrupted {
+        say(
+            "   interrupted: tearing the lab down (interrupt again to abort; then `tiffin-lab down` cleans up)\n",
+        );
+    }
+    let problems = world.down();
+    if problems.is_empty() {
+        return outcome;
+    }
+    say("   teardown problems:\n");
+    for p in &problems {
+        say(&format!("     {p}\n"));
+    }
+    if outcome == Outcome::Passed {
+        Outcome::Failed
+    } else {
+        outcome
+    }
 }
 
 /// What the demo showed, for someone who just ran it.

@@ -294,64 +294,58 @@ impl Step {
 
     /// A one-line description for the progress output.
     pub fn describe(&self, clients: &[MachineName]) -> String {
-        let list = |v: &[MachineName]| {
-            v.iter()
-                .map(MachineName::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
         match self {
-            Step::Provision { expect } => match expect {
-                ProvisionExpect::Changed => "provision on server".into(),
-                ProvisionExpect::NothingToDo => "provision on server (nothing to do)".into(),
-            },
+            Step::Provision {
+                expect: ProvisionExpect::Changed,
+            } => "provision on server".into(),
+            Step::Provision {
+                expect: ProvisionExpect::NothingToDo,
+            } => "provision on server (nothing to do)".into(),
             Step::Publish { hosts } if hosts.is_empty() => "publish (all hosts)".into(),
-            Step::Publish { hosts } => format!(
-                "publish {}",
-                hosts
-                    .iter()
-                    .map(HostName::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            Step::Edit {
-                host, path, remove, ..
-            } => {
-                if *remove {
-                    format!("edit: remove hosts/{host}/{path}")
-                } else {
-                    format!("edit hosts/{host}/{path}")
-                }
+            Step::Publish { hosts } => {
+                format!(
+                    "publish {}",
+                    joined(hosts.iter().map(HostName::as_str), ",")
+                )
             }
+            Step::Edit {
+                host,
+                path,
+                remove: true,
+                ..
+            } => format!("edit: remove hosts/{host}/{path}"),
+            Step::Edit { host, path, .. } => format!("edit hosts/{host}/{path}"),
             Step::Pull { on, expect, .. } => {
                 let machines = on.as_ref().map(OneOrMany::to_vec);
+                let machines = machines.as_deref().unwrap_or(clients);
                 format!(
                     "pull on {} (expect {})",
-                    list(machines.as_deref().unwrap_or(clients)),
+                    joined(machines.iter().map(MachineName::as_str), ","),
                     expect.as_str()
                 )
             }
             Step::ExpectFile {
-                on, path, absent, ..
-            } => {
-                if *absent {
-                    format!("expect_file {on}:{path} absent")
-                } else {
-                    format!("expect_file {on}:{path}")
-                }
+                on,
+                path,
+                absent: true,
+                ..
+            } => format!("expect_file {on}:{path} absent"),
+            Step::ExpectFile { on, path, .. } => format!("expect_file {on}:{path}"),
+            Step::ExpectDenied {
+                on,
+                access,
+                other: Some(o),
+            } => format!("expect_denied {on} {} {o}", access.as_str()),
+            Step::ExpectDenied { on, access, .. } => {
+                format!("expect_denied {on} {}", access.as_str())
             }
-            Step::ExpectDenied { on, access, other } => match other {
-                Some(o) => format!("expect_denied {on} {} {o}", access.as_str()),
-                None => format!("expect_denied {on} {}", access.as_str()),
-            },
-            Step::ExpectStatus { hosts } => format!(
-                "expect_status {}",
-                hosts
+            Step::ExpectStatus { hosts } => {
+                let states: Vec<String> = hosts
                     .iter()
                     .map(|(h, s)| format!("{h}={}", s.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
+                    .collect();
+                format!("expect_status {}", states.join(" "))
+            }
             Step::NetDown { on } => format!("net_down {on}"),
             Step::NetUp { on } => format!("net_up {on}"),
             Step::StopServer => "stop_server".into(),
@@ -362,24 +356,28 @@ impl Step {
                 background,
                 ..
             } => {
-                // The first line that says something (not `set -e`).
-                let first = command
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
-                    .unwrap_or_default();
-                let short: String = first.chars().take(60).collect();
-                let more =
-                    if short.len() < command.trim().len() && !command.trim().ends_with(&short) {
-                        "…"
-                    } else {
-                        ""
-                    };
                 let bg = if *background { " (background)" } else { "" };
-                format!("run on {on}{bg}: {short}{more}")
+                format!("run on {on}{bg}: {}", headline(command))
             }
             Step::Wait => "wait for background runs".into(),
         }
+    }
+}
+
+/// What a command does, in at most 60 characters: its first line that says something (not
+/// `set -e`, not a comment), with `…` when the command goes on.
+fn headline(command: &str) -> String {
+    let first = command
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("set ") && !l.starts_with('#'))
+        .unwrap_or_default();
+    let short: String = first.chars().take(60).collect();
+    let whole = command.trim();
+    if short.len() < whole.len() && !whole.ends_with(&short) {
+        format!("{short}…")
+    } else {
+        short
     }
 }
 
@@ -412,6 +410,10 @@ impl Scenario {
         m.is_server() || self.lab.clients.contains(m)
     }
 
+    fn is_client(&self, host: &str) -> bool {
+        self.lab.clients.iter().any(|c| c.as_str() == host)
+    }
+
     /// Parses and checks a scenario; every problem is reported with the file, the step and its line.
     pub fn parse(path: &Path, text: &str) -> Result<Scenario, LabError> {
         let bad = |message: String| LabError::Scenario {
@@ -422,15 +424,9 @@ impl Scenario {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "scenario".into());
-        let first = text.lines().next().unwrap_or_default();
-        let proves = match first.strip_prefix('#') {
-            Some(c) if !c.trim().is_empty() => c.trim().to_owned(),
-            _ => {
-                return Err(bad(
-                    "the first line must be a comment saying what the scenario proves, like \"# Proves: …\"".into(),
-                ));
-            }
-        };
+        let proves = opening_comment(text).ok_or_else(|| {
+            bad("the first line must be a comment saying what the scenario proves, like \"# Proves: …\"".into())
+        })?;
         let file: ScenarioFile =
             toml::from_str(text).map_err(|e| bad(tiffin::diag::toml_message(&e)))?;
         let steps = file
@@ -466,10 +462,21 @@ impl Scenario {
         Scenario::parse(path, &text)
     }
 
-    /// Everything that does not fit between the parts of the file: unknown machines, missing keys.
+    /// Everything that does not fit between the parts of the file: unknown machines, missing
+    /// keys. In file order, so the list reads top to bottom like the file.
     fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.lab_problems();
+        out.extend(self.fleet_problems());
+        for (i, placed) in self.steps.iter().enumerate() {
+            out.extend(StepCheck::problems(self, i + 1, placed));
+        }
+        out
+    }
+
+    /// `[lab]`: the clients must fit the lab's network and name distinct machines.
+    fn lab_problems(&self) -> Vec<String> {
         let clients = &self.lab.clients;
+        let mut out = Vec::new();
         if clients.is_empty() {
             out.push("[lab] clients: name at least one client".to_owned());
         }
@@ -486,15 +493,19 @@ impl Scenario {
                 out.push(format!("[lab] clients: {c} is listed twice"));
             }
         }
-        let is_client = |h: &str| clients.iter().any(|c| c.as_str() == h);
-        for (host, spec) in &self.fleet.hosts {
-            if !is_client(host.as_str()) {
+        out
+    }
+
+    /// `[fleet]`: hosts are clients of the lab, and each sshd_extra entry is one config line.
+    fn fleet_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for host in self.fleet.hosts.keys() {
+            if !self.is_client(host.as_str()) {
                 out.push(format!(
                     "[fleet.hosts.{host}]: {host} is not one of the clients ({})",
-                    names(clients)
+                    names(&self.lab.clients)
                 ));
             }
-            let _ = spec;
         }
         for line in &self.fleet.sshd_extra {
             if line.contains('\n') || line.trim().is_empty() {
@@ -503,133 +514,161 @@ impl Scenario {
                 ));
             }
         }
-        for (i, placed) in self.steps.iter().enumerate() {
-            let at = format!(
-                "step {} (line {}, {})",
-                i + 1,
-                placed.line,
-                placed.step.kind()
-            );
-            let unknown = |m: &MachineName, what: &str| -> Option<String> {
-                (!self.has_machine(m)).then(|| {
-                    format!(
-                        "{at}: {what} {m} is not a machine of this lab (server, {})",
-                        names(clients)
-                    )
-                })
-            };
-            match &placed.step {
-                Step::Pull { on: Some(on), .. } => {
-                    for m in on.to_vec() {
-                        out.extend(unknown(&m, "on"));
-                        if m.is_server() {
-                            out.push(format!("{at}: pull runs on clients, not on the server"));
-                        }
-                    }
-                }
-                Step::ExpectFile { on, .. }
-                | Step::NetDown { on }
-                | Step::NetUp { on }
-                | Step::Run { on, .. } => out.extend(unknown(on, "on")),
-                Step::ExpectDenied { on, other, .. } => {
-                    out.extend(unknown(on, "on"));
-                    if let Some(o) = other {
-                        out.extend(unknown(o, "other"));
-                    }
-                }
-                _ => {}
-            }
-            match &placed.step {
-                Step::Publish { hosts } => {
-                    for h in hosts {
-                        if !is_client(h.as_str()) {
-                            out.push(format!("{at}: host {h} is not one of the clients"));
-                        }
-                    }
-                }
-                Step::ExpectStatus { hosts } => {
-                    if hosts.is_empty() {
-                        out.push(format!("{at}: hosts: name at least one host"));
-                    }
-                    for h in hosts.keys() {
-                        if !is_client(h.as_str()) {
-                            out.push(format!("{at}: host {h} is not one of the clients"));
-                        }
-                    }
-                }
-                Step::Edit {
-                    host,
-                    content,
-                    remove,
-                    ..
-                } => {
-                    if !is_client(host.as_str()) {
-                        out.push(format!("{at}: host {host} is not one of the clients"));
-                    }
-                    match (content, remove) {
-                        (Some(_), true) => out.push(format!(
-                            "{at}: give either `content` or `remove = true`, not both"
-                        )),
-                        (None, false) => {
-                            out.push(format!("{at}: give the new `content`, or `remove = true`"))
-                        }
-                        _ => {}
-                    }
-                }
-                Step::ExpectFile {
-                    path,
-                    content,
-                    mode,
-                    absent,
-                    ..
-                } => {
-                    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                        out.push(format!(
-                            "{at}: path {path:?} must be absolute, without '..'"
-                        ));
-                    }
-                    if *absent && (content.is_some() || mode.is_some()) {
-                        out.push(format!(
-                            "{at}: `absent = true` cannot be combined with `content` or `mode`"
-                        ));
-                    }
-                }
-                Step::ExpectDenied { on, access, other } => {
-                    if on.is_server() {
-                        out.push(format!(
-                            "{at}: expect_denied runs on a client (it logs in to the server)"
-                        ));
-                    }
-                    match (access.needs_other(), other) {
-                        (true, None) => out.push(format!(
-                            "{at}: access {:?} needs `other`, the client whose chroot or account is tried",
-                            access.as_str()
-                        )),
-                        (false, Some(_)) => out.push(format!(
-                            "{at}: access {:?} takes no `other`",
-                            access.as_str()
-                        )),
-                        (true, Some(o)) if o == on || o.is_server() => out.push(format!(
-                            "{at}: `other` must be another client than {on}"
-                        )),
-                        _ => {}
-                    }
-                }
-                Step::Run { command, .. } if command.trim().is_empty() => {
-                    out.push(format!("{at}: command is empty"));
-                }
-                _ => {}
-            }
-        }
         out
     }
 }
 
+/// The checks of one step, one validator per step kind; every problem names the step and its line.
+struct StepCheck<'a> {
+    scenario: &'a Scenario,
+    at: String,
+    problems: Vec<String>,
+}
+
+impl<'a> StepCheck<'a> {
+    fn problems(scenario: &'a Scenario, number: usize, placed: &PlacedStep) -> Vec<String> {
+        let mut check = StepCheck {
+            scenario,
+            at: format!(
+                "step {number} (line {}, {})",
+                placed.line,
+                placed.step.kind()
+            ),
+            problems: Vec::new(),
+        };
+        // Exhaustive on purpose: a new step kind has to say what of it is checked.
+        match &placed.step {
+            Step::Pull { on, .. } => check.pull(on.as_ref()),
+            Step::Publish { hosts } => check.hosts(hosts.iter()),
+            Step::ExpectStatus { hosts } => check.expect_status(hosts),
+            Step::Edit {
+                host,
+                content,
+                remove,
+                ..
+            } => check.edit(host, content.as_deref(), *remove),
+            Step::ExpectFile {
+                on,
+                path,
+                content,
+                mode,
+                absent,
+            } => {
+                check.machine(on, "on");
+                check.expect_file(path, content.is_some() || mode.is_some(), *absent);
+            }
+            Step::ExpectDenied { on, access, other } => {
+                check.expect_denied(on, *access, other.as_ref())
+            }
+            Step::Run { on, command, .. } => check.run(on, command),
+            Step::NetDown { on } | Step::NetUp { on } => check.machine(on, "on"),
+            Step::Provision { .. } | Step::StopServer | Step::StartServer | Step::Wait => {}
+        }
+        check.problems
+    }
+
+    fn problem(&mut self, text: String) {
+        self.problems.push(format!("{}: {text}", self.at));
+    }
+
+    /// A machine the step names (`what` is its key) must be one of the lab's.
+    fn machine(&mut self, m: &MachineName, what: &str) {
+        if !self.scenario.has_machine(m) {
+            let machines = names(self.scenario.clients());
+            self.problem(format!(
+                "{what} {m} is not a machine of this lab (server, {machines})"
+            ));
+        }
+    }
+
+    fn hosts<'h>(&mut self, hosts: impl Iterator<Item = &'h HostName>) {
+        for h in hosts {
+            if !self.scenario.is_client(h.as_str()) {
+                self.problem(format!("host {h} is not one of the clients"));
+            }
+        }
+    }
+
+    fn pull(&mut self, on: Option<&OneOrMany>) {
+        for m in on.map(OneOrMany::to_vec).unwrap_or_default() {
+            self.machine(&m, "on");
+            if m.is_server() {
+                self.problem("pull runs on clients, not on the server".into());
+            }
+        }
+    }
+
+    fn expect_status(&mut self, hosts: &BTreeMap<HostName, State>) {
+        if hosts.is_empty() {
+            self.problem("hosts: name at least one host".into());
+        }
+        self.hosts(hosts.keys());
+    }
+
+    fn edit(&mut self, host: &HostName, content: Option<&str>, remove: bool) {
+        self.hosts(std::iter::once(host));
+        match (content, remove) {
+            (Some(_), true) => {
+                self.problem("give either `content` or `remove = true`, not both".into())
+            }
+            (None, false) => self.problem("give the new `content`, or `remove = true`".into()),
+            _ => {}
+        }
+    }
+
+    fn expect_file(&mut self, path: &str, expects_something: bool, absent: bool) {
+        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            self.problem(format!("path {path:?} must be absolute, without '..'"));
+        }
+        if absent && expects_something {
+            self.problem("`absent = true` cannot be combined with `content` or `mode`".into());
+        }
+    }
+
+    fn expect_denied(&mut self, on: &MachineName, access: Access, other: Option<&MachineName>) {
+        self.machine(on, "on");
+        if let Some(o) = other {
+            self.machine(o, "other");
+        }
+        if on.is_server() {
+            self.problem("expect_denied runs on a client (it logs in to the server)".into());
+        }
+        match (access.needs_other(), other) {
+            (true, None) => self.problem(format!(
+                "access {:?} needs `other`, the client whose chroot or account is tried",
+                access.as_str()
+            )),
+            (false, Some(_)) => {
+                self.problem(format!("access {:?} takes no `other`", access.as_str()))
+            }
+            (true, Some(o)) if o == on || o.is_server() => {
+                self.problem(format!("`other` must be another client than {on}"))
+            }
+            _ => {}
+        }
+    }
+
+    fn run(&mut self, on: &MachineName, command: &str) {
+        self.machine(on, "on");
+        if command.trim().is_empty() {
+            self.problem("command is empty".into());
+        }
+    }
+}
+
+/// The opening comment without its `#`: what the scenario proves.
+fn opening_comment(text: &str) -> Option<String> {
+    let first = text.lines().next().unwrap_or_default();
+    let comment = first.strip_prefix('#')?.trim();
+    (!comment.is_empty()).then(|| comment.to_owned())
+}
+
+fn joined<'a>(items: impl Iterator<Item = &'a str>, separator: &str) -> String {
+    items.collect::<Vec<_>>().join(separator)
+}
+
 fn names(v: &[MachineName]) -> String {
-    v.iter()
-        .map(MachineName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
+    joined(v.iter().map(MachineName::as_str), ", ")
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -816,5 +855,221 @@ do = "wait"
     fn the_opening_comment_is_required() {
         let e = parse("[[step]]\ndo = \"provision\"\n").unwrap_err();
         assert!(e.contains("first line must be a comment"), "{e}");
+    }
+
+    #[test]
+    fn every_step_kind_has_its_progress_line() {
+        let s = parse(
+            r#"# x
+[[step]]
+do = "provision"
+[[step]]
+do = "provision"
+expect = "nothing-to-do"
+[[step]]
+do = "publish"
+[[step]]
+do = "publish"
+hosts = ["client1", "client2"]
+[[step]]
+do = "edit"
+host = "client1"
+path = "configuration.nix"
+content = "x"
+[[step]]
+do = "edit"
+host = "client1"
+path = "files/etc/a"
+remove = true
+[[step]]
+do = "pull"
+[[step]]
+do = "pull"
+on = ["client2", "client3"]
+expect = "refused"
+[[step]]
+do = "expect_file"
+on = "client1"
+path = "/etc/a"
+[[step]]
+do = "expect_file"
+on = "client1"
+path = "/etc/b"
+absent = true
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "read-other"
+other = "client2"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "shell"
+[[step]]
+do = "expect_status"
+hosts = { client1 = "up-to-date", client2 = "failed" }
+[[step]]
+do = "net_down"
+on = "client2"
+[[step]]
+do = "net_up"
+on = "client2"
+[[step]]
+do = "stop_server"
+[[step]]
+do = "start_server"
+[[step]]
+do = "run"
+on = "server"
+command = "set -e\n# why\n\ntrue"
+[[step]]
+do = "run"
+on = "client1"
+background = true
+command = "echo 0123456789012345678901234567890123456789012345678901234567890123456789"
+[[step]]
+do = "run"
+on = "client1"
+command = "echo one\necho two"
+[[step]]
+do = "wait"
+"#,
+        )
+        .unwrap();
+        let lines: Vec<String> = s
+            .steps
+            .iter()
+            .map(|p| p.step.describe(s.clients()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "provision on server",
+                "provision on server (nothing to do)",
+                "publish (all hosts)",
+                "publish client1,client2",
+                "edit hosts/client1/configuration.nix",
+                "edit: remove hosts/client1/files/etc/a",
+                "pull on client1,client2,client3 (expect ok)",
+                "pull on client2,client3 (expect refused)",
+                "expect_file client1:/etc/a",
+                "expect_file client1:/etc/b absent",
+                "expect_denied client1 read-other client2",
+                "expect_denied client1 shell",
+                "expect_status client1=up-to-date client2=failed",
+                "net_down client2",
+                "net_up client2",
+                "stop_server",
+                "start_server",
+                "run on server: true",
+                "run on client1 (background): echo 0123456789012345678901234567890123456789012345678901234…",
+                "run on client1: echo one…",
+                "wait for background runs",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_file_order() {
+        let e = parse(
+            r#"# x
+[lab]
+clients = ["server", "client1", "client1", "client2"]
+[fleet]
+sshd_extra = ["", "ok"]
+[fleet.hosts.client9]
+configuration = "x"
+[[step]]
+do = "pull"
+on = ["server", "client7"]
+[[step]]
+do = "publish"
+hosts = ["client1", "zed"]
+[[step]]
+do = "expect_status"
+hosts = {}
+[[step]]
+do = "expect_status"
+hosts = { q = "up-to-date" }
+[[step]]
+do = "edit"
+host = "zz"
+path = "a"
+content = "x"
+remove = true
+[[step]]
+do = "edit"
+host = "client1"
+path = "a"
+[[step]]
+do = "expect_file"
+on = "c9"
+path = "rel/../x"
+content = "a"
+absent = true
+[[step]]
+do = "net_down"
+on = "c9"
+[[step]]
+do = "net_up"
+on = "c8"
+[[step]]
+do = "run"
+on = "c7"
+command = "  "
+[[step]]
+do = "expect_denied"
+on = "server"
+access = "shell"
+other = "client2"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "read-other"
+other = "client1"
+[[step]]
+do = "expect_denied"
+on = "c5"
+access = "wrong-key"
+other = "c6"
+[[step]]
+do = "expect_denied"
+on = "client1"
+access = "list-other"
+[[step]]
+do = "wait"
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.split("\n  ").collect::<Vec<_>>(),
+            [
+                "t.toml: [lab] clients: \"server\" is the server's name, not a client",
+                "[lab] clients: client1 is listed twice",
+                "[fleet.hosts.client9]: client9 is not one of the clients (server, client1, client1, client2)",
+                "[fleet] sshd_extra: \"\" must be one non-empty sshd_config line",
+                "step 1 (line 8, pull): pull runs on clients, not on the server",
+                "step 1 (line 8, pull): on client7 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 2 (line 11, publish): host zed is not one of the clients",
+                "step 3 (line 14, expect_status): hosts: name at least one host",
+                "step 4 (line 17, expect_status): host q is not one of the clients",
+                "step 5 (line 20, edit): host zz is not one of the clients",
+                "step 5 (line 20, edit): give either `content` or `remove = true`, not both",
+                "step 6 (line 26, edit): give the new `content`, or `remove = true`",
+                "step 7 (line 30, expect_file): on c9 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 7 (line 30, expect_file): path \"rel/../x\" must be absolute, without '..'",
+                "step 7 (line 30, expect_file): `absent = true` cannot be combined with `content` or `mode`",
+                "step 8 (line 36, net_down): on c9 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 9 (line 39, net_up): on c8 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 10 (line 42, run): on c7 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 10 (line 42, run): command is empty",
+                "step 11 (line 46, expect_denied): expect_denied runs on a client (it logs in to the server)",
+                "step 11 (line 46, expect_denied): access \"shell\" takes no `other`",
+                "step 12 (line 51, expect_denied): `other` must be another client than client1",
+                "step 13 (line 56, expect_denied): on c5 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 13 (line 56, expect_denied): other c6 is not a machine of this lab (server, server, client1, client1, client2)",
+                "step 14 (line 61, expect_denied): access \"list-other\" needs `other`, the client whose chroot or account is tried",
+            ]
+        );
     }
 }

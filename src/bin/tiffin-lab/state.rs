@@ -60,19 +60,30 @@ impl RunState {
     /// Written to a temporary name and renamed, so `down` never reads half a record.
     pub fn save(&self) -> Result<(), LabError> {
         let path = RunState::path_of(&self.run);
-        fs::create_dir_all(STATE_DIR)
-            .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
         let text = format!(
             "# A tiffin-lab run; `tiffin-lab down` removes what it names.\n{}",
             toml::to_string(self).expect("state serializes")
         );
-        tiffin::durable::write_atomic(
-            &path,
-            text.as_bytes(),
-            0o600,
-            tiffin::durable::Owner::Caller,
-        )
-        .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+        let mut tries = 0;
+        loop {
+            fs::create_dir_all(STATE_DIR)
+                .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
+            let written = tiffin::durable::write_atomic(
+                &path,
+                text.as_bytes(),
+                0o600,
+                tiffin::durable::Owner::Caller,
+            );
+            match written {
+                // Another run's `remove` took the directory away while it was empty, between
+                // the two calls above: make it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                other => {
+                    return other
+                        .map_err(|e| LabError::io(format!("writing {}", path.display()), e));
+                }
+            }
+        }
     }
 
     /// Removes the record, and the state directory once it is empty.
@@ -207,32 +218,51 @@ pub struct DownReport {
 /// `tiffin-lab down [RUN]`: removes kept labs and the leftovers of labs whose process died.
 /// A lab whose `tiffin-lab` still runs is left to tear itself down.
 pub fn down(only: Option<&str>) -> DownReport {
-    let mut report = DownReport::default();
-    let mut live_prefixes = Vec::new();
+    let mut down = Down::default();
     for state in RunState::load_all() {
+        down.recorded(state, only);
+    }
+    if only.is_none() {
+        // Leftovers no record names (e.g. the record was lost with a reboot of /run).
+        down.unrecorded_netns();
+        down.unrecorded_run_dirs();
+    }
+    down.report
+}
+
+/// What `down` did so far, and the runs it must not touch.
+#[derive(Default)]
+struct Down {
+    report: DownReport,
+    /// Name prefixes of runs left alone: their namespaces and directories are not leftovers.
+    live_prefixes: Vec<String>,
+}
+
+impl Down {
+    fn recorded(&mut self, state: Result<RunState, String>, only: Option<&str>) {
         let state = match state {
             Ok(s) => s,
             Err(e) => {
-                report
+                self.report
                     .problems
                     .push(format!("{e} (remove it by hand once its lab is gone)"));
-                continue;
+                return;
             }
         };
         if only.is_some_and(|r| r != state.run) {
-            live_prefixes.push(state.prefix());
-            continue;
+            self.live_prefixes.push(state.prefix());
+            return;
         }
         if state.owner_alive() && !state.kept {
-            report.skipped.push(format!(
+            self.report.skipped.push(format!(
                 "run {} is still running (tiffin-lab pid {}); it tears its lab down itself (stop it with Ctrl-C or kill {})",
                 state.run, state.owner_pid, state.owner_pid
             ));
-            live_prefixes.push(state.prefix());
-            continue;
+            self.live_prefixes.push(state.prefix());
+            return;
         }
-        report.problems.extend(destroy(&state));
-        report.removed.push(format!(
+        self.report.problems.extend(destroy(&state));
+        self.report.removed.push(format!(
             "run {}{}",
             state.run,
             state
@@ -242,34 +272,43 @@ pub fn down(only: Option<&str>) -> DownReport {
                 .unwrap_or_default()
         ));
     }
-    if only.is_none() {
-        // Leftovers no record names (e.g. the record was lost with a reboot of /run).
-        let live = |name: &str| live_prefixes.iter().any(|p| name.starts_with(p.as_str()));
+
+    fn is_live(&self, name: &str) -> bool {
+        self.live_prefixes
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
+    }
+
+    fn unrecorded_netns(&mut self) {
         for n in netns_with_prefix(PREFIX) {
-            if live(&n) {
+            if self.is_live(&n) {
                 continue;
             }
             match delete_netns(&n) {
-                Ok(()) => report.removed.push(format!("network namespace {n}")),
-                Err(e) => report.problems.push(e),
-            }
-        }
-        if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(PREFIX) || live(&name) || !e.path().is_dir() {
-                    continue;
-                }
-                match remove_run_dir(&e.path()) {
-                    Ok(()) => report
-                        .removed
-                        .push(format!("run directory {}", e.path().display())),
-                    Err(err) => report.problems.push(err),
-                }
+                Ok(()) => self.report.removed.push(format!("network namespace {n}")),
+                Err(e) => self.report.problems.push(e),
             }
         }
     }
-    report
+
+    fn unrecorded_run_dirs(&mut self) {
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(PREFIX) || self.is_live(&name) || !e.path().is_dir() {
+                continue;
+            }
+            match remove_run_dir(&e.path()) {
+                Ok(()) => self
+                    .report
+                    .removed
+                    .push(format!("run directory {}", e.path().display())),
+                Err(err) => self.report.problems.push(err),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

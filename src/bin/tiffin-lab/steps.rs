@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tiffin::fleet::FleetConfig;
 use tiffin::layout::ChrootPaths;
-use tiffin::names::HostName;
+use tiffin::names::{HostName, RelPath};
 use tiffin::release::Mode;
 use tiffin::report::{PullResult, Report};
 use tiffin::status::State;
@@ -28,32 +28,21 @@ pub const STANDIN_STATE: &str = "/var/lib/fake-nix";
 
 /// Runs one step.
 pub fn run(world: &mut World, number: usize, step: &Step) -> StepResult {
-    let server = MachineName::server();
     match step {
         Step::Provision { expect } => provision(world, *expect),
-        Step::Publish { hosts } => {
-            let mut argv = vec!["tiffin", "publish"];
-            argv.extend(hosts.iter().map(HostName::as_str));
-            expect_success(world, &server, &argv, "tiffin publish failed")
-        }
+        Step::Publish { hosts } => publish(world, hosts),
         Step::Edit {
             host,
             path,
             content,
             remove,
             mode,
-        } => {
-            let target = path.under(&world.fleet_dir.join("hosts").join(host.as_str()));
-            if *remove {
-                fs::remove_file(&target).map_err(|e| {
-                    Failure::new(format!("removing hosts/{host}/{path} from the fleet: {e}"))
-                })?;
-                Ok(())
-            } else {
-                let content = content.as_deref().unwrap_or_default();
-                write_host_file(&target, content, mode.map(Mode::bits))
-            }
-        }
+        } => edit(
+            world,
+            host,
+            path,
+            Change::of(*remove, content.as_deref(), *mode),
+        ),
         Step::Pull { on, expect, args } => pull(world, on.as_ref(), *expect, args),
         Step::ExpectFile {
             on,
@@ -61,13 +50,18 @@ pub fn run(world: &mut World, number: usize, step: &Step) -> StepResult {
             content,
             mode,
             absent,
-        } => expect_file(world, on, path, content.as_deref(), *mode, *absent),
+        } => expect_file(
+            world,
+            on,
+            path,
+            FileExpect::of(*absent, content.as_deref(), *mode),
+        ),
         Step::ExpectDenied { on, access, other } => {
             access::expect_denied(world, on, *access, other.as_ref())
         }
         Step::ExpectStatus { hosts } => expect_status(world, hosts),
-        Step::NetDown { on } => link(world, on, "down"),
-        Step::NetUp { on } => link(world, on, "up"),
+        Step::NetDown { on } => link(world, on, LinkState::Down),
+        Step::NetUp { on } => link(world, on, LinkState::Up),
         Step::StopServer => world.stop_sshd(),
         Step::StartServer => world.start_sshd(),
         Step::Run {
@@ -77,24 +71,114 @@ pub fn run(world: &mut World, number: usize, step: &Step) -> StepResult {
             expect_output,
             background,
         } => {
+            let check = RunCheck {
+                on,
+                command,
+                expect_exit: *expect_exit,
+                expect_output: expect_output.as_deref(),
+            };
             if *background {
-                let running = world.spawn(on, &["sh", "-c", command], None)?;
-                world.background.push(Background {
-                    step: number,
-                    on: on.clone(),
-                    command: command.clone(),
-                    expect_exit: *expect_exit,
-                    expect_output: expect_output.clone(),
-                    running,
-                });
-                Ok(())
+                start_background(world, number, &check)
             } else {
                 let done = world.exec(on, &["sh", "-c", command], None)?;
-                check_run(on, command, *expect_exit, expect_output.as_deref(), &done)
+                check.judge(&done)
             }
         }
         Step::Wait => wait_background(world),
     }
+}
+
+fn publish(world: &mut World, hosts: &[HostName]) -> StepResult {
+    let mut argv = vec!["tiffin", "publish"];
+    argv.extend(hosts.iter().map(HostName::as_str));
+    expect_success(
+        world,
+        &MachineName::server(),
+        &argv,
+        "tiffin publish failed",
+    )
+}
+
+/// What an `edit` step does to its file.
+enum Change<'a> {
+    Write {
+        content: &'a str,
+        mode: Option<Mode>,
+    },
+    Remove,
+}
+
+impl<'a> Change<'a> {
+    /// From the step's keys; the scenario check made sure `content` is there unless `remove` is.
+    fn of(remove: bool, content: Option<&'a str>, mode: Option<Mode>) -> Change<'a> {
+        if remove {
+            Change::Remove
+        } else {
+            Change::Write {
+                content: content.unwrap_or_default(),
+                mode,
+            }
+        }
+    }
+}
+
+/// Edits the fleet repository from outside, as its owner would.
+fn edit(world: &World, host: &HostName, path: &RelPath, change: Change) -> StepResult {
+    let target = path.under(&world.fleet_dir.join("hosts").join(host.as_str()));
+    match change {
+        Change::Remove => fs::remove_file(&target).map_err(|e| {
+            Failure::new(format!("removing hosts/{host}/{path} from the fleet: {e}")).into()
+        }),
+        Change::Write { content, mode } => write_host_file(&target, content, mode.map(Mode::bits)),
+    }
+}
+
+/// A `run` step's command and what it must end with.
+struct RunCheck<'a> {
+    on: &'a MachineName,
+    command: &'a str,
+    expect_exit: i32,
+    expect_output: Option<&'a str>,
+}
+
+impl RunCheck<'_> {
+    fn judge(&self, done: &Finished) -> StepResult {
+        let code = done.code();
+        let expect_exit = self.expect_exit;
+        let fail = |problem: String| -> StepError {
+            Failure {
+                problem,
+                machine: Some(self.on.to_string()),
+                command: Some(self.command.trim().to_owned()),
+                exit: Some(format!("{code} (expected {expect_exit})")),
+                output: Some(done.output.clone()),
+            }
+            .into()
+        };
+        if code != expect_exit {
+            return Err(fail(format!("exit status {code}, expected {expect_exit}")));
+        }
+        if let Some(want) = self.expect_output {
+            if !done.output.contains(want) {
+                return Err(fail(format!("the output does not contain {want:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts a `run` step with `background = true`; `wait` (or the scenario's end) judges it.
+fn start_background(world: &mut World, number: usize, check: &RunCheck) -> StepResult {
+    let running = world.spawn(check.on, &["sh", "-c", check.command], None)?;
+    world.background.push(Background {
+        step: number,
+        on: check.on.clone(),
+        command: check.command.to_owned(),
+        expect_exit: check.expect_exit,
+        expect_output: check.expect_output.map(str::to_owned),
+        running,
+    });
+    Ok(())
 }
 
 /// Waits for every background command and checks it; the first failure is reported.
@@ -103,19 +187,17 @@ pub fn wait_background(world: &mut World) -> StepResult {
     let interrupt = world.interrupt();
     let mut first_failure = None;
     for job in jobs {
-        let done = job
+        let check = RunCheck {
+            on: &job.on,
+            command: &job.command,
+            expect_exit: job.expect_exit,
+            expect_output: job.expect_output.as_deref(),
+        };
+        let result = job
             .running
             .wait(BACKGROUND_TIMEOUT, &interrupt)
-            .map_err(|e| exec_failure(e, job.on.as_str(), &job.command));
-        let result = done.and_then(|d| {
-            check_run(
-                &job.on,
-                &job.command,
-                job.expect_exit,
-                job.expect_output.as_deref(),
-                &d,
-            )
-        });
+            .map_err(|e| exec_failure(e, job.on.as_str(), &job.command))
+            .and_then(|done| check.judge(&done));
         match result {
             Ok(()) => {}
             Err(StepError::Interrupted) => return Err(StepError::Interrupted),
@@ -123,39 +205,11 @@ pub fn wait_background(world: &mut World) -> StepResult {
                 f.problem = format!("background run of step {}: {}", job.step, f.problem);
                 first_failure = Some(StepError::Failed(f));
             }
+            // Only the first failure is reported; the rest are still waited for.
             Err(_) => {}
         }
     }
     first_failure.map_or(Ok(()), Err)
-}
-
-fn check_run(
-    on: &MachineName,
-    command: &str,
-    expect_exit: i32,
-    expect_output: Option<&str>,
-    done: &Finished,
-) -> StepResult {
-    let code = done.code();
-    let fail = |problem: String| -> StepError {
-        Failure {
-            problem,
-            machine: Some(on.to_string()),
-            command: Some(command.trim().to_owned()),
-            exit: Some(format!("{code} (expected {expect_exit})")),
-            output: Some(done.output.clone()),
-        }
-        .into()
-    };
-    if code != expect_exit {
-        return Err(fail(format!("exit status {code}, expected {expect_exit}")));
-    }
-    if let Some(want) = expect_output {
-        if !done.output.contains(want) {
-            return Err(fail(format!("the output does not contain {want:?}")));
-        }
-    }
-    Ok(())
 }
 
 fn expect_success(world: &mut World, on: &MachineName, argv: &[&str], problem: &str) -> StepResult {
@@ -457,30 +511,44 @@ fn judge_pull(
 
 // ---- expectations ---------------------------------------------------------------------------
 
-fn expect_file(
-    world: &World,
-    on: &MachineName,
-    path: &str,
-    content: Option<&str>,
-    mode: Option<Mode>,
-    absent: bool,
-) -> StepResult {
+/// What an `expect_file` step wants of its path.
+enum FileExpect<'a> {
+    Absent,
+    /// A regular file (not a symlink), with this content and mode when they are given.
+    Present {
+        content: Option<&'a str>,
+        mode: Option<Mode>,
+    },
+}
+
+impl<'a> FileExpect<'a> {
+    fn of(absent: bool, content: Option<&'a str>, mode: Option<Mode>) -> FileExpect<'a> {
+        if absent {
+            FileExpect::Absent
+        } else {
+            FileExpect::Present { content, mode }
+        }
+    }
+}
+
+fn expect_file(world: &World, on: &MachineName, path: &str, expect: FileExpect) -> StepResult {
     let machine = world.machine(on);
     let fail = |problem: String| -> StepError { Failure::new(problem).on(on.as_str()).into() };
-    let (meta, link) = match machine.lstat_inside(path) {
-        Ok(found) => found,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return if absent {
-                Ok(())
-            } else {
-                Err(fail(format!("{path} does not exist on {on}")))
-            };
-        }
+    let found = match machine.lstat_inside(path) {
+        Ok(found) => Some(found),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(fail(format!("cannot look at {path} on {on}: {e}"))),
     };
-    if absent {
-        return Err(fail(format!("{path} exists on {on}, expected it absent")));
-    }
+    let (content, mode, meta, link) = match (expect, found) {
+        (FileExpect::Absent, None) => return Ok(()),
+        (FileExpect::Absent, Some(_)) => {
+            return Err(fail(format!("{path} exists on {on}, expected it absent")));
+        }
+        (FileExpect::Present { .. }, None) => {
+            return Err(fail(format!("{path} does not exist on {on}")));
+        }
+        (FileExpect::Present { content, mode }, Some((meta, link))) => (content, mode, meta, link),
+    };
     if let Some(target) = link {
         return Err(fail(format!(
             "{path} on {on} is a symlink to {}, expected a regular file",
@@ -498,26 +566,32 @@ fn expect_file(
             )));
         }
     }
-    if let Some(want) = content {
-        let found = machine
-            .read_inside(path)
-            .map_err(|e| fail(format!("cannot read {path} on {on}: {e}")))?;
-        if found != want.as_bytes() {
-            return Err(Failure {
-                problem: format!("{path} on {on} has other content than expected"),
-                machine: Some(on.to_string()),
-                command: None,
-                exit: None,
-                output: Some(format!(
-                    "expected: {:?}\nfound:    {:?}",
-                    clip(want),
-                    clip(&String::from_utf8_lossy(&found))
-                )),
-            }
-            .into());
-        }
+    match content {
+        Some(want) => expect_content(world, on, path, want),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+fn expect_content(world: &World, on: &MachineName, path: &str, want: &str) -> StepResult {
+    let found = world
+        .machine(on)
+        .read_inside(path)
+        .map_err(|e| Failure::new(format!("cannot read {path} on {on}: {e}")).on(on.as_str()))?;
+    if found == want.as_bytes() {
+        return Ok(());
+    }
+    Err(Failure {
+        problem: format!("{path} on {on} has other content than expected"),
+        machine: Some(on.to_string()),
+        command: None,
+        exit: None,
+        output: Some(format!(
+            "expected: {:?}\nfound:    {:?}",
+            clip(want),
+            clip(&String::from_utf8_lossy(&found))
+        )),
+    }
+    .into())
 }
 
 fn clip(s: &str) -> String {
@@ -581,9 +655,33 @@ fn expect_status(world: &mut World, hosts: &BTreeMap<HostName, State>) -> StepRe
     }
 }
 
-fn link(world: &mut World, on: &MachineName, state: &str) -> StepResult {
+/// A machine's cable at the lab's bridge.
+#[derive(Debug, Clone, Copy)]
+enum LinkState {
+    Up,
+    Down,
+}
+
+impl LinkState {
+    fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        }
+    }
+}
+
+fn link(world: &mut World, on: &MachineName, state: LinkState) -> StepResult {
     let bridge = world.bridge_ns.clone();
     world
-        .host(&["ip", "-n", &bridge, "link", "set", on.as_str(), state])
+        .host(&[
+            "ip",
+            "-n",
+            &bridge,
+            "link",
+            "set",
+            on.as_str(),
+            state.as_str(),
+        ])
         .map(|_| ())
 }

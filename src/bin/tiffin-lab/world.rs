@@ -94,20 +94,9 @@ impl Run {
                 tiffin.display()
             )));
         }
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                LabError::MissingTools(
-                    "sshd (install openssh-server; the lab runs the real OpenSSH server)".into(),
-                )
-            })?;
+        let sshd = find_sshd()?;
         let owner_pid = std::process::id();
-        let mut id = new_run_id();
-        while RunState::path_of(&id).exists() {
-            id = new_run_id();
-        }
+        let id = unused_run_id();
         let dir = std::env::temp_dir().join(format!("{PREFIX}{id}"));
         let state = RunState {
             run: id.clone(),
@@ -130,15 +119,24 @@ impl Run {
             state,
             count: 0,
         };
-        let bin = run.bin_dir();
-        fs::create_dir_all(&bin)
-            .and_then(|()| fs::set_permissions(&run.dir, fs::Permissions::from_mode(0o755)))
-            .map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
-        let standin = bin.join("nixos-rebuild");
-        fs::write(&standin, NIXOS_REBUILD_STANDIN)
-            .and_then(|()| fs::set_permissions(&standin, fs::Permissions::from_mode(0o755)))
-            .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))?;
+        run.install_bin()?;
         Ok(run)
+    }
+
+    /// The run directory with its `bin/`, which every machine shares.
+    fn install_bin(&self) -> Result<(), LabError> {
+        let bin = self.bin_dir();
+        fs::create_dir_all(&bin)
+            .and_then(|()| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)))
+            .map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
+        let standin = self.standin();
+        tiffin::durable::write_atomic(
+            &standin,
+            NIXOS_REBUILD_STANDIN.as_bytes(),
+            0o755,
+            tiffin::durable::Owner::Caller,
+        )
+        .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))
     }
 
     pub fn prefix(&self) -> String {
@@ -166,6 +164,28 @@ impl Run {
         self.state.remove();
         problems
     }
+}
+
+/// The real OpenSSH server: the lab tests tiffin against it, never a stand-in.
+fn find_sshd() -> Result<PathBuf, LabError> {
+    ["/usr/sbin/sshd", "/usr/bin/sshd", "/sbin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            LabError::MissingTools(
+                "sshd (install openssh-server; the lab runs the real OpenSSH server)".into(),
+            )
+        })
+}
+
+/// A run id no recorded run has.
+fn unused_run_id() -> String {
+    let mut id = new_run_id();
+    while RunState::path_of(&id).exists() {
+        id = new_run_id();
+    }
+    id
 }
 
 fn new_run_id() -> String {
@@ -280,7 +300,13 @@ impl<'r> World<'r> {
         format!("{}-{m}", self.run.prefix())
     }
 
+    /// The lab's record, brought up to date with what exists now, for `down` after a crash.
     fn record(&mut self) -> StepResult {
+        self.record_state()
+            .map_err(|e| Failure::new(e.to_string()).into())
+    }
+
+    fn record_state(&mut self) -> Result<(), LabError> {
         self.run.state.netns = self.netns.clone();
         self.run.state.machines = self
             .machines
@@ -293,10 +319,7 @@ impl<'r> World<'r> {
                 env: m.env.iter().cloned().collect(),
             })
             .collect();
-        self.run
-            .state
-            .save()
-            .map_err(|e| Failure::new(e.to_string()).into())
+        self.run.state.save()
     }
 
     /// A bridge in its own network namespace (never in the host's), one veth per machine.
@@ -632,7 +655,6 @@ impl<'r> World<'r> {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    /// `algorithm base64` of an OpenSSH public key file inside a machine.
     /// A new ed25519 key pair at `path` on a machine (no passphrase); returns the public key line.
     pub fn generate_key(
         &mut self,
@@ -660,6 +682,7 @@ impl<'r> World<'r> {
         self.read_public_key(on, &public)
     }
 
+    /// `algorithm base64` of an OpenSSH public key file inside a machine.
     fn read_public_key(&self, on: &MachineName, path: &str) -> StepResult<String> {
         let text = self
             .read_file(on, path)
@@ -792,9 +815,8 @@ impl<'r> World<'r> {
     pub fn keep(&mut self) -> StepResult {
         self.run.state.kept = true;
         self.record()?;
-        for r in self.background.drain(..) {
-            drop(r);
-        }
+        // Dropping a command's handle neither kills nor waits: it goes on in the kept lab.
+        self.background.clear();
         self.sshd = None;
         for m in &mut self.machines {
             m.detach();
@@ -810,8 +832,24 @@ impl<'r> World<'r> {
             return Vec::new();
         }
         self.finished = true;
-        let mut problems = Vec::new();
         let t = Instant::now();
+        self.stop_machines(t);
+        let mut problems = self.delete_namespaces(t);
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => problems.push(format!("removing {}: {e}", self.dir.display())),
+        }
+        tracing::debug!("files removed at {:?}", t.elapsed());
+        self.run.state.scenario = None;
+        if let Err(e) = self.record_state() {
+            problems.push(e.to_string());
+        }
+        tracing::debug!("recorded at {:?}", t.elapsed());
+        problems
+    }
+
+    fn stop_machines(&mut self, t: Instant) {
         // All machines die at once (their pid 1 first: the kernel then kills every process in
         // them, sshd and running commands included); then each is waited for.
         for m in &self.machines {
@@ -835,6 +873,11 @@ impl<'r> World<'r> {
             );
         }
         self.machines.clear();
+    }
+
+    /// Deletes the lab's network namespaces, then looks for any of the run's still there.
+    fn delete_namespaces(&mut self, t: Instant) -> Vec<String> {
+        let mut problems = Vec::new();
         for ns in self.netns.iter().rev() {
             if let Err(e) = state::delete_netns(ns) {
                 problems.push(e);
@@ -847,17 +890,6 @@ impl<'r> World<'r> {
         }
         self.netns.clear();
         tracing::debug!("namespaces checked at {:?}", t.elapsed());
-        match fs::remove_dir_all(&self.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => problems.push(format!("removing {}: {e}", self.dir.display())),
-        }
-        tracing::debug!("files removed at {:?}", t.elapsed());
-        self.run.state.scenario = None;
-        if let Err(e) = self.record() {
-            problems.push(format!("{e:?}"));
-        }
-        tracing::debug!("recorded at {:?}", t.elapsed());
         problems
     }
 }
@@ -885,17 +917,38 @@ pub fn exec_failure(e: ExecError, machine: &str, command: &str) -> StepError {
     }
 }
 
-/// Writes a file on the host's side (fleet repository, or a machine through /proc/PID/root).
+/// Writes a file on the host's side (fleet repository, or a machine through /proc/PID/root),
+/// by temporary file and rename: a command running meanwhile (a background publish loop, sshd)
+/// sees the old content or the new, never half of it, and a final symlink is replaced rather
+/// than followed (through /proc/PID/root an absolute one would lead to the host's own file).
 pub fn write_host_file(path: &Path, content: &str, mode: Option<u32>) -> StepResult {
     let fail = |e: std::io::Error| Failure::new(format!("writing {}: {e}", path.display()));
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(fail)?;
     }
-    fs::write(path, content).map_err(fail)?;
-    if let Some(mode) = mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(fail)?;
-    }
-    Ok(())
+    // Without a mode, what a plain write would leave: the file's own mode, or a new file's.
+    let mode = mode.unwrap_or_else(|| match fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(_) => 0o666 & !umask(),
+    });
+    tiffin::durable::write_atomic(
+        path,
+        content.as_bytes(),
+        mode,
+        tiffin::durable::Owner::Caller,
+    )
+    .map_err(|e| fail(e).into())
+}
+
+/// The process's umask, read without changing it (setting it to read it would race with threads).
+fn umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 #[derive(Serialize)]
@@ -977,6 +1030,36 @@ pub fn adjust_fleet_toml(template: &str, scenario: &Scenario) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_files_are_replaced_whole_and_keep_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode_of = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+        let file = dir.path().join("a/b/file");
+        write_host_file(&file, "one\n", Some(0o640)).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "one\n");
+        assert_eq!(mode_of(&file), 0o640);
+        write_host_file(&file, "two\n", None).unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "two\n");
+        assert_eq!(mode_of(&file), 0o640, "an unnamed mode is the file's own");
+        let fresh = dir.path().join("fresh");
+        write_host_file(&fresh, "x", None).unwrap();
+        assert_eq!(mode_of(&fresh), 0o666 & !umask());
+        // A final symlink is replaced, its target left alone.
+        let target = dir.path().join("target");
+        fs::write(&target, "target\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_host_file(&link, "new\n", Some(0o644)).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "target\n");
+        assert!(fs::symlink_metadata(&link).unwrap().is_file());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 4, "no temporary file left: {names:?}");
+    }
 
     #[test]
     fn fleet_settings_land_under_their_tables() {
