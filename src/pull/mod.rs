@@ -11,6 +11,7 @@ pub mod rebuild;
 pub mod state;
 pub mod transport;
 pub mod verify;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
