@@ -112,8 +112,8 @@ pub enum Polled {
 pub struct PollOptions {
     pub retry_now: bool,
     pub allow_downgrade: bool,
-    /// Owner root:root for deployed files (true in real use).
-    pub chown_root: bool,
+    /// Who owns deployed files: root:root in real use, the caller in tests run as a user.
+    pub owner: crate::durable::Owner,
     /// `/run/current-system`, reported as `system`.
     pub system_link: PathBuf,
     /// `/run/booted-system` and `/nix/var/nix/profiles/system`, compared for `reboot = "if-needed"`.
@@ -127,7 +127,11 @@ impl Default for PollOptions {
         PollOptions {
             retry_now: false,
             allow_downgrade: false,
-            chown_root: rustix::process::geteuid().is_root(),
+            owner: if nix::unistd::geteuid().is_root() {
+                crate::durable::Owner::Root
+            } else {
+                crate::durable::Owner::Caller
+            },
             system_link: "/run/current-system".into(),
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
@@ -341,7 +345,7 @@ async fn apply<R: Remote>(
             root: &cfg.root,
             release_dir: &release_dir,
             state_dir: &cfg.state_dir,
-            chown_root: opts.chown_root,
+            owner: opts.owner,
         },
     )?;
 
@@ -435,7 +439,7 @@ fn roll_back(
                     root: &cfg.root,
                     release_dir: &store.release(prev),
                     state_dir: &cfg.state_dir,
-                    chown_root: opts.chown_root,
+                    owner: opts.owner,
                 },
             )
             .map_err(|e| e.to_string())
