@@ -17,7 +17,8 @@ pub enum Owner {
 }
 
 impl Owner {
-    fn apply(self, file: &fs::File) -> std::io::Result<()> {
+    /// Sets the owner of an open file (nothing for `Caller`).
+    pub fn apply(self, file: &fs::File) -> std::io::Result<()> {
         match self {
             Owner::Caller => Ok(()),
             Owner::Root => std::os::unix::fs::fchown(file, Some(0), Some(0)),

@@ -43,13 +43,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<Exit, Error> {
     let cfg = ClientConfig::load(&args.config).map_err(PullError::from)?;
     if args.validate {
-        print!("{}: valid\n{}", args.config.display(), cfg.summary());
-        if let Err(e) = std::fs::File::open(&cfg.identity) {
-            println!(
-                "note: the identity {} cannot be read here ({e}); pull will need it",
-                cfg.identity.display()
-            );
-        }
+        validate(args, &cfg);
         return Ok(Exit::Ok);
     }
     state::prepare_state_dir(&cfg.state_dir).map_err(PullError::from)?;
@@ -59,28 +53,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         allow_downgrade: args.allow_downgrade,
         ..PollOptions::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(PullError::Runtime)?;
-    let polled = runtime.block_on(async {
-        let mut remote = SshRemote::connect(&cfg).await?;
-        let result = poll(&mut remote, &cfg, &opts).await;
-        tracing::debug!(
-            "sftp requests: {}, bytes read: {}",
-            remote
-                .counters
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed),
-            remote
-                .counters
-                .bytes_read
-                .load(std::sync::atomic::Ordering::Relaxed)
-        );
-        remote.close().await;
-        result
-    })?;
-    match polled {
+    match poll_over_ssh(&cfg, &opts)? {
         Polled::Unchanged { id, seq } => {
             println!("{}: unchanged (release #{seq} {})", cfg.host, id.short());
         }
@@ -108,15 +81,51 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
                 }
             );
             if reboot {
-                let argv = &cfg.reboot_command;
-                println!(
-                    "{}: the new system's kernel, initrd or modules differ from the booted ones (reboot = \"if-needed\"): running {}",
-                    cfg.host,
-                    argv.join(" ")
-                );
-                rebuild::run_reboot(argv).map_err(|message| PullError::Reboot { message })?;
+                self::reboot(&cfg)?;
             }
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `--validate`: the summary, and a note when the identity cannot be read from here.
+fn validate(args: &Args, cfg: &ClientConfig) {
+    print!("{}: valid\n{}", args.config.display(), cfg.summary());
+    if let Err(e) = std::fs::File::open(&cfg.identity) {
+        println!(
+            "note: the identity {} cannot be read here ({e}); pull will need it",
+            cfg.identity.display()
+        );
+    }
+}
+
+/// One SSH session, one poll; the debug line counts what crossed the SFTP channel.
+fn poll_over_ssh(cfg: &ClientConfig, opts: &PollOptions) -> Result<Polled, PullError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PullError::Runtime)?;
+    runtime.block_on(async {
+        let mut remote = SshRemote::connect(cfg).await?;
+        let result = poll(&mut remote, cfg, opts).await;
+        let wire = remote.wire();
+        tracing::debug!(
+            "sftp requests: {}, bytes out: {}, bytes in: {}",
+            wire.packets_out(),
+            wire.bytes_out(),
+            wire.bytes_in()
+        );
+        remote.close().await;
+        result
+    })
+}
+
+fn reboot(cfg: &ClientConfig) -> Result<(), PullError> {
+    let argv = &cfg.reboot_command;
+    println!(
+        "{}: the new system's kernel, initrd or modules differ from the booted ones (reboot = \"if-needed\"): running {}",
+        cfg.host,
+        argv.join(" ")
+    );
+    rebuild::run_reboot(argv).map_err(|message| PullError::Reboot { message })
 }

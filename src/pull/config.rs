@@ -175,6 +175,92 @@ struct RawConfig {
     reboot_command: Vec<String>,
 }
 
+fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        key: key.map(str::to_owned),
+        message,
+    }
+}
+
+impl RawConfig {
+    /// The document as written, each error naming its key (serde_path_to_error's path).
+    fn read(text: &str, syntax: Syntax, path: &Path) -> Result<RawConfig, ConfigError> {
+        let key_of = |p: &serde_path_to_error::Path| {
+            let s = p.to_string();
+            (s != ".").then_some(s)
+        };
+        match syntax {
+            Syntax::Toml => {
+                let de = toml::Deserializer::parse(text)
+                    .map_err(|e| invalid(path, None, crate::diag::toml_message(&e)))?;
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let key = key_of(e.path());
+                    invalid(path, key.as_deref(), crate::diag::toml_message(e.inner()))
+                })
+            }
+            Syntax::Json => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                    let key = key_of(e.path());
+                    invalid(path, key.as_deref(), e.inner().to_string())
+                })
+            }
+        }
+    }
+
+    /// The rules between keys, and the defaults that depend on other keys.
+    fn validate(self, path: &Path) -> Result<ClientConfig, ConfigError> {
+        let user = match self.user {
+            Some(u) if valid_account_name(&u) => u,
+            Some(u) => {
+                let message = format!("{u:?} is not a valid account name");
+                return Err(invalid(path, Some("user"), message));
+            }
+            None => account_name(DEFAULT_USER_PREFIX, &self.host),
+        };
+        if self.backoff_max < self.backoff_initial {
+            let message = format!(
+                "{} is shorter than backoff_initial ({})",
+                self.backoff_max, self.backoff_initial
+            );
+            return Err(invalid(path, Some("backoff_max"), message));
+        }
+        if self.reboot_command.first().is_none_or(|p| p.is_empty()) {
+            let message = "is empty: give an argv like [\"systemctl\", \"reboot\"]".into();
+            return Err(invalid(path, Some("reboot_command"), message));
+        }
+        if self.state_dir.0.starts_with(&self.root.0) && self.root.0 != Path::new("/") {
+            let message =
+                "must not be inside root: deployed files would overwrite tiffin's own state".into();
+            return Err(invalid(path, Some("state_dir"), message));
+        }
+        Ok(ClientConfig {
+            host: self.host,
+            server: self.server,
+            user,
+            identity: self.identity.0,
+            server_key: self.server_key,
+            state_dir: self.state_dir.0,
+            root: self.root.0,
+            rebuild: self.rebuild.unwrap_or_default(),
+            connect_timeout: self.connect_timeout,
+            io_timeout: self.io_timeout,
+            rebuild_timeout: self.rebuild_timeout,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            reboot_command: self.reboot_command,
+        })
+    }
+}
+
+fn valid_account_name(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= crate::names::MAX_ACCOUNT_NAME
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 fn default_reboot_command() -> Vec<String> {
     vec!["systemctl".into(), "reboot".into()]
 }
@@ -268,82 +354,7 @@ impl ClientConfig {
 
     /// Parses `text`; `path` only names the file in errors.
     pub fn parse(text: &str, syntax: Syntax, path: &Path) -> Result<ClientConfig, ConfigError> {
-        let invalid = |key: Option<String>, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        };
-        let key_of = |p: &serde_path_to_error::Path| {
-            let s = p.to_string();
-            (s != ".").then_some(s)
-        };
-        let raw: RawConfig = match syntax {
-            Syntax::Toml => {
-                let de = toml::Deserializer::parse(text)
-                    .map_err(|e| invalid(None, crate::diag::toml_message(&e)))?;
-                serde_path_to_error::deserialize(de)
-                    .map_err(|e| invalid(key_of(e.path()), crate::diag::toml_message(e.inner())))?
-            }
-            Syntax::Json => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                serde_path_to_error::deserialize(&mut de)
-                    .map_err(|e| invalid(key_of(e.path()), e.inner().to_string()))?
-            }
-        };
-        let user = match raw.user {
-            Some(u) => {
-                if u.is_empty()
-                    || u.len() > crate::names::MAX_ACCOUNT_NAME
-                    || !u
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                {
-                    return Err(invalid(
-                        Some("user".into()),
-                        format!("{u:?} is not a valid account name"),
-                    ));
-                }
-                u
-            }
-            None => account_name(DEFAULT_USER_PREFIX, &raw.host),
-        };
-        if raw.backoff_max < raw.backoff_initial {
-            return Err(invalid(
-                Some("backoff_max".into()),
-                format!(
-                    "{} is shorter than backoff_initial ({})",
-                    raw.backoff_max, raw.backoff_initial
-                ),
-            ));
-        }
-        if raw.reboot_command.first().is_none_or(|p| p.is_empty()) {
-            return Err(invalid(
-                Some("reboot_command".into()),
-                "is empty: give an argv like [\"systemctl\", \"reboot\"]".into(),
-            ));
-        }
-        if raw.state_dir.0.starts_with(&raw.root.0) && raw.root.0 != Path::new("/") {
-            return Err(invalid(
-                Some("state_dir".into()),
-                "must not be inside root: deployed files would overwrite tiffin's own state".into(),
-            ));
-        }
-        Ok(ClientConfig {
-            host: raw.host,
-            server: raw.server,
-            user,
-            identity: raw.identity.0,
-            server_key: raw.server_key,
-            state_dir: raw.state_dir.0,
-            root: raw.root.0,
-            rebuild: raw.rebuild.unwrap_or_default(),
-            connect_timeout: raw.connect_timeout,
-            io_timeout: raw.io_timeout,
-            rebuild_timeout: raw.rebuild_timeout,
-            backoff_initial: raw.backoff_initial,
-            backoff_max: raw.backoff_max,
-            reboot_command: raw.reboot_command,
-        })
+        RawConfig::read(text, syntax, path)?.validate(path)
     }
 
     /// A few lines for people: what this configuration will do.

@@ -2,18 +2,20 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
 use russh::client;
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode, Version};
+
+use crate::settings::Interval;
 
 use super::config::{ClientConfig, PinnedKey};
 use super::transport::{Remote, RemoteError, Wanted};
+use super::wire::{Counted, WireCounts};
 
 /// Bytes asked for per SFTP read: OpenSSH answers up to 255 KiB, but 32 KiB fits one channel packet.
 const READ_CHUNK: u64 = 32 * 1024;
@@ -78,48 +80,55 @@ impl client::Handler for Pinned {
     }
 }
 
-/// Counters of what went over the SFTP channel, for logs, tests and the bench.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub requests: AtomicUsize,
-    pub bytes_read: AtomicUsize,
-}
-
 /// A logged-in SFTP session in the host's chroot.
 pub struct SshRemote {
     handle: client::Handle<Pinned>,
     sftp: Arc<RawSftpSession>,
     posix_rename: bool,
-    pub counters: Arc<Counters>,
+    wire: Arc<WireCounts>,
 }
 
-fn ssh_err(cfg: &ClientConfig, step: &'static str) -> impl FnOnce(russh::Error) -> ConnectError {
-    let server = cfg.server.to_string();
-    move |e| ConnectError::Ssh {
-        server,
-        step,
-        message: e.to_string(),
+/// One connection attempt: the configuration it follows, and the errors it names the server in.
+struct Dialer<'a> {
+    cfg: &'a ClientConfig,
+    server: String,
+}
+
+impl Dialer<'_> {
+    fn ssh_err(&self, step: &'static str) -> impl FnOnce(russh::Error) -> ConnectError + use<> {
+        let server = self.server.clone();
+        move |e| ConnectError::Ssh {
+            server,
+            step,
+            message: e.to_string(),
+        }
     }
-}
 
-impl SshRemote {
-    /// Connects, checks the host key, authenticates and opens SFTP (the `init` request).
-    pub async fn connect(cfg: &ClientConfig) -> Result<SshRemote, ConnectError> {
-        let key = russh::keys::load_secret_key(&cfg.identity, None).map_err(|e| {
-            ConnectError::Identity {
-                path: cfg.identity.display().to_string(),
-                message: e.to_string(),
-            }
-        })?;
-        let io = cfg.io_timeout.0;
-        let config = client::Config {
+    fn timed_out(&self, timeout: Interval) -> ConnectError {
+        ConnectError::Timeout {
+            server: self.server.clone(),
+            timeout: timeout.to_string(),
+        }
+    }
+
+    fn identity(&self) -> Result<PrivateKey, ConnectError> {
+        russh::keys::load_secret_key(&self.cfg.identity, None).map_err(|e| ConnectError::Identity {
+            path: self.cfg.identity.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The russh settings: nodelay, timeouts, and only the algorithms a pinned-key client needs.
+    fn ssh_config(&self) -> client::Config {
+        let io = self.cfg.io_timeout.0;
+        client::Config {
             nodelay: true,
             inactivity_timeout: Some(io),
             keepalive_interval: Some((io / 4).max(Duration::from_secs(1))),
             keepalive_max: 3,
             preferred: russh::Preferred {
-                // Only what a pinned-key client needs: shorter KEXINIT, fewer bytes per poll.
-                key: Cow::Owned(vec![cfg.server_key.0.algorithm()]),
+                // Shorter KEXINIT, fewer bytes per poll.
+                key: Cow::Owned(vec![self.cfg.server_key.0.algorithm()]),
                 kex: Cow::Owned(vec![
                     russh::kex::MLKEM768X25519_SHA256,
                     russh::kex::CURVE25519,
@@ -139,97 +148,123 @@ impl SshRemote {
                 ..Default::default()
             },
             ..Default::default()
-        };
+        }
+    }
+
+    /// TCP and key exchange, refusing any host key but the pinned one.
+    async fn handshake(&self) -> Result<client::Handle<Pinned>, ConnectError> {
+        let cfg = self.cfg;
         let seen = Arc::new(std::sync::Mutex::new(None));
         let handler = Pinned {
             expected: cfg.server_key.clone(),
             seen: seen.clone(),
         };
-        let server = cfg.server.to_string();
         let addr = (cfg.server.host.clone(), cfg.server.port);
         let connected = tokio::time::timeout(
             cfg.connect_timeout.0,
-            client::connect(Arc::new(config), addr, handler),
+            client::connect(Arc::new(self.ssh_config()), addr, handler),
         )
         .await
-        .map_err(|_| ConnectError::Timeout {
-            server: server.clone(),
-            timeout: cfg.connect_timeout.to_string(),
-        })?;
-        let mut handle = match connected {
-            Ok(h) => h,
-            Err(e) => {
-                if let Some(actual) = seen.lock().ok().and_then(|s| s.clone()) {
-                    return Err(ConnectError::HostKeyMismatch {
-                        server,
-                        expected: cfg.server_key.fingerprint(),
-                        actual: actual.fingerprint(HashAlg::Sha256).to_string(),
-                    });
-                }
-                return Err(ssh_err(cfg, "connect")(e));
-            }
-        };
+        .map_err(|_| self.timed_out(cfg.connect_timeout))?;
+        connected.map_err(|e| match seen.lock().ok().and_then(|s| s.clone()) {
+            Some(actual) => ConnectError::HostKeyMismatch {
+                server: self.server.clone(),
+                expected: cfg.server_key.fingerprint(),
+                actual: actual.fingerprint(HashAlg::Sha256).to_string(),
+            },
+            None => self.ssh_err("connect")(e),
+        })
+    }
+
+    async fn authenticate(
+        &self,
+        handle: &mut client::Handle<Pinned>,
+        key: PrivateKey,
+    ) -> Result<(), ConnectError> {
+        let cfg = self.cfg;
         let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
         // RSA identities need a hash the server accepts; ed25519 does not (and skips a wait).
         let hash = if key.algorithm().is_rsa() {
             handle
                 .best_supported_rsa_hash()
                 .await
-                .map_err(ssh_err(cfg, "authentication"))?
+                .map_err(self.ssh_err("authentication"))?
                 .flatten()
         } else {
             None
         };
         let auth = tokio::time::timeout(
-            io,
+            cfg.io_timeout.0,
             handle.authenticate_publickey(
                 cfg.user.clone(),
                 PrivateKeyWithHashAlg::new(Arc::new(key), hash),
             ),
         )
         .await
-        .map_err(|_| ConnectError::Timeout {
-            server: server.clone(),
-            timeout: cfg.io_timeout.to_string(),
-        })?
-        .map_err(ssh_err(cfg, "authentication"))?;
+        .map_err(|_| self.timed_out(cfg.io_timeout))?
+        .map_err(self.ssh_err("authentication"))?;
         if !auth.success() {
             return Err(ConnectError::AuthRejected {
-                server,
+                server: self.server.clone(),
                 user: cfg.user.clone(),
                 fingerprint,
                 path: cfg.identity.display().to_string(),
             });
         }
-        let sftp = tokio::time::timeout(io, async {
+        Ok(())
+    }
+
+    /// The sftp subsystem on a counted stream, and its `init` (the session's first request).
+    async fn open_sftp(
+        &self,
+        handle: &client::Handle<Pinned>,
+    ) -> Result<(RawSftpSession, Arc<WireCounts>, Version), ConnectError> {
+        let io = self.cfg.io_timeout;
+        let channel = tokio::time::timeout(io.0, async {
             let channel = handle.channel_open_session().await?;
             channel.request_subsystem(true, "sftp").await?;
             Ok::<_, russh::Error>(channel)
         })
         .await
-        .map_err(|_| ConnectError::Timeout {
-            server: server.clone(),
-            timeout: cfg.io_timeout.to_string(),
-        })?
-        .map_err(ssh_err(cfg, "opening the sftp subsystem"))?;
+        .map_err(|_| self.timed_out(io))?
+        .map_err(self.ssh_err("opening the sftp subsystem"))?;
         let sftp_config = russh_sftp::client::Config {
-            request_timeout_secs: io.as_secs().max(1),
+            request_timeout_secs: io.0.as_secs().max(1),
             ..Default::default()
         };
-        let sftp = RawSftpSession::new_with_config(sftp.into_stream(), sftp_config);
-        let counters = Arc::new(Counters::default());
-        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let (stream, wire) = Counted::new(channel.into_stream());
+        let sftp = RawSftpSession::new_with_config(stream, sftp_config);
         let version = sftp.init().await.map_err(|e| ConnectError::Ssh {
-            server: server.clone(),
+            server: self.server.clone(),
             step: "sftp init",
             message: e.to_string(),
         })?;
+        Ok((sftp, wire, version))
+    }
+}
+
+impl SshRemote {
+    /// Connects, checks the host key, authenticates and opens SFTP (the `init` request).
+    pub async fn connect(cfg: &ClientConfig) -> Result<SshRemote, ConnectError> {
+        let dialer = Dialer {
+            cfg,
+            server: cfg.server.to_string(),
+        };
+        let key = dialer.identity()?;
+        let mut handle = dialer.handshake().await?;
+        dialer.authenticate(&mut handle, key).await?;
+        let (sftp, wire, version) = dialer.open_sftp(&handle).await?;
         Ok(SshRemote {
             handle,
             posix_rename: version.extensions.contains_key(POSIX_RENAME),
             sftp: Arc::new(sftp),
-            counters,
+            wire,
         })
+    }
+
+    /// What went over the SFTP channel so far, counted on the stream.
+    pub fn wire(&self) -> &WireCounts {
+        &self.wire
     }
 
     /// Ends the session politely; errors do not matter any more at this point.
@@ -239,10 +274,6 @@ impl SshRemote {
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
-    }
-
-    fn count(&self, n: usize) {
-        self.counters.requests.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -267,83 +298,123 @@ fn is_eof(e: &SftpError) -> bool {
     matches!(e, SftpError::Status(s) if s.status_code == StatusCode::Eof)
 }
 
-/// Reads exactly `size` bytes of `path`: open, reads (several in flight), close.
-async fn read_exact(
-    sftp: &RawSftpSession,
-    counters: &Counters,
-    path: &str,
-    size: u64,
-) -> Result<Vec<u8>, RemoteError> {
-    let handle = sftp
-        .open(path, OpenFlags::READ, FileAttributes::empty())
-        .await
-        .map_err(|e| remote_err(path, e))?
-        .handle;
-    let mut out = vec![0u8; size as usize];
-    let offsets: Vec<u64> = (0..size.div_ceil(READ_CHUNK))
-        .map(|i| i * READ_CHUNK)
-        .collect();
-    let mut result = Ok(());
-    'chunks: for window in offsets.chunks(READS_IN_FLIGHT) {
-        let reads = window.iter().map(|&off| {
-            let len = (size - off).min(READ_CHUNK);
-            read_range(sftp, counters, &handle, path, off, len)
-        });
-        match try_join_all(reads).await {
-            Ok(parts) => {
-                for (off, data) in window.iter().zip(parts) {
-                    let off = *off as usize;
-                    out[off..off + data.len()].copy_from_slice(&data);
-                }
-            }
-            Err(e) => {
-                result = Err(e);
-                break 'chunks;
-            }
-        }
-    }
-    counters.requests.fetch_add(2, Ordering::Relaxed);
-    let _ = sftp.close(handle).await;
-    result.map(|()| out)
+/// An open remote file: the session, its handle, and its path for errors.
+struct OpenFile<'a> {
+    sftp: &'a RawSftpSession,
+    handle: String,
+    path: &'a str,
 }
 
-/// One range, re-asking after a short read (the protocol allows them).
-async fn read_range(
-    sftp: &RawSftpSession,
-    counters: &Counters,
-    handle: &str,
-    path: &str,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<u8>, RemoteError> {
-    let mut data = Vec::with_capacity(len as usize);
-    while (data.len() as u64) < len {
-        let at = offset + data.len() as u64;
-        counters.requests.fetch_add(1, Ordering::Relaxed);
-        match sftp
-            .read(handle, at, (len - data.len() as u64) as u32)
+impl<'a> OpenFile<'a> {
+    async fn open(
+        sftp: &'a RawSftpSession,
+        path: &'a str,
+        flags: OpenFlags,
+    ) -> Result<OpenFile<'a>, RemoteError> {
+        let handle = sftp
+            .open(path, flags, FileAttributes::empty())
             .await
-        {
-            Ok(d) if d.data.is_empty() => break,
-            Ok(d) => {
-                counters
-                    .bytes_read
-                    .fetch_add(d.data.len(), Ordering::Relaxed);
-                data.extend_from_slice(&d.data);
+            .map_err(|e| remote_err(path, e))?
+            .handle;
+        Ok(OpenFile { sftp, handle, path })
+    }
+
+    async fn close(self) -> Result<(), RemoteError> {
+        self.sftp
+            .close(self.handle)
+            .await
+            .map(|_| ())
+            .map_err(|e| remote_err(self.path, e))
+    }
+
+    /// A small file of unknown size, at most `limit` bytes.
+    async fn read_to_limit(&self, limit: u64) -> Result<Vec<u8>, RemoteError> {
+        let mut out = Vec::new();
+        loop {
+            // A short read of a regular file means end of file on OpenSSH: one read for a small file.
+            let want = (limit + 1 - out.len() as u64).min(256 * 1024 - 1024) as u32;
+            let data = match self.sftp.read(&self.handle, out.len() as u64, want).await {
+                Ok(d) => d.data,
+                Err(e) if is_eof(&e) => return Ok(out),
+                Err(e) => return Err(remote_err(self.path, e)),
+            };
+            let short = (data.len() as u32) < want;
+            out.extend_from_slice(&data);
+            if out.len() as u64 > limit {
+                return Err(RemoteError::TooLarge {
+                    path: self.path.to_owned(),
+                    limit,
+                });
             }
-            Err(e) if is_eof(&e) => break,
-            Err(e) => return Err(remote_err(path, e)),
+            if short || data.is_empty() {
+                return Ok(out);
+            }
         }
     }
-    if (data.len() as u64) < len {
-        return Err(RemoteError::Size {
-            path: path.to_owned(),
-            expected: offset + len,
-            got: offset + data.len() as u64,
-        });
+
+    /// Exactly `size` bytes, several reads in flight.
+    async fn read_exact(&self, size: u64) -> Result<Vec<u8>, RemoteError> {
+        let mut out = vec![0u8; size as usize];
+        let offsets: Vec<u64> = (0..size.div_ceil(READ_CHUNK))
+            .map(|i| i * READ_CHUNK)
+            .collect();
+        for window in offsets.chunks(READS_IN_FLIGHT) {
+            let reads = window
+                .iter()
+                .map(|&off| self.read_range(off, (size - off).min(READ_CHUNK)));
+            for (off, data) in window.iter().zip(try_join_all(reads).await?) {
+                let off = *off as usize;
+                out[off..off + data.len()].copy_from_slice(&data);
+            }
+        }
+        Ok(out)
     }
-    data.truncate(len as usize);
-    Ok(data)
+
+    /// One range, re-asking after a short read (the protocol allows them).
+    async fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, RemoteError> {
+        let mut data = Vec::with_capacity(len as usize);
+        while (data.len() as u64) < len {
+            let at = offset + data.len() as u64;
+            match self
+                .sftp
+                .read(&self.handle, at, (len - data.len() as u64) as u32)
+                .await
+            {
+                Ok(d) if d.data.is_empty() => break,
+                Ok(d) => data.extend_from_slice(&d.data),
+                Err(e) if is_eof(&e) => break,
+                Err(e) => return Err(remote_err(self.path, e)),
+            }
+        }
+        if (data.len() as u64) < len {
+            return Err(RemoteError::Size {
+                path: self.path.to_owned(),
+                expected: offset + len,
+                got: offset + data.len() as u64,
+            });
+        }
+        data.truncate(len as usize);
+        Ok(data)
+    }
+
+    async fn write_all(&self, bytes: &[u8]) -> Result<(), RemoteError> {
+        for (i, chunk) in bytes.chunks(READ_CHUNK as usize).enumerate() {
+            let offset = (i * READ_CHUNK as usize) as u64;
+            self.sftp
+                .write(&self.handle, offset, chunk.to_vec())
+                .await
+                .map_err(|e| remote_err(self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads exactly `size` bytes of `path`: open, reads, close (whose answer does not matter once the bytes are in).
+async fn read_exact(sftp: &RawSftpSession, path: &str, size: u64) -> Result<Vec<u8>, RemoteError> {
+    let file = OpenFile::open(sftp, path, OpenFlags::READ).await?;
+    let result = file.read_exact(size).await;
+    let _ = file.close().await;
+    result
 }
 
 fn ssh_string(s: &str, out: &mut Vec<u8>) {
@@ -351,116 +422,60 @@ fn ssh_string(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(s.as_bytes());
 }
 
+impl SshRemote {
+    /// Writes `tmp` whole: open (created or truncated), writes, close.
+    async fn upload(&self, tmp: &str, bytes: &[u8]) -> Result<(), RemoteError> {
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        let file = OpenFile::open(&self.sftp, tmp, flags).await?;
+        let written = file.write_all(bytes).await;
+        let closed = file.close().await;
+        written.and(closed)
+    }
+
+    /// Renames `tmp` over `path`, replacing it.
+    async fn rename_over(&self, tmp: &str, path: &str) -> Result<(), RemoteError> {
+        if !self.posix_rename {
+            let _ = self.sftp.remove(path).await;
+            return self
+                .sftp
+                .rename(tmp, path)
+                .await
+                .map(|_| ())
+                .map_err(|e| remote_err(path, e));
+        }
+        // Plain SFTP rename refuses to replace a file on OpenSSH; posix-rename replaces atomically.
+        let mut data = Vec::new();
+        ssh_string(tmp, &mut data);
+        ssh_string(path, &mut data);
+        match self.sftp.extended(POSIX_RENAME, data).await {
+            Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
+            Ok(Packet::Status(s)) => Err(remote_err(path, SftpError::Status(s))),
+            Ok(_) => Err(RemoteError::Other {
+                path: path.to_owned(),
+                message: "unexpected answer to posix-rename".into(),
+            }),
+            Err(e) => Err(remote_err(path, e)),
+        }
+    }
+}
+
 impl Remote for SshRemote {
     async fn read(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
-        self.count(3);
-        let handle = self
-            .sftp
-            .open(path, OpenFlags::READ, FileAttributes::empty())
-            .await
-            .map_err(|e| remote_err(path, e))?
-            .handle;
-        let mut out = Vec::new();
-        let result = loop {
-            // A short read of a regular file means end of file on OpenSSH: one read for a small file.
-            let want = (limit + 1 - out.len() as u64).min(256 * 1024 - 1024) as u32;
-            match self
-                .sftp
-                .read(handle.as_str(), out.len() as u64, want)
-                .await
-            {
-                Ok(d) => {
-                    let short = (d.data.len() as u32) < want;
-                    self.counters
-                        .bytes_read
-                        .fetch_add(d.data.len(), Ordering::Relaxed);
-                    out.extend_from_slice(&d.data);
-                    if out.len() as u64 > limit {
-                        break Err(RemoteError::TooLarge {
-                            path: path.to_owned(),
-                            limit,
-                        });
-                    }
-                    if short || d.data.is_empty() {
-                        break Ok(());
-                    }
-                    self.count(1);
-                }
-                Err(e) if is_eof(&e) => break Ok(()),
-                Err(e) => break Err(remote_err(path, e)),
-            }
-        };
-        let _ = self.sftp.close(handle).await;
-        result.map(|()| out)
+        let file = OpenFile::open(&self.sftp, path, OpenFlags::READ).await?;
+        let result = file.read_to_limit(limit).await;
+        let _ = file.close().await;
+        result
     }
 
     async fn read_files(&mut self, files: &[Wanted]) -> Result<Vec<Vec<u8>>, RemoteError> {
         let sftp = &self.sftp;
-        let counters = &self.counters;
         // All files of a batch in flight at once: one round trip per batch, not per file.
-        try_join_all(
-            files
-                .iter()
-                .map(|w| read_exact(sftp, counters, &w.path, w.size)),
-        )
-        .await
+        try_join_all(files.iter().map(|w| read_exact(sftp, &w.path, w.size))).await
     }
 
     async fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<(), RemoteError> {
         let tmp = format!("{path}.tmp");
-        let handle = self
-            .sftp
-            .open(
-                tmp.as_str(),
-                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-                FileAttributes::empty(),
-            )
-            .await
-            .map_err(|e| remote_err(&tmp, e))?
-            .handle;
-        self.count(2);
-        let mut result = Ok(());
-        for (i, chunk) in bytes.chunks(READ_CHUNK as usize).enumerate() {
-            self.count(1);
-            if let Err(e) = self
-                .sftp
-                .write(
-                    handle.as_str(),
-                    (i * READ_CHUNK as usize) as u64,
-                    chunk.to_vec(),
-                )
-                .await
-            {
-                result = Err(remote_err(&tmp, e));
-                break;
-            }
-        }
-        let closed = self.sftp.close(handle).await;
-        result?;
-        closed.map_err(|e| remote_err(&tmp, e))?;
-        self.count(1);
-        if self.posix_rename {
-            // Plain SFTP rename refuses to replace a file on OpenSSH; posix-rename replaces atomically.
-            let mut data = Vec::new();
-            ssh_string(&tmp, &mut data);
-            ssh_string(path, &mut data);
-            match self.sftp.extended(POSIX_RENAME, data).await {
-                Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
-                Ok(Packet::Status(s)) => Err(remote_err(path, SftpError::Status(s))),
-                Ok(_) => Err(RemoteError::Other {
-                    path: path.to_owned(),
-                    message: "unexpected answer to posix-rename".into(),
-                }),
-                Err(e) => Err(remote_err(path, e)),
-            }
-        } else {
-            self.count(1);
-            let _ = self.sftp.remove(path).await;
-            self.sftp
-                .rename(tmp.as_str(), path)
-                .await
-                .map(|_| ())
-                .map_err(|e| remote_err(path, e))
-        }
+        self.upload(&tmp, bytes).await?;
+        self.rename_over(&tmp, path).await
     }
 }

@@ -11,15 +11,19 @@
 //! it and its content is unchanged since; otherwise the file is left in place
 //! (and no longer managed), with a warning. Directories are never deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode as FsMode, OFlags, ResolveFlags};
-use rustix::io::Errno;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode as FsMode, SFlag};
+use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{self, Owner};
 use crate::names::RelPath;
 use crate::release::{FILES_DIR, FileEntry, Manifest, Sha256Hex};
 
@@ -100,8 +104,8 @@ pub struct DeployOptions<'a> {
     pub root: &'a Path,
     pub release_dir: &'a Path,
     pub state_dir: &'a Path,
-    /// Set owner root:root (when running as root; tests as a user keep their own).
-    pub chown_root: bool,
+    /// `Owner::Root` in real use; tests as a user keep their own (`Owner::Caller`).
+    pub owner: Owner,
 }
 
 /// The `files/` entries of a manifest, with their path below `root`.
@@ -114,129 +118,164 @@ fn targets(manifest: &Manifest) -> Vec<(RelPath, &FileEntry)> {
         .collect()
 }
 
-const BENEATH: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
+const BENEATH: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
+    .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
+    .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
+/// Checks every target, writes the changed ones, retires the dropped ones, saves the record.
 pub fn deploy(manifest: &Manifest, opts: &DeployOptions) -> Result<DeployStats, DeployError> {
-    let root = opts.root;
-    let io = |path: &RelPath| {
-        let path = path.to_string();
-        move |e: std::io::Error| DeployError::Io {
-            root: root.to_owned(),
-            path,
-            source: e,
-        }
-    };
-    let root_fd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+    let root = nix::fcntl::open(
+        opts.root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         FsMode::empty(),
     )
     .map_err(|e| DeployError::Io {
-        root: root.to_owned(),
+        root: opts.root.to_owned(),
         path: ".".into(),
         source: e.into(),
     })?;
     let targets = targets(manifest);
     // Check everything first: one unsafe path and nothing is deployed.
     for (rel, _) in &targets {
-        check_target(&root_fd, rel).map_err(|why| DeployError::Unsafe {
-            root: root.to_owned(),
-            path: rel.to_string(),
-            why,
-        })?;
+        check_target(&root, rel).map_err(|why| unsafe_path(opts.root, rel, why))?;
+    }
+    let mut run = Run::start(opts, root)?;
+    if let Err(e) = run.write_all(&targets) {
+        run.remember_partial();
+        return Err(e);
+    }
+    run.retire_dropped(&targets);
+    run.finish()
+}
+
+fn unsafe_path(root: &Path, rel: &RelPath, why: String) -> DeployError {
+    DeployError::Unsafe {
+        root: root.to_owned(),
+        path: rel.to_string(),
+        why,
+    }
+}
+
+/// One deploy under way: `root`, what earlier deploys wrote, and what this one wrote so far.
+struct Run<'a> {
+    opts: &'a DeployOptions<'a>,
+    root: OwnedFd,
+    previous: BTreeMap<RelPath, Deployed>,
+    deployed: Vec<Deployed>,
+    stats: DeployStats,
+}
+
+impl<'a> Run<'a> {
+    fn start(opts: &'a DeployOptions<'a>, root: OwnedFd) -> Result<Run<'a>, DeployError> {
+        let previous = Record::load(opts.state_dir)?
+            .files
+            .into_iter()
+            .map(|d| (d.path.clone(), d))
+            .collect();
+        Ok(Run {
+            opts,
+            root,
+            previous,
+            deployed: Vec::new(),
+            stats: DeployStats::default(),
+        })
     }
 
-    let mut record = Record::load(opts.state_dir)?;
-    let previous: BTreeMap<RelPath, Deployed> = record
-        .files
-        .drain(..)
-        .map(|d| (d.path.clone(), d))
-        .collect();
-    let mut stats = DeployStats::default();
-    let mut now_deployed = Vec::new();
-    let mut write_all = || -> Result<(), DeployError> {
-        for (rel, entry) in &targets {
-            let dir = open_parent(&root_fd, rel, true).map_err(|e| match e {
-                Walk::Unsafe(why) => DeployError::Unsafe {
-                    root: root.to_owned(),
-                    path: rel.to_string(),
-                    why,
-                },
-                Walk::Io(e) => io(rel)(e),
-            })?;
-            let name = rel.components().last().unwrap_or_default();
-            let existing = inspect(&dir, name).map_err(io(rel))?;
-            let created = match previous.get(rel) {
-                Some(p) => p.created,
-                None => matches!(existing, Existing::Absent),
-            };
-            now_deployed.push(Deployed {
-                path: rel.clone(),
-                sha256: entry.sha256.clone(),
-                created,
-            });
-            if let Existing::Regular {
-                sha,
-                mode,
-                owner_root,
-            } = &existing
-                && sha == &entry.sha256
-                && *mode == entry.mode.bits()
-                && (*owner_root || !opts.chown_root)
-            {
-                stats.unchanged += 1;
-                continue;
-            }
-            let src = entry.path.under(opts.release_dir);
-            let bytes = std::fs::read(&src).map_err(io(rel))?;
-            write_atomic(&dir, name, &bytes, entry.mode.bits(), opts.chown_root)
-                .map_err(io(rel))?;
-            stats.written += 1;
+    fn io_err(&self, rel: &RelPath) -> impl FnOnce(std::io::Error) -> DeployError + use<> {
+        let root = self.opts.root.to_owned();
+        let path = rel.to_string();
+        move |source| DeployError::Io { root, path, source }
+    }
+
+    fn write_all(&mut self, targets: &[(RelPath, &FileEntry)]) -> Result<(), DeployError> {
+        for (rel, entry) in targets {
+            self.write_one(rel, entry)?;
         }
         Ok(())
-    };
-    if let Err(e) = write_all() {
-        // Remember what this run wrote and what earlier runs did, so no file tiffin
-        // created is ever forgotten (and so never retired) after a partial deploy.
-        let done: std::collections::BTreeSet<RelPath> =
-            now_deployed.iter().map(|d| d.path.clone()).collect();
-        record.files = now_deployed;
-        record
-            .files
-            .extend(previous.into_values().filter(|d| !done.contains(&d.path)));
-        if let Err(save) = record.save(opts.state_dir) {
+    }
+
+    /// Records `rel` as deployed, then replaces it unless it already is what the release wants.
+    fn write_one(&mut self, rel: &RelPath, entry: &FileEntry) -> Result<(), DeployError> {
+        let dir = match open_parent(&self.root, rel, Missing::Create) {
+            Ok(Some(dir)) => dir,
+            Ok(None) => {
+                let vanished = std::io::Error::other("parent directory vanished");
+                return Err(self.io_err(rel)(vanished));
+            }
+            Err(Walk::Unsafe(why)) => return Err(unsafe_path(self.opts.root, rel, why)),
+            Err(Walk::Io(e)) => return Err(self.io_err(rel)(e)),
+        };
+        let name = rel.components().last().unwrap_or_default();
+        let existing = inspect(&dir, name).map_err(self.io_err(rel))?;
+        let created = match self.previous.get(rel) {
+            Some(p) => p.created,
+            None => matches!(existing, Existing::Absent),
+        };
+        self.deployed.push(Deployed {
+            path: rel.clone(),
+            sha256: entry.sha256.clone(),
+            created,
+        });
+        if existing.is_wanted(entry, self.opts.owner) {
+            self.stats.unchanged += 1;
+            return Ok(());
+        }
+        let bytes =
+            std::fs::read(entry.path.under(self.opts.release_dir)).map_err(self.io_err(rel))?;
+        replace_beneath(&dir, name, &bytes, entry.mode.bits(), self.opts.owner)
+            .map_err(self.io_err(rel))?;
+        self.stats.written += 1;
+        Ok(())
+    }
+
+    /// After a failed write: record what this run wrote and what earlier runs did, so no
+    /// file tiffin created is ever forgotten (and so never retired).
+    fn remember_partial(self) {
+        let done: BTreeSet<RelPath> = self.deployed.iter().map(|d| d.path.clone()).collect();
+        let mut files = self.deployed;
+        files.extend(
+            self.previous
+                .into_values()
+                .filter(|d| !done.contains(&d.path)),
+        );
+        if let Err(save) = (Record { files }).save(self.opts.state_dir) {
             tracing::warn!(
                 "after a failed deploy, the record of deployed files could not be saved: {save}"
             );
         }
-        return Err(e);
     }
 
-    let wanted: std::collections::BTreeSet<&RelPath> = targets.iter().map(|(r, _)| r).collect();
-    for (rel, old) in &previous {
-        if wanted.contains(rel) {
-            continue;
-        }
-        match retire(&root_fd, rel, old) {
-            Ok(true) => stats.removed += 1,
-            Ok(false) => {
-                tracing::warn!(
-                    "{} is no longer in the release; left in place because tiffin did not create it or it changed since",
-                    rel
-                );
-                stats.kept.push(rel.to_string());
+    /// Deletes what earlier releases deployed and this one no longer has, where that is safe.
+    fn retire_dropped(&mut self, targets: &[(RelPath, &FileEntry)]) {
+        let wanted: BTreeSet<&RelPath> = targets.iter().map(|(r, _)| r).collect();
+        for (rel, old) in &self.previous {
+            if wanted.contains(rel) {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!("{rel} is no longer in the release; could not remove it: {e}");
-                stats.kept.push(rel.to_string());
+            match retire(&self.root, rel, old) {
+                Ok(Retired::Removed) => self.stats.removed += 1,
+                Ok(Retired::Kept) => {
+                    tracing::warn!(
+                        "{} is no longer in the release; left in place because tiffin did not create it or it changed since",
+                        rel
+                    );
+                    self.stats.kept.push(rel.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!("{rel} is no longer in the release; could not remove it: {e}");
+                    self.stats.kept.push(rel.to_string());
+                }
             }
         }
     }
-    record.files = now_deployed;
-    record.save(opts.state_dir)?;
-    Ok(stats)
+
+    fn finish(self) -> Result<DeployStats, DeployError> {
+        let record = Record {
+            files: self.deployed,
+        };
+        record.save(self.opts.state_dir)?;
+        Ok(self.stats)
+    }
 }
 
 enum Walk {
@@ -244,55 +283,69 @@ enum Walk {
     Io(std::io::Error),
 }
 
-fn why(e: Errno, comp: &str) -> Walk {
+fn walk_error(e: Errno, comp: &str) -> Walk {
     match e {
-        Errno::LOOP | Errno::XDEV | Errno::NOTDIR => Walk::Unsafe(format!(
+        Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => Walk::Unsafe(format!(
             "{comp:?} on this machine is a symlink or not a directory"
         )),
         e => Walk::Io(e.into()),
     }
 }
 
-/// Opens the directory that will hold `rel`, one component at a time, creating missing ones when asked.
-fn open_parent(root: &OwnedFd, rel: &RelPath, create: bool) -> Result<Option<OwnedFd>, Walk> {
+/// What a walk to a target's directory does about a directory that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    Create,
+    /// The target cannot exist either: the walk ends with `None`.
+    Stop,
+}
+
+/// `name` in `dir`, resolved only beneath `dir` and through no symlink.
+fn open_beneath(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .mode(FsMode::from_bits_truncate(mode))
+        .resolve(BENEATH);
+    nix::fcntl::openat2(dir, name, how)
+}
+
+/// Opens the directory that will hold `rel`, one component at a time.
+fn open_parent(root: &OwnedFd, rel: &RelPath, missing: Missing) -> Result<Option<OwnedFd>, Walk> {
     let comps: Vec<&str> = rel.components().collect();
-    let mut cur = rustix::io::dup(root).map_err(|e| Walk::Io(e.into()))?;
+    let mut cur = root.try_clone().map_err(Walk::Io)?;
     for comp in &comps[..comps.len() - 1] {
-        let open = |dir: &OwnedFd| {
-            rustix::fs::openat2(
-                dir,
-                *comp,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                FsMode::empty(),
-                BENEATH,
-            )
-        };
+        let open = |dir: &OwnedFd| open_beneath(dir, comp, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0);
         cur = match open(&cur) {
             Ok(fd) => fd,
-            Err(Errno::NOENT) if create => {
-                match rustix::fs::mkdirat(&cur, *comp, FsMode::from_raw_mode(DIR_MODE)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(why(e, comp)),
+            Err(Errno::ENOENT) if missing == Missing::Create => {
+                let mode = FsMode::from_bits_truncate(DIR_MODE);
+                match nix::sys::stat::mkdirat(&cur, *comp, mode) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(walk_error(e, comp)),
                 }
-                open(&cur).map_err(|e| why(e, comp))?
+                open(&cur).map_err(|e| walk_error(e, comp))?
             }
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(why(e, comp)),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(walk_error(e, comp)),
         };
     }
     Ok(Some(cur))
 }
 
+fn file_type(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+}
+
 /// Refuses a target whose existing parents are not plain directories, or that is itself a directory.
 fn check_target(root: &OwnedFd, rel: &RelPath) -> Result<(), String> {
-    match open_parent(root, rel, false) {
+    match open_parent(root, rel, Missing::Stop) {
         Err(Walk::Unsafe(why)) => Err(why),
         Err(Walk::Io(e)) => Err(e.to_string()),
         Ok(None) => Ok(()),
         Ok(Some(dir)) => {
             let name = rel.components().last().unwrap_or_default();
-            match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+            match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if file_type(&st) == SFlag::S_IFDIR => {
                     Err("a directory exists there".into())
                 }
                 _ => Ok(()),
@@ -307,115 +360,117 @@ enum Existing {
     Regular {
         sha: Sha256Hex,
         mode: u32,
-        owner_root: bool,
+        uid: u32,
+        gid: u32,
     },
     Other,
 }
 
-fn inspect(dir: &Option<OwnedFd>, name: &str) -> std::io::Result<Existing> {
-    let Some(dir) = dir else {
-        return Ok(Existing::Absent);
-    };
+impl Existing {
+    /// Already what the release wants: its content, its mode and the owner tiffin gives files.
+    fn is_wanted(&self, entry: &FileEntry, owner: Owner) -> bool {
+        let Existing::Regular {
+            sha,
+            mode,
+            uid,
+            gid,
+        } = self
+        else {
+            return false;
+        };
+        let owned = match owner {
+            Owner::Caller => true,
+            Owner::Root => (*uid, *gid) == (0, 0),
+            Owner::RootGroup(group) => (*uid, *gid) == (0, group),
+        };
+        sha == &entry.sha256 && *mode == entry.mode.bits() && owned
+    }
+}
+
+fn inspect(dir: &OwnedFd, name: &str) -> std::io::Result<Existing> {
     // Look before opening: opening a planted device or FIFO could have effects of its own.
-    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if file_type(&st) == SFlag::S_IFREG => {}
         Ok(_) => return Ok(Existing::Other),
-        Err(Errno::NOENT) => return Ok(Existing::Absent),
+        Err(Errno::ENOENT) => return Ok(Existing::Absent),
         Err(e) => return Err(e.into()),
     }
-    let fd = match rustix::fs::openat2(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        FsMode::empty(),
-        BENEATH,
-    ) {
+    let fd = match open_beneath(dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) {
         Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(Existing::Absent),
+        Err(Errno::ENOENT) => return Ok(Existing::Absent),
         // A symlink or something we must not open: it will be replaced, never followed.
         Err(_) => return Ok(Existing::Other),
     };
-    let st = rustix::fs::fstat(&fd)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+    let st = nix::sys::stat::fstat(&fd)?;
+    if file_type(&st) != SFlag::S_IFREG {
         return Ok(Existing::Other);
     }
-    let sha = hash_fd(fd)?;
+    let (sha, _) = crate::hash::sha256_reader(File::from(fd), std::io::sink())?;
     Ok(Existing::Regular {
-        sha,
+        sha: Sha256Hex::new(sha).expect("hex of a digest"),
         mode: st.st_mode & 0o7777,
-        owner_root: st.st_uid == 0 && st.st_gid == 0,
+        uid: st.st_uid,
+        gid: st.st_gid,
     })
 }
 
-fn hash_fd(fd: OwnedFd) -> std::io::Result<Sha256Hex> {
-    let (sha, _) = crate::hash::sha256_reader(std::fs::File::from(fd), std::io::sink())?;
-    Ok(Sha256Hex::new(sha).expect("hex of a digest"))
-}
-
-/// Temp name in the target directory, content, mode, owner, fsync, rename over the target, fsync the directory.
-fn write_atomic(
-    dir: &Option<OwnedFd>,
+/// Temp name in the target directory, content, owner, mode, fsync, rename over the target,
+/// fsync the directory. The target itself is never opened: a symlink there is replaced.
+fn replace_beneath(
+    dir: &OwnedFd,
     name: &str,
     bytes: &[u8],
     mode: u32,
-    chown_root: bool,
+    owner: Owner,
 ) -> std::io::Result<()> {
-    let Some(dir) = dir else {
-        return Err(std::io::Error::other("parent directory vanished"));
-    };
     let tmp = format!(".{name}.tiffin-{}", std::process::id());
-    let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
-    let fd = rustix::fs::openat2(
-        dir,
-        tmp.as_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        FsMode::from_raw_mode(0o600),
-        BENEATH,
-    )?;
+    let _ = nix::unistd::unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+    let fd = open_beneath(dir, &tmp, flags, 0o600)?;
     let result = (|| {
-        let mut file = std::fs::File::from(fd);
+        let mut file = File::from(fd);
         file.write_all(bytes)?;
-        if chown_root {
-            rustix::fs::fchown(
-                &file,
-                Some(rustix::fs::Uid::ROOT),
-                Some(rustix::fs::Gid::ROOT),
-            )?;
-        }
-        // After chown, which clears set-id bits.
-        rustix::fs::fchmod(&file, FsMode::from_raw_mode(mode))?;
-        file.sync_all()?;
-        rustix::fs::renameat(dir, tmp.as_str(), dir, name)?;
-        rustix::fs::fsync(dir)?;
+        // Owner first: chown clears set-id bits, so the mode is set after it.
+        owner.apply(&file)?;
+        durable::finish(&file, mode, Owner::Caller)?;
+        nix::fcntl::renameat(dir, tmp.as_str(), dir, name)?;
+        nix::unistd::fsync(dir)?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+        let _ = nix::unistd::unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
     }
     result
 }
 
-/// Deletes a dropped file if tiffin created it and it is unchanged; `Ok(false)` when it must stay.
-fn retire(root: &OwnedFd, rel: &RelPath, old: &Deployed) -> std::io::Result<bool> {
+/// Whether a dropped file went.
+enum Retired {
+    /// Deleted, or already gone.
+    Removed,
+    /// Left in place: tiffin did not create it, it changed since, or its path is no longer safe.
+    Kept,
+}
+
+/// Deletes a dropped file if tiffin created it and it is unchanged.
+fn retire(root: &OwnedFd, rel: &RelPath, old: &Deployed) -> std::io::Result<Retired> {
     if !old.created {
-        return Ok(false);
+        return Ok(Retired::Kept);
     }
-    let dir = match open_parent(root, rel, false) {
-        Ok(Some(d)) => Some(d),
-        Ok(None) => return Ok(true),
-        Err(Walk::Unsafe(_)) => return Ok(false),
+    let dir = match open_parent(root, rel, Missing::Stop) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(Retired::Removed),
+        Err(Walk::Unsafe(_)) => return Ok(Retired::Kept),
         Err(Walk::Io(e)) => return Err(e),
     };
     let name = rel.components().last().unwrap_or_default();
     match inspect(&dir, name)? {
-        Existing::Absent => Ok(true),
+        Existing::Absent => Ok(Retired::Removed),
         Existing::Regular { sha, .. } if sha == old.sha256 => {
-            let dir = dir.expect("inspected inside it");
-            rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
-            rustix::fs::fsync(&dir)?;
-            Ok(true)
+            nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir)?;
+            nix::unistd::fsync(&dir)?;
+            Ok(Retired::Removed)
         }
-        _ => Ok(false),
+        _ => Ok(Retired::Kept),
     }
 }
 
@@ -464,7 +519,7 @@ mod tests {
             root: &root,
             release_dir: &release,
             state_dir: &state,
-            chown_root: false,
+            owner: Owner::Caller,
         };
         deploy(&m, &opts).unwrap_err();
         assert!(root.join("etc/a").exists());

@@ -2,16 +2,15 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
+use crate::durable::{self, Owner};
 use crate::hash::sha256_hex;
 use crate::layout::RELEASES_DIR;
 use crate::names::ReleaseId;
 use crate::release::{FileEntry, MANIFEST_FILE, Manifest, Sha256Hex};
 
-use super::state::fsync_dir;
 use super::transport::{Remote, RemoteError, Wanted};
 use super::verify::{self, VerifyError};
 
@@ -132,73 +131,107 @@ impl Store {
     }
 }
 
+/// A MANIFEST fetched and verified for its release id: what it says, and its exact bytes for the store.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub id: ReleaseId,
+    pub manifest: Manifest,
+    pub bytes: Vec<u8>,
+}
+
 /// Makes `releases/<id>` hold the release, verified, or leaves everything as it was.
 pub async fn fetch_release<R: Remote>(
     remote: &mut R,
     store: &Store,
-    id: &ReleaseId,
-    manifest: &Manifest,
-    manifest_bytes: &[u8],
+    release: &FetchedManifest,
 ) -> Result<FetchStats, FetchError> {
-    if store.has(id) {
+    if store.has(&release.id) {
         return Ok(FetchStats::default());
     }
-    let partial = store.partial(id);
-    let result = build(remote, store, id, manifest, manifest_bytes, &partial).await;
+    let mut build = Build {
+        store,
+        release,
+        partial: store.partial(&release.id),
+        stats: FetchStats::default(),
+    };
+    let result = build.run(remote).await;
     if result.is_err() {
-        let _ = fs::remove_dir_all(&partial);
+        let _ = fs::remove_dir_all(&build.partial);
     }
     result
 }
 
-async fn build<R: Remote>(
-    remote: &mut R,
-    store: &Store,
-    id: &ReleaseId,
-    manifest: &Manifest,
-    manifest_bytes: &[u8],
-    partial: &Path,
-) -> Result<FetchStats, FetchError> {
-    let io = |path: &Path| {
+/// One release being built in `<id>.partial`, renamed to `<id>` only when whole.
+struct Build<'a> {
+    store: &'a Store,
+    release: &'a FetchedManifest,
+    partial: PathBuf,
+    stats: FetchStats,
+}
+
+impl<'a> Build<'a> {
+    async fn run<R: Remote>(&mut self, remote: &mut R) -> Result<FetchStats, FetchError> {
+        self.prepare()?;
+        let wanted = self.reuse_local()?;
+        for batch in batches(&wanted) {
+            self.download(remote, batch).await?;
+        }
+        self.seal()?;
+        Ok(self.stats)
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + use<> {
         let path = path.to_owned();
-        let id = id.clone();
+        let id = self.release.id.clone();
         move |source| FetchError::Io { id, path, source }
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&store.dir)
-        .map_err(io(&store.dir))?;
-    if partial.exists() {
-        fs::remove_dir_all(partial).map_err(io(partial))?;
-    }
-    fs::DirBuilder::new()
-        .mode(0o755)
-        .create(partial)
-        .map_err(io(partial))?;
-
-    let index = store.index();
-    let mut stats = FetchStats::default();
-    let mut wanted: Vec<&FileEntry> = Vec::new();
-    for entry in &manifest.files {
-        let dest = entry.path.under(partial);
-        if let Some(local) = index.get(&entry.sha256)
-            && let Ok(bytes) = fs::read(local)
-            && verify::file(entry, &bytes).is_ok()
-        {
-            write_file(&dest, &bytes, entry).map_err(io(&dest))?;
-            stats.reused_files += 1;
-            stats.reused_bytes += entry.size;
-            continue;
-        }
-        if entry.size == 0 && entry.sha256.as_str() == sha256_hex(b"") {
-            write_file(&dest, b"", entry).map_err(io(&dest))?;
-            continue;
-        }
-        wanted.push(entry);
     }
 
-    for batch in batches(&wanted) {
+    /// `releases/` exists and `<id>.partial` is a fresh empty directory (a crashed build's is discarded).
+    fn prepare(&self) -> Result<(), FetchError> {
+        let (dir, partial) = (&self.store.dir, &self.partial);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(self.io(dir))?;
+        if partial.exists() {
+            fs::remove_dir_all(partial).map_err(self.io(partial))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(partial)
+            .map_err(self.io(partial))
+    }
+
+    /// Copies every file whose content is held locally (or is empty); returns the ones to download.
+    fn reuse_local(&mut self) -> Result<Vec<&'a FileEntry>, FetchError> {
+        let index = self.store.index();
+        let mut wanted = Vec::new();
+        for entry in &self.release.manifest.files {
+            let dest = entry.path.under(&self.partial);
+            if let Some(local) = index.get(&entry.sha256)
+                && let Ok(bytes) = fs::read(local)
+                && verify::file(entry, &bytes).is_ok()
+            {
+                write_file(&dest, &bytes, entry).map_err(self.io(&dest))?;
+                self.stats.reused_files += 1;
+                self.stats.reused_bytes += entry.size;
+            } else if entry.size == 0 && entry.sha256.as_str() == sha256_hex(b"") {
+                write_file(&dest, b"", entry).map_err(self.io(&dest))?;
+            } else {
+                wanted.push(entry);
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// One batch in flight at once; each file is verified before it is written.
+    async fn download<R: Remote>(
+        &mut self,
+        remote: &mut R,
+        batch: &[&FileEntry],
+    ) -> Result<(), FetchError> {
+        let id = &self.release.id;
         let requests: Vec<Wanted> = batch
             .iter()
             .map(|e| Wanted {
@@ -218,28 +251,25 @@ async fn build<R: Remote>(
                 id: id.clone(),
                 source,
             })?;
-            let dest = entry.path.under(partial);
-            write_file(&dest, &bytes, entry).map_err(io(&dest))?;
-            stats.downloaded_files += 1;
-            stats.downloaded_bytes += entry.size;
+            let dest = entry.path.under(&self.partial);
+            write_file(&dest, &bytes, entry).map_err(self.io(&dest))?;
+            self.stats.downloaded_files += 1;
+            self.stats.downloaded_bytes += entry.size;
         }
+        Ok(())
     }
 
-    let manifest_path = partial.join(MANIFEST_FILE);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&manifest_path)
-        .map_err(io(&manifest_path))?;
-    f.write_all(manifest_bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io(&manifest_path))?;
-    crate::durable::sync_tree(partial).map_err(io(partial))?;
-    let dest = store.release(id);
-    fs::rename(partial, &dest).map_err(io(&dest))?;
-    fsync_dir(&store.dir).map_err(io(&store.dir))?;
-    Ok(stats)
+    /// The MANIFEST last, every directory fsynced, then the rename that makes the release complete.
+    fn seal(&self) -> Result<(), FetchError> {
+        let partial = &self.partial;
+        let manifest_path = partial.join(MANIFEST_FILE);
+        durable::create_synced(&manifest_path, &self.release.bytes, 0o644, Owner::Caller)
+            .map_err(self.io(&manifest_path))?;
+        durable::sync_tree(partial).map_err(self.io(partial))?;
+        let dest = self.store.release(&self.release.id);
+        fs::rename(partial, &dest).map_err(self.io(&dest))?;
+        durable::sync_dir(&self.store.dir).map_err(self.io(&self.store.dir))
+    }
 }
 
 fn batches<'a>(wanted: &'a [&'a FileEntry]) -> Vec<&'a [&'a FileEntry]> {
@@ -267,10 +297,5 @@ fn write_file(dest: &Path, bytes: &[u8], entry: &FileEntry) -> std::io::Result<(
             .mode(0o755)
             .create(parent)?;
     }
-    crate::durable::create_synced(
-        dest,
-        bytes,
-        entry.mode.bits(),
-        crate::durable::Owner::Caller,
-    )
+    durable::create_synced(dest, bytes, entry.mode.bits(), Owner::Caller)
 }

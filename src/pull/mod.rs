@@ -11,20 +11,22 @@ pub mod rebuild;
 pub mod state;
 pub mod transport;
 pub mod verify;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::durable::Owner;
 use crate::layout::{CURRENT_FILE, RELEASES_DIR, REPORTS_DIR};
 use crate::names::ReleaseId;
 use crate::release::{CONFIG_DIR, MANIFEST_FILE, Manifest};
 use crate::report::{PullResult, REBUILD_LOG_FILE, Report, STATUS_FILE};
-use crate::settings::format_time;
+use crate::settings::{Action, Reboot, format_time};
 
 use config::{ClientConfig, ConfigError};
 use connect::ConnectError;
-use deploy::{DeployError, DeployOptions};
-use fetch::{FetchError, FetchStats, Store};
+use deploy::{DeployError, DeployOptions, DeployStats};
+use fetch::{FetchError, FetchStats, FetchedManifest, Store};
 use state::{Applied, State, StateError};
 use transport::{Remote, RemoteError};
 
@@ -87,6 +89,14 @@ impl PullError {
             _ => 1,
         }
     }
+
+    /// The link failed: that says nothing about the release, so no backoff and no report.
+    fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            PullError::Remote(_) | PullError::Fetch(FetchError::Remote { .. })
+        )
+    }
 }
 
 /// How a successful poll ended.
@@ -100,7 +110,7 @@ pub enum Polled {
         id: ReleaseId,
         seq: u64,
         fetch: FetchStats,
-        deployed: deploy::DeployStats,
+        deployed: DeployStats,
         /// `reboot = "if-needed"` and the new kernel, initrd or modules differ from the booted ones.
         reboot: bool,
     },
@@ -111,8 +121,8 @@ pub enum Polled {
 pub struct PollOptions {
     pub retry_now: bool,
     pub allow_downgrade: bool,
-    /// Owner root:root for deployed files (true in real use).
-    pub chown_root: bool,
+    /// Who owns deployed files: root:root in real use, the caller in tests run as a user.
+    pub owner: Owner,
     /// `/run/current-system`, reported as `system`.
     pub system_link: PathBuf,
     /// `/run/booted-system` and `/nix/var/nix/profiles/system`, compared for `reboot = "if-needed"`.
@@ -126,7 +136,11 @@ impl Default for PollOptions {
         PollOptions {
             retry_now: false,
             allow_downgrade: false,
-            chown_root: rustix::process::geteuid().is_root(),
+            owner: if nix::unistd::geteuid().is_root() {
+                Owner::Root
+            } else {
+                Owner::Caller
+            },
             system_link: "/run/current-system".into(),
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
@@ -150,321 +164,433 @@ pub async fn poll<R: Remote>(
     cfg: &ClientConfig,
     opts: &PollOptions,
 ) -> Result<Polled, PullError> {
-    let started = (opts.now)();
-    let mut state = State::load(&cfg.state_dir)?;
-    let text = remote
-        .read(&remote_path(&[CURRENT_FILE]), CURRENT_LIMIT)
-        .await
-        .map_err(|e| PullError::Current(e.to_string()))?;
-    let id: ReleaseId = String::from_utf8_lossy(&text)
-        .trim()
-        .parse()
-        .map_err(|e: crate::names::NameError| PullError::Current(e.to_string()))?;
-    state.last_poll = Some(format_time(started));
-    let mut report = Report {
-        host: cfg.host.to_string(),
-        release: Some(id.to_string()),
-        seq: None,
-        result: PullResult::Unchanged,
-        applied: state.applied.as_ref().map(|a| a.id.to_string()),
-        started: Some(format_time(started)),
-        finished: None,
-        last_seen: String::new(),
-        system: None,
-        error: None,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
+    let mut poll = Poll::begin(remote, cfg, opts).await?;
+    if let Some(seq) = poll.unchanged() {
+        return poll.heartbeat(seq).await;
+    }
+    poll.refuse_while_backing_off().await?;
+    match poll.apply().await {
+        Ok(attempt) => poll.conclude(attempt).await,
+        Err(e) => poll.not_applied(e).await,
+    }
+}
 
-    if let Some(applied) = state.applied.clone().filter(|a| a.id == id) {
-        state.failure = None;
-        state.save(&cfg.state_dir)?;
-        report.seq = Some(applied.seq);
-        upload_report(remote, &mut report, opts, None).await?;
-        return Ok(Polled::Unchanged {
+/// How applying a release ended once its files were deployed.
+#[derive(Debug)]
+enum Outcome {
+    /// `reboot`: `reboot = "if-needed"` found that the new system takes a reboot.
+    Applied { reboot: bool },
+    /// `current` points back at the previous release, whose system keeps running.
+    RebuildFailed { message: String },
+    HealthFailed {
+        message: String,
+        rolled_back: RollBack,
+    },
+}
+
+/// Where rolling back after a failed health check left the host.
+#[derive(Debug)]
+enum RollBack {
+    /// The previous release's files are deployed again and its system rebuilt.
+    Done {
+        to: ReleaseId,
+    },
+    NoPrevious,
+    /// `current` still points at the failed release.
+    RedeployFailed {
+        to: ReleaseId,
+        error: String,
+    },
+    RebuildFailed {
+        to: ReleaseId,
+        message: String,
+    },
+}
+
+impl RollBack {
+    fn result(&self) -> PullResult {
+        match self {
+            RollBack::Done { .. } => PullResult::RolledBack,
+            _ => PullResult::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for RollBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RollBack::Done { to } => write!(f, "rolled back to release {}", to.short()),
+            RollBack::NoPrevious => f.write_str("there is no previous release to roll back to"),
+            RollBack::RedeployFailed { to, error } => write!(
+                f,
+                "rolling back to release {}: its files/ could not be deployed again: {error}",
+                to.short()
+            ),
+            RollBack::RebuildFailed { to, message } => write!(
+                f,
+                "rolling back to release {} failed too: {message}",
+                to.short()
+            ),
+        }
+    }
+}
+
+/// A release fetched, verified and deployed, and how switching to it ended.
+#[derive(Debug)]
+struct Attempt {
+    seq: u64,
+    fetch: FetchStats,
+    deployed: DeployStats,
+    outcome: Outcome,
+}
+
+/// One poll under way: the session, the configuration, the state and the report being built.
+struct Poll<'a, R> {
+    remote: &'a mut R,
+    cfg: &'a ClientConfig,
+    opts: &'a PollOptions,
+    state: State,
+    report: Report,
+    /// The release `/CURRENT` names.
+    id: ReleaseId,
+    started: SystemTime,
+    /// The rebuild's (and health check's) output tail, uploaded beside the report.
+    log: Option<Vec<u8>>,
+}
+
+impl<'a, R: Remote> Poll<'a, R> {
+    /// Loads the state and reads `/CURRENT`.
+    async fn begin(
+        remote: &'a mut R,
+        cfg: &'a ClientConfig,
+        opts: &'a PollOptions,
+    ) -> Result<Poll<'a, R>, PullError> {
+        let started = (opts.now)();
+        let mut state = State::load(&cfg.state_dir)?;
+        let text = remote
+            .read(&remote_path(&[CURRENT_FILE]), CURRENT_LIMIT)
+            .await
+            .map_err(|e| PullError::Current(e.to_string()))?;
+        let id: ReleaseId = String::from_utf8_lossy(&text)
+            .trim()
+            .parse()
+            .map_err(|e: crate::names::NameError| PullError::Current(e.to_string()))?;
+        state.last_poll = Some(format_time(started));
+        let report = Report {
+            host: cfg.host.to_string(),
+            release: Some(id.to_string()),
+            seq: None,
+            result: PullResult::Unchanged,
+            applied: state.applied.as_ref().map(|a| a.id.to_string()),
+            started: Some(format_time(started)),
+            finished: None,
+            last_seen: String::new(),
+            system: None,
+            error: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        Ok(Poll {
+            remote,
+            cfg,
+            opts,
+            state,
+            report,
             id,
-            seq: applied.seq,
-        });
+            started,
+            log: None,
+        })
     }
 
-    if !(opts.retry_now || opts.allow_downgrade)
-        && let Some(f) = state.backing_off(&id, started).cloned()
-    {
-        state.save(&cfg.state_dir)?;
+    fn store(&self) -> Store {
+        Store::new(&self.cfg.state_dir)
+    }
+
+    /// The applied release's seq when `/CURRENT` still names it.
+    fn unchanged(&self) -> Option<u64> {
+        let applied = self.state.applied.as_ref()?;
+        (applied.id == self.id).then_some(applied.seq)
+    }
+
+    /// Nothing to apply: any old failure is over, and the report says the host is alive.
+    async fn heartbeat(mut self, seq: u64) -> Result<Polled, PullError> {
+        self.state.failure = None;
+        self.state.save(&self.cfg.state_dir)?;
+        self.report.seq = Some(seq);
+        self.upload().await?;
+        Ok(Polled::Unchanged { id: self.id, seq })
+    }
+
+    /// A release that failed is not tried again before its backoff ends (unless asked to).
+    async fn refuse_while_backing_off(&mut self) -> Result<(), PullError> {
+        if self.opts.retry_now || self.opts.allow_downgrade {
+            return Ok(());
+        }
+        let Some(f) = self.state.backing_off(&self.id, self.started).cloned() else {
+            return Ok(());
+        };
+        self.state.save(&self.cfg.state_dir)?;
         let err = PullError::BackingOff {
-            id: id.clone(),
+            id: self.id.clone(),
             failures: f.failures,
             error: f.error.clone(),
             next_retry: f.next_retry.clone(),
         };
-        report.seq = f.seq;
-        report.result = PullResult::Failed;
-        report.error = Some(f.error);
-        upload_report(remote, &mut report, opts, None).await?;
-        return Err(err);
+        self.report.seq = f.seq;
+        self.report.result = PullResult::Failed;
+        self.report.error = Some(f.error);
+        self.upload().await?;
+        Err(err)
     }
 
-    let mut log = None;
-    let mut seq = None;
-    let result = apply(remote, cfg, opts, &state, &id, &mut seq, &mut log).await;
-    report.seq = seq;
-    match result {
-        Ok((fetch, deployed, result)) => {
-            let seq = seq.unwrap_or_default();
-            match result {
-                Ok(reboot) => {
-                    state.applied = Some(Applied {
-                        id: id.clone(),
-                        seq,
-                        at: format_time((opts.now)()),
-                    });
-                    state.failure = None;
-                    state.save(&cfg.state_dir)?;
-                    report.result = PullResult::Ok;
-                    report.applied = Some(id.to_string());
-                    upload_report(remote, &mut report, opts, log.as_deref()).await?;
-                    let keep: Vec<&ReleaseId> = vec![&id];
-                    Store::new(&cfg.state_dir).prune(&keep);
-                    Ok(Polled::Applied {
-                        id,
-                        seq,
-                        fetch,
-                        deployed,
-                        reboot,
-                    })
-                }
-                Err((result, e)) => {
-                    fail(remote, cfg, opts, &mut state, &mut report, result, e, log).await
-                }
-            }
-        }
-        // A transport failure says nothing about the release: no backoff, and no report (the link is likely gone).
-        Err(e @ (PullError::Remote(_) | PullError::Fetch(FetchError::Remote { .. }))) => {
-            state.save(&cfg.state_dir)?;
-            Err(e)
-        }
-        Err(e) => {
-            fail(
-                remote,
-                cfg,
-                opts,
-                &mut state,
-                &mut report,
-                PullResult::Failed,
-                e,
-                log,
-            )
-            .await
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // the pieces of one poll, threaded through once
-async fn fail<R: Remote>(
-    remote: &mut R,
-    cfg: &ClientConfig,
-    opts: &PollOptions,
-    state: &mut State,
-    report: &mut Report,
-    result: PullResult,
-    e: PullError,
-    log: Option<Vec<u8>>,
-) -> Result<Polled, PullError> {
-    let id: ReleaseId = report
-        .release
-        .as_deref()
-        .and_then(|r| r.parse().ok())
-        .expect("the report names the release being applied");
-    state.record_failure(
-        &id,
-        report.seq,
-        &e.to_string(),
-        (opts.now)(),
-        (cfg.backoff_initial.0, cfg.backoff_max.0),
-    );
-    state.save(&cfg.state_dir)?;
-    report.result = result;
-    report.error = Some(e.to_string());
-    if let Err(upload) = upload_report(remote, report, opts, log.as_deref()).await {
-        tracing::warn!("{upload}");
-    }
-    Err(e)
-}
-
-type Applying = (
-    FetchStats,
-    deploy::DeployStats,
-    // Ok(true): applied, and `reboot = "if-needed"` found that it takes a reboot.
-    Result<bool, (PullResult, PullError)>,
-);
-
-/// Fetch, verify, deploy, rebuild. An `Err` means nothing changed on this machine; the
-/// inner `Err` that files were deployed but the rebuild or health check failed.
-async fn apply<R: Remote>(
-    remote: &mut R,
-    cfg: &ClientConfig,
-    opts: &PollOptions,
-    state: &State,
-    id: &ReleaseId,
-    seq_out: &mut Option<u64>,
-    log_out: &mut Option<Vec<u8>>,
-) -> Result<Applying, PullError> {
-    let bytes = remote
-        .read(
-            &remote_path(&[RELEASES_DIR, id.as_str(), MANIFEST_FILE]),
-            MANIFEST_LIMIT,
-        )
-        .await?;
-    let manifest: Manifest =
-        verify::manifest(&bytes, id, &cfg.host).map_err(|source| FetchError::Verify {
-            id: id.clone(),
-            source,
-        })?;
-    *seq_out = Some(manifest.seq);
-    if let Some(applied) = &state.applied
-        && manifest.seq <= applied.seq
-        && !opts.allow_downgrade
-    {
-        return Err(PullError::Downgrade {
-            id: id.clone(),
-            seq: manifest.seq,
-            applied: applied.id.to_string(),
-            applied_seq: applied.seq,
-        });
-    }
-    let store = Store::new(&cfg.state_dir);
-    let fetch = fetch::fetch_release(remote, &store, id, &manifest, &bytes).await?;
-    let release_dir = store.release(id);
-    let deployed = deploy::deploy(
-        &manifest,
-        &DeployOptions {
-            root: &cfg.root,
-            release_dir: &release_dir,
-            state_dir: &cfg.state_dir,
-            chown_root: opts.chown_root,
-        },
-    )?;
-
-    let previous = state.applied.as_ref().map(|a| a.id.clone());
-    point_current(&cfg.state_dir, id).map_err(|e| StateError::Io {
-        path: cfg.state_dir.join(CURRENT_LINK),
-        source: e,
-    })?;
-    let config_dir = cfg.state_dir.join(CURRENT_LINK).join(CONFIG_DIR);
-    let log_path = cfg.state_dir.join(REBUILD_LOG_FILE);
-    let argv = rebuild::argv(
-        &cfg.rebuild.0,
-        manifest.apply.action,
-        &config_dir,
-        &cfg.host,
-    );
-    tracing::info!("running {}", argv.join(" "));
-    let outcome = rebuild::run(&argv, &log_path, cfg.rebuild_timeout.0);
-    *log_out = Some(outcome.log_tail);
-    if let rebuild::Ended::Failed(message) = outcome.ended {
-        restore_current(&cfg.state_dir, previous.as_ref());
-        return Ok((
+    /// Fetch, verify, deploy, then switch. An `Err` means the rebuild never ran.
+    async fn apply(&mut self) -> Result<Attempt, PullError> {
+        let release = self.fetch_manifest().await?;
+        let fetch = fetch::fetch_release(self.remote, &self.store(), &release).await?;
+        let deployed = self.deploy(&release.id, &release.manifest)?;
+        let outcome = self.switch(&release.manifest)?;
+        Ok(Attempt {
+            seq: release.manifest.seq,
             fetch,
             deployed,
-            Err((
-                PullResult::Failed,
-                PullError::Rebuild {
-                    id: id.clone(),
-                    message,
-                },
-            )),
-        ));
+            outcome,
+        })
     }
-    if !manifest.apply.health_check.is_empty() {
+
+    /// The MANIFEST of `/CURRENT`'s release, verified against its id and this host, and newer than the applied one.
+    async fn fetch_manifest(&mut self) -> Result<FetchedManifest, PullError> {
+        let id = self.id.clone();
+        let bytes = self
+            .remote
+            .read(
+                &remote_path(&[RELEASES_DIR, id.as_str(), MANIFEST_FILE]),
+                MANIFEST_LIMIT,
+            )
+            .await?;
+        let manifest =
+            verify::manifest(&bytes, &id, &self.cfg.host).map_err(|source| FetchError::Verify {
+                id: id.clone(),
+                source,
+            })?;
+        self.report.seq = Some(manifest.seq);
+        if let Some(applied) = &self.state.applied
+            && manifest.seq <= applied.seq
+            && !self.opts.allow_downgrade
+        {
+            return Err(PullError::Downgrade {
+                id,
+                seq: manifest.seq,
+                applied: applied.id.to_string(),
+                applied_seq: applied.seq,
+            });
+        }
+        Ok(FetchedManifest {
+            id,
+            manifest,
+            bytes,
+        })
+    }
+
+    /// Copies the `files/` of a release held in the store into root.
+    fn deploy(&self, id: &ReleaseId, manifest: &Manifest) -> Result<DeployStats, DeployError> {
+        let release_dir = self.store().release(id);
+        deploy::deploy(
+            manifest,
+            &DeployOptions {
+                root: &self.cfg.root,
+                release_dir: &release_dir,
+                state_dir: &self.cfg.state_dir,
+                owner: self.opts.owner,
+            },
+        )
+    }
+
+    /// Points `current` at the release, rebuilds and runs its health check; a failure puts the previous release back.
+    fn switch(&mut self, manifest: &Manifest) -> Result<Outcome, PullError> {
+        let state_dir = &self.cfg.state_dir;
+        let previous = self.state.applied.as_ref().map(|a| a.id.clone());
+        point_current(state_dir, &self.id).map_err(|e| StateError::Io {
+            path: state_dir.join(CURRENT_LINK),
+            source: e,
+        })?;
+        let argv = self.rebuild_argv(manifest.apply.action);
+        tracing::info!("running {}", argv.join(" "));
+        let rebuilt = rebuild::run(
+            &argv,
+            &state_dir.join(REBUILD_LOG_FILE),
+            self.cfg.rebuild_timeout.0,
+        );
+        self.log = Some(rebuilt.log_tail);
+        if let rebuild::Ended::Failed(message) = rebuilt.ended {
+            restore_current(state_dir, previous.as_ref());
+            return Ok(Outcome::RebuildFailed { message });
+        }
+        if let Some(message) = self.health_check(manifest) {
+            let rolled_back = self.roll_back(previous.as_ref(), manifest.apply.action);
+            return Ok(Outcome::HealthFailed {
+                message,
+                rolled_back,
+            });
+        }
+        Ok(Outcome::Applied {
+            reboot: self.reboot_needed(manifest),
+        })
+    }
+
+    /// `rebuild` with `{action}`, `{config}` (`state_dir/current/config`) and `{host}` filled in.
+    fn rebuild_argv(&self, action: Action) -> Vec<String> {
+        let config_dir = self.cfg.state_dir.join(CURRENT_LINK).join(CONFIG_DIR);
+        rebuild::argv(&self.cfg.rebuild.0, action, &config_dir, &self.cfg.host)
+    }
+
+    /// Runs the release's health check, if it has one; `Some` is why it failed (its output joins the log).
+    fn health_check(&mut self, manifest: &Manifest) -> Option<String> {
+        if manifest.apply.health_check.is_empty() {
+            return None;
+        }
         let check = rebuild::run(
             &manifest.apply.health_check,
-            &cfg.state_dir.join("health.log"),
-            cfg.rebuild_timeout.0,
+            &self.cfg.state_dir.join("health.log"),
+            self.cfg.rebuild_timeout.0,
         );
-        if let rebuild::Ended::Failed(message) = check.ended {
-            if let Some(log) = log_out.as_mut() {
-                log.extend_from_slice(b"\n--- health check ---\n");
-                log.extend_from_slice(&check.log_tail);
-            }
-            let (result, rolled) = roll_back(cfg, opts, previous.as_ref(), manifest.apply.action);
-            return Ok((
-                fetch,
-                deployed,
-                Err((
-                    result,
-                    PullError::Health {
-                        id: id.clone(),
-                        message,
-                        rolled,
-                    },
-                )),
-            ));
+        let rebuild::Ended::Failed(message) = check.ended else {
+            return None;
+        };
+        if let Some(log) = self.log.as_mut() {
+            log.extend_from_slice(b"\n--- health check ---\n");
+            log.extend_from_slice(&check.log_tail);
+        }
+        Some(message)
+    }
+
+    fn reboot_needed(&self, manifest: &Manifest) -> bool {
+        manifest.apply.reboot == Reboot::IfNeeded
+            && matches!(manifest.apply.action, Action::Switch | Action::Boot)
+            && reboot::needed(&self.opts.booted_system, &self.opts.system_profile)
+    }
+
+    /// After a failed health check: deploy the previous release's `files/` again and rebuild
+    /// it, if there is one, so a rolled-back host runs the old configuration with the old files.
+    fn roll_back(&self, previous: Option<&ReleaseId>, action: Action) -> RollBack {
+        let Some(prev) = previous else {
+            return RollBack::NoPrevious;
+        };
+        let to = prev.clone();
+        if let Err(error) = self.redeploy(prev) {
+            return RollBack::RedeployFailed { to, error };
+        }
+        restore_current(&self.cfg.state_dir, Some(prev));
+        let back = rebuild::run(
+            &self.rebuild_argv(action),
+            &self.cfg.state_dir.join("rollback.log"),
+            self.cfg.rebuild_timeout.0,
+        );
+        match back.ended {
+            rebuild::Ended::Success => RollBack::Done { to },
+            rebuild::Ended::Failed(message) => RollBack::RebuildFailed { to, message },
         }
     }
-    let reboot = manifest.apply.reboot == crate::settings::Reboot::IfNeeded
-        && matches!(
-            manifest.apply.action,
-            crate::settings::Action::Switch | crate::settings::Action::Boot
-        )
-        && reboot::needed(&opts.booted_system, &opts.system_profile);
-    Ok((fetch, deployed, Ok(reboot)))
-}
 
-/// After a failed health check: deploy the previous release's `files/` again and rebuild
-/// it, if there is one, so a rolled-back host runs the old configuration with the old files.
-fn roll_back(
-    cfg: &ClientConfig,
-    opts: &PollOptions,
-    previous: Option<&ReleaseId>,
-    action: crate::settings::Action,
-) -> (PullResult, String) {
-    let Some(prev) = previous else {
-        return (
-            PullResult::Failed,
-            "there is no previous release to roll back to".into(),
-        );
-    };
-    let store = Store::new(&cfg.state_dir);
-    let redeployed = std::fs::read(store.release(prev).join(MANIFEST_FILE))
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| Manifest::parse_verified(&bytes, prev).map_err(|e| e.to_string()))
-        .and_then(|old| {
-            deploy::deploy(
-                &old,
-                &DeployOptions {
-                    root: &cfg.root,
-                    release_dir: &store.release(prev),
-                    state_dir: &cfg.state_dir,
-                    chown_root: opts.chown_root,
-                },
-            )
-            .map_err(|e| e.to_string())
-        });
-    if let Err(e) = redeployed {
-        return (
-            PullResult::Failed,
-            format!(
-                "rolling back to release {}: its files/ could not be deployed again: {e}",
-                prev.short()
-            ),
-        );
+    /// The `files/` of a release in the store, deployed again from its own MANIFEST.
+    fn redeploy(&self, id: &ReleaseId) -> Result<DeployStats, String> {
+        let bytes = std::fs::read(self.store().release(id).join(MANIFEST_FILE))
+            .map_err(|e| e.to_string())?;
+        let manifest = Manifest::parse_verified(&bytes, id).map_err(|e| e.to_string())?;
+        self.deploy(id, &manifest).map_err(|e| e.to_string())
     }
-    restore_current(&cfg.state_dir, Some(prev));
-    let config_dir = cfg.state_dir.join(CURRENT_LINK).join(CONFIG_DIR);
-    let argv = rebuild::argv(&cfg.rebuild.0, action, &config_dir, &cfg.host);
-    let back = rebuild::run(
-        &argv,
-        &cfg.state_dir.join("rollback.log"),
-        cfg.rebuild_timeout.0,
-    );
-    match back.ended {
-        rebuild::Ended::Success => (
-            PullResult::RolledBack,
-            format!("rolled back to release {}", prev.short()),
-        ),
-        rebuild::Ended::Failed(m) => (
-            PullResult::Failed,
-            format!("rolling back to release {} failed too: {m}", prev.short()),
-        ),
+
+    /// Records and reports how the attempt ended.
+    async fn conclude(self, attempt: Attempt) -> Result<Polled, PullError> {
+        let id = self.id.clone();
+        match attempt.outcome {
+            Outcome::Applied { reboot } => self.applied(attempt, reboot).await,
+            Outcome::RebuildFailed { message } => {
+                self.fail(PullResult::Failed, PullError::Rebuild { id, message })
+                    .await
+            }
+            Outcome::HealthFailed {
+                message,
+                rolled_back,
+            } => {
+                let rolled = rolled_back.to_string();
+                let err = PullError::Health {
+                    id,
+                    message,
+                    rolled,
+                };
+                self.fail(rolled_back.result(), err).await
+            }
+        }
+    }
+
+    async fn applied(mut self, attempt: Attempt, reboot: bool) -> Result<Polled, PullError> {
+        let id = self.id.clone();
+        self.state.applied = Some(Applied {
+            id: id.clone(),
+            seq: attempt.seq,
+            at: format_time((self.opts.now)()),
+        });
+        self.state.failure = None;
+        self.state.save(&self.cfg.state_dir)?;
+        self.report.result = PullResult::Ok;
+        self.report.applied = Some(id.to_string());
+        self.upload().await?;
+        self.store().prune(&[&id]);
+        Ok(Polled::Applied {
+            id,
+            seq: attempt.seq,
+            fetch: attempt.fetch,
+            deployed: attempt.deployed,
+            reboot,
+        })
+    }
+
+    /// A failure before the rebuild: nothing changed on this machine.
+    async fn not_applied(self, e: PullError) -> Result<Polled, PullError> {
+        if e.is_transport() {
+            self.state.save(&self.cfg.state_dir)?;
+            return Err(e);
+        }
+        self.fail(PullResult::Failed, e).await
+    }
+
+    /// Counts the failure toward the release's backoff and reports it (a report that cannot be uploaded is only logged).
+    async fn fail(mut self, result: PullResult, e: PullError) -> Result<Polled, PullError> {
+        let message = e.to_string();
+        let backoff = (self.cfg.backoff_initial.0, self.cfg.backoff_max.0);
+        let (now, seq) = ((self.opts.now)(), self.report.seq);
+        self.state
+            .record_failure(&self.id, seq, &message, now, backoff);
+        self.state.save(&self.cfg.state_dir)?;
+        self.report.result = result;
+        self.report.error = Some(message);
+        if let Err(upload) = self.upload().await {
+            tracing::warn!("{upload}");
+        }
+        Err(e)
+    }
+
+    /// Uploads the log, if any, then the report, both atomically.
+    async fn upload(&mut self) -> Result<(), PullError> {
+        let finished = format_time((self.opts.now)());
+        // Read at the end: the rebuild may just have switched it.
+        self.report.system = std::fs::read_link(&self.opts.system_link)
+            .ok()
+            .map(|p| p.display().to_string());
+        self.report.finished = Some(finished.clone());
+        self.report.last_seen = finished;
+        if let Some(log) = &self.log {
+            self.remote
+                .write_atomic(&remote_path(&[REPORTS_DIR, REBUILD_LOG_FILE]), log)
+                .await
+                .map_err(PullError::Report)?;
+        }
+        self.remote
+            .write_atomic(
+                &remote_path(&[REPORTS_DIR, STATUS_FILE]),
+                self.report.render().as_bytes(),
+            )
+            .await
+            .map_err(PullError::Report)
     }
 }
 
@@ -474,7 +600,7 @@ fn point_current(state_dir: &Path, id: &ReleaseId) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(Path::new(RELEASES_DIR).join(id.as_str()), &tmp)?;
     std::fs::rename(&tmp, state_dir.join(CURRENT_LINK))?;
-    state::fsync_dir(state_dir)
+    crate::durable::sync_dir(state_dir)
 }
 
 fn restore_current(state_dir: &Path, previous: Option<&ReleaseId>) {
@@ -485,34 +611,6 @@ fn restore_current(state_dir: &Path, previous: Option<&ReleaseId>) {
     if let Err(e) = result {
         tracing::warn!("cannot point {CURRENT_LINK} back to the previous release: {e}");
     }
-}
-
-async fn upload_report<R: Remote>(
-    remote: &mut R,
-    report: &mut Report,
-    opts: &PollOptions,
-    log: Option<&[u8]>,
-) -> Result<(), PullError> {
-    let finished = format_time((opts.now)());
-    // Read at the end: the rebuild may just have switched it.
-    report.system = std::fs::read_link(&opts.system_link)
-        .ok()
-        .map(|p| p.display().to_string());
-    report.finished = Some(finished.clone());
-    report.last_seen = finished;
-    if let Some(log) = log {
-        remote
-            .write_atomic(&remote_path(&[REPORTS_DIR, REBUILD_LOG_FILE]), log)
-            .await
-            .map_err(PullError::Report)?;
-    }
-    remote
-        .write_atomic(
-            &remote_path(&[REPORTS_DIR, STATUS_FILE]),
-            report.render().as_bytes(),
-        )
-        .await
-        .map_err(PullError::Report)
 }
 
 #[cfg(test)]

@@ -81,9 +81,8 @@ pub fn run(argv: &[String], log_path: &Path, timeout: Duration) -> Outcome {
                 break Ended::Failed(format!("{} exited with {status}", argv.join(" ")));
             }
             Ok(None) if start.elapsed() >= timeout => {
-                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
+                let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 break Ended::Failed(format!(
                     "{} did not finish within {} and was killed",

@@ -167,8 +167,6 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Sta
     crate::durable::write_atomic(path, bytes, mode, crate::durable::Owner::Caller).map_err(io(path))
 }
 
-pub use crate::durable::sync_dir as fsync_dir;
-
 #[cfg(test)]
 mod tests {
     use super::*;

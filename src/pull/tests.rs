@@ -77,7 +77,7 @@ backoff_max = "1h"
             opts: PollOptions {
                 retry_now: false,
                 allow_downgrade: false,
-                chown_root: false,
+                owner: crate::durable::Owner::Caller,
                 system_link: "/nonexistent/current-system".into(),
                 booted_system: "/nonexistent/booted-system".into(),
                 system_profile: "/nonexistent/profiles/system".into(),

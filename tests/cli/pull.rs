@@ -146,7 +146,7 @@ fn a_concurrent_pull_exits_at_once() {
     .unwrap();
     fs::create_dir(&state).unwrap();
     let lock = fs::File::create(state.join("lock")).unwrap();
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
     let t = std::time::Instant::now();
     tiffin()
         .args(["pull", "--config"])
