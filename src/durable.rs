@@ -30,8 +30,9 @@ impl Owner {
 /// Gives a freshly written file its final mode (the umask may have narrowed the one given at
 /// creation) and owner, and fsyncs it: the one last step of every durable write.
 pub fn finish(file: &fs::File, mode: u32, owner: Owner) -> std::io::Result<()> {
-    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    // Owner first: chown clears set-id bits, so the mode must come after it.
     owner.apply(file)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.sync_all()
 }
 
