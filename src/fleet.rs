@@ -184,75 +184,9 @@ impl Fleet {
                 FleetConfig::default()
             }
         };
-        if config.server.keep_releases == 0 {
-            problems.push(Problem::error(
-                None,
-                FLEET_FILE,
-                "server.keep_releases must be at least 1",
-            ));
-        }
-        if !config.server.chroot_root.is_absolute() {
-            problems.push(Problem::error(
-                None,
-                FLEET_FILE,
-                format!(
-                    "server.chroot_root {:?} must be an absolute path",
-                    config.server.chroot_root
-                ),
-            ));
-        }
-        for line in &config.server.sshd_extra {
-            if line.contains('\n') || line.trim().is_empty() {
-                problems.push(Problem::error(
-                    None,
-                    FLEET_FILE,
-                    format!(
-                        "server.sshd_extra entry {line:?} must be one non-empty sshd_config line"
-                    ),
-                ));
-            }
-        }
+        server_problems(&config.server, &mut problems);
         let mut hosts = BTreeMap::new();
-        let hosts_dir = root.join("hosts");
-        let entries = match fs::read_dir(&hosts_dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Fleet {
-                    root: root.to_owned(),
-                    config,
-                    hosts,
-                    problems,
-                });
-            }
-            Err(e) => return Err(FleetError::io(&hosts_dir)(e)),
-        };
-        let mut names: Vec<String> = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(FleetError::io(&hosts_dir))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-        names.sort();
-        for dir_name in names {
-            let rel = Path::new("hosts").join(&dir_name);
-            if dir_name.starts_with('.') || !root.join(&rel).is_dir() {
-                continue;
-            }
-            let name: HostName = match dir_name.parse() {
-                Ok(n) => n,
-                Err(e) => {
-                    problems.push(Problem::error(None, &rel, e.to_string()));
-                    continue;
-                }
-            };
-            // Read nothing through a host directory that leads outside the repository;
-            // `check` and `publish` name the link (release::resolve_host_tree).
-            let inside = match (fs::canonicalize(root), fs::canonicalize(root.join(&rel))) {
-                (Ok(real_root), Ok(real)) => real.starts_with(real_root),
-                _ => false,
-            };
-            if !inside {
-                continue;
-            }
+        for name in host_dir_names(root, &mut problems)? {
             if let Some(host) = load_host(root, &config, &name, &mut problems) {
                 hosts.insert(name, host);
             }
@@ -265,7 +199,6 @@ impl Fleet {
         })
     }
 
-    /// Every directory under hosts/ with a valid host name, loaded or not.
     pub fn host_dirs(&self) -> Vec<HostName> {
         let mut names: Vec<HostName> = fs::read_dir(self.root.join("hosts"))
             .into_iter()
@@ -332,6 +265,75 @@ fn account_problem(user_prefix: &str, name: &HostName) -> Option<Problem> {
             ),
         )
     })
+}
+
+/// Settings of `[server]` that no server could use.
+fn server_problems(server: &ServerSettings, problems: &mut Vec<Problem>) {
+    if server.keep_releases == 0 {
+        problems.push(Problem::error(
+            None,
+            FLEET_FILE,
+            "server.keep_releases must be at least 1",
+        ));
+    }
+    if !server.chroot_root.is_absolute() {
+        problems.push(Problem::error(
+            None,
+            FLEET_FILE,
+            format!(
+                "server.chroot_root {:?} must be an absolute path",
+                server.chroot_root
+            ),
+        ));
+    }
+    for line in &server.sshd_extra {
+        if line.contains('\n') || line.trim().is_empty() {
+            problems.push(Problem::error(
+                None,
+                FLEET_FILE,
+                format!("server.sshd_extra entry {line:?} must be one non-empty sshd_config line"),
+            ));
+        }
+    }
+}
+
+/// The valid host names under `hosts/`, sorted; a bad name is a problem. A host directory
+/// that leads outside the repository is left out here (nothing is read through it);
+/// `check` and `publish` name the link (`host_tree::resolve_host_tree`).
+fn host_dir_names(root: &Path, problems: &mut Vec<Problem>) -> Result<Vec<HostName>, FleetError> {
+    let hosts_dir = root.join("hosts");
+    let entries = match fs::read_dir(&hosts_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FleetError::io(&hosts_dir)(e)),
+    };
+    let mut dir_names: Vec<String> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(FleetError::io(&hosts_dir))?;
+        dir_names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    dir_names.sort();
+    let real_root = fs::canonicalize(root).ok();
+    let mut names = Vec::new();
+    for dir_name in dir_names {
+        let rel = Path::new("hosts").join(&dir_name);
+        if dir_name.starts_with('.') || !root.join(&rel).is_dir() {
+            continue;
+        }
+        match dir_name.parse::<HostName>() {
+            Err(e) => problems.push(Problem::error(None, &rel, e.to_string())),
+            Ok(name) => {
+                let inside = match (&real_root, fs::canonicalize(root.join(&rel))) {
+                    (Some(real_root), Ok(real)) => real.starts_with(real_root),
+                    _ => false,
+                };
+                if inside {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Ok(names)
 }
 
 fn load_host(
