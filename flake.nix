@@ -45,10 +45,6 @@
       };
     };
 
-    # Used by the VM tests' fleet flake (nixos-tests/lib/vm-flake.nix) to
-    # build a client's system inside its VM exactly as the test pre-built it.
-    lib.vmTest.clientSystem = import ./nixos-tests/lib/client-system.nix {inherit self;};
-
     checks = forAllSystems (pkgs: let
       tiffin = packageFor pkgs;
     in

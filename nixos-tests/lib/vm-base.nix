@@ -1,19 +1,16 @@
-# What every client VM runs besides its scenario configuration, both as the
-# test node and inside each system the client switches to: the tiffin client
-# pointed at the server VM, the server's pinned key, and Nix without
-# substituters (the VMs are offline). `vm` is the JSON-able data of
+# What every client VM runs besides its fleet configuration, both as the
+# test node and inside each system the client switches to (through the
+# fleet's common/vm-test.nix): the lab's address, the server's key for
+# OpenSSH's own clients, the held-back timer, and Nix without substituters
+# (the VMs are offline). `vm` is the JSON-able data of
 # nixos-tests/scenario-test.nix: { nodeName, system, serverAddress,
 # labAddress, serverPublicKey, ... }.
 vm: {lib, ...}: {
-  services.tiffin.client = {
-    enable = true;
-    host = vm.nodeName;
-    # The lab's addresses (192.0.2.0/24) on the test network as well, so the
-    # client talks to the server as in the lab and scenario commands that
-    # name 192.0.2.1 work unchanged.
-    server = vm.serverAddress;
-    inherit (vm) serverPublicKey;
-  };
+  # The tiffin client itself comes from the fleet (its flake template and
+  # common/tiffin.nix, reading the fleet.toml the test writes: the server at
+  # 192.0.2.1 and its fixed host key). The lab's addresses (192.0.2.0/24) are
+  # on the test network as well, so the client talks to the server as in the
+  # lab and scenario commands that name 192.0.2.1 work unchanged.
   networking.interfaces.eth1.ipv4.addresses = [
     {
       address = vm.labAddress;
