@@ -17,9 +17,10 @@ vm: {lib, ...}: {
       prefixLength = 24;
     }
   ];
-  # The timer is installed but not started: each pull step starts the real
-  # unit itself, so no timer run races a step.
-  systemd.timers.tiffin-pull.wantedBy = lib.mkForce [];
+  # The timer stays installed and enabled, as on a real host (a client checks
+  # that the system it switches to still has both), but never fires: each
+  # pull step starts the real unit itself, so no timer run races a step.
+  services.tiffin.client.interval = lib.mkForce "2100-01-01";
 
   # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
   # steps and scenario commands, which use OpenSSH's own ssh and sftp.
