@@ -526,11 +526,11 @@ pub fn poll_calendar(interval: std::time::Duration) -> Option<String> {
     if interval.subsec_nanos() != 0 || secs == 0 {
         return None;
     }
-    if secs < 60 && 60 % secs == 0 {
+    if secs < 60 && 60u64.is_multiple_of(secs) {
         Some(format!("*:*:0/{secs}"))
-    } else if secs < 3600 && secs % 60 == 0 && 60 % (secs / 60) == 0 {
+    } else if secs < 3600 && secs.is_multiple_of(60) && 60u64.is_multiple_of(secs / 60) {
         Some(format!("*:0/{}", secs / 60))
-    } else if secs < 86400 && secs % 3600 == 0 && 24 % (secs / 3600) == 0 {
+    } else if secs < 86400 && secs.is_multiple_of(3600) && 24u64.is_multiple_of(secs / 3600) {
         Some(format!("0/{}:00", secs / 3600))
     } else if secs == 86400 {
         Some("daily".to_owned())
