@@ -33,7 +33,7 @@ with subtest("fleet repository: tiffin init, host add, the scenario's [fleet]"):
 with subtest("client1: the client module is ready"):
     client1.wait_for_unit("multi-user.target")
     # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
-    client1.succeed("systemctl cat tiffin-pull.timer && systemctl is-enabled tiffin-pull.timer")
+    client1.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
     # The system generations before any pull, so steps can count the rebuilds since.
     client1.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
     client1.succeed("install -D -m 0600 /nix/store/z84f51vpsm2r5l1my26nwkj5r8pq204n-client1-identity /etc/tiffin/id_ed25519")
@@ -45,7 +45,7 @@ with subtest("client1: the client module is ready"):
 with subtest("client2: the client module is ready"):
     client2.wait_for_unit("multi-user.target")
     # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
-    client2.succeed("systemctl cat tiffin-pull.timer && systemctl is-enabled tiffin-pull.timer")
+    client2.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
     # The system generations before any pull, so steps can count the rebuilds since.
     client2.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
     client2.succeed("install -D -m 0600 /nix/store/qdzpsy6379vxn8a3hsz7wfnp816hnnca-client2-identity /etc/tiffin/id_ed25519")
