@@ -2,7 +2,8 @@
   description = "tiffin: keep a fleet of NixOS machines up to date by pull, over per-host SFTP chroots";
 
   # flake.lock is written by `nix flake lock` (or any nix command) on first use.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+  # nixos-26.05 ships rustc 1.95; Cargo.toml's rust-version (scripts/check-msrv) must not exceed it.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs = {
     self,
@@ -12,6 +13,10 @@
     systems = ["x86_64-linux" "aarch64-linux"];
     forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     packageFor = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+    # The modules build the package from the system's own pkgs (not this
+    # flake's legacyPackages), so a system evaluates to the same store paths
+    # wherever it is evaluated from the same sources.
+    modulePackage = pkgs: pkgs.callPackage ./nix/package.nix {};
   in {
     packages = forAllSystems (pkgs: rec {
       tiffin = pkgs.callPackage ./nix/package.nix {};
@@ -25,7 +30,7 @@
         ...
       }: {
         imports = [./nix/modules/client.nix];
-        services.tiffin.client.package = lib.mkDefault (packageFor pkgs);
+        services.tiffin.client.package = lib.mkDefault (modulePackage pkgs);
       };
       server = {
         lib,
@@ -33,16 +38,12 @@
         ...
       }: {
         imports = [./nix/modules/server.nix];
-        services.tiffin.server.package = lib.mkDefault (packageFor pkgs);
+        services.tiffin.server.package = lib.mkDefault (modulePackage pkgs);
       };
       default = {
         imports = [self.nixosModules.client self.nixosModules.server];
       };
     };
-
-    # Used by the VM tests' fleet flake (nixos-tests/lib/vm-flake.nix) to
-    # build a client's system inside its VM exactly as the test pre-built it.
-    lib.vmTest.clientSystem = import ./nixos-tests/lib/client-system.nix {inherit self;};
 
     checks = forAllSystems (pkgs: let
       tiffin = packageFor pkgs;

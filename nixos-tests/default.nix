@@ -1,6 +1,12 @@
 # One NixOS VM test per lab scenario in vm-scenarios/*.toml, named
 # vm-<scenario>; `nix flake check` runs them all, `nix build
 # .#checks.<system>.vm-<scenario>` one.
+#
+# A scenario whose test does not evaluate (its translation or one of its
+# configurations throws or fails an assertion in a way the test does not
+# expect) becomes a check that fails naming the scenario, so it does not stop
+# `nix flake check` from evaluating the others. The error itself:
+#   nix eval .#checks.<system>.vm-<scenario>.test.drvPath --show-trace
 {
   pkgs,
   self,
@@ -18,9 +24,20 @@ in
       name = lib.removeSuffix ".toml" file;
     in {
       name = "vm-${name}";
-      value = scenarioTest {
-        inherit name;
-        text = builtins.readFile (dir + "/${file}");
-      };
+      value = let
+        test = scenarioTest {
+          inherit name;
+          text = builtins.readFile (dir + "/${file}");
+        };
+        evaluated = builtins.tryEval (builtins.seq test.drvPath test);
+      in
+        if evaluated.success
+        then evaluated.value
+        else
+          pkgs.runCommand "tiffin-${name}-does-not-evaluate" {passthru = {inherit test;};} ''
+            echo "nixos-tests: the VM test of vm-scenarios/${file} does not evaluate." >&2
+            echo "See why with: nix eval .#checks.${pkgs.stdenv.hostPlatform.system}.vm-${name}.test.drvPath --show-trace" >&2
+            exit 1
+          '';
     })
     files)

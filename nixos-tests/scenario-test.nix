@@ -1,13 +1,19 @@
 # One NixOS VM test from one lab scenario: a server VM with
-# services.tiffin.server and a VM per client with services.tiffin.client,
-# driven by the testScript lib/translate.nix writes from the scenario.
+# services.tiffin.server and a VM per client, driven by the testScript
+# lib/translate.nix writes from the scenario.
+#
+# The fleet on the server is the one `tiffin init` and `tiffin host add`
+# make, as a user's is: each host's system comes from the fleet's own flake
+# template, which brings tiffin's client module and common/tiffin.nix
+# (configured from fleet.toml). Only the template's input URLs change, and
+# common/tiffin.nix gains the VM's own parts (lib/vm-flake.nix).
 #
 # Each client really runs `nixos-rebuild switch --flake` on what it pulled.
 # The VMs are offline, so every system a client will switch to (one per
 # configuration.nix text the scenario gives it) is built on the host and put
 # into the client's store, and the flake it pulls pins the very nixpkgs and
-# tiffin sources the test used (lib/vm-flake.nix): the rebuild inside the VM
-# evaluates to the same store paths and finds them built.
+# tiffin sources the test used: the rebuild inside the VM evaluates to the
+# same store paths and finds them built. An early step checks exactly that.
 {
   pkgs,
   self,
@@ -19,23 +25,22 @@
   inherit (pkgs) lib;
   keys = import ./keys.nix;
   system = pkgs.stdenv.hostPlatform.system;
+  templates = ../src/templates;
 
   translate = vmFiles:
     import ./lib/translate.nix {
-      inherit name text keys vmFiles;
-      templates = ../src/templates;
+      inherit name text keys vmFiles templates;
     };
   # What does not depend on the evaluated nodes (machines, server settings,
   # configurations); the testScript below passes the real files.
   scenario = translate (throw "nixos-tests: vmFiles are only known to the testScript");
 
-  clientSystem = import ./lib/client-system.nix {inherit self;};
   vmFlake = import ./lib/vm-flake.nix {
-    inherit nixpkgs;
+    inherit nixpkgs templates;
     tiffin = self;
   };
 
-  # The data a client's VM base needs, the same on the host and, through
+  # The data a client's VM parts need, the same on the host and, through
   # hosts/<client>/tiffin-vm.json, in the VM; JSON both ways so they match.
   vmData = client: networkConfig:
     builtins.fromJSON (builtins.toJSON {
@@ -45,39 +50,87 @@
       labAddress = scenario.labAddress client;
       serverPublicKey = keys.server.public;
     });
+  vmJsonFile = client: networkConfig: builtins.toFile "tiffin-vm.json" (builtins.toJSON (vmData client networkConfig));
 
-  # configuration.nix imports ./common, which in the VM is the fleet's
-  # common/default.nix (written by `tiffin init` from src/templates/common.nix).
-  # On the host the configuration is a lone file, so point it at that template.
-  commonFile = builtins.toFile "common.nix" (builtins.readFile ../src/templates/common.nix);
+  # The fleet's files as the host evaluates them: a release's config/ is a
+  # directory, but here each file is a lone store file, so the relative paths
+  # between them are replaced by the store paths of the files they name (the
+  # early VM step proves the result equals what the VM evaluates from the
+  # real directory).
+  fleetTomlFile = builtins.toFile "fleet.toml" (builtins.readFile scenario.fleetToml);
+  fleetTiffin = builtins.toFile "fleet-tiffin.nix" (builtins.replaceStrings ["./fleet.toml"] ["${fleetTomlFile}"] (builtins.readFile (templates + "/tiffin.nix")));
+  common = builtins.toFile "common.nix" (builtins.readFile (templates + "/common.nix"));
+  vmTestOnHost = client: networkConfig: builtins.toFile "vm-test.nix" (vmFlake.vmTestNix "${vmJsonFile client networkConfig}");
+  tiffinOnHost = client: networkConfig: builtins.toFile "tiffin.nix" (vmFlake.tiffinWrapper "${fleetTiffin}" "${vmTestOnHost client networkConfig}");
   onHost = configuration:
     builtins.toFile "configuration.nix" (builtins.replaceStrings
       ["./common/default.nix" "./common]" "./common;" "./common " "./common\n" "./common)"]
-      ["${commonFile}" "${commonFile}]" "${commonFile};" "${commonFile} " "${commonFile}\n" "${commonFile})"]
+      ["${common}" "${common}]" "${common};" "${common} " "${common}\n" "${common})"]
       configuration);
+  # The fleet's flake, as the VM's templates/flake.nix, with the host's files.
+  flakeOnHost = client: networkConfig: configuration:
+    import (builtins.toFile "flake.nix" (builtins.replaceStrings
+      ["./configuration.nix" "./common/tiffin.nix"]
+      ["${onHost configuration}" "${tiffinOnHost client networkConfig}"]
+      vmFlake.flakeNix));
+
+  # The system a client's fleet flake gives for one configuration.nix text.
+  fleetSystem = client: networkConfig: configuration: let
+    outputs = (flakeOnHost client networkConfig configuration).outputs {
+      inherit nixpkgs;
+      tiffin = self;
+    };
+  in
+    outputs.nixosConfigurations.${client}
+    or (throw "nixos-tests: ${name}: the fleet flake of ${client} has no nixosConfigurations.${client} (networking.hostName must be the host's name)");
 
   # The systems a client will switch to. A configuration meant to fail (it
   # throws while evaluating, as the lab's rebuild stand-in expects) has none.
   targetSystems = client: networkConfig:
     lib.concatMap (configuration: let
-      toplevel =
-        (clientSystem {
-          inherit nixpkgs;
-          configuration = onHost configuration;
-          vm = vmData client networkConfig;
-        })
-        .config
-        .system
-        .build
-        .toplevel;
+      toplevel = (fleetSystem client networkConfig configuration).config.system.build.toplevel;
       evaluated = builtins.tryEval toplevel.drvPath;
     in
       lib.optional evaluated.success toplevel)
     scenario.configurations.${client};
 
-  clientNode = client: {config, ...}: {
+  # The host's release config/ as a real directory (the files `tiffin init`,
+  # `host add` and the test write, links dereferenced), for the early step
+  # that evaluates it in the VM. Built, never read while evaluating.
+  configTree = client: networkConfig: configuration: let
+    file = n: t: builtins.toFile n t;
+  in
+    pkgs.runCommand "tiffin-vm-${client}-config" {} ''
+      mkdir -p $out/common
+      cp ${file "flake.nix" vmFlake.flakeNix} $out/flake.nix
+      cp ${file "flake.lock" vmFlake.flakeLock} $out/flake.lock
+      cp ${file "configuration.nix" configuration} $out/configuration.nix
+      cp ${vmJsonFile client networkConfig} $out/tiffin-vm.json
+      cp ${templates + "/common.nix"} $out/common/default.nix
+      cp ${templates + "/tiffin.nix"} $out/common/fleet-tiffin.nix
+      cp ${fleetTomlFile} $out/common/fleet.toml
+      cp ${file "tiffin.nix" (vmFlake.tiffinWrapper "./fleet-tiffin.nix" "./vm-test.nix")} $out/common/tiffin.nix
+      cp ${file "vm-test.nix" (vmFlake.vmTestNix "../tiffin-vm.json")} $out/common/vm-test.nix
+    '';
+  # The first configuration of a client that evaluates, its tree and its system.
+  evalCheck = client: networkConfig: let
+    evaluates = configuration: (builtins.tryEval (fleetSystem client networkConfig configuration).config.system.build.toplevel.drvPath).success;
+    first = lib.findFirst evaluates null scenario.configurations.${client};
+  in
+    if first == null
+    then null
+    else {
+      tree = configTree client networkConfig first;
+      toplevel = (fleetSystem client networkConfig first).config.system.build.toplevel;
+    };
+
+  clientNode = client: {config, ...}: let
+    check = evalCheck client config.system.build.networkConfig;
+  in {
     imports = [
+      # The test node runs the client as the fleet configures it.
       self.nixosModules.client
+      fleetTiffin
       (import ./lib/vm-base.nix (vmData client null))
     ];
     virtualisation = {
@@ -86,7 +139,8 @@
       cores = 2;
       additionalPaths =
         ["${nixpkgs}" "${self}"]
-        ++ targetSystems client config.system.build.networkConfig;
+        ++ targetSystems client config.system.build.networkConfig
+        ++ lib.optional (check != null) check.tree;
     };
   };
 in
@@ -135,7 +189,10 @@ in
       (translate {
         flakeNix = builtins.toFile "flake.nix" vmFlake.flakeNix;
         flakeLock = builtins.toFile "flake.lock" vmFlake.flakeLock;
-        vmJson = client: builtins.toFile "tiffin-vm.json" (builtins.toJSON (vmData client nodes.${client}.system.build.networkConfig));
+        tiffinWrapper = builtins.toFile "tiffin.nix" (vmFlake.tiffinWrapper "./fleet-tiffin.nix" "./vm-test.nix");
+        vmTestNix = builtins.toFile "vm-test.nix" (vmFlake.vmTestNix "../tiffin-vm.json");
+        vmJson = client: vmJsonFile client nodes.${client}.system.build.networkConfig;
+        evalCheck = client: evalCheck client nodes.${client}.system.build.networkConfig;
       })
       .testScript;
   }

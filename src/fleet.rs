@@ -20,6 +20,9 @@ pub const DEFAULT_AUTHORIZED_KEYS_DIR: &str = "/etc/tiffin/authorized_keys";
 pub const DEFAULT_POLL_INTERVAL: Interval = Interval::secs(15 * 60);
 pub const DEFAULT_KEEP_RELEASES: usize = 5;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tiffin";
+pub const DEFAULT_SERVER_PORT: u16 = 22;
+/// The tiffin input `tiffin init` writes into templates/flake.nix, to be replaced by the admin.
+pub const TIFFIN_INPUT_PLACEHOLDER: &str = "github:OWNER/tiffin";
 
 /// Errors of the fleet layer: reading and writing the admin's repository.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,12 @@ pub struct ServerSettings {
     /// Server state outside every chroot: each host's last seq (`seq/<host>`), so that
     /// re-provisioning, pruning or moving chroot_root never restarts a host's seq.
     pub state_dir: PathBuf,
+    /// Host name or address the hosts reach the server's sshd at (common/tiffin.nix).
+    pub address: Option<String>,
+    /// TCP port of the server's sshd, for the hosts (common/tiffin.nix).
+    pub port: u16,
+    /// The server's SSH host public key, pinned by every host (common/tiffin.nix).
+    pub host_key: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -99,6 +108,9 @@ impl Default for ServerSettings {
             sshd_extra: Vec::new(),
             keep_releases: DEFAULT_KEEP_RELEASES,
             state_dir: DEFAULT_STATE_DIR.into(),
+            address: None,
+            port: DEFAULT_SERVER_PORT,
+            host_key: None,
         }
     }
 }
@@ -185,6 +197,8 @@ impl Fleet {
             }
         };
         server_problems(&config.server, &mut problems);
+        client_settings_problems(&config, &mut problems);
+        problems.extend(template_problems(root));
         let mut hosts = BTreeMap::new();
         for name in host_dir_names(root, &mut problems)? {
             if let Some(host) = load_host(root, &config, &name, &mut problems) {
@@ -390,6 +404,22 @@ fn load_host(
             "no flake.lock beside it: each client resolves the inputs itself, so hosts may build different nixpkgs (run `nix flake lock` in the host directory, or symlink a shared lock)",
         ));
     }
+    if let Some(interval) = parsed.poll_interval
+        && interval != config.defaults.poll_interval
+    {
+        let configuration =
+            fs::read_to_string(root.join(&rel).join("configuration.nix")).unwrap_or_default();
+        if !configuration.contains("services.tiffin.client.interval") {
+            problems.push(Problem::warning(
+                Some(name),
+                &host_file,
+                format!(
+                    "poll_interval {interval} differs from fleet.toml's, but the host's timer comes from fleet.toml (common/tiffin.nix): also set services.tiffin.client.interval (a systemd calendar expression) in {}/configuration.nix",
+                    rel.display()
+                ),
+            ));
+        }
+    }
     ok.then(|| Host {
         name: name.clone(),
         public_key,
@@ -398,6 +428,119 @@ fn load_host(
             .unwrap_or(config.defaults.poll_interval),
         apply: config.defaults.apply.overridden_by(&parsed.apply),
     })
+}
+
+/// What the hosts' tiffin client reads from `[server]` and `[defaults]` (common/tiffin.nix).
+fn client_settings_problems(config: &FleetConfig, problems: &mut Vec<Problem>) {
+    let server = &config.server;
+    match &server.address {
+        None => problems.push(Problem::warning(
+            None,
+            FLEET_FILE,
+            "server.address is not set: the hosts' tiffin client (common/tiffin.nix) does not know where the server is, and a host's rebuild fails until it is set",
+        )),
+        Some(a) if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            problems.push(Problem::error(
+                None,
+                FLEET_FILE,
+                format!("server.address {a:?} must be a host name or address, without spaces"),
+            ));
+        }
+        Some(_) => {}
+    }
+    if server.port == 0 {
+        problems.push(Problem::error(
+            None,
+            FLEET_FILE,
+            "server.port must be a TCP port (1-65535)",
+        ));
+    }
+    match &server.host_key {
+        None => problems.push(Problem::warning(
+            None,
+            FLEET_FILE,
+            "server.host_key is not set: the hosts' tiffin client (common/tiffin.nix) pins it; give the server's /etc/ssh/ssh_host_ed25519_key.pub",
+        )),
+        Some(k) => {
+            if let Err(message) = parse_public_key(k) {
+                problems.push(Problem::error(
+                    None,
+                    FLEET_FILE,
+                    format!("server.host_key: {message}"),
+                ));
+            }
+        }
+    }
+    if poll_calendar(config.defaults.poll_interval.0).is_none() {
+        problems.push(Problem::warning(
+            None,
+            FLEET_FILE,
+            format!(
+                "defaults.poll_interval {} does not divide a minute, an hour or a day evenly, so common/tiffin.nix cannot make it the hosts' timer and their rebuilds fail: choose e.g. \"15m\" or \"1h\", or set services.tiffin.client.interval in every configuration.nix",
+                config.defaults.poll_interval
+            ),
+        ));
+    }
+}
+
+/// The systemd calendar expression common/tiffin.nix makes of a poll interval: one that
+/// fires evenly, so the interval must divide a minute, an hour or a day. `None` otherwise.
+pub fn poll_calendar(interval: std::time::Duration) -> Option<String> {
+    let secs = interval.as_secs();
+    if interval.subsec_nanos() != 0 || secs == 0 {
+        return None;
+    }
+    if secs < 60 && 60u64.is_multiple_of(secs) {
+        Some(format!("*:*:0/{secs}"))
+    } else if secs < 3600 && secs.is_multiple_of(60) && 60u64.is_multiple_of(secs / 60) {
+        Some(format!("*:0/{}", secs / 60))
+    } else if secs < 86400 && secs.is_multiple_of(3600) && 24u64.is_multiple_of(secs / 3600) {
+        Some(format!("0/{}:00", secs / 3600))
+    } else if secs == 86400 {
+        Some("daily".to_owned())
+    } else {
+        None
+    }
+}
+
+/// Whether the fleet's flake template and common/ still bring tiffin's client into every
+/// host's system (a fleet made by an older `tiffin init` may lack them).
+fn template_problems(root: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Ok(flake) = fs::read_to_string(root.join(TEMPLATE_FLAKE)) {
+        if !flake.contains("tiffin.nixosModules.client") {
+            problems.push(Problem::warning(
+                None,
+                TEMPLATE_FLAKE,
+                "does not add tiffin's client module (tiffin.nixosModules.client) to the hosts' systems: a host's first pull switches to a system without the tiffin client and the host stops pulling; add a `tiffin` input and the modules tiffin.nixosModules.client and ./common/tiffin.nix (tiffin's docs/nixos.md, \"An existing fleet\")",
+            ));
+        } else if flake.contains(TIFFIN_INPUT_PLACEHOLDER) {
+            problems.push(Problem::warning(
+                None,
+                TEMPLATE_FLAKE,
+                format!(
+                    "the tiffin input is still the placeholder {TIFFIN_INPUT_PLACEHOLDER:?}: set it to where you get tiffin from, then run `nix flake lock` in templates/"
+                ),
+            ));
+        }
+    }
+    if root.join("common").is_dir() {
+        if !root.join(COMMON_TIFFIN_NIX).is_file() {
+            problems.push(Problem::warning(
+                None,
+                COMMON_TIFFIN_NIX,
+                "missing: it configures every host's tiffin client from fleet.toml (server address, port, host key, poll interval); copy it from a fresh `tiffin init` (tiffin's docs/nixos.md, \"An existing fleet\")",
+            ));
+        }
+        if fs::metadata(root.join(COMMON_FLEET_TOML)).is_err() {
+            problems.push(Problem::warning(
+                None,
+                COMMON_FLEET_TOML,
+                "missing: common/tiffin.nix reads fleet.toml through it, in the repository and in every release; create it with `ln -s ../fleet.toml common/fleet.toml`",
+            ));
+        }
+    }
+    problems
 }
 
 /// Reads and deserializes a TOML file; the error is a one-line message
@@ -449,11 +592,19 @@ const INIT_FILES: &[(&str, &str)] = &[
         include_str!("templates/configuration.nix"),
     ),
     ("common/default.nix", include_str!("templates/common.nix")),
+    (COMMON_TIFFIN_NIX, include_str!("templates/tiffin.nix")),
     (
         ".gitignore",
         "# tiffin writes nothing into the fleet repository; keep it that way.\n",
     ),
 ];
+
+/// The module that configures every host's tiffin client (templates/flake.nix adds it).
+pub const COMMON_TIFFIN_NIX: &str = "common/tiffin.nix";
+/// The link through which common/tiffin.nix reads fleet.toml, in the repository and in a release.
+pub const COMMON_FLEET_TOML: &str = "common/fleet.toml";
+const TEMPLATE_FLAKE: &str = "templates/flake.nix";
+const TEMPLATE_LOCK: &str = "templates/flake.lock";
 
 pub const EXAMPLE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0F/EMgr0VKJtAWiIm+AEip+1wxUFWA08fWuUB5qDC example-replace-me";
 
@@ -470,6 +621,8 @@ pub fn init(dir: &Path) -> Result<(), FleetError> {
     for (rel, content) in INIT_FILES {
         write_new(&dir.join(rel), content)?;
     }
+    // A link, so publish copies fleet.toml into each release's config/common/.
+    symlink_new("../fleet.toml", &dir.join(COMMON_FLEET_TOML))?;
     add_host_unchecked(dir, &"example".parse().expect("valid"), EXAMPLE_KEY)
 }
 
@@ -501,7 +654,8 @@ fn add_host_unchecked(root: &Path, name: &HostName, key: &str) -> Result<(), Fle
     let tmp = root
         .join("hosts")
         .join(format!(".{name}.new-{}", std::process::id()));
-    let result = write_host_dir(&tmp, name, key)
+    let shared_lock = root.join(TEMPLATE_LOCK).is_file();
+    let result = write_host_dir(&tmp, name, key, shared_lock)
         .and_then(|()| fs::rename(&tmp, &dir).map_err(FleetError::io(&dir)));
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -509,7 +663,12 @@ fn add_host_unchecked(root: &Path, name: &HostName, key: &str) -> Result<(), Fle
     result
 }
 
-fn write_host_dir(dir: &Path, name: &HostName, key: &str) -> Result<(), FleetError> {
+fn write_host_dir(
+    dir: &Path,
+    name: &HostName,
+    key: &str,
+    shared_lock: bool,
+) -> Result<(), FleetError> {
     // A TOML basic string: parse_public_key allowed no control characters, so escaping
     // backslash and quote is all it takes.
     let key = key.replace('\\', "\\\\").replace('"', "\\\"");
@@ -526,6 +685,9 @@ fn write_host_dir(dir: &Path, name: &HostName, key: &str) -> Result<(), FleetErr
     let config = include_str!("templates/configuration.nix").replace("@HOST@", name.as_str());
     write_new(&dir.join("configuration.nix"), &config)?;
     symlink_new("../../templates/flake.nix", &dir.join("flake.nix"))?;
+    if shared_lock {
+        symlink_new("../../templates/flake.lock", &dir.join("flake.lock"))?;
+    }
     symlink_new("../../common", &dir.join("common"))?;
     let files = dir.join("files");
     fs::create_dir_all(&files).map_err(FleetError::io(&files))?;
@@ -546,4 +708,25 @@ fn write_new(path: &Path, content: &str) -> Result<(), FleetError> {
 
 fn symlink_new(target: &str, link: &Path) -> Result<(), FleetError> {
     std::os::unix::fs::symlink(target, link).map_err(FleetError::io(link))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::poll_calendar;
+    use std::time::Duration;
+
+    #[test]
+    fn poll_calendar_fires_evenly_or_not_at_all() {
+        let cal = |s| poll_calendar(Duration::from_secs(s));
+        assert_eq!(cal(30).as_deref(), Some("*:*:0/30"));
+        assert_eq!(cal(60).as_deref(), Some("*:0/1"));
+        assert_eq!(cal(15 * 60).as_deref(), Some("*:0/15"));
+        assert_eq!(cal(3600).as_deref(), Some("0/1:00"));
+        assert_eq!(cal(6 * 3600).as_deref(), Some("0/6:00"));
+        assert_eq!(cal(86400).as_deref(), Some("daily"));
+        for uneven in [7, 45, 90, 7 * 60, 90 * 60, 5 * 3600, 2 * 86400] {
+            assert_eq!(cal(uneven), None, "{uneven}s");
+        }
+        assert_eq!(poll_calendar(Duration::from_millis(1500)), None);
+    }
 }

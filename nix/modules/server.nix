@@ -26,6 +26,14 @@
       hostNames;
     extra = cfg.sshdExtra;
   };
+
+  # nixpkgs' sshd module writes services.openssh.extraConfig into sshd_config
+  # through an unquoted shell here-document (`cat … - >$out <<EOL`, in
+  # nixos/modules/services/networking/ssh/sshd.nix), so the build's shell
+  # expands `$`, backticks and `\` in it, and a line `EOL` ends it early.
+  # Refused rather than escaped: the text must reach sshd_config as written.
+  shellExpanded = s: builtins.match ".*[$`\\].*" s != null;
+  endsHeredoc = s: builtins.match "[[:space:]]*EOL[[:space:]]*" s != null;
 in {
   meta.maintainers = [];
 
@@ -98,6 +106,9 @@ in {
         Extra lines for every host's sshd `Match` block, like
         `server.sshd_extra` in `fleet.toml`. Only keywords sshd allows inside
         `Match` work; the system build checks the result with `sshd -T`.
+        Lines with `$`, a backtick or `\` are refused: nixpkgs' sshd module
+        passes {option}`services.openssh.extraConfig` through an unquoted
+        shell here-document, which would expand them.
       '';
     };
   };
@@ -114,7 +125,16 @@ in {
           message = "services.tiffin.server.hosts.${host}: the account ${account host} is longer than the 32 bytes a Unix account name may have; shorten the host name or userPrefix.";
         }
       ])
-      hostNames;
+      hostNames
+      ++ map (line: {
+        assertion = !(shellExpanded line || endsHeredoc line);
+        message = "services.tiffin.server.sshdExtra: the line ${builtins.toJSON line} would be changed on its way into sshd_config (nixpkgs' sshd module writes services.openssh.extraConfig through an unquoted shell here-document, which expands $, backticks and \\, and ends at a line EOL); write it without them.";
+      })
+      cfg.sshdExtra
+      ++ map (opt: {
+        assertion = !(shellExpanded cfg.${opt});
+        message = "services.tiffin.server.${opt}: ${builtins.toJSON cfg.${opt}} holds $, a backtick or \\, which the shell writing sshd_config would expand; choose a path without them.";
+      }) ["chrootRoot" "authorizedKeysDir"];
 
     environment.systemPackages = [cfg.package];
 
@@ -140,7 +160,7 @@ in {
       hostNames);
     users.groups = lib.genAttrs (map account hostNames) (_: {});
 
-    # The owners and modes of DESIGN.md and docs/provision.md: the chroot and
+    # The owners and modes `tiffin provision` gives (docs/provision.md): the chroot and
     # releases/ root:<account> 0750, reports/ the account's own 0700; publish
     # creates the releases and CURRENT with the same group.
     systemd.tmpfiles.settings."10-tiffin-server" =
@@ -192,7 +212,9 @@ in {
       hostNames);
 
     services.openssh.enable = true;
-    # Match blocks must come last in sshd_config.
+    # Match blocks must come last in sshd_config. Whatever another module adds
+    # to extraConfig ordered after this (a later lib.mkAfter or lib.mkOrder >
+    # 1500) lands inside the last Match block and applies to that host only.
     services.openssh.extraConfig = lib.mkIf (hostNames != []) (lib.mkAfter matchBlocks);
   };
 }

@@ -11,6 +11,7 @@
       type = "derivation";
       inherit name;
       outPath = fakePath name;
+      drvPath = fakePath "${name}.drv";
       overrideAttrs = f: drv "${name}-overridden" (attrs // f attrs);
     };
   pkgsFor = system: rec {
@@ -47,7 +48,9 @@ in {
   outputs = builtins.attrNames self;
   packages = lib.mapAttrs (_: builtins.attrNames) self.packages;
   checks = lib.mapAttrs (_: builtins.attrNames) self.checks;
-  vmTestNames = lib.mapAttrs (_: checks: lib.mapAttrsToList (_: t: (builtins.head t.module.imports).name) (lib.filterAttrs (n: _: lib.hasPrefix "vm-" n) checks)) self.checks;
+  vmTestNames = lib.mapAttrs (_: checks: lib.mapAttrsToList (_: t: (builtins.head (t.module or t.test.module).imports).name) (lib.filterAttrs (n: _: lib.hasPrefix "vm-" n) checks)) self.checks;
+  # Scenarios whose VM test does not evaluate (each check then fails naming it).
+  brokenVmTests = lib.mapAttrs (_: checks: lib.attrNames (lib.filterAttrs (n: c: lib.hasPrefix "vm-" n && c ? test) checks)) self.checks;
   nixosModules = builtins.attrNames self.nixosModules;
   modulePackages = lib.genAttrs systems (system: let
     pkgs = pkgsFor system;
@@ -57,6 +60,5 @@ in {
   });
   formatter = lib.mapAttrs (_: f: f.name) self.formatter;
   devShells = lib.mapAttrs (_: builtins.attrNames) self.devShells;
-  clientSystem = builtins.isFunction self.lib.vmTest.clientSystem;
   mainProgram = self.packages.x86_64-linux.default.meta.mainProgram;
 }

@@ -12,7 +12,13 @@
     vmFiles = {
       flakeNix = placeholder "flake.nix";
       flakeLock = placeholder "flake.lock";
+      tiffinWrapper = placeholder "common-tiffin.nix";
+      vmTestNix = placeholder "common-vm-test.nix";
       vmJson = host: placeholder "${host}-tiffin-vm.json";
+      evalCheck = host: {
+        tree = "/nix/store/00000000000000000000000000000000-tiffin-vm-${host}-config";
+        toplevel = "/nix/store/00000000000000000000000000000000-nixos-system-${host}-test";
+      };
     };
   };
 in {

@@ -21,7 +21,8 @@
   overrides ? builtins.fromTOML (builtins.readFile ../vm-overrides.toml),
   # Files the translator cannot make itself, because they come from the flake
   # (store paths of the nixpkgs and tiffin sources) or from the evaluated nodes:
-  # { flakeNix; flakeLock; vmJson = host: file; }. The static checks pass
+  # { flakeNix; flakeLock; tiffinWrapper; vmTestNix; vmJson = host: file;
+  #   evalCheck = host: null or { tree; toplevel; } }. The static checks pass
   # placeholders.
   vmFiles,
 }: let
@@ -127,6 +128,10 @@
   fleetToml = builtins.toFile "fleet.toml" ''
     # Written by nixos-tests for ${where}; must match services.tiffin.server.
     [server]
+    # What every host's common/tiffin.nix gives its tiffin client.
+    address = ${tomlStr serverAddress}
+    port = 22
+    host_key = ${tomlStr keys.server.public}
     chroot_root = ${tomlStr server.chrootRoot}
     user_prefix = ${tomlStr server.userPrefix}
     sshd_extra = [${builtins.concatStringsSep ", " (map tomlStr server.sshdExtra)}]
@@ -162,14 +167,19 @@
           # The example host has no account on the server; the lab's fleet has only its clients.
           server.succeed("rm -r ${fleetDir}/hosts/example")
           server.succeed("install -m 0644 ${fleetToml} ${fleetDir}/fleet.toml")
-          # The VM flake: the test's nixpkgs and tiffin's VM base, pinned to store paths the clients hold.
+          # The fleet's own flake template, its inputs pinned to the test's nixpkgs and tiffin (store paths the clients hold).
           server.succeed("install -m 0644 ${vmFiles.flakeNix} ${fleetDir}/templates/flake.nix")
           server.succeed("install -m 0644 ${vmFiles.flakeLock} ${fleetDir}/templates/flake.lock")
+          # The VM's own parts (disks, test backdoor, network), beside the fleet's common/tiffin.nix.
+          server.succeed("mv ${fleetDir}/common/tiffin.nix ${fleetDir}/common/fleet-tiffin.nix")
+          server.succeed("install -m 0644 ${vmFiles.tiffinWrapper} ${fleetDir}/common/tiffin.nix")
+          server.succeed("install -m 0644 ${vmFiles.vmTestNix} ${fleetDir}/common/vm-test.nix")
     ''
     + concatMapStrings (c:
       indent "    " ''
         server.succeed("tiffin host add ${c} --fleet ${fleetDir} --key ${builtins.toFile "${c}.pub" (clientKey c).public}")
-        server.succeed("ln -s ../../templates/flake.lock ${fleetDir}/hosts/${c}/flake.lock")
+        # host add linked templates/flake.lock, the shared lock.
+        server.succeed("test \"$(readlink ${fleetDir}/hosts/${c}/flake.lock)\" = ../../templates/flake.lock")
         server.succeed("install -m 0644 ${vmFiles.vmJson c} ${fleetDir}/hosts/${c}/tiffin-vm.json")
       ''
       + "\n"
@@ -204,16 +214,37 @@
         else "") (builtins.attrNames (hostsCfg.${c}.files or {})))
     clients
     + "    server.succeed(\"tiffin check --fleet ${fleetDir}\")\n\n"
-    + builtins.concatStringsSep "\n" (map (c: ''
+    + builtins.concatStringsSep "\n" (map (c:
+      ''
         with subtest("${c}: the client module is ready"):
             ${pyName c}.wait_for_unit("multi-user.target")
-            # The timer is installed but held back in the VMs, so steps decide when pulls run.
-            ${pyName c}.succeed("systemctl cat tiffin-pull.timer")
+            # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
+            ${pyName c}.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
             # The system generations before any pull, so steps can count the rebuilds since.
             ${pyName c}.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
             ${pyName c}.succeed("install -D -m 0600 ${builtins.toFile "${c}-identity" (clientKey c).private} /etc/tiffin/id_ed25519")
-      '')
-      clients);
+      ''
+      + evalCheck c)
+    clients);
+
+  # Before any pull: the system the VM evaluates from the fleet's flake (its
+  # first configuration, as a release gives it) must be the one pre-built on
+  # the host, or the offline rebuild would have to build it and fail late.
+  evalTimeout = 1800;
+  evalCheck = c: let
+    check = vmFiles.evalCheck c;
+    m = pyName c;
+    attr = "path:${check.tree}#nixosConfigurations.${c}.config.system.build.toplevel.outPath";
+  in
+    if check == null
+    then "    # ${c}: no configuration of this scenario evaluates, so there is no pre-built system to compare.\n"
+    else
+      indent "    " ''
+        status, out = ${m}.execute(${py "nix --extra-experimental-features 'nix-command flakes' eval --raw '${attr}' 2>/tmp/tiffin-vm-eval.err"}, timeout=${toString evalTimeout})
+        assert status == 0, ${py "${c}: evaluating the fleet's flake in the VM failed: "} + ${m}.succeed("cat /tmp/tiffin-vm-eval.err")
+        assert out.strip() == ${py "${check.toplevel}"}, ${py "${c}: the VM evaluates the fleet's flake to %s, but the host pre-built ${check.toplevel}: the rebuild inside the offline VM would have to build it. Something the evaluation reads differs between host and VM (the inputs' version info, the package's source, a file of the fleet)."} % out.strip()
+      ''
+      + "\n";
 
   # ---- steps ----------------------------------------------------------------
   steps = scenario.step or [];
@@ -306,6 +337,10 @@
   # tiffin's current release.
   appliedState = "readlink -f /run/current-system; readlink /var/lib/tiffin/current || true";
 
+  # A pull that rebuilds evaluates NixOS twice (nixos-rebuild, then the
+  # switch's own check) on the VM's 2 cores: more than the driver's default
+  # 900 s per command.
+  pullTimeout = 1800;
   pull = i: what: s: let
     on = map (client what) (asList (s.on or clients));
     expect = s.expect or "ok";
@@ -315,10 +350,10 @@
     # The pull itself: the real unit, started the way its timer starts it.
     start = m:
       if args == []
-      then "status, out = ${m}.execute(\"systemctl start tiffin-pull.service\")\n"
+      then "status, out = ${m}.execute(\"systemctl start tiffin-pull.service\", timeout=${toString pullTimeout})\n"
       else ''
         ${m}.succeed(${py "install -D -m 0644 ${argsDropIn args} ${dropIn} && systemctl daemon-reload"})
-        status, out = ${m}.execute("systemctl start tiffin-pull.service")
+        status, out = ${m}.execute("systemctl start tiffin-pull.service", timeout=${toString pullTimeout})
         ${m}.succeed(${py "rm ${dropIn} && systemctl daemon-reload"})
       '';
     one = c: let
@@ -639,7 +674,7 @@
         else "\nwith subtest(\"the scenario's end: background runs\"):\n${indent "    " (waitFor js)}"
     );
 in {
-  inherit name clients machines server serverAddress labAddress fleetDir testScript;
+  inherit name clients machines server serverAddress labAddress fleetDir testScript fleetToml;
   # Every configuration.nix text a client meets during the scenario (the
   # initial one and each edit), so the test can pre-build their systems.
   configurations = builtins.listToAttrs (map (c: {

@@ -1,28 +1,26 @@
-# What every client VM runs besides its scenario configuration, both as the
-# test node and inside each system the client switches to: the tiffin client
-# pointed at the server VM, the server's pinned key, and Nix without
-# substituters (the VMs are offline). `vm` is the JSON-able data of
+# What every client VM runs besides its fleet configuration, both as the
+# test node and inside each system the client switches to (through the
+# fleet's common/vm-test.nix): the lab's address, the server's key for
+# OpenSSH's own clients, the held-back timer, and Nix without substituters
+# (the VMs are offline). `vm` is the JSON-able data of
 # nixos-tests/scenario-test.nix: { nodeName, system, serverAddress,
 # labAddress, serverPublicKey, ... }.
 vm: {lib, ...}: {
-  services.tiffin.client = {
-    enable = true;
-    host = vm.nodeName;
-    # The lab's addresses (192.0.2.0/24) on the test network as well, so the
-    # client talks to the server as in the lab and scenario commands that
-    # name 192.0.2.1 work unchanged.
-    server = vm.serverAddress;
-    inherit (vm) serverPublicKey;
-  };
+  # The tiffin client itself comes from the fleet (its flake template and
+  # common/tiffin.nix, reading the fleet.toml the test writes: the server at
+  # 192.0.2.1 and its fixed host key). The lab's addresses (192.0.2.0/24) are
+  # on the test network as well, so the client talks to the server as in the
+  # lab and scenario commands that name 192.0.2.1 work unchanged.
   networking.interfaces.eth1.ipv4.addresses = [
     {
       address = vm.labAddress;
       prefixLength = 24;
     }
   ];
-  # The timer is installed but not started: each pull step starts the real
-  # unit itself, so no timer run races a step.
-  systemd.timers.tiffin-pull.wantedBy = lib.mkForce [];
+  # The timer stays installed and enabled, as on a real host (a client checks
+  # that the system it switches to still has both), but never fires: each
+  # pull step starts the real unit itself, so no timer run races a step.
+  services.tiffin.client.interval = lib.mkForce "2100-01-01";
 
   # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
   # steps and scenario commands, which use OpenSSH's own ssh and sftp.

@@ -4,8 +4,10 @@
 # pre-built. nixpkgs' lib is real (NIXPKGS_LIB); `lib.nixosSystem` is a
 # stand-in that only imports the host's configuration.nix and what it
 # imports, so a configuration meant to fail (it throws) shows up as not
-# pre-built. Run by static-check with --read-write-mode (it imports files it
-# writes to the store).
+# pre-built; the modules it gets are the fleet flake's (configuration.nix,
+# tiffin's client module, common/tiffin.nix), as the host rewrites them. Run
+# by static-check with --read-write-mode (it imports files it writes to the
+# store).
 {
   nixpkgsLib,
   file,
@@ -16,8 +18,14 @@
   fakePath = n: "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" n)}-${n}";
 
   # Imports a module and everything it imports, calling module functions with
-  # stand-in arguments; returns the list of evaluated modules.
-  importModule = m: let
+  # stand-in arguments; returns the list of evaluated modules. nixpkgs' own
+  # modules (under the stand-in modulesPath) are left out.
+  modulesPath = "/nixpkgs-stand-in/nixos/modules";
+  importModule = m:
+    if (builtins.isString m || builtins.isPath m) && lib.hasPrefix modulesPath (toString m)
+    then []
+    else importModule' m;
+  importModule' = m: let
     value =
       if builtins.isPath m || builtins.isString m
       then import m
@@ -29,8 +37,7 @@
           config = {};
           options = {};
           pkgs = {};
-          modulesPath = "";
-          inherit lib;
+          inherit lib modulesPath;
         }
       else value;
   in
@@ -43,8 +50,13 @@
       lib
       // {
         nixosSystem = {modules}: let
-          host = importModule (builtins.head modules);
+          host = builtins.concatMap importModule modules;
+          named = lib.filter (m: m ? networking && m.networking ? hostName) host;
         in {
+          config.networking.hostName =
+            if named == []
+            then throw "wiring-check: no module of the system sets networking.hostName"
+            else (builtins.head named).networking.hostName;
           config.system.build.toplevel = {
             type = "derivation";
             name = "nixos-system";
@@ -68,6 +80,11 @@
     inherit lib;
     stdenv.hostPlatform.system = system;
     testers.runNixOSTest = module: module;
+    runCommand = name: env: script: {
+      type = "derivation";
+      inherit name script;
+      outPath = fakePath name;
+    };
   };
 
   test =
@@ -96,18 +113,24 @@ in {
     fleet = test.nodes.server.environment.variables.TIFFIN_FLEET;
   };
   # Per client: how many paths it gets (nixpkgs, tiffin, one per pre-built
-  # system) and the modules of each pre-built system.
+  # system, the config tree the early step evaluates) and the modules of each
+  # pre-built system: the fleet flake's configuration.nix, tiffin's client
+  # module and common/tiffin.nix, as files the host rewrote.
   clients = lib.genAttrs clients (c: let
     node = clientNode c;
     paths = node.virtualisation.additionalPaths;
+    rest = lib.drop 2 paths;
   in {
     pathCount = builtins.length paths;
     sources = lib.take 2 paths;
     systems = map (p: {
       moduleCount = builtins.length p.modules;
-      configuration = builtins.readFile (builtins.head p.modules);
-      networkConfig = builtins.elemAt p.modules 3;
-    }) (lib.drop 2 paths);
+      configuration = builtins.readFile (builtins.elemAt p.modules 0);
+      clientModule = builtins.elemAt p.modules 1 == self.nixosModules.client;
+      tiffinNix = builtins.readFile (builtins.elemAt p.modules 2);
+    }) (builtins.filter (p: p.name == "nixos-system") rest);
+    trees = map (p: p.outPath) (builtins.filter (p: p.name == "tiffin-vm-${c}-config") rest);
+    treeScript = (lib.findFirst (p: p.name == "tiffin-vm-${c}-config") {script = "";} rest).script;
     imports = builtins.length node.imports;
   });
 }

@@ -8,12 +8,17 @@ with subtest("fleet repository: tiffin init, host add, the scenario's [fleet]"):
     server.succeed("tiffin init /root/fleet")
     # The example host has no account on the server; the lab's fleet has only its clients.
     server.succeed("rm -r /root/fleet/hosts/example")
-    server.succeed("install -m 0644 /nix/store/gfqli4xpn3kh7hcpc6f43lba8ry19nkp-fleet.toml /root/fleet/fleet.toml")
-    # The VM flake: the test's nixpkgs and tiffin's VM base, pinned to store paths the clients hold.
+    server.succeed("install -m 0644 /nix/store/10ys26f0pcvcr9caky8c2asdq6iwczk9-fleet.toml /root/fleet/fleet.toml")
+    # The fleet's own flake template, its inputs pinned to the test's nixpkgs and tiffin (store paths the clients hold).
     server.succeed("install -m 0644 /nix/store/3f3p67ylrbd0k7mbnhxqkbmx76nr1178-static-check-flake.nix /root/fleet/templates/flake.nix")
     server.succeed("install -m 0644 /nix/store/wx2a5p98rw2mzlla5wrplr5n8g14wks1-static-check-flake.lock /root/fleet/templates/flake.lock")
+    # The VM's own parts (disks, test backdoor, network), beside the fleet's common/tiffin.nix.
+    server.succeed("mv /root/fleet/common/tiffin.nix /root/fleet/common/fleet-tiffin.nix")
+    server.succeed("install -m 0644 /nix/store/1cjphgm2i0y0mg5flrlaaq183y6z19pq-static-check-common-tiffin.nix /root/fleet/common/tiffin.nix")
+    server.succeed("install -m 0644 /nix/store/5186ldv8j6cczh3dix3ncichyfsxskmb-static-check-common-vm-test.nix /root/fleet/common/vm-test.nix")
     server.succeed("tiffin host add client1 --fleet /root/fleet --key /nix/store/azrlfsxxigk5yzcninn1kk38c5jzl6w0-client1.pub")
-    server.succeed("ln -s ../../templates/flake.lock /root/fleet/hosts/client1/flake.lock")
+    # host add linked templates/flake.lock, the shared lock.
+    server.succeed("test \"$(readlink /root/fleet/hosts/client1/flake.lock)\" = ../../templates/flake.lock")
     server.succeed("install -m 0644 /nix/store/q9m3632hfqxzjw395pc07zkyxkbiby97-static-check-client1-tiffin-vm.json /root/fleet/hosts/client1/tiffin-vm.json")
 
     server.succeed("install -D -m 0644 /nix/store/1yrrg7jkyp5h4l1zryx9cdi753vjrm16-tiffin-file-deploy-like-client1-files_etc_app_conf.d_app.conf '/root/fleet/hosts/client1/files/etc/app/conf.d/app.conf'")
@@ -23,11 +28,15 @@ with subtest("fleet repository: tiffin init, host add, the scenario's [fleet]"):
 
 with subtest("client1: the client module is ready"):
     client1.wait_for_unit("multi-user.target")
-    # The timer is installed but held back in the VMs, so steps decide when pulls run.
-    client1.succeed("systemctl cat tiffin-pull.timer")
+    # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
+    client1.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
     # The system generations before any pull, so steps can count the rebuilds since.
     client1.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
     client1.succeed("install -D -m 0600 /nix/store/z84f51vpsm2r5l1my26nwkj5r8pq204n-client1-identity /etc/tiffin/id_ed25519")
+    status, out = client1.execute("nix --extra-experimental-features 'nix-command flakes' eval --raw 'path:/nix/store/00000000000000000000000000000000-tiffin-vm-client1-config#nixosConfigurations.client1.config.system.build.toplevel.outPath' 2>/tmp/tiffin-vm-eval.err", timeout=1800)
+    assert status == 0, "client1: evaluating the fleet's flake in the VM failed: " + client1.succeed("cat /tmp/tiffin-vm-eval.err")
+    assert out.strip() == "/nix/store/00000000000000000000000000000000-nixos-system-client1-test", "client1: the VM evaluates the fleet's flake to %s, but the host pre-built /nix/store/00000000000000000000000000000000-nixos-system-client1-test: the rebuild inside the offline VM would have to build it. Something the evaluation reads differs between host and VM (the inputs' version info, the package's source, a file of the fleet)." % out.strip()
+
 
 with subtest("step 1: provision"):
     server.wait_for_unit("sshd.service")
@@ -43,7 +52,7 @@ with subtest("step 2: publish"):
     server.succeed("tiffin publish --fleet /root/fleet")
 
 with subtest("step 3: pull on client1"):
-    status, out = client1.execute("systemctl start tiffin-pull.service")
+    status, out = client1.execute("systemctl start tiffin-pull.service", timeout=1800)
     assert status == 0, "step 3 (do = \"pull\"): the pull on client1 failed, see tiffin-pull.service's journal"
     server.succeed("grep -qx 'result = \"ok\"' /var/lib/tiffin/chroots/client1/reports/status.toml")
 
@@ -65,7 +74,7 @@ with subtest("step 7: net_down on client1"):
 
 with subtest("step 8: pull on client1 (expect failed)"):
     before = client1.succeed("readlink -f /run/current-system; readlink /var/lib/tiffin/current || true")
-    status, out = client1.execute("systemctl start tiffin-pull.service")
+    status, out = client1.execute("systemctl start tiffin-pull.service", timeout=1800)
     assert status != 0, "step 8 (do = \"pull\"): the pull on client1 did not fail"
     assert client1.succeed("readlink -f /run/current-system; readlink /var/lib/tiffin/current || true") == before, "step 8 (do = \"pull\"): the pull applied something on client1"
 
@@ -80,7 +89,7 @@ with subtest("step 11: start_server"):
     server.wait_for_open_port(22)
 
 with subtest("step 12: pull on client1 (expect unchanged)"):
-    status, out = client1.execute("systemctl start tiffin-pull.service")
+    status, out = client1.execute("systemctl start tiffin-pull.service", timeout=1800)
     assert status == 0, "step 12 (do = \"pull\"): the pull on client1 failed, see tiffin-pull.service's journal"
     server.succeed("grep -qx 'result = \"unchanged\"' /var/lib/tiffin/chroots/client1/reports/status.toml")
 
@@ -91,7 +100,7 @@ with subtest("step 14: publish"):
     server.succeed("tiffin publish --fleet /root/fleet")
 
 with subtest("step 15: pull on client1"):
-    status, out = client1.execute("systemctl start tiffin-pull.service")
+    status, out = client1.execute("systemctl start tiffin-pull.service", timeout=1800)
     assert status == 0, "step 15 (do = \"pull\"): the pull on client1 failed, see tiffin-pull.service's journal"
     server.succeed("grep -qx 'result = \"ok\"' /var/lib/tiffin/chroots/client1/reports/status.toml")
 

@@ -8,47 +8,66 @@ with subtest("fleet repository: tiffin init, host add, the scenario's [fleet]"):
     server.succeed("tiffin init /root/fleet")
     # The example host has no account on the server; the lab's fleet has only its clients.
     server.succeed("rm -r /root/fleet/hosts/example")
-    server.succeed("install -m 0644 /nix/store/da6ivjk4miwyx8magprpas71mq1508cv-fleet.toml /root/fleet/fleet.toml")
-    # The VM flake: the test's nixpkgs and tiffin's VM base, pinned to store paths the clients hold.
+    server.succeed("install -m 0644 /nix/store/a68lr1sv0ajwfvr5pc5lj55r7399bmz2-fleet.toml /root/fleet/fleet.toml")
+    # The fleet's own flake template, its inputs pinned to the test's nixpkgs and tiffin (store paths the clients hold).
     server.succeed("install -m 0644 /nix/store/3f3p67ylrbd0k7mbnhxqkbmx76nr1178-static-check-flake.nix /root/fleet/templates/flake.nix")
     server.succeed("install -m 0644 /nix/store/wx2a5p98rw2mzlla5wrplr5n8g14wks1-static-check-flake.lock /root/fleet/templates/flake.lock")
+    # The VM's own parts (disks, test backdoor, network), beside the fleet's common/tiffin.nix.
+    server.succeed("mv /root/fleet/common/tiffin.nix /root/fleet/common/fleet-tiffin.nix")
+    server.succeed("install -m 0644 /nix/store/1cjphgm2i0y0mg5flrlaaq183y6z19pq-static-check-common-tiffin.nix /root/fleet/common/tiffin.nix")
+    server.succeed("install -m 0644 /nix/store/5186ldv8j6cczh3dix3ncichyfsxskmb-static-check-common-vm-test.nix /root/fleet/common/vm-test.nix")
     server.succeed("tiffin host add client1 --fleet /root/fleet --key /nix/store/azrlfsxxigk5yzcninn1kk38c5jzl6w0-client1.pub")
-    server.succeed("ln -s ../../templates/flake.lock /root/fleet/hosts/client1/flake.lock")
+    # host add linked templates/flake.lock, the shared lock.
+    server.succeed("test \"$(readlink /root/fleet/hosts/client1/flake.lock)\" = ../../templates/flake.lock")
     server.succeed("install -m 0644 /nix/store/q9m3632hfqxzjw395pc07zkyxkbiby97-static-check-client1-tiffin-vm.json /root/fleet/hosts/client1/tiffin-vm.json")
 
     server.succeed("tiffin host add client2 --fleet /root/fleet --key /nix/store/8la2yvn90xbgwky6v4226ny1wlirz06j-client2.pub")
-    server.succeed("ln -s ../../templates/flake.lock /root/fleet/hosts/client2/flake.lock")
+    # host add linked templates/flake.lock, the shared lock.
+    server.succeed("test \"$(readlink /root/fleet/hosts/client2/flake.lock)\" = ../../templates/flake.lock")
     server.succeed("install -m 0644 /nix/store/av4gfb106rwvndzjdydwdfq8xngcsiga-static-check-client2-tiffin-vm.json /root/fleet/hosts/client2/tiffin-vm.json")
 
     server.succeed("tiffin host add client3 --fleet /root/fleet --key /nix/store/hdsf4gldcqw80y2s4sy5wqz3knl888v5-client3.pub")
-    server.succeed("ln -s ../../templates/flake.lock /root/fleet/hosts/client3/flake.lock")
+    # host add linked templates/flake.lock, the shared lock.
+    server.succeed("test \"$(readlink /root/fleet/hosts/client3/flake.lock)\" = ../../templates/flake.lock")
     server.succeed("install -m 0644 /nix/store/ps4jvxydpvnkscv1ji5n1y0199qckzkx-static-check-client3-tiffin-vm.json /root/fleet/hosts/client3/tiffin-vm.json")
 
     server.succeed("tiffin check --fleet /root/fleet")
 
 with subtest("client1: the client module is ready"):
     client1.wait_for_unit("multi-user.target")
-    # The timer is installed but held back in the VMs, so steps decide when pulls run.
-    client1.succeed("systemctl cat tiffin-pull.timer")
+    # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
+    client1.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
     # The system generations before any pull, so steps can count the rebuilds since.
     client1.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
     client1.succeed("install -D -m 0600 /nix/store/z84f51vpsm2r5l1my26nwkj5r8pq204n-client1-identity /etc/tiffin/id_ed25519")
+    status, out = client1.execute("nix --extra-experimental-features 'nix-command flakes' eval --raw 'path:/nix/store/00000000000000000000000000000000-tiffin-vm-client1-config#nixosConfigurations.client1.config.system.build.toplevel.outPath' 2>/tmp/tiffin-vm-eval.err", timeout=1800)
+    assert status == 0, "client1: evaluating the fleet's flake in the VM failed: " + client1.succeed("cat /tmp/tiffin-vm-eval.err")
+    assert out.strip() == "/nix/store/00000000000000000000000000000000-nixos-system-client1-test", "client1: the VM evaluates the fleet's flake to %s, but the host pre-built /nix/store/00000000000000000000000000000000-nixos-system-client1-test: the rebuild inside the offline VM would have to build it. Something the evaluation reads differs between host and VM (the inputs' version info, the package's source, a file of the fleet)." % out.strip()
+
 
 with subtest("client2: the client module is ready"):
     client2.wait_for_unit("multi-user.target")
-    # The timer is installed but held back in the VMs, so steps decide when pulls run.
-    client2.succeed("systemctl cat tiffin-pull.timer")
+    # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
+    client2.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
     # The system generations before any pull, so steps can count the rebuilds since.
     client2.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
     client2.succeed("install -D -m 0600 /nix/store/qdzpsy6379vxn8a3hsz7wfnp816hnnca-client2-identity /etc/tiffin/id_ed25519")
+    status, out = client2.execute("nix --extra-experimental-features 'nix-command flakes' eval --raw 'path:/nix/store/00000000000000000000000000000000-tiffin-vm-client2-config#nixosConfigurations.client2.config.system.build.toplevel.outPath' 2>/tmp/tiffin-vm-eval.err", timeout=1800)
+    assert status == 0, "client2: evaluating the fleet's flake in the VM failed: " + client2.succeed("cat /tmp/tiffin-vm-eval.err")
+    assert out.strip() == "/nix/store/00000000000000000000000000000000-nixos-system-client2-test", "client2: the VM evaluates the fleet's flake to %s, but the host pre-built /nix/store/00000000000000000000000000000000-nixos-system-client2-test: the rebuild inside the offline VM would have to build it. Something the evaluation reads differs between host and VM (the inputs' version info, the package's source, a file of the fleet)." % out.strip()
+
 
 with subtest("client3: the client module is ready"):
     client3.wait_for_unit("multi-user.target")
-    # The timer is installed but held back in the VMs, so steps decide when pulls run.
-    client3.succeed("systemctl cat tiffin-pull.timer")
+    # The timer is installed and enabled but never fires in the VMs, so steps decide when pulls run.
+    client3.succeed("systemctl cat tiffin-pull.timer && test -e /etc/systemd/system/timers.target.wants/tiffin-pull.timer")
     # The system generations before any pull, so steps can count the rebuilds since.
     client3.succeed("{ ls -d /nix/var/nix/profiles/system-*-link 2>/dev/null || true; } | wc -l > /tmp/tiffin-vm-generations-at-start")
     client3.succeed("install -D -m 0600 /nix/store/1ldhv4mp04fch5q14kq3vdizplijqziy-client3-identity /etc/tiffin/id_ed25519")
+    status, out = client3.execute("nix --extra-experimental-features 'nix-command flakes' eval --raw 'path:/nix/store/00000000000000000000000000000000-tiffin-vm-client3-config#nixosConfigurations.client3.config.system.build.toplevel.outPath' 2>/tmp/tiffin-vm-eval.err", timeout=1800)
+    assert status == 0, "client3: evaluating the fleet's flake in the VM failed: " + client3.succeed("cat /tmp/tiffin-vm-eval.err")
+    assert out.strip() == "/nix/store/00000000000000000000000000000000-nixos-system-client3-test", "client3: the VM evaluates the fleet's flake to %s, but the host pre-built /nix/store/00000000000000000000000000000000-nixos-system-client3-test: the rebuild inside the offline VM would have to build it. Something the evaluation reads differs between host and VM (the inputs' version info, the package's source, a file of the fleet)." % out.strip()
+
 
 with subtest("step 1: provision"):
     server.wait_for_unit("sshd.service")

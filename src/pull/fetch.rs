@@ -115,10 +115,11 @@ impl Store {
     pub fn prune(&self, keep: &[&ReleaseId]) {
         let releases = self.releases();
         for (i, (id, _)) in releases.iter().enumerate() {
-            if i >= KEEP_RELEASES && !keep.contains(&id) {
-                if let Err(e) = fs::remove_dir_all(self.release(id)) {
-                    tracing::warn!("cannot prune old release {}: {e}", id.short());
-                }
+            if i >= KEEP_RELEASES
+                && !keep.contains(&id)
+                && let Err(e) = fs::remove_dir_all(self.release(id))
+            {
+                tracing::warn!("cannot prune old release {}: {e}", id.short());
             }
         }
         if let Ok(entries) = fs::read_dir(&self.dir) {

@@ -621,9 +621,8 @@ proptest! {
             // Plants are what a local admin or attacker put inside root; a '..' plant would be the test escaping.
             if p.parse::<crate::names::RelPath>().is_err() { continue; }
             let at = root.join(p);
-            if let Some(parent) = at.parent() {
-                if std::fs::create_dir_all(parent).is_err() { continue; }
-            }
+            if let Some(parent) = at.parent()
+                && std::fs::create_dir_all(parent).is_err() { continue; }
             let _ = match plant {
                 Plant::SymlinkOut(_) => std::os::unix::fs::symlink(&outside, &at),
                 Plant::SymlinkUp(_) => std::os::unix::fs::symlink("../../../..", &at),

@@ -55,9 +55,30 @@ fn host_add_reads_a_key_file_and_refuses_duplicates() {
     insta::assert_snapshot!("host_add_duplicate", out);
 }
 
+/// The server's address and key in fleet.toml and a real tiffin input in the template:
+/// a fleet whose `check` has nothing to say until a test breaks it.
+fn make_ready(fleet: &TestFleet) {
+    let toml = std::fs::read_to_string(fleet.root().join("fleet.toml")).unwrap();
+    let toml = toml.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\naddress = \"fleet.example.org\"\nhost_key = \"{}\"\n",
+            KEYS[2]
+        ),
+        1,
+    );
+    fleet.write("fleet.toml", &toml);
+    let flake = std::fs::read_to_string(fleet.root().join("templates/flake.nix")).unwrap();
+    fleet.write(
+        "templates/flake.nix",
+        &flake.replace("github:OWNER/tiffin", "git+https://git.example.org/tiffin"),
+    );
+}
+
 /// One broken fleet per kind of mistake; each error must name the file and what was expected.
 fn check_error(setup: impl FnOnce(&TestFleet)) -> String {
     let fleet = TestFleet::with_hosts(&["web"]);
+    make_ready(&fleet);
     setup(&fleet);
     let (code, out) = fleet.output(&["check"]);
     assert_eq!(code, 2, "check must fail: {out}");
@@ -304,4 +325,94 @@ fn a_nix_file_linked_from_a_files_tree_is_refused() {
     )
     .unwrap();
     fleet.tiffin(&["check"]).assert().success();
+}
+
+#[test]
+fn init_brings_the_tiffin_client_to_every_host() {
+    let fleet = TestFleet::bare();
+    let root = fleet.root();
+    let flake = std::fs::read_to_string(root.join("templates/flake.nix")).unwrap();
+    for needed in [
+        "inputs.tiffin.url",
+        "inputs.tiffin.inputs.nixpkgs.follows = \"nixpkgs\"",
+        "tiffin.nixosModules.client",
+        "./common/tiffin.nix",
+    ] {
+        assert!(flake.contains(needed), "templates/flake.nix lacks {needed}");
+    }
+    let module = std::fs::read_to_string(root.join("common/tiffin.nix")).unwrap();
+    assert!(
+        module.contains("builtins.readFile ./fleet.toml"),
+        "{module}"
+    );
+    // Read through a link, so a release (links dereferenced) carries fleet.toml too.
+    assert_eq!(
+        std::fs::read_link(root.join("common/fleet.toml")).unwrap(),
+        std::path::Path::new("../fleet.toml")
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("hosts/example/common/fleet.toml")).unwrap(),
+        std::fs::read_to_string(root.join("fleet.toml")).unwrap()
+    );
+    // With a shared lock in templates/, host add links it: nothing more to do per host.
+    fleet.write("templates/flake.lock", "{}\n");
+    fleet
+        .tiffin(&["host", "add", "web-1", "--key", KEYS[1]])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_link(root.join("hosts/web-1/flake.lock")).unwrap(),
+        std::path::Path::new("../../templates/flake.lock")
+    );
+}
+
+#[test]
+fn a_ready_fleet_checks_clean() {
+    let fleet = TestFleet::with_hosts(&["web"]);
+    make_ready(&fleet);
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.trim(),
+        "warning: hosts/web/flake.nix: no flake.lock beside it: each client resolves the inputs itself, so hosts may build different nixpkgs (run `nix flake lock` in the host directory, or symlink a shared lock)\nok: 1 host(s), 1 warning(s) in the current directory"
+    );
+}
+
+#[test]
+fn check_tells_an_older_fleet_what_it_lacks() {
+    let fleet = TestFleet::with_hosts(&["web"]);
+    make_ready(&fleet);
+    // A fleet from before the template brought tiffin.
+    fleet.write(
+        "templates/flake.nix",
+        "{\n  inputs.nixpkgs.url = \"github:NixOS/nixpkgs/nixos-25.05\";\n  outputs = {nixpkgs, ...}: let\n    system = nixpkgs.lib.nixosSystem {modules = [./configuration.nix];};\n  in {\n    nixosConfigurations.${system.config.networking.hostName} = system;\n  };\n}\n",
+    );
+    std::fs::remove_file(fleet.root().join("common/tiffin.nix")).unwrap();
+    std::fs::remove_file(fleet.root().join("common/fleet.toml")).unwrap();
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 0, "warnings only: {out}");
+    insta::assert_snapshot!("check_older_fleet", out);
+}
+
+#[test]
+fn check_validates_what_the_hosts_client_reads() {
+    let out = check_error(|f| {
+        let toml = std::fs::read_to_string(f.root().join("fleet.toml")).unwrap();
+        let toml = toml
+            .replace(
+                "address = \"fleet.example.org\"",
+                "address = \"fleet example\"",
+            )
+            .replace(KEYS[2], "ssh-ed25519 not-a-key")
+            .replacen("[defaults]\n", "[defaults]\npoll_interval = \"7m\"\n", 1)
+            .replacen("[server]\n", "[server]\nport = 0\n", 1);
+        f.write("fleet.toml", &toml);
+        // A host polling at its own interval must say so to its timer as well.
+        let host = std::fs::read_to_string(f.root().join("hosts/web/host.toml")).unwrap();
+        f.write(
+            "hosts/web/host.toml",
+            &host.replace("# poll_interval = \"15m\"", "poll_interval = \"1h\""),
+        );
+    });
+    insta::assert_snapshot!("check_client_settings", out);
 }

@@ -75,7 +75,7 @@ b0=$(lo_bytes)
 /usr/bin/time -v -o "$T/time.full" "$TIFFIN" pull --config "$T/client.toml" | tee "$T/out"
 full_bytes=$(( $(lo_bytes) - b0 ))
 peak_rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$T/time.full")
-grep -q "downloaded 502 file(s)" "$T/out" || fail "expected 502 downloads"
+grep -q "downloaded 504 file(s)" "$T/out" || fail "expected 504 downloads"
 [ "$(stat -c '%a %U' "$R/etc/app/secret")" = "600 root" ] || fail "secret: $(stat -c '%a %U' "$R/etc/app/secret")"
 [ "$(stat -c '%a' "$R/etc/app/conf")" = 644 ] || fail conf
 [ "$(stat -c '%a' "$R/usr/local/bin/tool")" = 755 ] || fail tool
@@ -128,7 +128,7 @@ b0=$(lo_bytes)
 pull | tee "$T/out"
 delta_bytes=$(( $(lo_bytes) - b0 ))
 grep -q "downloaded 1 file(s)" "$T/out" || fail "the delta downloaded more than the changed file"
-grep -q "reused 501 local file(s)" "$T/out" || fail "local files not reused"
+grep -q "reused 503 local file(s)" "$T/out" || fail "local files not reused"
 cmp "$H/modules/m7.nix" "$S/current/config/modules/m7.nix"
 
 step "a broken configuration fails, keeps the previous release, and backs off"

@@ -158,10 +158,10 @@ impl RunCheck<'_> {
         if code != expect_exit {
             return Err(fail(format!("exit status {code}, expected {expect_exit}")));
         }
-        if let Some(want) = self.expect_output {
-            if !done.output.contains(want) {
-                return Err(fail(format!("the output does not contain {want:?}")));
-            }
+        if let Some(want) = self.expect_output
+            && !done.output.contains(want)
+        {
+            return Err(fail(format!("the output does not contain {want:?}")));
         }
         Ok(())
     }

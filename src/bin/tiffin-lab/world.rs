@@ -767,11 +767,11 @@ impl<'r> World<'r> {
     pub fn settle_sshd(&mut self, mark: usize) -> StepResult {
         let text = exec::read_log(&self.sshd_log);
         let new = text.get(mark..).unwrap_or_default();
-        if let Some(at) = new.rfind("Received SIGHUP") {
-            if !new[at..].contains("Server listening on") {
-                let before = text.matches("Server listening on").count();
-                return self.wait_sshd_listening(before, "sshd (reloading after SIGHUP)");
-            }
+        if let Some(at) = new.rfind("Received SIGHUP")
+            && !new[at..].contains("Server listening on")
+        {
+            let before = text.matches("Server listening on").count();
+            return self.wait_sshd_listening(before, "sshd (reloading after SIGHUP)");
         }
         Ok(())
     }

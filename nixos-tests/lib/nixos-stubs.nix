@@ -1,0 +1,116 @@
+# Stand-ins for what tiffin's modules use of NixOS and nixpkgs: stub
+# declarations of the NixOS options they set or read, and a `pkgs` with the
+# packages and builders they name (plain attribute sets). With nixpkgs' real
+# lib, `lib.evalModules` over these checks option types, defaults and
+# assertions without a NixOS. Used by module-eval.nix and template-check.nix.
+{lib}: let
+  pkg = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    meta.mainProgram = name;
+  };
+  pkgs = rec {
+    inherit lib;
+    tiffin = pkg "tiffin";
+    # For the flake's modules, which build the package from the system's pkgs.
+    callPackage = f: args: import f ({inherit lib rustPlatform openssh;} // args);
+    rustPlatform.buildRustPackage = a: pkg "${a.pname}-${a.version}" // {inherit (a) meta;};
+    openssh = pkg "openssh";
+    coreutils = pkg "coreutils";
+    gitMinimal = pkg "git";
+    gnutar = pkg "gnutar";
+    gzip = pkg "gzip";
+    xz = {bin = pkg "xz";};
+    formats.toml = {}: {
+      type = lib.types.attrsOf lib.types.anything;
+      generate = name: value: builtins.toFile name (builtins.toJSON value);
+    };
+  };
+  stubs = {lib, ...}:
+    with lib; {
+      options = {
+        networking.hostName = mkOption {
+          type = types.str;
+          default = "web-1";
+        };
+        networking.proxy.envVars = mkOption {default = {};};
+        environment.etc = mkOption {
+          type = types.attrsOf (types.submodule {
+            options = {
+              text = mkOption {
+                type = types.nullOr types.lines;
+                default = null;
+              };
+              source = mkOption {
+                type = types.nullOr types.path;
+                default = null;
+              };
+              mode = mkOption {
+                type = types.str;
+                default = "symlink";
+              };
+            };
+          });
+          default = {};
+        };
+        environment.systemPackages = mkOption {
+          type = types.listOf types.package;
+          default = [];
+        };
+        systemd.services = mkOption {
+          type = types.attrsOf (types.attrsOf types.anything);
+          default = {};
+        };
+        systemd.timers = mkOption {
+          type = types.attrsOf (types.attrsOf types.anything);
+          default = {};
+        };
+        systemd.tmpfiles.settings = mkOption {
+          type = types.attrsOf (types.attrsOf (types.attrsOf (types.attrsOf types.str)));
+          default = {};
+        };
+        users.users = mkOption {
+          type = types.attrsOf (types.attrsOf types.anything);
+          default = {};
+        };
+        users.groups = mkOption {
+          type = types.attrsOf (types.attrsOf types.anything);
+          default = {};
+        };
+        nixpkgs.hostPlatform = mkOption {
+          type = types.either types.str (types.attrsOf types.anything);
+          default = "x86_64-linux";
+        };
+        system.stateVersion = mkOption {
+          type = types.str;
+          default = "26.05";
+        };
+        services.openssh.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        services.openssh.extraConfig = mkOption {
+          type = types.lines;
+          default = "";
+        };
+        nix.envVars = mkOption {default = {};};
+        nix.package = mkOption {default = {out = pkg "nix";};};
+        programs.ssh.package = mkOption {default = pkg "openssh";};
+        system.build = mkOption {
+          type = types.attrsOf types.anything;
+          default = {nixos-rebuild = pkg "nixos-rebuild";};
+        };
+        assertions = mkOption {
+          type = types.listOf types.anything;
+          default = [];
+        };
+        meta.maintainers = mkOption {
+          type = types.listOf types.anything;
+          default = [];
+        };
+      };
+    };
+in {
+  inherit pkg pkgs stubs;
+}
