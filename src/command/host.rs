@@ -37,9 +37,30 @@ fn add(args: &AddArgs) -> Result<Exit, Error> {
     let fleet = args.fleet.load()?;
     let name: HostName = args.name.parse().map_err(FleetError::from)?;
     fleet::add_host(&fleet, &name, &args.key)?;
-    println!(
-        "Added hosts/{name}/ (account {} on the server).\nNext: edit hosts/{name}/configuration.nix, put extra files under hosts/{name}/files/, then `tiffin check`.",
-        fleet.account_name(&name)
-    );
+    print!("{}", next_steps(&fleet, &name));
+    let server = &fleet.config.server;
+    if server.address.is_none() || server.host_key.is_none() {
+        println!(
+            "warning: fleet.toml has no [server] address/host_key yet: set them before publishing (every host's tiffin client reads them through common/tiffin.nix)."
+        );
+    }
     Ok(Exit::Ok)
+}
+
+/// What an admin does after `host add`, from editing the host to its first pull.
+fn next_steps(fleet: &fleet::Fleet, name: &HostName) -> String {
+    let account = fleet.account_name(name);
+    format!(
+        "Added hosts/{name}/ (account {account} on the server).
+Next:
+  1. Edit hosts/{name}/configuration.nix (hardware, file systems, services); files for / go under hosts/{name}/files/.
+  2. Let the server accept it: on a NixOS server add
+       services.tiffin.server.hosts.{name}.publicKey = \"<its key>\";
+     and switch; on other servers run `tiffin provision`.
+  3. tiffin check && tiffin publish {name}
+  4. On the machine: install NixOS from the fleet's flake (nixos-install --flake <a copy of hosts/{name} with links dereferenced>#{name}),
+     or with services.tiffin.client set to fleet.toml's [server] address, port and host_key; it logs in with /etc/tiffin/id_ed25519.
+     (docs/nixos.md, \"A new machine joins the fleet\")
+"
+    )
 }

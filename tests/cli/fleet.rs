@@ -416,3 +416,23 @@ fn check_validates_what_the_hosts_client_reads() {
     });
     insta::assert_snapshot!("check_client_settings", out);
 }
+
+#[test]
+fn host_add_says_what_comes_next() {
+    let fleet = crate::TestFleet::bare();
+    let out = fleet
+        .tiffin(&["host", "add", "web-1", "--key", crate::KEYS[0]])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for step in [
+        "account tiffin-web-1 on the server",
+        "services.tiffin.server.hosts.web-1.publicKey",
+        "tiffin check && tiffin publish web-1",
+        "A new machine joins the fleet",
+        "warning: fleet.toml has no [server] address/host_key yet",
+    ] {
+        assert!(text.contains(step), "missing {step:?} in:\n{text}");
+    }
+}
