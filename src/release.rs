@@ -268,33 +268,37 @@ mod tests {
             prop_oneof![Just(Reboot::Never), Just(Reboot::IfNeeded)],
             proptest::collection::vec("\\PC{0,8}", 0..3),
             proptest::collection::vec(arb_entry(), 0..12),
+            any::<bool>(),
         )
-            .prop_map(|(host, seq, action, reboot, health_check, files)| {
-                // Keep a consistent tree: drop files that collide with another's directory.
-                let mut kept: Vec<FileEntry> = Vec::new();
-                for f in files {
-                    let conflicts = kept.iter().any(|k| {
-                        k.path == f.path
-                            || f.path.as_str().starts_with(&format!("{}/", k.path))
-                            || k.path.as_str().starts_with(&format!("{}/", f.path))
-                    });
-                    if !conflicts {
-                        kept.push(f);
+            .prop_map(
+                |(host, seq, action, reboot, health_check, files, allow_leaving)| {
+                    // Keep a consistent tree: drop files that collide with another's directory.
+                    let mut kept: Vec<FileEntry> = Vec::new();
+                    for f in files {
+                        let conflicts = kept.iter().any(|k| {
+                            k.path == f.path
+                                || f.path.as_str().starts_with(&format!("{}/", k.path))
+                                || k.path.as_str().starts_with(&format!("{}/", f.path))
+                        });
+                        if !conflicts {
+                            kept.push(f);
+                        }
                     }
-                }
-                kept.sort_by(|a, b| a.path.cmp(&b.path));
-                Manifest {
-                    host: host.parse().unwrap(),
-                    seq,
-                    created: "2026-11-24T12:00:00Z".into(),
-                    apply: ApplyPolicy {
-                        action,
-                        reboot,
-                        health_check,
-                    },
-                    files: kept,
-                }
-            })
+                    kept.sort_by(|a, b| a.path.cmp(&b.path));
+                    Manifest {
+                        host: host.parse().unwrap(),
+                        seq,
+                        created: "2026-11-24T12:00:00Z".into(),
+                        apply: ApplyPolicy {
+                            action,
+                            reboot,
+                            health_check,
+                            allow_leaving,
+                        },
+                        files: kept,
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -309,7 +313,7 @@ mod tests {
 
         /// The id changes if and only if a path, mode, content (sha256, size) or policy changes.
         #[test]
-        fn id_tracks_content(m in arb_manifest(), which in 0usize..6, pick in any::<prop::sample::Index>()) {
+        fn id_tracks_content(m in arb_manifest(), which in 0usize..7, pick in any::<prop::sample::Index>()) {
             let mut changed = m.clone();
             let file = (!changed.files.is_empty()).then(|| pick.index(changed.files.len()));
             let mut expect_change = true;
@@ -319,6 +323,7 @@ mod tests {
                 (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]); changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
                 (3, _) => changed.apply.action = if m.apply.action == Action::Switch { Action::Boot } else { Action::Switch },
                 (4, _) => changed.apply.health_check.push("true".into()),
+                (5, _) => changed.apply.allow_leaving = !m.apply.allow_leaving,
                 _ => expect_change = false,
             }
             // A renamed path may now collide with another's directory; such a manifest cannot exist.

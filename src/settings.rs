@@ -60,6 +60,10 @@ pub struct ApplyPolicy {
     /// A command run after the rebuild; a non-zero exit marks the release failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_check: Vec<String>,
+    /// Apply a release even if the system it builds no longer runs tiffin's client (to
+    /// decommission a host); left out of the MANIFEST when false, so older ids stay the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_leaving: bool,
 }
 
 /// `[apply]` in a host.toml: each key set there overrides `[defaults.apply]`.
@@ -69,6 +73,7 @@ pub struct ApplyOverrides {
     pub action: Option<Action>,
     pub reboot: Option<Reboot>,
     pub health_check: Option<Vec<String>>,
+    pub allow_leaving: Option<bool>,
 }
 
 impl ApplyPolicy {
@@ -80,6 +85,7 @@ impl ApplyPolicy {
                 .health_check
                 .clone()
                 .unwrap_or_else(|| self.health_check.clone()),
+            allow_leaving: o.allow_leaving.unwrap_or(self.allow_leaving),
         }
     }
 }

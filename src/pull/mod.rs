@@ -4,6 +4,7 @@ pub mod config;
 pub mod connect;
 pub mod deploy;
 pub mod fetch;
+pub mod leaving;
 #[cfg(test)]
 mod mem_remote;
 pub mod reboot;
@@ -57,6 +58,14 @@ pub enum PullError {
     Deploy(#[from] DeployError),
     #[error("release {id}: the rebuild failed: {message}; the previous system keeps running")]
     Rebuild { id: ReleaseId, message: String },
+    #[error(
+        "release #{seq} ({id}) would remove tiffin from this host: it would never update again. Nothing was applied. The system it builds lacks {missing}: keep services.tiffin.client enabled in its configuration, or set [apply] allow_leaving = true in its host.toml to decommission it"
+    )]
+    Leaving {
+        id: ReleaseId,
+        seq: u64,
+        missing: String,
+    },
     #[error("release {id}: the health check failed: {message}; {rolled}")]
     Health {
         id: ReleaseId,
@@ -346,6 +355,7 @@ impl<'a, R: Remote> Poll<'a, R> {
     async fn apply(&mut self) -> Result<Attempt, PullError> {
         let release = self.fetch_manifest().await?;
         let fetch = fetch::fetch_release(self.remote, &self.store(), &release).await?;
+        self.refuse_leaving_tiffin(&release.id, &release.manifest)?;
         let deployed = self.deploy(&release.id, &release.manifest)?;
         let outcome = self.switch(&release.manifest)?;
         Ok(Attempt {
@@ -388,6 +398,48 @@ impl<'a, R: Remote> Poll<'a, R> {
             manifest,
             bytes,
         })
+    }
+
+    /// Builds the release before anything of it is applied and refuses it when the system it
+    /// builds no longer runs tiffin's client: the host would never update again. `[apply]
+    /// allow_leaving` is the way out for a host being decommissioned; `action = "build"`
+    /// changes nothing, so it needs no check.
+    fn refuse_leaving_tiffin(
+        &mut self,
+        id: &ReleaseId,
+        manifest: &Manifest,
+    ) -> Result<(), PullError> {
+        if manifest.apply.allow_leaving || manifest.apply.action == Action::Build {
+            return Ok(());
+        }
+        let config_dir = self.store().release(id).join(CONFIG_DIR);
+        let argv = rebuild::argv(
+            &self.cfg.rebuild.0,
+            Action::Build,
+            &config_dir,
+            &self.cfg.host,
+        );
+        tracing::info!(
+            "building first, to check it keeps tiffin: {}",
+            argv.join(" ")
+        );
+        let work_dir = self.cfg.state_dir.join("build-check");
+        let log = self.cfg.state_dir.join(REBUILD_LOG_FILE);
+        match leaving::build_and_check(&argv, &work_dir, &log, self.cfg.rebuild_timeout.0) {
+            leaving::Built::KeepsTiffin => Ok(()),
+            leaving::Built::LeavesTiffin { missing } => Err(PullError::Leaving {
+                id: id.clone(),
+                seq: manifest.seq,
+                missing,
+            }),
+            leaving::Built::Failed { message, log_tail } => {
+                self.log = Some(log_tail);
+                Err(PullError::Rebuild {
+                    id: id.clone(),
+                    message,
+                })
+            }
+        }
     }
 
     /// Copies the `files/` of a release held in the store into root.

@@ -40,6 +40,11 @@ pub struct Outcome {
 
 /// Runs `argv` with stdout+stderr into `log_path` (truncated first), killing its process group at `timeout`.
 pub fn run(argv: &[String], log_path: &Path, timeout: Duration) -> Outcome {
+    run_in(argv, None, log_path, timeout)
+}
+
+/// `run`, in the directory `cwd` when given (`nixos-rebuild build` leaves `./result` there).
+pub fn run_in(argv: &[String], cwd: Option<&Path>, log_path: &Path, timeout: Duration) -> Outcome {
     let failed = |msg: String| Outcome {
         ended: Ended::Failed(msg),
         log_tail: Vec::new(),
@@ -62,7 +67,11 @@ pub fn run(argv: &[String], log_path: &Path, timeout: Duration) -> Outcome {
         (Err(e), _) | (_, Err(e)) => return failed(format!("{}: {e}", log_path.display())),
     };
     let start = Instant::now();
-    let mut child = match Command::new(program)
+    let mut command = Command::new(program);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = match command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

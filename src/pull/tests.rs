@@ -53,13 +53,15 @@ impl Fixture {
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
         // The stand-in rebuild fails when the configuration asks it to, and records what it was asked.
+        // Its `build` (the check that a release keeps tiffin) leaves ./result with tiffin's units,
+        // without them when the configuration holds `leaves`, and records nothing.
         let text = format!(
             r#"host = "client1"
 server = "192.0.2.1"
 server_key = "{KEY}"
 state_dir = "{state}"
 root = "{root}"
-rebuild = ["sh", "-c", "echo rebuild {{action}} {{config}} {{host}} >> {calls}; if [ -e {{config}}/broken ]; then echo broken config >&2; exit 1; fi"]
+rebuild = ["sh", "-c", "if [ {{action}} = build ]; then u=result/etc/systemd/system; mkdir -p $u/timers.target.wants; touch $u/tiffin-pull.service $u/tiffin-pull.timer; [ -e {{config}}/leaves ] || touch $u/timers.target.wants/tiffin-pull.timer; exit 0; fi; echo rebuild {{action}} {{config}} {{host}} >> {calls}; if [ -e {{config}}/broken ]; then echo broken config >&2; exit 1; fi"]
 backoff_initial = "1m"
 backoff_max = "1h"
 "#,
@@ -763,4 +765,39 @@ fn a_failed_health_check_rolls_back_to_the_previous_release() {
             assert_eq!(mode_of(&target), mode, "{rel}");
         }
     }
+}
+
+#[test]
+fn a_release_that_would_remove_tiffin_is_refused_and_nothing_is_applied() {
+    let mut f = Fixture::new();
+    let good = f.publish(&base_files());
+    f.poll().unwrap();
+    let mut files = base_files();
+    files.push(("config/leaves", b"yes\n", 0o644));
+    files.push(("files/etc/new-secret", b"s\n", 0o600));
+    let leaving = f.publish(&files);
+    let err = f.poll().unwrap_err();
+    assert!(matches!(err, PullError::Leaving { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("would remove tiffin from this host: it would never update again")
+            && message.contains("timers.target.wants/tiffin-pull.timer")
+            && message.contains("allow_leaving"),
+        "{message}"
+    );
+    // Nothing of it was applied: no file deployed, no switch, the previous release current.
+    assert!(!f.root().join("etc/new-secret").exists());
+    assert_eq!(
+        f.calls().lines().count(),
+        1,
+        "only the first release's switch"
+    );
+    assert_eq!(
+        std::fs::read_link(f.cfg.state_dir.join(CURRENT_LINK)).unwrap(),
+        Path::new("releases").join(good.as_str())
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Failed);
+    assert_eq!(report.release.as_deref(), Some(leaving.as_str()));
+    assert!(report.error.unwrap().contains("would remove tiffin"));
 }
