@@ -11,6 +11,8 @@ use crate::diag::{Problem, Severity, toml_message};
 use crate::names::{HostName, MAX_ACCOUNT_NAME};
 use crate::settings::{ApplyOverrides, ApplyPolicy, Interval};
 
+pub mod rules;
+
 pub const FLEET_FILE: &str = "fleet.toml";
 pub const HOST_FILE: &str = "host.toml";
 pub const DEFAULT_CHROOT_ROOT: &str = "/var/lib/tiffin/chroots";
@@ -179,34 +181,7 @@ impl Fleet {
                 FleetConfig::default()
             }
         };
-        if config.server.keep_releases == 0 {
-            problems.push(Problem::error(
-                None,
-                FLEET_FILE,
-                "server.keep_releases must be at least 1",
-            ));
-        }
-        if !config.server.chroot_root.is_absolute() {
-            problems.push(Problem::error(
-                None,
-                FLEET_FILE,
-                format!(
-                    "server.chroot_root {:?} must be an absolute path",
-                    config.server.chroot_root
-                ),
-            ));
-        }
-        for line in &config.server.sshd_extra {
-            if line.contains('\n') || line.trim().is_empty() {
-                problems.push(Problem::error(
-                    None,
-                    FLEET_FILE,
-                    format!(
-                        "server.sshd_extra entry {line:?} must be one non-empty sshd_config line"
-                    ),
-                ));
-            }
-        }
+        problems.extend(rules::problems(&config.server));
         let mut hosts = BTreeMap::new();
         let hosts_dir = root.join("hosts");
         let entries = match fs::read_dir(&hosts_dir) {
