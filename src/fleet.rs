@@ -11,6 +11,8 @@ use crate::diag::{Problem, Severity, toml_message};
 use crate::names::{HostName, MAX_ACCOUNT_NAME};
 use crate::settings::{ApplyOverrides, ApplyPolicy, Interval};
 
+pub mod rules;
+
 pub const FLEET_FILE: &str = "fleet.toml";
 pub const HOST_FILE: &str = "host.toml";
 pub const DEFAULT_CHROOT_ROOT: &str = "/var/lib/tiffin/chroots";
@@ -196,7 +198,7 @@ impl Fleet {
                 FleetConfig::default()
             }
         };
-        server_problems(&config.server, &mut problems);
+        problems.extend(rules::problems(&config.server));
         client_settings_problems(&config, &mut problems);
         problems.extend(template_problems(root));
         let mut hosts = BTreeMap::new();
@@ -279,36 +281,6 @@ fn account_problem(user_prefix: &str, name: &HostName) -> Option<Problem> {
             ),
         )
     })
-}
-
-/// Settings of `[server]` that no server could use.
-fn server_problems(server: &ServerSettings, problems: &mut Vec<Problem>) {
-    if server.keep_releases == 0 {
-        problems.push(Problem::error(
-            None,
-            FLEET_FILE,
-            "server.keep_releases must be at least 1",
-        ));
-    }
-    if !server.chroot_root.is_absolute() {
-        problems.push(Problem::error(
-            None,
-            FLEET_FILE,
-            format!(
-                "server.chroot_root {:?} must be an absolute path",
-                server.chroot_root
-            ),
-        ));
-    }
-    for line in &server.sshd_extra {
-        if line.contains('\n') || line.trim().is_empty() {
-            problems.push(Problem::error(
-                None,
-                FLEET_FILE,
-                format!("server.sshd_extra entry {line:?} must be one non-empty sshd_config line"),
-            ));
-        }
-    }
 }
 
 /// The valid host names under `hosts/`, sorted; a bad name is a problem. A host directory

@@ -199,6 +199,21 @@ in {
         ])
         hostNames);
 
+    # Each host's reports/ on a tmpfs of its own, the bound `tiffin provision` mounts:
+    # no client can fill the filesystem that holds every host's releases. tmpfs takes
+    # only a numeric uid= and the accounts' uids are dynamic, so the tmpfiles rule above
+    # (run after local-fs.target, where these mounts are) gives the mounted root its
+    # owner and mode. Reports are lost at a reboot until each host's next poll.
+    fileSystems = lib.listToAttrs (map (host: {
+        name = "${chroot host}/reports";
+        value = {
+          device = "tmpfs";
+          fsType = "tmpfs";
+          options = ["size=1m" "nr_inodes=64" "mode=0700" "nosuid" "nodev" "noexec"];
+        };
+      })
+      hostNames);
+
     environment.etc = lib.listToAttrs (map (host: {
         name = lib.removePrefix "/etc/" (keysFile host);
         # A root-owned copy (0644, as provision writes it), not a link into the

@@ -1,11 +1,11 @@
-//! `tiffin check`: every problem of the fleet repository, with its path.
+//! `tiffin check`: every problem of the fleet repository, with its path, and, on the server, the paths provision would refuse.
 
 use std::path::Path;
 
 use super::RepoArgs;
 use crate::diag::Severity;
 use crate::error::{Error, Exit};
-use crate::fleet::Fleet;
+use crate::fleet::{FLEET_FILE, Fleet};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,6 +19,18 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
 
 fn check(fleet: &Fleet) -> Result<Exit, Error> {
     let mut problems = fleet.problems.clone();
+    // What provision's plan refuses on this machine too (a drop-in or chroot root that is not
+    // tiffin's), judged like provision only once fleet.toml itself is valid.
+    let fleet_toml_ok = !problems
+        .iter()
+        .any(|p| p.severity == Severity::Error && p.path == Path::new(FLEET_FILE));
+    if fleet_toml_ok {
+        let sys = crate::provision::RealSystem::from_env();
+        problems.extend(crate::provision::ownership::problems(
+            &fleet.config.server,
+            &sys,
+        ));
+    }
     for name in fleet.host_dirs() {
         if let Err(mut found) = crate::host_tree::resolve_host_tree(&fleet.root, &name) {
             problems.append(&mut found);

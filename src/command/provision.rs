@@ -1,12 +1,11 @@
 //! `tiffin provision`: print the plan, and unless `--dry-run` apply it step by step.
 
-use std::path::PathBuf;
-
 use super::{FleetArgs, require_valid};
 use crate::clock::now;
 use crate::error::{Error, Exit};
 use crate::provision::apply::{self, Applier};
 use crate::provision::plan::{self, Departed};
+use crate::provision::reports::AtBoot;
 use crate::provision::{
     self, Plan, PlanOptions, ProvisionError, RELOAD_ENV, RealSystem, ReloadMethod, SYSTEM_ROOT_ENV,
     Target,
@@ -58,6 +57,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     let opts = PlanOptions {
         departed: args.departed(),
         now: now(),
+        at_boot: AtBoot::detect(&setup.sys),
     };
     let plan = plan::plan(&setup.target, &setup.sys, &opts)?;
     print!("{}", plan.render(&setup.target));
@@ -90,11 +90,8 @@ impl Setup {
         // Every host directory, loaded or not: one that fails to load is an error, never a departure.
         let all = fleet.select(&[])?;
         require_valid(&fleet, &all)?;
-        let target = provision::target(&fleet, args.fleet.chroot_root(&fleet))?;
-        let root = std::env::var_os(SYSTEM_ROOT_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let sys = RealSystem::new(root);
+        let target = provision::target(&fleet, args.fleet.chroot_root.clone())?;
+        let sys = RealSystem::from_env();
         if !sys.is_real_root() && mode == RunMode::Apply {
             return Err(ProvisionError::BadInput(format!(
                 "{SYSTEM_ROOT_ENV} is only for planning: use it with --dry-run"

@@ -8,7 +8,9 @@ use crate::names::HostName;
 use crate::release::Mode;
 
 use super::dropin;
-use super::system::{Kind, Password};
+use super::ownership::Adoption;
+use super::reports::{REPORTS_BYTES, REPORTS_INODES};
+use super::system::{Kind, Mounted, Password};
 
 /// Owner, group and mode a path must have, by name (the group may not exist yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,13 @@ pub enum AccountFix {
     Group { from: String, to: String },
 }
 
+/// Whether reports/ gets its tmpfs or has one whose bound must change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountHow {
+    New,
+    Remount { was: Mounted },
+}
+
 /// One change to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -70,6 +79,29 @@ pub enum Action {
     CreateDir {
         path: PathBuf,
         want: Want,
+    },
+    /// The marker that makes the chroot root tiffin's (`ownership`).
+    MarkChrootRoot {
+        path: PathBuf,
+        why: Adoption,
+    },
+    /// A bounded tmpfs on a host's reports/, owned by its account.
+    MountReports {
+        path: PathBuf,
+        account: String,
+        how: MountHow,
+    },
+    /// The systemd unit that mounts it at boot, written, then enabled.
+    WriteMountUnit {
+        path: PathBuf,
+        reports: PathBuf,
+        host: HostName,
+        account: String,
+    },
+    /// A pruned host's reports/ tmpfs goes (with its unit), before its chroot is moved aside.
+    UnmountReports {
+        path: PathBuf,
+        unit: Option<PathBuf>,
     },
     Repair {
         path: PathBuf,
@@ -133,6 +165,14 @@ impl fmt::Display for Action {
             Action::CreateDir { path, want } => {
                 write!(f, "create dir      {}  {want}", path.display())
             }
+            Action::MarkChrootRoot { path, why } => fmt_mark(f, path, *why),
+            Action::MountReports { path, account, how } => fmt_mount(f, path, account, *how),
+            Action::WriteMountUnit { path, .. } => write!(
+                f,
+                "write unit      {}  root:root 0644 (mounts the tmpfs again at boot; systemctl enable)",
+                path.display()
+            ),
+            Action::UnmountReports { path, unit } => fmt_unmount(f, path, unit.as_deref()),
             Action::Repair {
                 path,
                 kind,
@@ -183,6 +223,53 @@ fn fmt_create_account(
         home.display(),
         shell.display()
     )
+}
+
+fn fmt_mark(f: &mut fmt::Formatter<'_>, path: &Path, why: Adoption) -> fmt::Result {
+    let why = match why {
+        Adoption::Created => "created by this run",
+        Adoption::Empty => "it is empty",
+        Adoption::Published => "it holds only what tiffin publish wrote",
+    };
+    write!(
+        f,
+        "mark chroot     {}  root:root 0644 (tiffin's from now on: {why})",
+        path.display()
+    )
+}
+
+/// The bound as a plan shows it: `size 1024k, 64 inodes`.
+fn bound(bytes: u64, inodes: u64) -> String {
+    format!("size {}k, {inodes} inodes", bytes / 1024)
+}
+
+fn fmt_mount(f: &mut fmt::Formatter<'_>, path: &Path, account: &str, how: MountHow) -> fmt::Result {
+    let ours = bound(REPORTS_BYTES, REPORTS_INODES);
+    match how {
+        MountHow::New => write!(
+            f,
+            "mount tmpfs     {}  {account}:{account} 0700 ({ours}, nosuid,nodev,noexec: all the host can store on the server)",
+            path.display()
+        ),
+        MountHow::Remount { was } => write!(
+            f,
+            "remount tmpfs   {}  ({ours}, nosuid,nodev,noexec; was {})",
+            path.display(),
+            bound(was.bytes, was.inodes)
+        ),
+    }
+}
+
+fn fmt_unmount(f: &mut fmt::Formatter<'_>, path: &Path, unit: Option<&Path>) -> fmt::Result {
+    write!(f, "unmount tmpfs   {}", path.display())?;
+    match unit {
+        Some(unit) => write!(
+            f,
+            " (its host is pruned; the unit {} is disabled and removed)",
+            unit.display()
+        ),
+        None => f.write_str(" (its host is pruned)"),
+    }
 }
 
 fn fmt_repair(

@@ -5,9 +5,11 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::action::{AccountFix, Action, Want};
-use super::plan::{COMMENT_PREFIX, KEY_FILE_MODE, Plan, SshdCheck, Target};
-use super::system::{Accounts, Password, RealSystem};
+use super::action::{AccountFix, Action, MountHow, Want};
+use super::ownership::CHROOT_ROOT_MARKER_TEXT;
+use super::plan::{COMMENT_PREFIX, KEY_FILE_MODE, Plan, REPORTS_MODE, SshdCheck, Target};
+use super::reports;
+use super::system::{Accounts, Password, RealSystem, System};
 use super::{ProvisionError, Refusal, Rollback};
 use crate::layout::{SERVER_DIR_MODE, SERVER_FILE_MODE};
 use crate::names::HostName;
@@ -138,9 +140,22 @@ impl<'a> Applier<'a> {
             Action::FixAccount { name, fixes } => self.fix_account(name, fixes)?,
             Action::UnlockAccount { name, .. } => self.unlock_account(name)?,
             Action::CreateDir { path, want } => self.create_dir(path, want)?,
+            Action::MarkChrootRoot { path, .. } => {
+                self.write_root_file(path, CHROOT_ROOT_MARKER_TEXT)?
+            }
+            Action::MountReports { path, account, how } => {
+                self.mount_reports(path, account, *how)?
+            }
+            Action::WriteMountUnit {
+                path,
+                reports,
+                host,
+                account,
+            } => self.write_mount_unit(path, reports, host, account)?,
+            Action::UnmountReports { path, unit } => self.unmount_reports(path, unit.as_deref())?,
             Action::Repair { path, want, .. } => self.repair(path, want)?,
             Action::RepairTree { path, group, .. } => self.repair_tree(path, group)?,
-            Action::WriteKey { path, content, .. } => self.write_key(path, content)?,
+            Action::WriteKey { path, content, .. } => self.write_root_file(path, content)?,
             Action::WriteDropin { path, old, new, .. } => {
                 self.write_dropin(path, Previous::of(old.as_deref()), new)?
             }
@@ -325,7 +340,8 @@ impl Applier<'_> {
         fs::set_permissions(&real, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
     }
 
-    fn write_key(&self, path: &Path, content: &str) -> Result<(), ProvisionError> {
+    /// A root-owned 0644 file, written atomically: a key, the chroot root's marker, a unit.
+    fn write_root_file(&self, path: &Path, content: &str) -> Result<(), ProvisionError> {
         crate::durable::write_atomic(
             &self.sys.real(path),
             content.as_bytes(),
@@ -341,6 +357,69 @@ impl Applier<'_> {
 
     fn move_chroot(&self, from: &Path, to: &Path) -> Result<(), ProvisionError> {
         fs::rename(self.sys.real(from), self.sys.real(to)).map_err(io_err("moving", from))
+    }
+}
+
+/// The reports/ tmpfs: mounted with plain syscalls, persisted with a systemd unit.
+impl Applier<'_> {
+    fn mount_reports(
+        &self,
+        path: &Path,
+        account: &str,
+        how: MountHow,
+    ) -> Result<(), ProvisionError> {
+        use nix::mount::MsFlags;
+        let inert = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let (flags, options) = match how {
+            MountHow::New => {
+                let (uid, gid) = self.ids(&Want::new(account, account, REPORTS_MODE))?;
+                (inert, reports::mount_options(uid, gid))
+            }
+            // A remount changes the bound; owner and mode are a stat's business (`Repair`).
+            MountHow::Remount { .. } => (inert | MsFlags::MS_REMOUNT, reports::bound_options()),
+        };
+        nix::mount::mount(
+            Some("tmpfs"),
+            &self.sys.real(path),
+            Some("tmpfs"),
+            flags,
+            Some(options.as_str()),
+        )
+        .map_err(|e| io_err("mounting a tmpfs on", path)(e.into()))
+    }
+
+    fn write_mount_unit(
+        &self,
+        path: &Path,
+        reports: &Path,
+        host: &HostName,
+        account: &str,
+    ) -> Result<(), ProvisionError> {
+        let (uid, gid) = self.ids(&Want::new(account, account, REPORTS_MODE))?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(self.sys.real(dir)).map_err(io_err("creating", dir))?;
+        self.write_root_file(path, &reports::unit_text(host, reports, uid, gid))?;
+        run("systemctl", &["daemon-reload"])?;
+        run("systemctl", &["enable", &reports::unit_name(reports)]).map(drop)
+    }
+
+    /// The unit first, so systemd does not mount it again; then the tmpfs (lazily: an open
+    /// sftp session of the pruned host must not stop the run).
+    fn unmount_reports(&self, path: &Path, unit: Option<&Path>) -> Result<(), ProvisionError> {
+        if let Some(unit) = unit {
+            run("systemctl", &["disable", &reports::unit_name(path)])?;
+            fs::remove_file(self.sys.real(unit)).map_err(io_err("removing", unit))?;
+            run("systemctl", &["daemon-reload"])?;
+        }
+        let mounted = self
+            .sys
+            .mount_at(path)
+            .map_err(io_err("inspecting", path))?;
+        if mounted.is_some() {
+            nix::mount::umount2(&self.sys.real(path), nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| io_err("unmounting", path)(e.into()))?;
+        }
+        Ok(())
     }
 }
 

@@ -3,15 +3,21 @@
 //! It inspects the server (`system`), computes a plan of typed actions (`plan`, `action`),
 //! prints it, and, unless `--dry-run`, applies it (`apply`). The sshd drop-in (`dropin`) is
 //! validated with `sshd -t` in place before sshd is reloaded; a refused drop-in is rolled back.
+//! It takes over only what is tiffin's (`ownership`: a drop-in it wrote, a chroot root it
+//! created) and bounds what each host can store (`reports`: a tmpfs on every reports/).
 
 pub mod action;
 pub mod apply;
 pub mod dropin;
+pub mod ownership;
 pub mod plan;
+pub mod reports;
 pub mod system;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use crate::fleet::rules::{self, Origin, Setting};
 
 pub use action::Action;
 pub use apply::ReloadMethod;
@@ -144,15 +150,28 @@ impl ProvisionError {
     }
 }
 
-/// What the fleet asks for, checked for what sshd_config can express.
-pub fn target(fleet: &crate::fleet::Fleet, chroot_root: PathBuf) -> Result<Target, ProvisionError> {
+/// What the fleet asks for. fleet.toml's settings passed `fleet::rules` when the fleet loaded;
+/// a chroot root given with `--chroot-root` instead is held to the same rules here.
+pub fn target(
+    fleet: &crate::fleet::Fleet,
+    chroot_override: Option<PathBuf>,
+) -> Result<Target, ProvisionError> {
     let server = &fleet.config.server;
-    check_paths(&[
-        ("chroot root", &chroot_root),
-        ("server.authorized_keys_dir", &server.authorized_keys_dir),
-        ("server.sshd_dropin", &server.sshd_dropin),
-    ])?;
-    check_sshd_extra(&server.sshd_extra)?;
+    let (chroot_root, chroot_root_from) = match chroot_override {
+        Some(path) => (path, Origin::Flag),
+        None => (server.chroot_root.clone(), Origin::FleetToml),
+    };
+    if chroot_root_from == Origin::Flag {
+        let setting = Setting {
+            key: rules::CHROOT_ROOT_FLAG,
+            path: &chroot_root,
+            origin: Origin::Flag,
+        };
+        let problems = rules::messages(server, setting);
+        if !problems.is_empty() {
+            return Err(ProvisionError::BadInput(problems.join("\n")));
+        }
+    }
     let hosts = fleet
         .hosts
         .values()
@@ -166,47 +185,12 @@ pub fn target(fleet: &crate::fleet::Fleet, chroot_root: PathBuf) -> Result<Targe
         hosts,
         user_prefix: server.user_prefix.clone(),
         chroot_root,
+        chroot_root_from,
         keys_dir: server.authorized_keys_dir.clone(),
         dropin: server.sshd_dropin.clone(),
         sshd_config: PathBuf::from(system::SSHD_CONFIG),
         sshd_extra: server.sshd_extra.clone(),
     })
-}
-
-/// The drop-in writes these paths literally, so they must be absolute and need no quoting.
-fn check_paths(paths: &[(&str, &PathBuf)]) -> Result<(), ProvisionError> {
-    for (what, path) in paths {
-        if !path.is_absolute() {
-            return Err(ProvisionError::BadInput(format!(
-                "the {what} {} must be an absolute path",
-                path.display()
-            )));
-        }
-        if let Some(c) = dropin::unsafe_in_config(path) {
-            return Err(ProvisionError::BadInput(format!(
-                "the {what} {} contains {c:?}, which sshd_config cannot take literally: choose a path without spaces, quotes, '%', '#' or ','",
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Extra lines go inside every Match block, so they must not open or pull in another one.
-fn check_sshd_extra(lines: &[String]) -> Result<(), ProvisionError> {
-    for line in lines {
-        let keyword = line
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if keyword == "match" || keyword == "include" {
-            return Err(ProvisionError::BadInput(format!(
-                "fleet.toml server.sshd_extra {line:?}: a {keyword} line would change which accounts the blocks apply to; only per-account settings belong there"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

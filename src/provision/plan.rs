@@ -5,13 +5,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::layout::{ChrootPaths, SERVER_DIR_MODE, SERVER_FILE_MODE};
+use crate::fleet::rules::{CHROOT_ROOT_FLAG, CHROOT_ROOT_KEY, Origin, SSHD_DROPIN_KEY, Setting};
+use crate::layout::{ChrootPaths, REPORTS_DIR, SERVER_DIR_MODE, SERVER_FILE_MODE};
 use crate::names::HostName;
 
 use super::ProvisionError;
-use super::action::{AccountFix, Action, Want};
+use super::action::{AccountFix, Action, MountHow, Want};
 use super::dropin::{self, Block, Gone, Inclusion};
-use super::system::{Accounts, Kind, Meta, NOLOGIN_CANDIDATES, Password, System, User};
+use super::ownership::{self, Adoption, CHROOT_ROOT_MARKER, ChrootRoot, Dropin};
+use super::reports::{self, AtBoot};
+use super::system::{Accounts, FsKind, Kind, Meta, NOLOGIN_CANDIDATES, Password, System, User};
 
 /// Where pruned chroots go, inside the chroot root (host names never start with a dot).
 pub const PRUNED_DIR: &str = ".pruned";
@@ -36,10 +39,29 @@ pub struct Target {
     pub hosts: Vec<HostTarget>,
     pub user_prefix: String,
     pub chroot_root: PathBuf,
+    /// fleet.toml's, or `--chroot-root`'s: messages name the one to change.
+    pub chroot_root_from: Origin,
     pub keys_dir: PathBuf,
     pub dropin: PathBuf,
     pub sshd_config: PathBuf,
     pub sshd_extra: Vec<String>,
+}
+
+impl Target {
+    pub fn chroot_root_setting(&self) -> Setting<'_> {
+        let key = match self.chroot_root_from {
+            Origin::FleetToml => CHROOT_ROOT_KEY,
+            Origin::Flag => CHROOT_ROOT_FLAG,
+        };
+        Setting {
+            key,
+            path: &self.chroot_root,
+            origin: self.chroot_root_from,
+        }
+    }
+    pub fn dropin_setting(&self) -> Setting<'_> {
+        Setting::fleet(SSHD_DROPIN_KEY, &self.dropin)
+    }
 }
 
 /// What happens to the accounts of hosts gone from the fleet.
@@ -56,6 +78,8 @@ pub struct PlanOptions {
     pub departed: Departed,
     /// Names the pruned chroots.
     pub now: SystemTime,
+    /// Whether systemd units mount the reports/ tmpfs at boot.
+    pub at_boot: AtBoot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,7 +166,7 @@ impl Plan {
 /// Computes the plan: inspects accounts, directories, keys and the drop-in, and lists every change.
 pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Plan, ProvisionError> {
     let accounts = Accounts::load(sys).map_err(ProvisionError::inspect(Path::new("/etc")))?;
-    let mut p = Planner::new(target, sys, &accounts);
+    let mut p = Planner::new(target, sys, &accounts, opts.at_boot);
     // Accounts first: the directories below are owned by them.
     p.accounts();
     // The chroot tree of DESIGN.md's "Server layout".
@@ -165,6 +189,14 @@ struct Planner<'a> {
     findings: Vec<Finding>,
     /// `<chroot root>/.pruned` once it is planned: checked once, however many chroots move there.
     pruned_dir: Option<PathBuf>,
+    at_boot: AtBoot,
+}
+
+/// Whether the chroot root may be planned into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    Tiffins,
+    SomeoneElses,
 }
 
 /// How `Planner::managed` looks at a path.
@@ -195,7 +227,12 @@ struct Departure {
 
 /// The basics every phase uses: findings, inspection, ownership checks.
 impl<'a> Planner<'a> {
-    fn new(target: &'a Target, sys: &'a dyn System, accounts: &'a Accounts) -> Planner<'a> {
+    fn new(
+        target: &'a Target,
+        sys: &'a dyn System,
+        accounts: &'a Accounts,
+        at_boot: AtBoot,
+    ) -> Planner<'a> {
         Planner {
             target,
             sys,
@@ -203,6 +240,7 @@ impl<'a> Planner<'a> {
             actions: Vec::new(),
             findings: Vec::new(),
             pruned_dir: None,
+            at_boot,
         }
     }
 
@@ -473,16 +511,79 @@ impl Planner<'_> {
     fn chroot_tree(&mut self) -> Result<(), ProvisionError> {
         let target = self.target;
         self.ancestors(&target.chroot_root, "chroot")?;
-        self.managed(
-            &target.chroot_root,
-            Kind::Dir,
-            Want::root(PUBLIC_DIR_MODE),
-            Symlinks::Follow,
-        )?;
+        if self.chroot_root()? == Whose::SomeoneElses {
+            // Nothing is planned inside someone else's directory.
+            return Ok(());
+        }
         for h in &target.hosts {
             self.host_chroot(h)?;
         }
+        self.boot_note();
         Ok(())
+    }
+
+    /// Created and marked; adopted as it is when empty or publish's; repaired only when marked
+    /// (tiffin never changes the owner or mode of a directory it did not create).
+    fn chroot_root(&mut self) -> Result<Whose, ProvisionError> {
+        let target = self.target;
+        let root = &target.chroot_root;
+        let setting = target.chroot_root_setting();
+        let why = match ownership::chroot_root(self.sys, setting)? {
+            ChrootRoot::Foreign(message) => {
+                self.blocker(setting.located(&message));
+                return Ok(Whose::SomeoneElses);
+            }
+            ChrootRoot::Marked => {
+                let want = Want::root(PUBLIC_DIR_MODE);
+                self.managed(root, Kind::Dir, want, Symlinks::Follow)?;
+                return Ok(Whose::Tiffins);
+            }
+            ChrootRoot::Missing => {
+                self.actions.push(Action::CreateDir {
+                    path: root.clone(),
+                    want: Want::root(PUBLIC_DIR_MODE),
+                });
+                Adoption::Created
+            }
+            ChrootRoot::Adoptable(why) => {
+                self.adoptable_modes(root)?;
+                why
+            }
+        };
+        self.actions.push(Action::MarkChrootRoot {
+            path: root.join(CHROOT_ROOT_MARKER),
+            why,
+        });
+        Ok(Whose::Tiffins)
+    }
+
+    /// A directory tiffin adopts keeps its owner and mode, so they must already suit sshd.
+    fn adoptable_modes(&mut self, root: &Path) -> Result<(), ProvisionError> {
+        match self.stat(root)? {
+            Some(m) if !m.root_owned_not_writable() => {
+                let was = self.was(&m);
+                self.blocker(format!(
+                    "{} is {was}: sshd refuses chroots under a directory that is not root-owned or is writable by group or others, and tiffin changes no directory it did not create: fix it with `chown root {0} && chmod go-w {0}`, or choose another path in fleet.toml",
+                    root.display()
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Without systemd units the tmpfs mounts last until the server reboots: say so when mounting.
+    fn boot_note(&mut self) {
+        let mounts = self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::MountReports { .. }));
+        if mounts && self.at_boot == AtBoot::Manual {
+            self.note(format!(
+                "systemd does not manage this server's mounts, so the tmpfs on each reports/ lasts until the server reboots: run `tiffin provision` after each boot (it mounts what is missing), or add a line per host to /etc/fstab: `tmpfs <chroot>/reports tmpfs {},mode=0700,uid=<account's uid>,gid=<its gid>,nosuid,nodev,noexec 0 0`",
+                reports::bound_options()
+            ));
+        }
     }
 
     /// Root-owned and readable by the host's group only; reports/ is the one place the host writes.
@@ -499,6 +600,7 @@ impl Planner<'_> {
             Want::new(&h.account, group, REPORTS_MODE),
             Symlinks::Refuse,
         )?;
+        self.reports_mount(h, &paths.reports())?;
         self.managed(
             &paths.current(),
             Kind::File,
@@ -507,6 +609,61 @@ impl Planner<'_> {
         )?;
         if releases_exist {
             self.release_trees(&releases, group)?;
+        }
+        Ok(())
+    }
+
+    /// reports/ on a bounded tmpfs of its own (`reports`), with its unit where systemd mounts at boot.
+    fn reports_mount(&mut self, h: &HostTarget, path: &Path) -> Result<(), ProvisionError> {
+        let mounted = self
+            .sys
+            .mount_at(path)
+            .map_err(ProvisionError::inspect(path))?;
+        let how = match mounted {
+            None => Some(MountHow::New),
+            Some(m) if m.fs == FsKind::Other => {
+                self.blocker(format!(
+                    "{} has another filesystem mounted on it: tiffin mounts a bounded tmpfs there (what the host can store on the server); unmount it",
+                    path.display()
+                ));
+                None
+            }
+            Some(m) if reports::bounded(&m) => None,
+            Some(was) => Some(MountHow::Remount { was }),
+        };
+        if let Some(how) = how {
+            self.actions.push(Action::MountReports {
+                path: path.to_owned(),
+                account: h.account.clone(),
+                how,
+            });
+        }
+        if self.at_boot == AtBoot::SystemdUnits {
+            self.mount_unit(h, path)?;
+        }
+        Ok(())
+    }
+
+    /// Rewritten and enabled unless it holds exactly what this run would write and is enabled.
+    fn mount_unit(&mut self, h: &HostTarget, reports: &Path) -> Result<(), ProvisionError> {
+        let path = reports::unit_path(reports);
+        let uid = self.accounts.users.get(&h.account).map(|u| u.uid);
+        let gid = self.accounts.groups.get(&h.account).map(|g| g.gid);
+        let current = match (uid, gid) {
+            (Some(uid), Some(gid)) => {
+                let want = reports::unit_text(&h.host, reports, uid, gid);
+                self.read(&path)?.is_some_and(|b| b == want.as_bytes())
+            }
+            // The account is created by this plan: its uid is not known yet.
+            _ => false,
+        };
+        if !current || self.lstat(&reports::wants_link(reports))?.is_none() {
+            self.actions.push(Action::WriteMountUnit {
+                path,
+                reports: reports.to_owned(),
+                host: h.host.clone(),
+                account: h.account.clone(),
+            });
         }
         Ok(())
     }
@@ -565,13 +722,6 @@ impl Planner<'_> {
 impl Planner<'_> {
     fn keys(&mut self) -> Result<(), ProvisionError> {
         let target = self.target;
-        if target.keys_dir.starts_with(&target.chroot_root) {
-            self.blocker(format!(
-                "server.authorized_keys_dir {} is inside the chroot root {}: keys must live outside every chroot (e.g. /etc/tiffin/authorized_keys)",
-                target.keys_dir.display(),
-                target.chroot_root.display()
-            ));
-        }
         self.ancestors(&target.keys_dir, "the authorized keys directory")?;
         self.managed(
             &target.keys_dir,
@@ -704,11 +854,28 @@ impl Planner<'_> {
             });
         }
         if self.lstat(&d.chroot)?.is_some() {
+            self.unmount_reports(&d.chroot)?;
             let pruned = self.pruned_dir()?;
             self.actions.push(Action::MoveChroot {
                 from: d.chroot.clone(),
                 to: pruned.join(format!("{}-{}", d.host, stamp(now))),
             });
+        }
+        Ok(())
+    }
+
+    /// The tmpfs and its unit go first: moved along with the chroot, the unit would mount a
+    /// tmpfs at the old path again at the next boot.
+    fn unmount_reports(&mut self, chroot: &Path) -> Result<(), ProvisionError> {
+        let path = chroot.join(REPORTS_DIR);
+        let mounted = self
+            .sys
+            .mount_at(&path)
+            .map_err(ProvisionError::inspect(&path))?;
+        let unit = reports::unit_path(&path);
+        let unit = self.lstat(&unit)?.map(|_| unit);
+        if mounted.is_some() || unit.is_some() {
+            self.actions.push(Action::UnmountReports { path, unit });
         }
         Ok(())
     }
@@ -731,9 +898,15 @@ impl Planner<'_> {
         let blocks = dropin_blocks(target, departed);
         let new = dropin::render(&blocks, &target.sshd_extra);
         self.dropin_dirs()?;
-        let old = self
-            .read(&target.dropin)?
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+        let setting = target.dropin_setting();
+        let old = match ownership::dropin(self.sys, setting)? {
+            Dropin::Missing => None,
+            Dropin::Ours(text) => Some(text),
+            Dropin::Foreign(message) => {
+                self.blocker(setting.located(&message));
+                return Ok(());
+            }
+        };
         if old.as_deref() == Some(new.as_str()) {
             self.managed(
                 &target.dropin,

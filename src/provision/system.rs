@@ -50,6 +50,28 @@ impl Meta {
     }
 }
 
+/// The filesystem mounted exactly at a directory: what bounds what can be stored there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mounted {
+    pub fs: FsKind,
+    pub bytes: u64,
+    pub inodes: u64,
+    pub flags: MountFlags,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    Tmpfs,
+    Other,
+}
+
+/// Whether a mount runs nothing a client puts there: nosuid, nodev and noexec all set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountFlags {
+    Inert,
+    Permissive,
+}
+
 /// Read access to the server, by the paths the server sees (`/etc/passwd`, the chroot root…).
 pub trait System {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
@@ -59,6 +81,9 @@ pub trait System {
     fn stat(&self, path: &Path) -> io::Result<Option<Meta>>;
     /// Entry names of a directory, sorted.
     fn list(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The filesystem mounted exactly at `path` (a directory on another device than its
+    /// parent), `None` when nothing is, or the path does not exist.
+    fn mount_at(&self, path: &Path) -> io::Result<Option<Mounted>>;
 }
 
 /// The running system, optionally seen under another root directory
@@ -70,6 +95,12 @@ pub struct RealSystem {
 
 impl RealSystem {
     pub fn new(root: PathBuf) -> RealSystem {
+        RealSystem { root }
+    }
+    /// `/`, or the directory `TIFFIN_SYSTEM_ROOT` names (tests plan and check against a copy).
+    pub fn from_env() -> RealSystem {
+        let root = std::env::var_os(super::SYSTEM_ROOT_ENV)
+            .map_or_else(|| PathBuf::from("/"), PathBuf::from);
         RealSystem { root }
     }
     /// Where a server path really is.
@@ -128,6 +159,43 @@ impl System for RealSystem {
         }
         names.sort();
         Ok(names)
+    }
+    fn mount_at(&self, path: &Path) -> io::Result<Option<Mounted>> {
+        let real = self.real(path);
+        let parent = real.parent().unwrap_or(Path::new("/"));
+        let Some(meta) = optional_raw(fs::symlink_metadata(&real))? else {
+            return Ok(None);
+        };
+        if !meta.is_dir() || meta.dev() == fs::metadata(parent)?.dev() {
+            return Ok(None);
+        }
+        let fs_type = nix::sys::statfs::statfs(&real)?.filesystem_type();
+        let vfs = nix::sys::statvfs::statvfs(&real)?;
+        let inert = nix::sys::statvfs::FsFlags::ST_NOSUID
+            | nix::sys::statvfs::FsFlags::ST_NODEV
+            | nix::sys::statvfs::FsFlags::ST_NOEXEC;
+        Ok(Some(Mounted {
+            fs: if fs_type == nix::sys::statfs::TMPFS_MAGIC {
+                FsKind::Tmpfs
+            } else {
+                FsKind::Other
+            },
+            bytes: vfs.blocks() * vfs.fragment_size(),
+            inodes: vfs.files(),
+            flags: if vfs.flags().contains(inert) {
+                MountFlags::Inert
+            } else {
+                MountFlags::Permissive
+            },
+        }))
+    }
+}
+
+fn optional_raw(r: io::Result<fs::Metadata>) -> io::Result<Option<fs::Metadata>> {
+    match r {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -312,6 +380,7 @@ pub mod fake {
     #[derive(Debug, Clone, Default)]
     pub struct FakeSystem {
         nodes: BTreeMap<PathBuf, Node>,
+        mounts: BTreeMap<PathBuf, Mounted>,
     }
 
     impl FakeSystem {
@@ -385,6 +454,14 @@ pub mod fake {
             self.nodes.remove(Path::new(path));
             self
         }
+        pub fn symlink(&mut self, path: &str) -> &mut Self {
+            self.put(path, Kind::Symlink, 0, 0, 0o777, Vec::new())
+        }
+        /// A filesystem mounted on the directory `path`.
+        pub fn mount(&mut self, path: &str, mounted: Mounted) -> &mut Self {
+            self.mounts.insert(path.into(), mounted);
+            self
+        }
         fn put(
             &mut self,
             path: &str,
@@ -426,6 +503,9 @@ pub mod fake {
                 .filter(|p| p.parent() == Some(path) && p.as_path() != path)
                 .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect())
+        }
+        fn mount_at(&self, path: &Path) -> io::Result<Option<Mounted>> {
+            Ok(self.mounts.get(path).copied())
         }
     }
 }

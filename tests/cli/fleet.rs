@@ -436,3 +436,37 @@ fn host_add_says_what_comes_next() {
         assert!(text.contains(step), "missing {step:?} in:\n{text}");
     }
 }
+
+#[test]
+fn check_refuses_the_server_settings_provision_and_publish_refuse() {
+    let fleet = TestFleet::with_hosts(&["web"]);
+    fleet.write(
+        "fleet.toml",
+        "[server]\n\
+         chroot_root = \"/var\"\n\
+         user_prefix = \"Tiffin-\"\n\
+         sshd_dropin = \"/etc/passwd\"\n\
+         authorized_keys_dir = \"keys\"\n\
+         sshd_extra = [\"ClientAliveInterval 30\", \"Match all\", \"Include=/etc/ssh/more.conf\"]\n",
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = fleet
+        .tiffin(&["check"])
+        .env("TIFFIN_SYSTEM_ROOT", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    insta::assert_snapshot!(text);
+    // publish refuses the same fleet, naming the same key.
+    let (code, out) = fleet.output(&["publish"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("server.chroot_root \"/var\" is a directory the system shares"),
+        "{out}"
+    );
+}

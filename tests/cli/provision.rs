@@ -237,3 +237,154 @@ fn a_mistyped_host_toml_is_an_error_never_a_departure() {
         );
     }
 }
+
+/// The first `error: fleet.toml: …` line of `tiffin check`, and provision's output, for one fleet.
+fn check_and_provision(f: &Path, system: &Path) -> (Option<i32>, String, Option<i32>, String) {
+    let check = tiffin()
+        .args(["check", "--fleet"])
+        .arg(f)
+        .env("TIFFIN_SYSTEM_ROOT", system)
+        .output()
+        .unwrap();
+    let prov = tiffin()
+        .args(["provision", "--dry-run", "--fleet"])
+        .arg(f)
+        .env("TIFFIN_SYSTEM_ROOT", system)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or_default()
+        .to_owned();
+    let prov_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&prov.stdout),
+        String::from_utf8_lossy(&prov.stderr)
+    );
+    (check.status.code(), said, prov.status.code(), prov_text)
+}
+
+#[test]
+fn check_and_provision_refuse_odd_settings_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(dir.path());
+    let toml = f.join("fleet.toml");
+    let good = fs::read_to_string(&toml).unwrap();
+    let prefix = "# user_prefix = \"tiffin-\"";
+    let extra = "# sshd_extra = [\"ClientAliveInterval 30\"]";
+    let cases = [
+        (
+            prefix,
+            "user_prefix = \"Tiffin-\"",
+            "server.user_prefix \"Tiffin-\" must start with a lowercase letter",
+        ),
+        (prefix, "user_prefix = \"\"", "server.user_prefix is empty"),
+        (
+            prefix,
+            "user_prefix = \"t:x-\"",
+            "server.user_prefix \"t:x-\" must start",
+        ),
+        (
+            extra,
+            "sshd_extra = [\"Match all\"]",
+            "server.sshd_extra \"Match all\": a Match line",
+        ),
+        (
+            extra,
+            "sshd_extra = [\"Include=/etc/x.conf\"]",
+            "an Include line",
+        ),
+        (
+            "# sshd_dropin = \"/etc/ssh/sshd_config.d/tiffin.conf\"",
+            "sshd_dropin = \"/etc/passwd\"",
+            "server.sshd_dropin \"/etc/passwd\" must be a file named *.conf",
+        ),
+        (
+            "# chroot_root = \"/var/lib/tiffin/chroots\"",
+            "chroot_root = \"/var/lib\"",
+            "server.chroot_root \"/var/lib\" is a directory the system shares",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(good.contains(from), "{from}");
+        fs::write(&toml, good.replace(from, to)).unwrap();
+        let (check_code, said, prov_code, prov) = check_and_provision(&f, dir.path());
+        assert_eq!(
+            (check_code, prov_code),
+            (Some(2), Some(2)),
+            "{to}: {said}\n{prov}"
+        );
+        assert!(
+            said.starts_with("fleet.toml: ") && said.contains(expected),
+            "{to}: {said}"
+        );
+        assert!(
+            prov.contains(&said),
+            "{to}: provision says otherwise:\n{prov}\ncheck: {said}"
+        );
+    }
+    fs::write(&toml, good).unwrap();
+    let out = tiffin()
+        .args(["provision", "--dry-run", "--chroot-root", "/srv", "--fleet"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--chroot-root \"/srv\" is a directory the system shares"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs root: the fake server's directories must be root-owned, as sshd demands of a real one"]
+fn a_dropin_or_chroot_root_that_is_not_tiffins_is_refused_by_check_and_provision() {
+    crate::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(dir.path());
+    let root = fake_server(dir.path());
+    let (check_code, said, prov_code, prov) = check_and_provision(&f, &root);
+    assert_eq!(
+        (check_code, prov_code),
+        (Some(0), Some(0)),
+        "{said}\n{prov}"
+    );
+
+    let dropin = root.join("etc/ssh/sshd_config.d/tiffin.conf");
+    fs::write(&dropin, "# the admin's own\nPermitRootLogin no\n").unwrap();
+    let (check_code, said, prov_code, prov) = check_and_provision(&f, &root);
+    assert_eq!(
+        (check_code, prov_code),
+        (Some(2), Some(1)),
+        "{said}\n{prov}"
+    );
+    assert_eq!(
+        said,
+        "fleet.toml: server.sshd_dropin \"/etc/ssh/sshd_config.d/tiffin.conf\" exists and tiffin did not write it (its first line is not \"# Written by `tiffin provision` …\"): tiffin replaces only a drop-in it wrote; name a new file for it in fleet.toml (such as /etc/ssh/sshd_config.d/tiffin.conf), or move that file away if nothing needs it"
+    );
+    assert!(prov.contains(&format!("problem: {said}")), "{prov}");
+    assert!(!prov.contains("write drop-in"), "{prov}");
+    fs::remove_file(&dropin).unwrap();
+
+    let chroots = root.join("var/lib/tiffin/chroots");
+    fs::create_dir_all(chroots.join("alice")).unwrap();
+    fs::write(chroots.join("alice/.profile"), "").unwrap();
+    let (check_code, said, prov_code, prov) = check_and_provision(&f, &root);
+    assert_eq!(
+        (check_code, prov_code),
+        (Some(2), Some(1)),
+        "{said}\n{prov}"
+    );
+    assert!(
+        said.starts_with("fleet.toml: server.chroot_root \"/var/lib/tiffin/chroots\" holds what tiffin did not put there (\"alice\")"),
+        "{said}"
+    );
+    assert!(prov.contains(&format!("problem: {said}")), "{prov}");
+    assert!(
+        !prov.contains("create dir      /var/lib/tiffin/chroots/client1"),
+        "{prov}"
+    );
+}

@@ -23,13 +23,58 @@ echo s3cret >"$F/hosts/client1/files/etc/app/secret"
 chmod 600 "$F/hosts/client1/files/etc/app/secret"
 sed -i 's/^# sshd_extra = .*/sshd_extra = ["ClientAliveInterval 30"]/' "$F/fleet.toml"
 cd "$F"
-"$TIFFIN" publish
 C=/var/lib/tiffin/chroots
+# The releases' filesystem, small enough that one client's uploads could fill it were reports/
+# not bounded (mode 755: sshd checks every component of the chroot path).
+mkdir -p "$C"
+mount -t tmpfs -o size=8m,mode=755 tmpfs "$C"
+"$TIFFIN" publish
 
 step "tiffin provision --dry-run"
 "$TIFFIN" provision --dry-run
 [ ! -e /etc/ssh/sshd_config.d/tiffin.conf ] || fail "dry run wrote the drop-in"
 getent passwd tiffin-client1 && fail "dry run created an account"
+
+# refused CHECK_RC PROVISION_RC KEY VALUE: with fleet.toml's KEY set to VALUE, `tiffin check`
+# and `tiffin provision` fail with these exit codes and print the same message about KEY.
+refused() {
+    cp "$F/fleet.toml" "$T/fleet.toml.good"
+    sed -i "s|^# $3 = .*|$3 = \"$4\"|" "$F/fleet.toml"
+    grep -q "^$3 = \"$4\"" "$F/fleet.toml" || fail "could not set $3"
+    local rc=0
+    "$TIFFIN" check >"$T/check.out" 2>&1 || rc=$?
+    [ "$rc" = "$1" ] || { cat "$T/check.out"; fail "check: exit $rc, expected $1"; }
+    rc=0
+    "$TIFFIN" provision >"$T/prov.out" 2>&1 || rc=$?
+    [ "$rc" = "$2" ] || { cat "$T/prov.out"; fail "provision: exit $rc, expected $2"; }
+    local said
+    said=$(grep -o "fleet.toml: server\.${3#server.}[^ ]* \"$4\".*" "$T/check.out" | head -1)
+    [ -n "$said" ] || { cat "$T/check.out"; fail "check does not name $3"; }
+    grep -qF "$said" "$T/prov.out" || { cat "$T/prov.out"; fail "provision does not say what check says: $said"; }
+    echo "refused by check (exit $1) and provision (exit $2): $said"
+    cp "$T/fleet.toml.good" "$F/fleet.toml"
+}
+
+step "paths that are not tiffin's: refused by check and provision alike, nothing changed"
+passwd=$(sha256sum /etc/passwd)
+refused 2 2 sshd_dropin /etc/passwd
+refused 2 2 sshd_dropin /etc/ssh/sshd_config
+[ "$passwd" = "$(sha256sum /etc/passwd)" ] || fail "/etc/passwd changed"
+printf 'PermitRootLogin no\n' >/etc/ssh/sshd_config.d/admin.conf
+admin=$(stat -c '%i %a %s %Y' /etc/ssh/sshd_config.d/admin.conf)
+refused 2 1 sshd_dropin /etc/ssh/sshd_config.d/admin.conf
+[ "$admin" = "$(stat -c '%i %a %s %Y' /etc/ssh/sshd_config.d/admin.conf)" ] || fail "admin.conf changed"
+rm /etc/ssh/sshd_config.d/admin.conf
+home=$(stat -c '%U:%G %a' /home)
+refused 2 2 chroot_root /home
+mkdir -m 775 /home/shared /home/shared/alice
+touch /home/shared/alice/.profile /home/shared/notes
+refused 2 1 chroot_root /home/shared
+[ "$(stat -c '%a' /home/shared)" = 775 ] || fail "provision changed the mode of /home/shared"
+[ "$home" = "$(stat -c '%U:%G %a' /home)" ] || fail "/home changed"
+[ ! -e /home/shared/.tiffin-chroot-root ] || fail "provision marked /home/shared"
+getent passwd tiffin-client1 && fail "a refused provision created an account"
+[ ! -e /etc/ssh/sshd_config.d/tiffin.conf ] || fail "a refused provision wrote the drop-in"
 
 step "sshd starts (before provisioning, so provision must reload it)"
 start_sshd
@@ -102,6 +147,28 @@ done
 if setpriv --reuid=alice --regid=alice --clear-groups ls "$C/client1" 2>/dev/null; then fail "alice listed client1"; fi
 echo "alice: permission denied on client1's chroot"
 
+step "reports/ is a bounded tmpfs: a client cannot fill the filesystem of the releases"
+for c in client1 client2; do
+    findmnt -n -o FSTYPE,OPTIONS "$C/$c/reports" | tee "$T/mnt"
+    grep -q '^tmpfs .*nosuid,nodev,noexec.*size=1024k,nr_inodes=64,mode=700' "$T/mnt" || fail "$c/reports is not the bounded tmpfs"
+done
+[ -e "$C/.tiffin-chroot-root" ] || fail "the adopted chroot root is not marked"
+head -c 10M /dev/zero >"$T/big"   # more than the whole 8 MB filesystem of the releases
+denied client1 tiffin-client1 "put $T/big /reports/big"
+echo "rm /reports/big" | as client1 tiffin-client1 >/dev/null 2>&1 || true
+for i in $(seq 70); do echo "put $T/report /reports/many-$i"; done >"$T/many"
+if as client1 tiffin-client1 <"$T/many" >"$T/out" 2>&1; then fail "70 files fit into reports/"; fi
+echo "70 files: $(tail -1 "$T/out")"
+df -h "$C" "$C/client1/reports"
+mkdir -p "$F/hosts/client2/files/var/lib/app"
+head -c 3M /dev/urandom >"$F/hosts/client2/files/var/lib/app/blob"
+"$TIFFIN" publish client2 || fail "publish of client2 failed after client1 filled its reports/"
+ID2=$(cat "$C/client2/CURRENT")
+echo "get /releases/$ID2/files/var/lib/app/blob $T/blob" | as client2 tiffin-client2 >/dev/null
+cmp "$T/blob" "$F/hosts/client2/files/var/lib/app/blob"
+echo "client2's new release is published and readable"
+printf -- '-rm /reports/many-%s\n' $(seq 70) | as client1 tiffin-client1 >/dev/null 2>&1 || true
+
 step "second run: nothing to do"
 provision
 [[ $(cat "$T/provision.out") == *"nothing to do"* ]] || fail "second run changed something"
@@ -124,6 +191,9 @@ provision --prune
 grep '^tiffin-client2:!' /etc/shadow || fail "tiffin-client2 is not locked"
 [ ! -e /etc/tiffin/authorized_keys/tiffin-client2 ] || fail "key still there"
 ls "$C/.pruned"
+if findmnt "$C/client2/reports" >/dev/null || findmnt -rn -o TARGET | grep -q "^$C/.pruned/"; then
+    fail "client2's reports tmpfs is still mounted"
+fi
 denied client2 tiffin-client2 "ls /"
 provision --prune
 [[ $(cat "$T/provision.out") == *"nothing to do"* ]] || fail "prune is not idempotent"

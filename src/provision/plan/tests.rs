@@ -1,7 +1,9 @@
 //! Plans against an in-memory server: what provisioning would change, snapshotted.
 
 use super::*;
+use crate::provision::reports::{REPORTS_BYTES, REPORTS_INODES};
 use crate::provision::system::fake::FakeSystem;
+use crate::provision::system::{MountFlags, Mounted};
 
 const KEYS: [&str; 3] = [
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHUCjPt2qjOB8lNVJFDp5AJ4np61qYkiH6bnAG8e2sV0 root@client1",
@@ -24,6 +26,7 @@ fn target(hosts: &[&str]) -> Target {
             .collect(),
         user_prefix: "tiffin-".into(),
         chroot_root: ROOT.into(),
+        chroot_root_from: Origin::FleetToml,
         keys_dir: "/etc/tiffin/authorized_keys".into(),
         dropin: "/etc/ssh/sshd_config.d/tiffin.conf".into(),
         sshd_config: "/etc/ssh/sshd_config".into(),
@@ -35,14 +38,24 @@ fn opts(departed: Departed) -> PlanOptions {
     PlanOptions {
         departed,
         now: crate::settings::parse_time("2026-11-24T22:44:16Z").unwrap(),
+        at_boot: AtBoot::SystemdUnits,
     }
 }
+
+const BOUNDED: Mounted = Mounted {
+    fs: FsKind::Tmpfs,
+    bytes: REPORTS_BYTES,
+    inodes: REPORTS_INODES,
+    flags: MountFlags::Inert,
+};
 
 /// A server on which `target` is fully provisioned (uids from 990 down).
 fn provisioned(t: &Target) -> FakeSystem {
     let mut s = FakeSystem::debian();
     s.dir("/var/lib/tiffin", 0, 0, 0o755)
         .dir(ROOT, 0, 0, 0o755)
+        .file(&format!("{ROOT}/{CHROOT_ROOT_MARKER}"), 0, 0, 0o644, "")
+        .dir("/etc/systemd/system/local-fs.target.wants", 0, 0, 0o755)
         .dir("/etc/tiffin", 0, 0, 0o755)
         .dir("/etc/tiffin/authorized_keys", 0, 0, 0o755);
     for (i, h) in t.hosts.iter().enumerate() {
@@ -63,6 +76,23 @@ fn provisioned(t: &Target) -> FakeSystem {
         .dir(&chroot, 0, id, 0o750)
         .dir(&format!("{chroot}/releases"), 0, id, 0o750)
         .dir(&format!("{chroot}/reports"), id, id, 0o700)
+        .mount(&format!("{chroot}/reports"), BOUNDED);
+        let reports = PathBuf::from(format!("{chroot}/reports"));
+        let unit = reports::unit_path(&reports);
+        s.file(
+            &unit.to_string_lossy(),
+            0,
+            0,
+            0o644,
+            &reports::unit_text(&h.host, &reports, id, id),
+        )
+        .file(
+            &reports::wants_link(&reports).to_string_lossy(),
+            0,
+            0,
+            0o644,
+            "",
+        )
         .file(
             &format!("/etc/tiffin/authorized_keys/{}", h.account),
             0,
@@ -373,8 +403,8 @@ fn someone_elses_account_is_never_taken_over() {
 }
 
 #[test]
-fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
-    let mut t = target(&["client1"]);
+fn a_chroot_that_is_not_a_directory_blocks() {
+    let t = target(&["client1"]);
     let mut s = provisioned(&t);
     s.remove(&format!("{ROOT}/client1"));
     s.file(&format!("{ROOT}/client1"), 0, 0, 0o644, "");
@@ -387,19 +417,194 @@ fn a_symlinked_chroot_or_keys_inside_the_chroot_root_block() {
         "{:?}",
         plan.findings
     );
+}
 
-    t.keys_dir = format!("{ROOT}/keys").into();
-    let plan = super::plan(
-        &t,
-        &provisioned(&target(&["client1"])),
-        &opts(Departed::Keep),
-    )
-    .unwrap();
+fn blockers(p: &Plan) -> Vec<&str> {
+    p.findings
+        .iter()
+        .filter(|f| f.level == Level::Blocker)
+        .map(|f| f.message.as_str())
+        .collect()
+}
+
+#[test]
+fn a_dropin_tiffin_did_not_write_is_never_replaced() {
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.file(
+        "/etc/ssh/sshd_config.d/tiffin.conf",
+        0,
+        0,
+        0o644,
+        "# the admin's own settings\nPermitRootLogin no\n",
+    );
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
+    assert_eq!(
+        blockers(&plan),
+        [
+            "fleet.toml: server.sshd_dropin \"/etc/ssh/sshd_config.d/tiffin.conf\" exists and tiffin did not write it (its first line is not \"# Written by `tiffin provision` …\"): tiffin replaces only a drop-in it wrote; name a new file for it in fleet.toml (such as /etc/ssh/sshd_config.d/tiffin.conf), or move that file away if nothing needs it"
+        ]
+    );
     assert!(
-        plan.findings
+        !plan
+            .actions
             .iter()
-            .any(|f| f.level == Level::Blocker && f.message.contains("outside every chroot")),
+            .any(|a| matches!(a, Action::WriteDropin { .. })),
+        "{}",
+        plan.render(&t)
+    );
+    s.remove("/etc/ssh/sshd_config.d/tiffin.conf");
+    s.symlink("/etc/ssh/sshd_config.d/tiffin.conf");
+    let plan = super::plan(&t, &s, &opts(Departed::Keep)).unwrap();
+    assert!(
+        blockers(&plan)[0]
+            .contains("is a symlink: tiffin writes its drop-in only as a regular file")
+    );
+}
+
+#[test]
+fn a_chroot_root_of_someone_else_blocks_and_nothing_is_planned_inside() {
+    let t = target(&["client1"]);
+    let mut s = FakeSystem::debian();
+    s.dir("/var/lib/tiffin", 0, 0, 0o755)
+        .dir(ROOT, 1000, 0, 0o775)
+        .dir(&format!("{ROOT}/alice"), 1000, 1000, 0o700)
+        .file(&format!("{ROOT}/alice/.profile"), 1000, 1000, 0o644, "")
+        .file(&format!("{ROOT}/notes.txt"), 1000, 1000, 0o644, "");
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
+    let b = blockers(&plan);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert!(
+        b[0].starts_with("fleet.toml: server.chroot_root \"/var/lib/tiffin/chroots\" holds what tiffin did not put there (\"alice\", \"notes.txt\") and has no .tiffin-chroot-root"),
+        "{}",
+        b[0]
+    );
+    let inside: Vec<String> = plan
+        .actions
+        .iter()
+        .map(|a| a.to_string())
+        .filter(|a| a.contains(ROOT) && !a.starts_with("create account"))
+        .collect();
+    assert_eq!(
+        inside,
+        Vec::<String>::new(),
+        "no repair, no host chroot in it"
+    );
+}
+
+#[test]
+fn an_empty_or_published_chroot_root_is_adopted_as_it_is() {
+    let t = target(&["client1"]);
+    let mut s = provisioned(&t);
+    s.remove(&format!("{ROOT}/{CHROOT_ROOT_MARKER}"));
+    // publish's lock and a host tree: tiffin's own, though unmarked.
+    s.file(&format!("{ROOT}/.publish.lock"), 0, 0, 0o600, "")
+        .dir(ROOT, 0, 0, 0o711);
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
+    assert_eq!(
+        plan.actions
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "mark chroot     /var/lib/tiffin/chroots/.tiffin-chroot-root  root:root 0644 (tiffin's from now on: it holds only what tiffin publish wrote)"
+        ],
+        "adopted, and its mode 0711 left as it is"
+    );
+
+    let mut empty = FakeSystem::debian();
+    empty
+        .dir("/var/lib/tiffin", 0, 0, 0o755)
+        .dir(ROOT, 1000, 0, 0o775);
+    let plan = super::plan(&t, &empty, &opts(Departed::Keep)).unwrap();
+    assert_eq!(
+        blockers(&plan),
+        [
+            "/var/lib/tiffin/chroots is 1000:root 0775: sshd refuses chroots under a directory that is not root-owned or is writable by group or others, and tiffin changes no directory it did not create: fix it with `chown root /var/lib/tiffin/chroots && chmod go-w /var/lib/tiffin/chroots`, or choose another path in fleet.toml"
+        ]
+    );
+    assert!(
+        !kinds(&plan).contains(&"repair dir".to_owned()),
         "{:?}",
-        plan.findings
+        kinds(&plan)
+    );
+    assert!(kinds(&plan).contains(&"mark chroot".to_owned()));
+}
+
+#[test]
+fn reports_get_a_bounded_tmpfs_once() {
+    let t = target(&["client1", "client2", "client3"]);
+    let mut s = provisioned(&t);
+    let small = Mounted {
+        bytes: 4096,
+        ..BOUNDED
+    };
+    s.mount(&format!("{ROOT}/client2/reports"), small).remove(
+        "/etc/systemd/system/local-fs.target.wants/var-lib-tiffin-chroots-client3-reports.mount",
+    );
+    let mut other = BOUNDED;
+    other.fs = FsKind::Other;
+    s.mount(&format!("{ROOT}/client1/reports"), other);
+    let plan = plan(&t, &s, &opts(Departed::Keep)).unwrap();
+    assert_eq!(
+        plan.actions
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "remount tmpfs   /var/lib/tiffin/chroots/client2/reports  (size 1024k, 64 inodes, nosuid,nodev,noexec; was size 4k, 64 inodes)",
+            "write unit      /etc/systemd/system/var-lib-tiffin-chroots-client3-reports.mount  root:root 0644 (mounts the tmpfs again at boot; systemctl enable)",
+        ]
+    );
+    assert_eq!(
+        blockers(&plan),
+        [
+            "/var/lib/tiffin/chroots/client1/reports has another filesystem mounted on it: tiffin mounts a bounded tmpfs there (what the host can store on the server); unmount it"
+        ]
+    );
+}
+
+#[test]
+fn without_systemd_the_plan_says_the_mounts_last_until_reboot() {
+    let t = target(&["client1"]);
+    let manual = PlanOptions {
+        at_boot: AtBoot::Manual,
+        ..opts(Departed::Keep)
+    };
+    let plan = super::plan(&t, &FakeSystem::debian(), &manual).unwrap();
+    assert!(!kinds(&plan).contains(&"write unit".to_owned()));
+    assert!(kinds(&plan).contains(&"mount tmpfs".to_owned()));
+    let text = plan.render(&t);
+    assert!(
+        text.contains("note: systemd does not manage this server's mounts"),
+        "{text}"
+    );
+    // Mounted already: nothing to do, and no note.
+    let mut s = provisioned(&t);
+    s.remove("/etc/systemd/system/var-lib-tiffin-chroots-client1-reports.mount");
+    let plan = super::plan(&t, &s, &manual).unwrap();
+    assert_eq!(plan.actions, vec![]);
+    assert!(plan.findings.is_empty(), "{:?}", plan.findings);
+}
+
+#[test]
+fn a_pruned_host_loses_its_tmpfs_and_unit_before_its_chroot_moves() {
+    let t = target(&["client1"]);
+    let s = provisioned(&target(&["client1", "client2"]));
+    // The drop-in as it was for two hosts; client2 is now gone.
+    let plan = plan(&t, &s, &opts(Departed::Prune)).unwrap();
+    let k = kinds(&plan);
+    let unmount = k
+        .iter()
+        .position(|a| a == "unmount tmpfs")
+        .expect("unmounted");
+    let moved = k.iter().position(|a| a == "move chroot").expect("moved");
+    assert!(unmount < moved, "{k:?}");
+    assert!(
+        plan.actions[unmount].to_string().contains(
+            "(its host is pruned; the unit /etc/systemd/system/var-lib-tiffin-chroots-client2-reports.mount is disabled and removed)"
+        ),
+        "{}",
+        plan.actions[unmount]
     );
 }
