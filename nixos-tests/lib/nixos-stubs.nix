@@ -70,6 +70,19 @@
           type = types.attrsOf (types.attrsOf (types.attrsOf (types.attrsOf types.str)));
           default = {};
         };
+        fileSystems = mkOption {
+          type = types.attrsOf (types.submodule {
+            options = {
+              device = mkOption {type = types.str;};
+              fsType = mkOption {type = types.str;};
+              options = mkOption {
+                type = types.listOf types.str;
+                default = [];
+              };
+            };
+          });
+          default = {};
+        };
         users.users = mkOption {
           type = types.attrsOf (types.attrsOf types.anything);
           default = {};
