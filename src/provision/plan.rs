@@ -169,7 +169,7 @@ pub fn plan(target: &Target, sys: &dyn System, opts: &PlanOptions) -> Result<Pla
     let mut p = Planner::new(target, sys, &accounts, opts.at_boot);
     // Accounts first: the directories below are owned by them.
     p.accounts();
-    // The chroot tree of DESIGN.md's "Server layout".
+    // The chroot tree of the server layout (docs/formats.md).
     p.chroot_tree()?;
     // Keys: outside every chroot, root-owned, read by sshd as root before it chroots.
     p.keys()?;
