@@ -566,11 +566,16 @@ impl<'a> SeqRecord<'a> {
     fn reserve(&self, seq: u64) -> Result<(), PublishError> {
         let dir = self.path.parent().expect("seq/<host>");
         let io = |step| io_error(self.host, step, &self.path);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io("creating the seq record in"))?;
+        // The state directory like any under /var/lib; only seq/ itself is root's alone.
+        if let Some(state_dir) = dir.parent() {
+            fs::create_dir_all(state_dir).map_err(io("creating the state directory of"))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io("creating the seq record in")(e));
+            }
+            _ => {}
+        }
         durable::write_atomic(
             &self.path,
             format!("{seq}\n").as_bytes(),

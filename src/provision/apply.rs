@@ -141,7 +141,8 @@ impl<'a> Applier<'a> {
             Action::UnlockAccount { name, .. } => self.unlock_account(name)?,
             Action::CreateDir { path, want } => self.create_dir(path, want)?,
             Action::MarkChrootRoot { path, .. } => {
-                self.write_root_file(path, CHROOT_ROOT_MARKER_TEXT)?
+                // Root only: nothing in the chroot root is for other local users (a host reads only its own chroot).
+                self.write_root_file(path, CHROOT_ROOT_MARKER_TEXT, 0o600)?
             }
             Action::MountReports { path, account, how } => {
                 self.mount_reports(path, account, *how)?
@@ -155,7 +156,9 @@ impl<'a> Applier<'a> {
             Action::UnmountReports { path, unit } => self.unmount_reports(path, unit.as_deref())?,
             Action::Repair { path, want, .. } => self.repair(path, want)?,
             Action::RepairTree { path, group, .. } => self.repair_tree(path, group)?,
-            Action::WriteKey { path, content, .. } => self.write_root_file(path, content)?,
+            Action::WriteKey { path, content, .. } => {
+                self.write_root_file(path, content, KEY_FILE_MODE)?
+            }
             Action::WriteDropin { path, old, new, .. } => {
                 self.write_dropin(path, Previous::of(old.as_deref()), new)?
             }
@@ -341,11 +344,11 @@ impl Applier<'_> {
     }
 
     /// A root-owned 0644 file, written atomically: a key, the chroot root's marker, a unit.
-    fn write_root_file(&self, path: &Path, content: &str) -> Result<(), ProvisionError> {
+    fn write_root_file(&self, path: &Path, content: &str, mode: u32) -> Result<(), ProvisionError> {
         crate::durable::write_atomic(
             &self.sys.real(path),
             content.as_bytes(),
-            KEY_FILE_MODE,
+            mode,
             crate::durable::Owner::Root,
         )
         .map_err(io_err("writing", path))
@@ -398,7 +401,7 @@ impl Applier<'_> {
         let (uid, gid) = self.ids(&Want::new(account, account, REPORTS_MODE))?;
         let dir = path.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(self.sys.real(dir)).map_err(io_err("creating", dir))?;
-        self.write_root_file(path, &reports::unit_text(host, reports, uid, gid))?;
+        self.write_root_file(path, &reports::unit_text(host, reports, uid, gid), 0o644)?;
         run("systemctl", &["daemon-reload"])?;
         run("systemctl", &["enable", &reports::unit_name(reports)]).map(drop)
     }
