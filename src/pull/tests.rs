@@ -443,7 +443,10 @@ fn a_cut_link_mid_download_applies_nothing_and_the_next_poll_converges() {
     let id = f.publish(&base_files());
     f.remote.fail_after_reads = Some(3);
     let err = f.poll().unwrap_err().to_string();
-    assert!(err.contains("connection lost"), "{err}");
+    assert!(
+        err.contains("the connection to mem was lost while"),
+        "{err}"
+    );
     assert!(!f.root().join("etc").exists());
     assert!(f.state().applied.is_none());
     assert!(
