@@ -342,7 +342,7 @@ impl<'a> Build<'a> {
 }
 
 /// Refuses a MANIFEST naming a file larger than `FILE_LIMIT`, before anything is allocated or written.
-fn check_sizes(id: &ReleaseId, files: &[FileEntry]) -> Result<(), FetchError> {
+pub(crate) fn check_sizes(id: &ReleaseId, files: &[FileEntry]) -> Result<(), FetchError> {
     match files.iter().find(|f| f.size > FILE_LIMIT) {
         Some(f) => Err(FetchError::TooLarge {
             id: id.clone(),

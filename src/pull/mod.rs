@@ -99,11 +99,14 @@ impl PullError {
     }
 
     /// The link failed: that says nothing about the release, so no backoff and no report.
+    /// A file of the wrong size is the release's content, not the link: that one is reported.
     fn is_transport(&self) -> bool {
-        matches!(
-            self,
-            PullError::Remote(_) | PullError::Fetch(FetchError::Remote { .. })
-        )
+        match self {
+            PullError::Remote(e) | PullError::Fetch(FetchError::Remote { source: e, .. }) => {
+                !matches!(e, RemoteError::Size { .. } | RemoteError::TooLarge { .. })
+            }
+            _ => false,
+        }
     }
 
     /// The same error as [`PullError::DiskFull`] when it is the client's disk that is full
