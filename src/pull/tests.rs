@@ -834,7 +834,7 @@ fn files_longer_or_shorter_than_promised_are_refused_and_reported() {
                 .put(&format!("/releases/{id}/{name}"), content(served, 2));
             let err = f.poll().unwrap_err().to_string();
             assert!(
-                err.contains(name) && err.contains(&format!("the manifest says")),
+                err.contains(name) && err.contains("the manifest says"),
                 "{err}"
             );
             assert!(!f.root().join("etc").exists(), "nothing was applied");
