@@ -977,3 +977,25 @@ proptest! {
         prop_assert_eq!(&seen, &wanted);
     }
 }
+
+#[test]
+fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    f.poll().unwrap();
+    fetch::fault::DISK_FULL.with(|d| d.set(true));
+    let result = f.poll();
+    fetch::fault::DISK_FULL.with(|d| d.set(false));
+    let err = result.unwrap_err();
+    assert!(matches!(err, PullError::DiskFull { .. }), "{err:?}");
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Unchanged);
+    assert_eq!(report.release.as_deref(), Some(id.as_str()));
+    assert!(
+        report
+            .error
+            .unwrap()
+            .contains("no space left on the client's disk at ")
+    );
+    assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
+}
