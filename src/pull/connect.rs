@@ -14,13 +14,13 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet, StatusCode, Versio
 use crate::settings::Interval;
 
 use super::config::{ClientConfig, PinnedKey};
-use super::transport::{Remote, RemoteError, Wanted};
+use super::transport::{Remote, RemoteError, StreamError, Wanted};
 use super::wire::{Counted, WireCounts};
 
 /// Bytes asked for per SFTP read: OpenSSH answers up to 255 KiB, but 32 KiB fits one channel packet.
 const READ_CHUNK: u64 = 32 * 1024;
-/// Reads in flight per file.
-const READS_IN_FLIGHT: usize = 16;
+/// Reads in flight per file: with `READ_CHUNK`, at most 512 KiB of a file is in memory at once.
+const READS_IN_FLIGHT: u64 = 16;
 const POSIX_RENAME: &str = "posix-rename@openssh.com";
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,8 @@ pub struct SshRemote {
     sftp: Arc<RawSftpSession>,
     posix_rename: bool,
     wire: Arc<WireCounts>,
+    /// For errors that say which connection was lost.
+    server: String,
 }
 
 /// One connection attempt: the configuration it follows, and the errors it names the server in.
@@ -259,6 +261,7 @@ impl SshRemote {
             posix_rename: version.extensions.contains_key(POSIX_RENAME),
             sftp: Arc::new(sftp),
             wire,
+            server: dialer.server,
         })
     }
 
@@ -277,7 +280,7 @@ impl SshRemote {
     }
 }
 
-fn remote_err(path: &str, e: SftpError) -> RemoteError {
+fn remote_err(server: &str, path: &str, e: SftpError) -> RemoteError {
     let path = path.to_owned();
     match e {
         SftpError::Status(s) if s.status_code == StatusCode::NoSuchFile => {
@@ -287,11 +290,35 @@ fn remote_err(path: &str, e: SftpError) -> RemoteError {
             RemoteError::Denied { path }
         }
         SftpError::Timeout => RemoteError::Timeout { path },
+        e if is_lost(&e) => RemoteError::Lost {
+            server: server.to_owned(),
+            path,
+        },
         e => RemoteError::Other {
             path,
             message: e.to_string(),
         },
     }
+}
+
+/// russh-sftp's words for a channel that closed under a request ("sender dropped", "session closed", a failed send).
+fn is_lost(e: &SftpError) -> bool {
+    match e {
+        SftpError::IO(_) => true,
+        SftpError::UnexpectedBehavior(m) => {
+            ["sender dropped", "session closed", "SendError", "RecvError"]
+                .iter()
+                .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a read is the last of a file: it asks one byte more, so a longer file shows without another round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Range {
+    Inner,
+    Last,
 }
 
 fn is_eof(e: &SftpError) -> bool {
@@ -303,20 +330,31 @@ struct OpenFile<'a> {
     sftp: &'a RawSftpSession,
     handle: String,
     path: &'a str,
+    server: &'a str,
 }
 
 impl<'a> OpenFile<'a> {
     async fn open(
-        sftp: &'a RawSftpSession,
+        remote: &'a SshRemote,
         path: &'a str,
         flags: OpenFlags,
     ) -> Result<OpenFile<'a>, RemoteError> {
+        let (sftp, server) = (&*remote.sftp, remote.server.as_str());
         let handle = sftp
             .open(path, flags, FileAttributes::empty())
             .await
-            .map_err(|e| remote_err(path, e))?
+            .map_err(|e| remote_err(server, path, e))?
             .handle;
-        Ok(OpenFile { sftp, handle, path })
+        Ok(OpenFile {
+            sftp,
+            handle,
+            path,
+            server,
+        })
+    }
+
+    fn err(&self, e: SftpError) -> RemoteError {
+        remote_err(self.server, self.path, e)
     }
 
     async fn close(self) -> Result<(), RemoteError> {
@@ -324,7 +362,7 @@ impl<'a> OpenFile<'a> {
             .close(self.handle)
             .await
             .map(|_| ())
-            .map_err(|e| remote_err(self.path, e))
+            .map_err(|e| remote_err(self.server, self.path, e))
     }
 
     /// A small file of unknown size, at most `limit` bytes.
@@ -336,7 +374,7 @@ impl<'a> OpenFile<'a> {
             let data = match self.sftp.read(&self.handle, out.len() as u64, want).await {
                 Ok(d) => d.data,
                 Err(e) if is_eof(&e) => return Ok(out),
-                Err(e) => return Err(remote_err(self.path, e)),
+                Err(e) => return Err(self.err(e)),
             };
             let short = (data.len() as u32) < want;
             out.extend_from_slice(&data);
@@ -352,48 +390,66 @@ impl<'a> OpenFile<'a> {
         }
     }
 
-    /// Exactly `size` bytes, several reads in flight.
-    async fn read_exact(&self, size: u64) -> Result<Vec<u8>, RemoteError> {
-        let mut out = vec![0u8; size as usize];
-        let offsets: Vec<u64> = (0..size.div_ceil(READ_CHUNK))
-            .map(|i| i * READ_CHUNK)
-            .collect();
-        for window in offsets.chunks(READS_IN_FLIGHT) {
-            let reads = window
-                .iter()
-                .map(|&off| self.read_range(off, (size - off).min(READ_CHUNK)));
-            for (off, data) in window.iter().zip(try_join_all(reads).await?) {
-                let off = *off as usize;
-                out[off..off + data.len()].copy_from_slice(&data);
+    /// Streams exactly `size` bytes into `out`, `READS_IN_FLIGHT` reads at a time.
+    async fn stream(&self, size: u64, out: &mut dyn std::io::Write) -> Result<(), StreamError> {
+        // At least one read, so even an empty file is checked for bytes it should not have.
+        let chunks = size.div_ceil(READ_CHUNK).max(1);
+        let mut next = 0;
+        while next < chunks {
+            let end = (next + READS_IN_FLIGHT).min(chunks);
+            let reads = (next..end).map(|i| {
+                let offset = i * READ_CHUNK;
+                let last = if i + 1 == chunks {
+                    Range::Last
+                } else {
+                    Range::Inner
+                };
+                self.read_range(offset, (size - offset).min(READ_CHUNK), last)
+            });
+            for data in try_join_all(reads).await? {
+                out.write_all(&data).map_err(StreamError::Local)?;
             }
+            next = end;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// One range, re-asking after a short read (the protocol allows them).
-    async fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, RemoteError> {
-        let mut data = Vec::with_capacity(len as usize);
-        while (data.len() as u64) < len {
-            let at = offset + data.len() as u64;
+    /// One range of `len` bytes, re-asking after a short read (the protocol allows them).
+    async fn read_range(
+        &self,
+        offset: u64,
+        len: u64,
+        range: Range,
+    ) -> Result<Vec<u8>, RemoteError> {
+        let ask = len + u64::from(range == Range::Last);
+        let mut data = Vec::with_capacity(ask.min(READ_CHUNK + 1) as usize);
+        while (data.len() as u64) < ask {
+            let want = (ask - data.len() as u64) as u32;
             match self
                 .sftp
-                .read(&self.handle, at, (len - data.len() as u64) as u32)
+                .read(&self.handle, offset + data.len() as u64, want)
                 .await
             {
                 Ok(d) if d.data.is_empty() => break,
-                Ok(d) => data.extend_from_slice(&d.data),
+                Ok(d) => {
+                    // A short read of a regular file is its end on OpenSSH, once the range is whole.
+                    let short = (d.data.len() as u32) < want;
+                    data.extend_from_slice(&d.data);
+                    if short && data.len() as u64 >= len {
+                        break;
+                    }
+                }
                 Err(e) if is_eof(&e) => break,
-                Err(e) => return Err(remote_err(self.path, e)),
+                Err(e) => return Err(self.err(e)),
             }
         }
-        if (data.len() as u64) < len {
+        if data.len() as u64 != len {
             return Err(RemoteError::Size {
                 path: self.path.to_owned(),
                 expected: offset + len,
                 got: offset + data.len() as u64,
             });
         }
-        data.truncate(len as usize);
         Ok(data)
     }
 
@@ -403,18 +459,33 @@ impl<'a> OpenFile<'a> {
             self.sftp
                 .write(&self.handle, offset, chunk.to_vec())
                 .await
-                .map_err(|e| remote_err(self.path, e))?;
+                .map_err(|e| self.err(e))?;
         }
         Ok(())
     }
 }
 
-/// Reads exactly `size` bytes of `path`: open, reads, close (whose answer does not matter once the bytes are in).
-async fn read_exact(sftp: &RawSftpSession, path: &str, size: u64) -> Result<Vec<u8>, RemoteError> {
-    let file = OpenFile::open(sftp, path, OpenFlags::READ).await?;
-    let result = file.read_exact(size).await;
-    let _ = file.close().await;
-    result
+impl SshRemote {
+    /// Streams `file` into `out`: open, reads, close (whose answer does not matter once the bytes are in).
+    async fn stream(&self, file: &Wanted, out: &mut dyn std::io::Write) -> Result<(), StreamError> {
+        let open = OpenFile::open(self, &file.path, OpenFlags::READ).await?;
+        let result = open.stream(file.size, out).await;
+        let _ = open.close().await;
+        result
+    }
+
+    async fn read_small(&self, file: &Wanted) -> Result<Vec<u8>, RemoteError> {
+        let mut bytes = Vec::new();
+        match self.stream(file, &mut bytes).await {
+            Ok(()) => Ok(bytes),
+            Err(StreamError::Remote(e)) => Err(e),
+            // A Vec does not fail to grow short of an abort; kept for completeness.
+            Err(StreamError::Local(e)) => Err(RemoteError::Other {
+                path: file.path.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
 }
 
 fn ssh_string(s: &str, out: &mut Vec<u8>) {
@@ -426,7 +497,7 @@ impl SshRemote {
     /// Writes `tmp` whole: open (created or truncated), writes, close.
     async fn upload(&self, tmp: &str, bytes: &[u8]) -> Result<(), RemoteError> {
         let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
-        let file = OpenFile::open(&self.sftp, tmp, flags).await?;
+        let file = OpenFile::open(self, tmp, flags).await?;
         let written = file.write_all(bytes).await;
         let closed = file.close().await;
         written.and(closed)
@@ -441,7 +512,7 @@ impl SshRemote {
                 .rename(tmp, path)
                 .await
                 .map(|_| ())
-                .map_err(|e| remote_err(path, e));
+                .map_err(|e| remote_err(&self.server, path, e));
         }
         // Plain SFTP rename refuses to replace a file on OpenSSH; posix-rename replaces atomically.
         let mut data = Vec::new();
@@ -449,28 +520,35 @@ impl SshRemote {
         ssh_string(path, &mut data);
         match self.sftp.extended(POSIX_RENAME, data).await {
             Ok(Packet::Status(s)) if s.status_code == StatusCode::Ok => Ok(()),
-            Ok(Packet::Status(s)) => Err(remote_err(path, SftpError::Status(s))),
+            Ok(Packet::Status(s)) => Err(remote_err(&self.server, path, SftpError::Status(s))),
             Ok(_) => Err(RemoteError::Other {
                 path: path.to_owned(),
                 message: "unexpected answer to posix-rename".into(),
             }),
-            Err(e) => Err(remote_err(path, e)),
+            Err(e) => Err(remote_err(&self.server, path, e)),
         }
     }
 }
 
 impl Remote for SshRemote {
     async fn read(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
-        let file = OpenFile::open(&self.sftp, path, OpenFlags::READ).await?;
+        let file = OpenFile::open(self, path, OpenFlags::READ).await?;
         let result = file.read_to_limit(limit).await;
         let _ = file.close().await;
         result
     }
 
     async fn read_files(&mut self, files: &[Wanted]) -> Result<Vec<Vec<u8>>, RemoteError> {
-        let sftp = &self.sftp;
         // All files of a batch in flight at once: one round trip per batch, not per file.
-        try_join_all(files.iter().map(|w| read_exact(sftp, &w.path, w.size))).await
+        try_join_all(files.iter().map(|w| self.read_small(w))).await
+    }
+
+    async fn read_into(
+        &mut self,
+        file: &Wanted,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), StreamError> {
+        self.stream(file, out).await
     }
 
     async fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<(), RemoteError> {

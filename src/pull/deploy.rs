@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -137,7 +136,7 @@ pub fn deploy(manifest: &Manifest, opts: &DeployOptions) -> Result<DeployStats, 
     let targets = targets(manifest);
     // Check everything first: one unsafe path and nothing is deployed.
     for (rel, _) in &targets {
-        check_target(&root, rel).map_err(|why| unsafe_path(opts.root, rel, why))?;
+        check_target(&root, opts.root, rel).map_err(|why| unsafe_path(opts.root, rel, why))?;
     }
     let mut run = Run::start(opts, root)?;
     if let Err(e) = run.write_all(&targets) {
@@ -202,7 +201,10 @@ impl<'a> Run<'a> {
                 let vanished = std::io::Error::other("parent directory vanished");
                 return Err(self.io_err(rel)(vanished));
             }
-            Err(Walk::Unsafe(why)) => return Err(unsafe_path(self.opts.root, rel, why)),
+            Err(Walk::Unsafe(at)) => {
+                let why = blocked(self.opts.root, &at);
+                return Err(unsafe_path(self.opts.root, rel, why));
+            }
             Err(Walk::Io(e)) => return Err(self.io_err(rel)(e)),
         };
         let name = rel.components().last().unwrap_or_default();
@@ -220,9 +222,10 @@ impl<'a> Run<'a> {
             self.stats.unchanged += 1;
             return Ok(());
         }
-        let bytes =
-            std::fs::read(entry.path.under(self.opts.release_dir)).map_err(self.io_err(rel))?;
-        replace_beneath(&dir, name, &bytes, entry.mode.bits(), self.opts.owner)
+        // Streamed from the store: memory does not grow with the file.
+        let mut content =
+            File::open(entry.path.under(self.opts.release_dir)).map_err(self.io_err(rel))?;
+        replace_beneath(&dir, name, &mut content, entry.mode.bits(), self.opts.owner)
             .map_err(self.io_err(rel))?;
         self.stats.written += 1;
         Ok(())
@@ -279,17 +282,24 @@ impl<'a> Run<'a> {
 }
 
 enum Walk {
+    /// The directory at this path (relative to root) is a symlink or not a directory.
     Unsafe(String),
     Io(std::io::Error),
 }
 
-fn walk_error(e: Errno, comp: &str) -> Walk {
+fn walk_error(e: Errno, at: String) -> Walk {
     match e {
-        Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => Walk::Unsafe(format!(
-            "{comp:?} on this machine is a symlink or not a directory"
-        )),
+        Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => Walk::Unsafe(at),
         e => Walk::Io(e.into()),
     }
+}
+
+/// Why a walk was refused, naming the blocking path in full as it is on this machine.
+fn blocked(root: &Path, at: &str) -> String {
+    format!(
+        "{} on this machine is a symlink or not a directory",
+        root.join(at).display()
+    )
 }
 
 /// What a walk to a target's directory does about a directory that does not exist.
@@ -313,7 +323,8 @@ fn open_beneath(dir: &OwnedFd, name: &str, flags: OFlag, mode: u32) -> Result<Ow
 fn open_parent(root: &OwnedFd, rel: &RelPath, missing: Missing) -> Result<Option<OwnedFd>, Walk> {
     let comps: Vec<&str> = rel.components().collect();
     let mut cur = root.try_clone().map_err(Walk::Io)?;
-    for comp in &comps[..comps.len() - 1] {
+    for (i, comp) in comps[..comps.len() - 1].iter().enumerate() {
+        let at = || comps[..=i].join("/");
         let open = |dir: &OwnedFd| open_beneath(dir, comp, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0);
         cur = match open(&cur) {
             Ok(fd) => fd,
@@ -321,12 +332,12 @@ fn open_parent(root: &OwnedFd, rel: &RelPath, missing: Missing) -> Result<Option
                 let mode = FsMode::from_bits_truncate(DIR_MODE);
                 match nix::sys::stat::mkdirat(&cur, *comp, mode) {
                     Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(walk_error(e, comp)),
+                    Err(e) => return Err(walk_error(e, at())),
                 }
-                open(&cur).map_err(|e| walk_error(e, comp))?
+                open(&cur).map_err(|e| walk_error(e, at()))?
             }
             Err(Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(walk_error(e, comp)),
+            Err(e) => return Err(walk_error(e, at())),
         };
     }
     Ok(Some(cur))
@@ -337,9 +348,9 @@ fn file_type(st: &FileStat) -> SFlag {
 }
 
 /// Refuses a target whose existing parents are not plain directories, or that is itself a directory.
-fn check_target(root: &OwnedFd, rel: &RelPath) -> Result<(), String> {
+fn check_target(root: &OwnedFd, root_path: &Path, rel: &RelPath) -> Result<(), String> {
     match open_parent(root, rel, Missing::Stop) {
-        Err(Walk::Unsafe(why)) => Err(why),
+        Err(Walk::Unsafe(at)) => Err(blocked(root_path, &at)),
         Err(Walk::Io(e)) => Err(e.to_string()),
         Ok(None) => Ok(()),
         Ok(Some(dir)) => {
@@ -419,7 +430,7 @@ fn inspect(dir: &OwnedFd, name: &str) -> std::io::Result<Existing> {
 fn replace_beneath(
     dir: &OwnedFd,
     name: &str,
-    bytes: &[u8],
+    content: &mut File,
     mode: u32,
     owner: Owner,
 ) -> std::io::Result<()> {
@@ -429,7 +440,7 @@ fn replace_beneath(
     let fd = open_beneath(dir, &tmp, flags, 0o600)?;
     let result = (|| {
         let mut file = File::from(fd);
-        file.write_all(bytes)?;
+        std::io::copy(content, &mut file)?;
         // Owner first: chown clears set-id bits, so the mode is set after it.
         owner.apply(&file)?;
         durable::finish(&file, mode, Owner::Caller)?;

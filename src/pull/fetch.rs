@@ -2,8 +2,11 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use crate::durable::{self, Owner};
 use crate::hash::sha256_hex;
@@ -11,12 +14,16 @@ use crate::layout::RELEASES_DIR;
 use crate::names::ReleaseId;
 use crate::release::{FileEntry, MANIFEST_FILE, Manifest, Sha256Hex};
 
-use super::transport::{Remote, RemoteError, Wanted};
+use super::transport::{Remote, RemoteError, StreamError, Wanted};
 use super::verify::{self, VerifyError};
 
-/// Files downloaded together: bounded so memory stays small whatever the tree.
+/// Small files are downloaded together, a batch held in memory: bounded so memory stays small whatever the tree.
 const BATCH_BYTES: u64 = 4 << 20;
 const BATCH_FILES: usize = 128;
+/// Files above this size are streamed to disk one at a time, never held whole.
+pub const SMALL_FILE: u64 = 256 << 10;
+/// The largest file a client accepts from a MANIFEST (sizes are the server's word, so bounded before use).
+pub const FILE_LIMIT: u64 = 64 << 30;
 /// How many complete releases the client keeps besides the current one (they seed the next delta).
 pub const KEEP_RELEASES: usize = 2;
 
@@ -33,6 +40,15 @@ pub enum FetchError {
         id: ReleaseId,
         #[source]
         source: VerifyError,
+    },
+    #[error(
+        "release {id}: {path} is {size} bytes, more than the {limit} bytes a client accepts for one file; nothing was applied"
+    )]
+    TooLarge {
+        id: ReleaseId,
+        path: String,
+        size: u64,
+        limit: u64,
     },
     #[error("release {id}: writing {path}: {source}")]
     Io {
@@ -172,10 +188,14 @@ struct Build<'a> {
 
 impl<'a> Build<'a> {
     async fn run<R: Remote>(&mut self, remote: &mut R) -> Result<FetchStats, FetchError> {
+        check_sizes(&self.release.id, &self.release.manifest.files)?;
         self.prepare()?;
         let wanted = self.reuse_local()?;
-        for batch in batches(&wanted) {
-            self.download(remote, batch).await?;
+        for step in plan(&wanted) {
+            match step {
+                Step::Batch(batch) => self.download(remote, batch).await?,
+                Step::Stream(entry) => self.stream(remote, entry).await?,
+            }
         }
         self.seal()?;
         Ok(self.stats)
@@ -185,6 +205,23 @@ impl<'a> Build<'a> {
         let path = path.to_owned();
         let id = self.release.id.clone();
         move |source| FetchError::Io { id, path, source }
+    }
+
+    fn remote_err(&self) -> impl FnOnce(RemoteError) -> FetchError + use<> {
+        let id = self.release.id.clone();
+        move |source| FetchError::Remote { id, source }
+    }
+
+    fn verify_err(&self) -> impl FnOnce(VerifyError) -> FetchError + use<> {
+        let id = self.release.id.clone();
+        move |source| FetchError::Verify { id, source }
+    }
+
+    fn wanted(&self, entry: &FileEntry) -> Wanted {
+        Wanted {
+            path: format!("/{RELEASES_DIR}/{}/{}", self.release.id, entry.path),
+            size: entry.size,
+        }
     }
 
     /// `releases/` exists and `<id>.partial` is a fresh empty directory (a crashed build's is discarded).
@@ -211,12 +248,10 @@ impl<'a> Build<'a> {
         for entry in &self.release.manifest.files {
             let dest = entry.path.under(&self.partial);
             if let Some(local) = index.get(&entry.sha256)
-                && let Ok(bytes) = fs::read(local)
-                && verify::file(entry, &bytes).is_ok()
+                && self.copy_local(local, &dest, entry)?
             {
-                write_file(&dest, &bytes, entry).map_err(self.io(&dest))?;
                 self.stats.reused_files += 1;
-                self.stats.reused_bytes += entry.size;
+                self.stats.reused_bytes = self.stats.reused_bytes.saturating_add(entry.size);
             } else if entry.size == 0 && entry.sha256.as_str() == sha256_hex(b"") {
                 write_file(&dest, b"", entry).map_err(self.io(&dest))?;
             } else {
@@ -226,38 +261,72 @@ impl<'a> Build<'a> {
         Ok(wanted)
     }
 
-    /// One batch in flight at once; each file is verified before it is written.
+    /// Streams a locally held copy into `dest`, verified on the way; `false` when it no longer
+    /// matches or cannot be read (then it is downloaded). Only a failing write is an error.
+    fn copy_local(&self, local: &Path, dest: &Path, entry: &FileEntry) -> Result<bool, FetchError> {
+        let Ok(mut source) = fs::File::open(local) else {
+            return Ok(false);
+        };
+        let mut landing = Landing::create(dest).map_err(self.io(dest))?;
+        let copied = io::copy(&mut source, &mut landing);
+        if let Some(e) = landing.failed.take() {
+            return Err(self.io(dest)(e));
+        }
+        let verified = copied.is_ok() && landing.verify(entry).is_ok();
+        if !verified {
+            fs::remove_file(dest).map_err(self.io(dest))?;
+            return Ok(false);
+        }
+        landing.finish(entry).map_err(self.io(dest))?;
+        Ok(true)
+    }
+
+    /// One batch of small files in flight at once; each file is verified before it is written.
     async fn download<R: Remote>(
         &mut self,
         remote: &mut R,
         batch: &[&FileEntry],
     ) -> Result<(), FetchError> {
-        let id = &self.release.id;
-        let requests: Vec<Wanted> = batch
-            .iter()
-            .map(|e| Wanted {
-                path: format!("/{RELEASES_DIR}/{id}/{}", e.path),
-                size: e.size,
-            })
-            .collect();
+        let requests: Vec<Wanted> = batch.iter().map(|e| self.wanted(e)).collect();
         let contents = remote
             .read_files(&requests)
             .await
-            .map_err(|source| FetchError::Remote {
-                id: id.clone(),
-                source,
-            })?;
+            .map_err(self.remote_err())?;
         for (entry, bytes) in batch.iter().zip(contents) {
-            verify::file(entry, &bytes).map_err(|source| FetchError::Verify {
-                id: id.clone(),
-                source,
-            })?;
+            verify::file(entry, &bytes).map_err(self.verify_err())?;
             let dest = entry.path.under(&self.partial);
             write_file(&dest, &bytes, entry).map_err(self.io(&dest))?;
-            self.stats.downloaded_files += 1;
-            self.stats.downloaded_bytes += entry.size;
+            self.count_download(entry);
         }
         Ok(())
+    }
+
+    /// One large file streamed to disk in bounded chunks, hashed as it lands, verified before it counts.
+    async fn stream<R: Remote>(
+        &mut self,
+        remote: &mut R,
+        entry: &FileEntry,
+    ) -> Result<(), FetchError> {
+        let dest = entry.path.under(&self.partial);
+        let mut landing = Landing::create(&dest).map_err(self.io(&dest))?;
+        let streamed = remote.read_into(&self.wanted(entry), &mut landing).await;
+        if let Some(e) = landing.failed.take() {
+            return Err(self.io(&dest)(e));
+        }
+        match streamed {
+            Ok(()) => {}
+            Err(StreamError::Remote(e)) => return Err(self.remote_err()(e)),
+            Err(StreamError::Local(e)) => return Err(self.io(&dest)(e)),
+        }
+        landing.verify(entry).map_err(self.verify_err())?;
+        landing.finish(entry).map_err(self.io(&dest))?;
+        self.count_download(entry);
+        Ok(())
+    }
+
+    fn count_download(&mut self, entry: &FileEntry) {
+        self.stats.downloaded_files += 1;
+        self.stats.downloaded_bytes = self.stats.downloaded_bytes.saturating_add(entry.size);
     }
 
     /// The MANIFEST last, every directory fsynced, then the rename that makes the release complete.
@@ -273,25 +342,143 @@ impl<'a> Build<'a> {
     }
 }
 
-fn batches<'a>(wanted: &'a [&'a FileEntry]) -> Vec<&'a [&'a FileEntry]> {
+/// Refuses a MANIFEST naming a file larger than `FILE_LIMIT`, before anything is allocated or written.
+pub(crate) fn check_sizes(id: &ReleaseId, files: &[FileEntry]) -> Result<(), FetchError> {
+    match files.iter().find(|f| f.size > FILE_LIMIT) {
+        Some(f) => Err(FetchError::TooLarge {
+            id: id.clone(),
+            path: f.path.to_string(),
+            size: f.size,
+            limit: FILE_LIMIT,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// How one part of a release is downloaded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Step<'a> {
+    /// Small files, pipelined and held in memory together (at most `BATCH_BYTES`, `BATCH_FILES`).
+    Batch(&'a [&'a FileEntry]),
+    /// One file larger than `SMALL_FILE`, streamed to disk.
+    Stream(&'a FileEntry),
+}
+
+/// Splits the files to download into steps, in manifest order (large files streamed, the rest batched).
+pub(crate) fn plan<'a>(wanted: &'a [&'a FileEntry]) -> Vec<Step<'a>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
     for (i, e) in wanted.iter().enumerate() {
-        if i > start && (bytes + e.size > BATCH_BYTES || i - start >= BATCH_FILES) {
-            out.push(&wanted[start..i]);
+        let full = bytes.saturating_add(e.size) > BATCH_BYTES || i - start >= BATCH_FILES;
+        if e.size > SMALL_FILE || (i > start && full) {
+            if i > start {
+                out.push(Step::Batch(&wanted[start..i]));
+            }
             start = i;
             bytes = 0;
         }
-        bytes += e.size;
+        if e.size > SMALL_FILE {
+            out.push(Step::Stream(e));
+            start = i + 1;
+        } else {
+            bytes += e.size;
+        }
     }
     if start < wanted.len() {
-        out.push(&wanted[start..]);
+        out.push(Step::Batch(&wanted[start..]));
     }
     out
 }
 
+/// A file being written into `<id>.partial`, hashed as its bytes land. A failing write is kept
+/// in `failed`, so the caller can tell the client's disk from the server's side of a copy.
+struct Landing {
+    file: fs::File,
+    hasher: Sha256,
+    written: u64,
+    failed: Option<io::Error>,
+}
+
+impl Landing {
+    fn create(dest: &Path) -> io::Result<Landing> {
+        if let Some(parent) = dest.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)?;
+        }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dest)?;
+        Ok(Landing {
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+            failed: None,
+        })
+    }
+
+    fn verify(&self, entry: &FileEntry) -> Result<(), VerifyError> {
+        let sha = hex::encode(self.hasher.clone().finalize());
+        verify::landed(entry, self.written, &sha)
+    }
+
+    fn finish(self, entry: &FileEntry) -> io::Result<()> {
+        durable::finish(&self.file, entry.mode.bits(), Owner::Caller)
+    }
+}
+
+impl Write for Landing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = fault::check().and_then(|()| self.file.write(buf));
+        match written {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                self.failed = Some(e);
+                Err(io::Error::new(
+                    kind,
+                    "writing the file on the client failed",
+                ))
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// A test hook that makes the client's disk full (no effect outside tests).
+pub(crate) mod fault {
+    #[cfg(test)]
+    thread_local! {
+        pub static DISK_FULL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[cfg(test)]
+    pub fn check() -> std::io::Result<()> {
+        if DISK_FULL.with(|f| f.get()) {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn check() -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn write_file(dest: &Path, bytes: &[u8], entry: &FileEntry) -> std::io::Result<()> {
+    fault::check()?;
     if let Some(parent) = dest.parent() {
         fs::DirBuilder::new()
             .recursive(true)

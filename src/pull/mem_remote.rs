@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::transport::{Remote, RemoteError, Wanted};
+use super::transport::{Remote, RemoteError, StreamError, Wanted};
+
+const STREAM_CHUNK: usize = 4096;
 
 /// One request a transport made, as tests count them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,14 +34,27 @@ impl MemRemote {
     pub fn reads(&self) -> usize {
         self.log.iter().filter(|o| matches!(o, Op::Read(_))).count()
     }
+    /// The promised size against what the chroot holds: like the wire, fewer or more is an error.
+    fn sized(&mut self, w: &Wanted) -> Result<Vec<u8>, RemoteError> {
+        let bytes = self.get(&w.path)?;
+        if bytes.len() as u64 != w.size {
+            return Err(RemoteError::Size {
+                path: w.path.clone(),
+                expected: w.size,
+                got: bytes.len() as u64,
+            });
+        }
+        Ok(bytes)
+    }
+
     fn get(&mut self, path: &str) -> Result<Vec<u8>, RemoteError> {
         if self
             .fail_after_reads
             .is_some_and(|limit| self.reads() >= limit)
         {
-            return Err(RemoteError::Other {
+            return Err(RemoteError::Lost {
+                server: "mem".into(),
                 path: path.to_owned(),
-                message: "connection lost".into(),
             });
         }
         self.log.push(Op::Read(path.to_owned()));
@@ -65,21 +80,20 @@ impl Remote for MemRemote {
     }
 
     async fn read_files(&mut self, files: &[Wanted]) -> Result<Vec<Vec<u8>>, RemoteError> {
-        let mut out = Vec::with_capacity(files.len());
-        for w in files {
-            let mut bytes = self.get(&w.path)?;
-            // Like the wire: read exactly the promised size, a short file is an error.
-            if (bytes.len() as u64) < w.size {
-                return Err(RemoteError::Size {
-                    path: w.path.clone(),
-                    expected: w.size,
-                    got: bytes.len() as u64,
-                });
-            }
-            bytes.truncate(w.size as usize);
-            out.push(bytes);
+        files.iter().map(|w| self.sized(w)).collect()
+    }
+
+    async fn read_into(
+        &mut self,
+        file: &Wanted,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), StreamError> {
+        let bytes = self.sized(file)?;
+        // Small chunks, so the tests cross chunk boundaries as the wire does.
+        for chunk in bytes.chunks(STREAM_CHUNK) {
+            out.write_all(chunk).map_err(StreamError::Local)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<(), RemoteError> {

@@ -39,8 +39,11 @@ pub enum PullError {
     State(#[from] StateError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("reading /{CURRENT_FILE}: {0}")]
-    Current(String),
+    /// The error names `/CURRENT` itself.
+    #[error(transparent)]
+    CurrentRead(RemoteError),
+    #[error("/{CURRENT_FILE} on the server does not name a release: {0}")]
+    CurrentInvalid(crate::names::NameError),
     #[error(transparent)]
     Remote(#[from] RemoteError),
     #[error(transparent)]
@@ -81,6 +84,11 @@ pub enum PullError {
         error: String,
         next_retry: String,
     },
+    #[error(
+        "no space left on the client's disk at {}: free space and run tiffin pull again (the release is not counted as failed)",
+        path.display()
+    )]
+    DiskFull { path: PathBuf },
     #[error("uploading the report: {0}")]
     Report(RemoteError),
     #[error("cannot start the async runtime: {0}")]
@@ -100,12 +108,42 @@ impl PullError {
     }
 
     /// The link failed: that says nothing about the release, so no backoff and no report.
+    /// A file of the wrong size is the release's content, not the link: that one is reported.
     fn is_transport(&self) -> bool {
-        matches!(
-            self,
-            PullError::Remote(_) | PullError::Fetch(FetchError::Remote { .. })
-        )
+        match self {
+            PullError::Remote(e) | PullError::Fetch(FetchError::Remote { source: e, .. }) => {
+                !matches!(e, RemoteError::Size { .. } | RemoteError::TooLarge { .. })
+            }
+            _ => false,
+        }
     }
+
+    /// The same error as [`PullError::DiskFull`] when it is the client's disk that is full
+    /// (ENOSPC, EDQUOT): that is not the release's fault, so it must not back it off.
+    fn as_disk_full(&self) -> Option<PullError> {
+        let (path, source) = match self {
+            PullError::Fetch(FetchError::Io { path, source, .. })
+            | PullError::State(StateError::Io { path, source })
+            | PullError::Deploy(DeployError::Record(StateError::Io { path, source })) => {
+                (path.clone(), source)
+            }
+            PullError::Deploy(DeployError::Io { root, path, source }) => (root.join(path), source),
+            _ => return None,
+        };
+        is_disk_full(source).then_some(PullError::DiskFull { path })
+    }
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT)
+}
+
+/// The release id `/CURRENT` names (one line, surrounding whitespace ignored).
+pub fn parse_current(bytes: &[u8]) -> Result<ReleaseId, PullError> {
+    String::from_utf8_lossy(bytes)
+        .trim()
+        .parse()
+        .map_err(PullError::CurrentInvalid)
 }
 
 /// How a successful poll ended.
@@ -279,11 +317,8 @@ impl<'a, R: Remote> Poll<'a, R> {
         let text = remote
             .read(&remote_path(&[CURRENT_FILE]), CURRENT_LIMIT)
             .await
-            .map_err(|e| PullError::Current(e.to_string()))?;
-        let id: ReleaseId = String::from_utf8_lossy(&text)
-            .trim()
-            .parse()
-            .map_err(|e: crate::names::NameError| PullError::Current(e.to_string()))?;
+            .map_err(PullError::CurrentRead)?;
+        let id = parse_current(&text)?;
         state.last_poll = Some(format_time(started));
         let report = Report {
             host: cfg.host.to_string(),
@@ -323,10 +358,23 @@ impl<'a, R: Remote> Poll<'a, R> {
     /// Nothing to apply: any old failure is over, and the report says the host is alive.
     async fn heartbeat(mut self, seq: u64) -> Result<Polled, PullError> {
         self.state.failure = None;
-        self.state.save(&self.cfg.state_dir)?;
+        // The report needs no local disk: it goes out even when the state cannot be saved.
+        let saved = self.save_state();
         self.report.seq = Some(seq);
+        if let Err(e) = &saved {
+            self.report.error = Some(e.to_string());
+        }
         self.upload().await?;
+        saved?;
         Ok(Polled::Unchanged { id: self.id, seq })
+    }
+
+    /// Saves the state; a full disk says so.
+    fn save_state(&self) -> Result<(), PullError> {
+        self.state.save(&self.cfg.state_dir).map_err(|e| {
+            let e = PullError::State(e);
+            e.as_disk_full().unwrap_or(e)
+        })
     }
 
     /// A release that failed is not tried again before its backoff ends (unless asked to).
@@ -602,7 +650,24 @@ impl<'a, R: Remote> Poll<'a, R> {
             self.state.save(&self.cfg.state_dir)?;
             return Err(e);
         }
+        if let Some(full) = e.as_disk_full() {
+            return self.disk_full(full).await;
+        }
         self.fail(PullResult::Failed, e).await
+    }
+
+    /// The client's disk is full: reported, but not counted toward the release's backoff, so
+    /// the next poll tries again at once.
+    async fn disk_full(mut self, e: PullError) -> Result<Polled, PullError> {
+        if let Err(save) = self.state.save(&self.cfg.state_dir) {
+            tracing::warn!("{save}");
+        }
+        self.report.result = PullResult::Failed;
+        self.report.error = Some(e.to_string());
+        if let Err(upload) = self.upload().await {
+            tracing::warn!("{upload}");
+        }
+        Err(e)
     }
 
     /// Counts the failure toward the release's backoff and reports it (a report that cannot be uploaded is only logged).
@@ -612,7 +677,10 @@ impl<'a, R: Remote> Poll<'a, R> {
         let (now, seq) = ((self.opts.now)(), self.report.seq);
         self.state
             .record_failure(&self.id, seq, &message, now, backoff);
-        self.state.save(&self.cfg.state_dir)?;
+        // The report still goes out when the state cannot be saved (a full disk).
+        if let Err(save) = self.save_state() {
+            tracing::warn!("{save}");
+        }
         self.report.result = result;
         self.report.error = Some(message);
         if let Err(upload) = self.upload().await {

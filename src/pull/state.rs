@@ -97,7 +97,12 @@ impl State {
 
     pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
         let text = toml::to_string(self).expect("state always serializes");
-        write_file_atomic(&state_dir.join(STATE_FILE), text.as_bytes(), 0o600)
+        let path = state_dir.join(STATE_FILE);
+        super::fetch::fault::check().map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        write_file_atomic(&path, text.as_bytes(), 0o600)
     }
 
     /// Records a failure of `id`; the count restarts when a different release fails.

@@ -101,7 +101,13 @@ backoff_max = "1h"
     }
 
     fn publish_with_seq(&mut self, files: &[(&str, &[u8], u32)], seq: u64) -> ReleaseId {
-        let manifest = Manifest {
+        let manifest = self.manifest(files, seq);
+        self.release(&manifest, files)
+    }
+
+    /// The manifest `publish` would write for `files`, to be altered before `release`.
+    fn manifest(&self, files: &[(&str, &[u8], u32)], seq: u64) -> Manifest {
+        Manifest {
             host: "client1".parse().unwrap(),
             seq,
             created: "2026-11-24T00:00:00Z".into(),
@@ -115,7 +121,11 @@ backoff_max = "1h"
                     sha256: Sha256Hex::new(sha256_hex(c)).unwrap(),
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Plants `manifest` and the content of `files` in the chroot and points CURRENT at it.
+    fn release(&mut self, manifest: &Manifest, files: &[(&str, &[u8], u32)]) -> ReleaseId {
         let text = manifest.render();
         let id = ReleaseId::of_bytes(text.as_bytes());
         self.remote
@@ -445,7 +455,10 @@ fn a_cut_link_mid_download_applies_nothing_and_the_next_poll_converges() {
     let id = f.publish(&base_files());
     f.remote.fail_after_reads = Some(3);
     let err = f.poll().unwrap_err().to_string();
-    assert!(err.contains("connection lost"), "{err}");
+    assert!(
+        err.contains("the connection to mem was lost while"),
+        "{err}"
+    );
     assert!(!f.root().join("etc").exists());
     assert!(f.state().applied.is_none());
     assert!(
@@ -800,4 +813,225 @@ fn a_release_that_would_remove_tiffin_is_refused_and_nothing_is_applied() {
     assert_eq!(report.result, PullResult::Failed);
     assert_eq!(report.release.as_deref(), Some(leaving.as_str()));
     assert!(report.error.unwrap().contains("would remove tiffin"));
+}
+
+#[test]
+fn a_manifest_size_beyond_the_limit_is_refused_and_reported() {
+    for size in [u64::MAX, 1 << 40] {
+        let mut f = Fixture::new();
+        let mut files = base_files();
+        files.push(("files/big", b"tiny", 0o644));
+        let mut manifest = f.manifest(&files, 1);
+        let big = manifest
+            .files
+            .iter_mut()
+            .find(|e| e.path.to_string() == "files/big")
+            .unwrap();
+        big.size = size;
+        f.release(&manifest, &files);
+        let err = f.poll().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "files/big is {size} bytes, more than the {} bytes",
+                fetch::FILE_LIMIT
+            )),
+            "{err}"
+        );
+        let report = f.report();
+        assert_eq!(report.result, PullResult::Failed);
+        let shown = report.error.unwrap();
+        assert!(
+            shown.contains("files/big") && shown.contains("68719476736"),
+            "{shown}"
+        );
+        assert!(!f.root().join("etc").exists(), "nothing was applied");
+        assert_eq!(f.remote.reads(), 2, "only CURRENT and MANIFEST were read");
+    }
+}
+
+/// A file of `len` pseudo-random bytes (large files are streamed, small ones batched).
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn files_longer_or_shorter_than_promised_are_refused_and_reported() {
+    let large = content(3 * fetch::SMALL_FILE as usize + 17, 1);
+    for (len, name) in [(6usize, "files/small"), (large.len(), "files/large")] {
+        for served in [len - 1, len + 1] {
+            let mut f = Fixture::new();
+            let promised = content(len, 2);
+            let mut files = base_files();
+            files.push((name, &promised, 0o644));
+            let id = f.publish(&files);
+            f.remote
+                .put(&format!("/releases/{id}/{name}"), content(served, 2));
+            let err = f.poll().unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains("the manifest says"),
+                "{err}"
+            );
+            assert!(!f.root().join("etc").exists(), "nothing was applied");
+            assert_eq!(f.report().result, PullResult::Failed);
+            assert!(
+                f.state().failure.is_some(),
+                "the release's content, not the link"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_large_file_is_streamed_verified_and_reused_by_the_next_release() {
+    let mut f = Fixture::new();
+    let large = content(5 * fetch::SMALL_FILE as usize + 3, 7);
+    let mut files = base_files();
+    files.push(("files/var/big.bin", &large, 0o640));
+    f.publish(&files);
+    let Polled::Applied { fetch, .. } = f.poll().unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(fetch.downloaded_files, files.len());
+    assert_eq!(std::fs::read(f.root().join("var/big.bin")).unwrap(), large);
+    assert_eq!(mode_of(&f.root().join("var/big.bin")), 0o640);
+
+    files[0] = (
+        "config/flake.nix",
+        b"{ outputs = _: { changed = 1; }; }\n",
+        0o644,
+    );
+    f.publish(&files);
+    let Polled::Applied { fetch, .. } = f.poll().unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(fetch.downloaded_files, 1, "only the changed file");
+    assert_eq!(
+        fetch.reused_bytes,
+        files.iter().skip(1).map(|f| f.1.len() as u64).sum::<u64>()
+    );
+}
+
+#[test]
+fn a_full_disk_is_reported_as_such_and_not_counted_against_the_release() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    fetch::fault::DISK_FULL.with(|d| d.set(true));
+    let result = f.poll();
+    fetch::fault::DISK_FULL.with(|d| d.set(false));
+    let err = result.unwrap_err();
+    assert!(matches!(err, PullError::DiskFull { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("no space left on the client's disk at ")
+            && text.contains("free space and run tiffin pull again"),
+        "{text}"
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Failed);
+    assert!(report.error.unwrap().contains("no space left"));
+    assert!(f.state().failure.is_none(), "no backoff for a full disk");
+    assert!(!f.root().join("etc").exists());
+    // The next poll tries again at once, and applies it.
+    assert!(matches!(f.poll().unwrap(), Polled::Applied { .. }));
+    assert_eq!(f.state().applied.unwrap().id, id);
+}
+
+#[test]
+fn a_missing_current_is_named_once() {
+    let mut f = Fixture::new();
+    let err = f.poll().unwrap_err().to_string();
+    assert_eq!(err, "/CURRENT: no such file on the server");
+    f.remote.put("/CURRENT", "not-an-id\n");
+    let err = f.poll().unwrap_err().to_string();
+    assert!(
+        err.starts_with("/CURRENT on the server does not name a release: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("CURRENT").count(), 1, "{err}");
+}
+
+fn arb_entry() -> impl Strategy<Value = FileEntry> {
+    (
+        "(config|files)/[a-z]{1,6}(/[a-z]{1,6}){0,2}",
+        prop_oneof![
+            0u64..2 * fetch::SMALL_FILE,
+            Just(u64::MAX),
+            Just(1u64 << 40),
+            any::<u64>(),
+        ],
+    )
+        .prop_map(|(path, size)| FileEntry {
+            path: path.parse().unwrap(),
+            size,
+            mode: Mode::new(0o644).unwrap(),
+            sha256: Sha256Hex::new(sha256_hex(path.as_bytes())).unwrap(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the server puts in MANIFEST, CURRENT or a report, the parsers answer; none panics.
+    #[test]
+    fn parsers_never_panic_on_server_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512), text in "\\PC{0,300}") {
+        let id = ReleaseId::of_bytes(&bytes);
+        let _ = Manifest::parse(&bytes);
+        let _ = Manifest::parse_verified(&bytes, &id);
+        let _ = Manifest::parse(text.as_bytes());
+        let _ = parse_current(&bytes);
+        let _ = parse_current(text.as_bytes());
+        let _ = Report::parse(&String::from_utf8_lossy(&bytes));
+        let _ = Report::parse(&text);
+    }
+
+    /// Any manifest's sizes: the plan never panics, covers each file once in order, and keeps
+    /// every batch within its bounds (a large file is streamed, never batched).
+    #[test]
+    fn the_fetch_plan_is_bounded_for_any_sizes(entries in proptest::collection::vec(arb_entry(), 0..300)) {
+        let id = ReleaseId::of_bytes(b"x");
+        let refused = fetch::check_sizes(&id, &entries).is_err();
+        prop_assert_eq!(refused, entries.iter().any(|e| e.size > fetch::FILE_LIMIT));
+        let wanted: Vec<&FileEntry> = entries.iter().collect();
+        let mut seen = Vec::new();
+        for step in fetch::plan(&wanted) {
+            match step {
+                fetch::Step::Batch(batch) => {
+                    prop_assert!(!batch.is_empty() && batch.len() <= 128);
+                    prop_assert!(batch.iter().all(|e| e.size <= fetch::SMALL_FILE));
+                    let total: u64 = batch.iter().map(|e| e.size).sum();
+                    prop_assert!(total <= 4 << 20 || batch.len() == 1);
+                    seen.extend(batch.iter().copied());
+                }
+                fetch::Step::Stream(e) => {
+                    prop_assert!(e.size > fetch::SMALL_FILE);
+                    seen.push(e);
+                }
+            }
+        }
+        prop_assert_eq!(&seen, &wanted);
+    }
+}
+
+#[test]
+fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
+    let mut f = Fixture::new();
+    let id = f.publish(&base_files());
+    f.poll().unwrap();
+    fetch::fault::DISK_FULL.with(|d| d.set(true));
+    let result = f.poll();
+    fetch::fault::DISK_FULL.with(|d| d.set(false));
+    let err = result.unwrap_err();
+    assert!(matches!(err, PullError::DiskFull { .. }), "{err:?}");
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Unchanged);
+    assert_eq!(report.release.as_deref(), Some(id.as_str()));
+    assert!(
+        report
+            .error
+            .unwrap()
+            .contains("no space left on the client's disk at ")
+    );
+    assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
 }

@@ -17,8 +17,23 @@ pub enum RemoteError {
     TooLarge { path: String, limit: u64 },
     #[error("{path}: no answer from the server within the i/o timeout")]
     Timeout { path: String },
+    /// The SSH channel closed under the request (russh-sftp says "sender dropped" or "session closed").
+    #[error(
+        "the connection to {server} was lost while working on {path}; the next poll tries again"
+    )]
+    Lost { server: String, path: String },
     #[error("{path}: {message}")]
     Other { path: String, message: String },
+}
+
+/// Why streaming a file stopped: the link (or the server's bytes), or the client's own writer.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The writer failed (the client's disk): says nothing about the server.
+    #[error("{0}")]
+    Local(std::io::Error),
 }
 
 /// One file to fetch, with the size the manifest promises.
@@ -33,8 +48,16 @@ pub struct Wanted {
 pub trait Remote {
     /// A small file of unknown size, at most `limit` bytes.
     async fn read(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, RemoteError>;
-    /// Several files of known size; implementations may pipeline them. Returns them in order.
+    /// Several small files of known size, pipelined, returned in order. The caller bounds
+    /// their sizes (memory holds them all); a file longer or shorter than promised is an error.
     async fn read_files(&mut self, files: &[Wanted]) -> Result<Vec<Vec<u8>>, RemoteError>;
+    /// Streams one file into `out` in bounded chunks: exactly `file.size` bytes, or an error
+    /// (`RemoteError::Size` when the server has fewer or more). Memory does not grow with the size.
+    async fn read_into(
+        &mut self,
+        file: &Wanted,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), StreamError>;
     /// Replaces `path` atomically: a reader sees the old or the new bytes, never a mix.
     async fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<(), RemoteError>;
 }

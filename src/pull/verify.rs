@@ -7,14 +7,15 @@ use crate::release::{FileEntry, Manifest, ReleaseError};
 /// Why fetched bytes were rejected; each names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    #[error("release {id}: {source}")]
+    // The release id is named by the error that wraps this one (FetchError::Verify).
+    #[error("{source}")]
     Manifest {
         id: ReleaseId,
         #[source]
         source: ManifestProblem,
     },
     #[error(
-        "release {id} is for host {found}, not for this host ({expected}); check `host` in the client configuration and the account it logs in as"
+        "its MANIFEST is for host {found}, not for this host ({expected}); check `host` in the client configuration and the account it logs in as"
     )]
     WrongHost {
         id: ReleaseId,
@@ -59,19 +60,23 @@ pub fn manifest(bytes: &[u8], id: &ReleaseId, host: &HostName) -> Result<Manifes
 
 /// Checks a file's bytes against its manifest entry.
 pub fn file(entry: &FileEntry, bytes: &[u8]) -> Result<(), VerifyError> {
-    if bytes.len() as u64 != entry.size {
+    landed(entry, bytes.len() as u64, &sha256_hex(bytes))
+}
+
+/// Checks the size and sha256 of a file streamed to disk against its manifest entry.
+pub fn landed(entry: &FileEntry, size: u64, sha256: &str) -> Result<(), VerifyError> {
+    if size != entry.size {
         return Err(VerifyError::Size {
             path: entry.path.to_string(),
             expected: entry.size,
-            got: bytes.len() as u64,
+            got: size,
         });
     }
-    let got = sha256_hex(bytes);
-    if got != entry.sha256.as_str() {
+    if sha256 != entry.sha256.as_str() {
         return Err(VerifyError::Sha256 {
             path: entry.path.to_string(),
             expected: entry.sha256.as_str().to_owned(),
-            got,
+            got: sha256.to_owned(),
         });
     }
     Ok(())

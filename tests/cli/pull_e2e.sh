@@ -7,7 +7,8 @@
 # down with the script, whatever happens.
 # It also measures: a no-change poll against OpenSSH's sftp doing `ls -l` of one file (wall time,
 # median of POLLS runs, and bytes on the loopback), the bytes of a 1-file delta of a 500-file
-# ~2 MB tree against the full tree, and the client's peak RSS during the full pull.
+# ~2 MB tree against the full tree, the client's peak RSS during the full pull, and its peak RSS
+# pulling one 200 MB file (streamed, so bounded: asserted under 32 MiB).
 set -euo pipefail
 TIFFIN=$1
 T=$2
@@ -169,6 +170,21 @@ grep -q "another tiffin pull is running" "$T/err"
 [ $(( (t1 - t0) / 1000000 )) -lt 2000 ] || fail "the concurrent pull waited"
 wait "$holder"
 
+step "a 200 MB file streams to disk in bounded memory (docs/client.md: under 32 MiB RSS)"
+mkdir -p "$H/files/var/lib"
+head -c 200M /dev/urandom >"$H/files/var/lib/big.bin"
+"$TIFFIN" publish >/dev/null
+/usr/bin/time -v -o "$T/time.big" "$TIFFIN" pull --config "$T/client.toml" | tee "$T/out"
+big_rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$T/time.big")
+grep -q "downloaded 1 file(s), 209715200 bytes" "$T/out" || fail "the big file was not downloaded alone"
+cmp "$H/files/var/lib/big.bin" "$R/var/lib/big.bin"
+echo "peak RSS pulling one 200 MB file: $big_rss KiB"
+[ "$big_rss" -lt $((32 * 1024)) ] || fail "peak RSS $big_rss KiB is not under 32 MiB"
+# Free the tmpfs: four copies of the file (fleet, chroot, store, root) are not needed further.
+rm "$H/files/var/lib/big.bin"
+"$TIFFIN" publish >/dev/null
+pull >/dev/null
+
 step "mitm: another host key on the server address, the pull refuses before reading anything"
 before=$(sha256sum "$S/state.toml" "$C/client1/reports/status.toml")
 ssh-keygen -q -t ed25519 -N '' -f "$T/mitm_key"
@@ -193,6 +209,7 @@ printf '%-34s %10s %10s\n' "no-change poll, bytes (rx+tx)" "$tiffin_bytes" "$sft
 printf '%-34s %10s\n' "full tree pull, bytes" "$full_bytes"
 printf '%-34s %10s\n' "1-file delta pull, bytes" "$delta_bytes"
 printf '%-34s %10s\n' "full pull peak RSS, KiB" "$peak_rss"
-echo "poll_ratio=$(awk "BEGIN {printf \"%.2f\", $tiffin_us/$sftp_us}") poll_bytes=$tiffin_bytes delta_fraction=$(awk "BEGIN {printf \"%.4f\", $delta_bytes/$full_bytes}") peak_rss_kib=$peak_rss"
+printf '%-34s %10s\n' "200 MB file pull peak RSS, KiB" "$big_rss"
+echo "poll_ratio=$(awk "BEGIN {printf \"%.2f\", $tiffin_us/$sftp_us}") poll_bytes=$tiffin_bytes delta_fraction=$(awk "BEGIN {printf \"%.4f\", $delta_bytes/$full_bytes}") peak_rss_kib=$peak_rss big_file_rss_kib=$big_rss"
 
 step "all good"

@@ -3,7 +3,7 @@
 //! (a) a no-change `tiffin pull` against OpenSSH's `sftp` doing bento's poll (`ls -l` of one
 //! file): median wall time over N runs and bytes on the client's interface; (b) the bytes a
 //! pull moves when 1 file of a 500-file ~2 MB configuration changes, against the full tree;
-//! (c) the client's peak RSS during the full 500-file pull.
+//! (c) the client's peak RSS during the full 500-file pull, and (d) pulling one 200 MB file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,6 +60,14 @@ b1=$(bytes)
 echo delta_bytes=$((b1 - b0))
 "#;
 
+const ADD_BIG: &str = "mkdir -p $TIFFIN_FLEET/hosts/client1/files/var/lib && head -c 200M /dev/urandom > $TIFFIN_FLEET/hosts/client1/files/var/lib/big.bin && tiffin publish client1";
+
+// Streamed, so its peak RSS should match the small-file pull's (docs/client.md: Memory).
+const BIG: &str = r#"
+/usr/bin/time -v -o /tmp/bench.time tiffin pull --config $cfg >/tmp/bench.big 2>&1 || { cat /tmp/bench.big; exit 1; }
+echo big_file_rss_kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' /tmp/bench.time)
+"#;
+
 /// The measured figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Figures {
@@ -71,6 +79,8 @@ pub struct Figures {
     pub full_bytes: u64,
     pub delta_bytes: u64,
     pub peak_rss_kib: u64,
+    /// Pulling one 200 MB file.
+    pub big_file_rss_kib: u64,
 }
 
 impl Figures {
@@ -93,6 +103,7 @@ impl Figures {
             full_bytes: get("full_bytes")? as u64,
             delta_bytes: get("delta_bytes")? as u64,
             peak_rss_kib: get("peak_rss_kib")? as u64,
+            big_file_rss_kib: get("big_file_rss_kib")? as u64,
         })
     }
 
@@ -124,6 +135,10 @@ impl Figures {
         out.push_str(&format!(
             "{:<44} {:>12}\n",
             "full pull, client peak RSS KiB", self.peak_rss_kib
+        ));
+        out.push_str(&format!(
+            "{:<44} {:>12}\n",
+            "one 200 MB file, client peak RSS KiB", self.big_file_rss_kib
         ));
         out.push_str(&format!(
             "poll_ratio={:.2} poll_bytes={} delta_fraction={:.4} peak_rss_kib={}\n",
@@ -200,6 +215,9 @@ fn measure(world: &mut World, scenario: &Scenario, polls: u32) -> Result<Figures
     eprintln!("   measuring: 1 changed file, published and pulled");
     sh(world, &MachineName::server(), CHANGE_ONE)?;
     out.push_str(&sh(world, &client, &format!("{HELPERS}{DELTA}"))?);
+    eprintln!("   measuring: one 200 MB file, published and pulled");
+    sh(world, &MachineName::server(), ADD_BIG)?;
+    out.push_str(&sh(world, &client, &format!("{HELPERS}{BIG}"))?);
     Figures::from_lines(polls, &out).map_err(LabError::Failed)
 }
 
@@ -211,7 +229,7 @@ mod tests {
     fn the_last_line_is_the_issue_s() {
         let f = Figures::from_lines(
             20,
-            "full_bytes=2000000\npeak_rss_kib=13000\ntiffin_us=100000\ntiffin_bytes=6655\nsftp_us=300000\nsftp_bytes=10824\nnoise\ndelta_bytes=40000\n",
+            "full_bytes=2000000\npeak_rss_kib=13000\ntiffin_us=100000\ntiffin_bytes=6655\nsftp_us=300000\nsftp_bytes=10824\nnoise\ndelta_bytes=40000\nbig_file_rss_kib=13100\n",
         )
         .unwrap();
         let text = f.render();
