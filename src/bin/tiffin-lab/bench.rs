@@ -124,22 +124,17 @@ impl Figures {
             "{:<44} {:>12} {:>12}\n",
             "no-change poll, bytes on eth0 (rx+tx)", self.tiffin_bytes, self.sftp_bytes
         ));
-        out.push_str(&format!(
-            "{:<44} {:>12}\n",
-            "full 500-file pull, bytes", self.full_bytes
-        ));
-        out.push_str(&format!(
-            "{:<44} {:>12}\n",
-            "1-file delta pull, bytes", self.delta_bytes
-        ));
-        out.push_str(&format!(
-            "{:<44} {:>12}\n",
-            "full pull, client peak RSS KiB", self.peak_rss_kib
-        ));
-        out.push_str(&format!(
-            "{:<44} {:>12}\n",
-            "one 200 MB file, client peak RSS KiB", self.big_file_rss_kib
-        ));
+        for (what, value) in [
+            ("full 500-file pull, bytes", self.full_bytes),
+            ("1-file delta pull, bytes", self.delta_bytes),
+            ("full pull, client peak RSS KiB", self.peak_rss_kib),
+            (
+                "one 200 MB file, client peak RSS KiB",
+                self.big_file_rss_kib,
+            ),
+        ] {
+            out.push_str(&format!("{what:<44} {value:>12}\n"));
+        }
         out.push_str(&format!(
             "poll_ratio={:.2} poll_bytes={} delta_fraction={:.4} peak_rss_kib={}\n",
             self.tiffin_us / self.sftp_us,
