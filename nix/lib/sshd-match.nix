@@ -32,7 +32,7 @@
   ];
   # sshd's keepalive for every session unless `extra` sets the keyword itself
   # (sshd takes the first value it reads): a dead watcher's session ends after
-  # about 60 s without an answer.
+  # about 75 s without an answer (150 s before OpenSSH 9.5).
   clientAlive = [
     {
       key = "ClientAliveInterval";

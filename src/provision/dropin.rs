@@ -42,11 +42,12 @@ pub const FIXED_LINES: &[&str] = &[
 
 /// sshd's keepalive for every host session, unless `sshd_extra` sets the same keyword (sshd takes
 /// the first value it reads, so the default is left out rather than listed twice). After 15 s
-/// without a byte from the client, sshd asks through the encrypted channel; 4 unanswered asks
-/// (about 60 s) end the session, so a watcher whose host vanished (power cut, link down, no
-/// TCP reset) frees its sshd processes within a minute instead of the kernel's 2 h keepalive.
-/// A live watcher checks every few seconds, so sshd never needs to ask it; a timer poll lasts
-/// under a second.
+/// without a byte from the client, sshd asks through the encrypted channel; the ask after 4
+/// unanswered ones ends the session: about 75 s (150 s before OpenSSH 9.5, which asks only
+/// every other interval), so a watcher whose host vanished (power cut, link down, no TCP reset)
+/// frees its sshd processes within minutes, not after the kernel's 2 h keepalive. A live
+/// watcher checks every few seconds, so sshd never needs to ask it; a timer poll lasts under a
+/// second.
 pub const CLIENT_ALIVE: &[(&str, &str)] =
     &[("ClientAliveInterval", "15"), ("ClientAliveCountMax", "4")];
 

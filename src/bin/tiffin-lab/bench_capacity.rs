@@ -248,7 +248,7 @@ fn server_cpu_ms(listener: u32, ticks_per_s: u64) -> Result<f64, LabError> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let stat = std::fs::read_to_string(format!("/proc/{listener}/stat"))
-        .map_err(|e| LabError::io(&format!("reading /proc/{listener}/stat"), e))?;
+        .map_err(|e| LabError::io(format!("reading /proc/{listener}/stat"), e))?;
     let ticks = cpu_ticks(&stat)
         .ok_or_else(|| LabError::Failed(format!("unreadable /proc/{listener}/stat: {stat}")))?;
     Ok(ticks as f64 * 1000.0 / ticks_per_s as f64)
