@@ -25,13 +25,14 @@ use super::world::{Run, StepError, World};
 #[derive(Debug, Clone, clap::Args)]
 pub struct CapacityArgs {
     /// Measure the timer mode's server side instead: no-change polls per second with --clients
-    /// concurrent hosts, and sshd CPU per `tiffin pull` against per `sftp -b` check of
-    /// `ls -l /CURRENT` (server CPU from /proc, clients not counted). Last line:
-    /// capacity_polls_per_s=<n> capacity_cpu_ratio=<tiffin/sftp server CPU per poll>
+    /// concurrent hosts, and sshd's CPU per `tiffin pull` against per OpenSSH `sftp -b` session
+    /// doing bento's check (`ls -l /CURRENT`); server CPU from /proc, clients not counted. Last
+    /// line: capacity_polls_per_s=<n> capacity_cpu_ratio=<tiffin/sftp server CPU per poll>
     #[arg(long)]
     pub capacity: bool,
-    /// With --capacity: concurrent clients (fleet hosts polling at once). Above sshd's
-    /// MaxStartups (10) some connections are refused; they are counted as failed.
+    /// With --capacity: concurrent clients (fleet hosts polling at once). The lab's sshd admits
+    /// 64 handshakes at once (MaxStartups 64:30:128; a stock sshd 10), so refusals are rare;
+    /// a refused or failed poll is counted as failed.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub clients: u32,
     /// With --capacity: seconds of polling per tool, split over two rounds
