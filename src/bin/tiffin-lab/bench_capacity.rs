@@ -83,6 +83,7 @@ poll_sftp() {
     sftp -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/etc/tiffin/id_ed25519 \
         -o StrictHostKeyChecking=yes -b /tmp/cap/w$1/batch tiffin-cap$1@192.0.2.1
 }
+rm -f /tmp/cap/w*/$T.count
 end=$(($(date +%s) + S))
 t0=$(date +%s%N)
 i=0
@@ -99,6 +100,8 @@ while [ $i -lt $N ]; do
 done
 wait
 t1=$(date +%s%N)
+n=$(ls /tmp/cap/w*/$T.count | wc -l)
+[ "$n" -eq "$N" ] || { echo "only $n of $N $T workers reported their counts"; exit 1; }
 cat /tmp/cap/w*/$T.count | awk -v t=$T '{ok += $1; bad += $2} END {print t "_ok=" ok; print t "_failed=" bad}'
 echo ${T}_ms=$(((t1 - t0) / 1000000))
 for e in /tmp/cap/w*/$T.err; do [ -f "$e" ] && { echo "first error:"; head -c 2000 "$e"; break; }; done
