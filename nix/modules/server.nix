@@ -106,6 +106,8 @@ in {
         Extra lines for every host's sshd `Match` block, like
         `server.sshd_extra` in `fleet.toml`. Only keywords sshd allows inside
         `Match` work; the system build checks the result with `sshd -T`.
+        Each block has `ClientAliveInterval 15` and `ClientAliveCountMax 4`
+        unless a line here sets that keyword.
         Lines with `$`, a backtick or `\` are refused: nixpkgs' sshd module
         passes {option}`services.openssh.extraConfig` through an unquoted
         shell here-document, which would expand them.

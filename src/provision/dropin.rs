@@ -40,6 +40,27 @@ pub const FIXED_LINES: &[&str] = &[
     "PermitUserRC no",
 ];
 
+/// sshd's keepalive for every host session, unless `sshd_extra` sets the same keyword (sshd takes
+/// the first value it reads, so the default is left out rather than listed twice). After 15 s
+/// without a byte from the client, sshd asks through the encrypted channel; the ask after 4
+/// unanswered ones ends the session: about 75 s (150 s before OpenSSH 9.5, which asks only
+/// every other interval), so a watcher whose host vanished (power cut, link down, no TCP reset)
+/// frees its sshd processes within minutes, not after the kernel's 2 h keepalive. A live
+/// watcher checks every few seconds, so sshd never needs to ask it; a timer poll lasts under a
+/// second.
+pub const CLIENT_ALIVE: &[(&str, &str)] =
+    &[("ClientAliveInterval", "15"), ("ClientAliveCountMax", "4")];
+
+/// The keyword of an sshd_config line, lowercased (sshd's keywords are case-insensitive and may
+/// be followed by `=`).
+pub fn keyword(line: &str) -> String {
+    line.trim()
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// How tiffin recognises a drop-in it wrote: the start of [`HEADER`]'s first line. It replaces
 /// no other file (`ownership`), so a wrong `sshd_dropin` can never overwrite a system file.
 pub const MARKER: &str = "# Written by `tiffin provision`";
@@ -78,6 +99,12 @@ pub fn render(blocks: &[Block], extra: &[String]) -> String {
         let _ = writeln!(out, "    AuthorizedKeysFile {}", b.keys_file.display());
         for line in FIXED_LINES {
             let _ = writeln!(out, "    {line}");
+        }
+        for (key, value) in CLIENT_ALIVE {
+            let overridden = extra.iter().any(|l| keyword(l) == key.to_ascii_lowercase());
+            if !overridden {
+                let _ = writeln!(out, "    {key} {value}");
+            }
         }
         for line in extra {
             let _ = writeln!(out, "    {}", line.trim());
@@ -282,6 +309,37 @@ mod tests {
             include_line(dropin),
             "Include /etc/ssh/sshd_config.d/*.conf"
         );
+    }
+
+    #[test]
+    fn client_alive_defaults_yield_to_sshd_extra() {
+        let block = Block {
+            account: "tiffin-web-1".into(),
+            chroot: "/c/web-1".into(),
+            keys_file: "/k/tiffin-web-1".into(),
+            gone: None,
+        };
+        let plain = render(std::slice::from_ref(&block), &[]);
+        assert!(plain.contains("\n    ClientAliveInterval 15\n    ClientAliveCountMax 4\n"));
+        for own in [
+            "ClientAliveInterval 60",
+            "clientaliveinterval=60",
+            "  CLIENTALIVEINTERVAL\t60",
+        ] {
+            let text = render(std::slice::from_ref(&block), &[own.into()]);
+            assert_eq!(
+                text.to_ascii_lowercase()
+                    .matches("clientaliveinterval")
+                    .count(),
+                1,
+                "{text}"
+            );
+            assert!(text.contains("    ClientAliveCountMax 4\n"), "{text}");
+        }
+        let text = render(&[block], &["ClientAliveCountMax 0".into()]);
+        assert!(text.contains("    ClientAliveInterval 15\n"), "{text}");
+        assert!(!text.contains("ClientAliveCountMax 4"), "{text}");
+        assert_eq!(keyword("ClientAliveIntervalX 1"), "clientaliveintervalx");
     }
 
     #[test]

@@ -106,6 +106,15 @@ echo "get /releases/$ID/files/etc/app/secret $T/secret" | as client1 tiffin-clie
 echo s3cret | cmp - "$T/secret"
 echo "ls -la /" | as client1 tiffin-client1
 
+step "sshd gives host sessions the keepalive, sshd_extra's interval first; other accounts keep the global values"
+# fleet.toml sets ClientAliveInterval 30 in sshd_extra, so provision leaves out its 15 but keeps its CountMax 4.
+sshd -T -f /etc/ssh/sshd_config -C user=tiffin-client1,host=client1,addr=192.0.2.2 >"$T/eff" || fail "sshd -T: $(cat "$T/eff")"
+grep -x 'clientaliveinterval 30' "$T/eff" || fail "tiffin-client1: $(grep clientalive "$T/eff")"
+grep -x 'clientalivecountmax 4' "$T/eff" || fail "tiffin-client1: $(grep clientalive "$T/eff")"
+sshd -T -f /etc/ssh/sshd_config | grep clientalive >"$T/eff-global"
+sshd -T -f /etc/ssh/sshd_config -C user=root,host=client1,addr=192.0.2.2 | grep clientalive | cmp - "$T/eff-global" ||
+    fail "root's keepalive differs from the global one: $(cat "$T/eff-global")"
+
 step "client1 cannot list or read client2's chroot"
 denied client1 tiffin-client1 "ls /../client2"
 denied client1 tiffin-client1 "ls $C/client2"

@@ -92,6 +92,8 @@ pub enum LabCommand {
         /// No-change polls per tool (the median is reported)
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         polls: u32,
+        #[command(flatten)]
+        capacity: super::bench_capacity::CapacityArgs,
     },
     /// Internal: pid 1 of a lab machine
     #[command(hide = true)]
@@ -123,7 +125,8 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
             };
             run_and_judge(&[demo], &opts)
         }
-        LabCommand::Bench { polls } => bench(polls),
+        LabCommand::Bench { capacity, .. } if capacity.capacity => bench_capacity(&capacity),
+        LabCommand::Bench { polls, .. } => bench(polls),
         LabCommand::Shell {
             machine,
             run,
@@ -173,6 +176,13 @@ fn bench(polls: u32) -> Result<u8, LabError> {
     let interrupt = Interrupt::install()
         .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
     super::bench::bench(polls, interrupt)
+}
+
+fn bench_capacity(args: &super::bench_capacity::CapacityArgs) -> Result<u8, LabError> {
+    preflight()?;
+    let interrupt = Interrupt::install()
+        .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
+    super::bench_capacity::bench(args, interrupt)
 }
 
 fn down(run: Option<&str>) -> Result<u8, LabError> {

@@ -9,6 +9,7 @@
 
 mod access;
 mod bench;
+mod bench_capacity;
 mod cli;
 mod exec;
 mod init;

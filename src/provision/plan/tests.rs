@@ -30,7 +30,7 @@ fn target(hosts: &[&str]) -> Target {
         keys_dir: "/etc/tiffin/authorized_keys".into(),
         dropin: "/etc/ssh/sshd_config.d/tiffin.conf".into(),
         sshd_config: "/etc/ssh/sshd_config".into(),
-        sshd_extra: vec!["ClientAliveInterval 30".into()],
+        sshd_extra: vec!["LogLevel VERBOSE".into()],
     }
 }
 
