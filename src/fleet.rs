@@ -11,6 +11,7 @@ use crate::diag::{Problem, Severity, toml_message};
 use crate::names::{HostName, MAX_ACCOUNT_NAME};
 use crate::settings::{ApplyOverrides, ApplyPolicy, Interval};
 
+pub mod files;
 pub mod rules;
 
 pub const FLEET_FILE: &str = "fleet.toml";
@@ -151,6 +152,9 @@ struct HostFile {
     poll_interval: Option<Interval>,
     #[serde(default)]
     apply: ApplyOverrides,
+    /// `[files."etc/grafana/secret"]`: owner, group, stage, restart, reload.
+    #[serde(default)]
+    files: BTreeMap<String, files::RawFileMeta>,
 }
 
 /// A host as the fleet defines it, defaults applied.
@@ -161,6 +165,8 @@ pub struct Host {
     pub public_key: String,
     pub poll_interval: Interval,
     pub apply: ApplyPolicy,
+    /// Settings of files of `files/` (or `common/files/`) by their path on the client.
+    pub files: BTreeMap<crate::names::RelPath, crate::release::FileMeta>,
 }
 
 /// The loaded fleet repository.
@@ -392,6 +398,7 @@ fn load_host(
             ));
         }
     }
+    let file_metas = files::check(name, &host_file, &parsed.files, problems);
     ok.then(|| Host {
         name: name.clone(),
         public_key,
@@ -399,6 +406,7 @@ fn load_host(
             .poll_interval
             .unwrap_or(config.defaults.poll_interval),
         apply: config.defaults.apply.overridden_by(&parsed.apply),
+        files: file_metas,
     })
 }
 

@@ -9,6 +9,10 @@ use crate::hash::sha256_hex;
 use crate::names::{HostName, RelPath, ReleaseId};
 use crate::settings::ApplyPolicy;
 
+pub mod meta;
+pub use meta::{FileMeta, FileSource, Stage};
+use crate::names::{AccountName, UnitName};
+
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// The Nix part of a release (what the flake sees).
 pub const CONFIG_DIR: &str = "config";
@@ -104,6 +108,8 @@ impl<'de> Deserialize<'de> for Sha256Hex {
 }
 
 /// One regular file of a release. `path` starts with `config/` or `files/`.
+/// The fields after `sha256` only concern `files/` and are left out at their defaults, so a
+/// manifest without them reads as before (root:root, deployed before the rebuild, no restarts).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -111,6 +117,62 @@ pub struct FileEntry {
     pub size: u64,
     pub mode: Mode,
     pub sha256: Sha256Hex,
+    /// Owner by name, resolved on the client when the file is deployed; `None` is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<AccountName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<AccountName>,
+    #[serde(default, skip_serializing_if = "Stage::is_before")]
+    pub stage: Stage,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart: Vec<UnitName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reload: Vec<UnitName>,
+    /// Which tree the file came from (`common` for `common/files/`).
+    #[serde(default, skip_serializing_if = "FileSource::is_host")]
+    pub source: FileSource,
+}
+
+impl FileEntry {
+    /// An entry with the default settings: root's, deployed before the rebuild, restarting nothing.
+    pub fn new(path: RelPath, size: u64, mode: Mode, sha256: Sha256Hex) -> FileEntry {
+        FileEntry {
+            path,
+            size,
+            mode,
+            sha256,
+            owner: None,
+            group: None,
+            stage: Stage::Before,
+            restart: Vec::new(),
+            reload: Vec::new(),
+            source: FileSource::Host,
+        }
+    }
+
+    /// This entry with `meta` and `source` in place of its settings.
+    pub fn with_meta(self, meta: &FileMeta, source: FileSource) -> FileEntry {
+        FileEntry {
+            owner: meta.owner.clone(),
+            group: meta.group.clone(),
+            stage: meta.stage,
+            restart: meta.restart.clone(),
+            reload: meta.reload.clone(),
+            source,
+            ..self
+        }
+    }
+
+    /// The settings besides content and mode.
+    pub fn meta(&self) -> FileMeta {
+        FileMeta {
+            owner: self.owner.clone(),
+            group: self.group.clone(),
+            stage: self.stage,
+            restart: self.restart.clone(),
+            reload: self.reload.clone(),
+        }
+    }
 }
 
 /// A release's MANIFEST. Its bytes' sha256 is the release id, so it pins every file.
@@ -170,6 +232,12 @@ impl Manifest {
             if first != CONFIG_DIR && first != FILES_DIR || f.path.strip_first().is_none() {
                 return Err(ReleaseError::Invalid(format!(
                     "file {:?} is not under {CONFIG_DIR}/ or {FILES_DIR}/",
+                    f.path.as_str()
+                )));
+            }
+            if first == CONFIG_DIR && (f.meta() != FileMeta::default() || !f.source.is_host()) {
+                return Err(ReleaseError::Invalid(format!(
+                    "file {:?} of the Nix part has an owner, group, stage, units or source: only {FILES_DIR}/ files have them",
                     f.path.as_str()
                 )));
             }
@@ -246,12 +314,7 @@ mod tests {
         )
             .prop_filter_map("no dot components", |(top, parts, size, mode, sha)| {
                 let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
-                Some(FileEntry {
-                    path,
-                    size,
-                    mode: Mode::new(mode)?,
-                    sha256: Sha256Hex::new(sha)?,
-                })
+                Some(FileEntry::new(path, size, Mode::new(mode)?, Sha256Hex::new(sha)?))
             })
     }
 

@@ -500,11 +500,13 @@ mod tests {
             apply: ApplyPolicy::default(),
             files: files
                 .iter()
-                .map(|(p, c)| FileEntry {
-                    path: p.parse().unwrap(),
-                    size: c.len() as u64,
-                    mode: Mode::new(0o644).unwrap(),
-                    sha256: Sha256Hex::new(sha256_hex(c)).unwrap(),
+                .map(|(p, c)| {
+                    FileEntry::new(
+                        p.parse().unwrap(),
+                        c.len() as u64,
+                        Mode::new(0o644).unwrap(),
+                        Sha256Hex::new(sha256_hex(c)).unwrap(),
+                    )
                 })
                 .collect(),
         }
