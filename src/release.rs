@@ -304,6 +304,34 @@ mod tests {
     use crate::settings::{Action, Reboot};
     use proptest::prelude::*;
 
+    fn arb_units() -> impl Strategy<Value = Vec<UnitName>> {
+        proptest::collection::vec("[a-z][a-z0-9-]{0,6}(@[a-z0-9]{1,3})?\\.(service|socket|timer)", 0..3)
+            .prop_map(|v| v.iter().map(|u| u.parse().unwrap()).collect())
+    }
+
+    fn arb_meta() -> impl Strategy<Value = (FileMeta, FileSource)> {
+        let account = proptest::option::of("[a-z_][a-z0-9_-]{0,8}")
+            .prop_map(|a| a.map(|a| a.parse::<AccountName>().unwrap()));
+        (
+            account.clone(),
+            account,
+            prop_oneof![Just(Stage::Before), Just(Stage::After)],
+            arb_units(),
+            arb_units(),
+            prop_oneof![Just(FileSource::Host), Just(FileSource::Common)],
+        )
+            .prop_map(|(owner, group, stage, restart, reload, source)| {
+                let meta = FileMeta {
+                    owner,
+                    group,
+                    stage,
+                    restart,
+                    reload,
+                };
+                (meta, source)
+            })
+    }
+
     fn arb_entry() -> impl Strategy<Value = FileEntry> {
         (
             prop_oneof![Just("config"), Just("files")],
@@ -311,10 +339,13 @@ mod tests {
             0u64..1 << 40,
             0u32..=0o7777,
             "[0-9a-f]{64}",
+            arb_meta(),
         )
-            .prop_filter_map("no dot components", |(top, parts, size, mode, sha)| {
+            .prop_filter_map("no dot components", |(top, parts, size, mode, sha, (meta, source))| {
                 let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
-                Some(FileEntry::new(path, size, Mode::new(mode)?, Sha256Hex::new(sha)?))
+                let entry = FileEntry::new(path, size, Mode::new(mode)?, Sha256Hex::new(sha)?);
+                // Only files/ entries carry settings.
+                Some(if top == FILES_DIR { entry.with_meta(&meta, source) } else { entry })
             })
     }
 
@@ -374,13 +405,28 @@ mod tests {
             prop_assert!(Manifest::parse_verified(text.as_bytes(), &m.id()).is_ok());
         }
 
-        /// The id changes if and only if a path, mode, content (sha256, size) or policy changes.
+        /// The id changes if and only if a path, mode, content (sha256, size), policy, owner,
+        /// group, stage, restart or reload list, or source changes.
         #[test]
-        fn id_tracks_content(m in arb_manifest(), which in 0usize..7, pick in any::<prop::sample::Index>()) {
+        fn id_tracks_content(m in arb_manifest(), which in 0usize..13, pick in any::<prop::sample::Index>()) {
             let mut changed = m.clone();
             let file = (!changed.files.is_empty()).then(|| pick.index(changed.files.len()));
+            // Settings only exist on files/ entries: a config/ entry takes none.
+            let settable = file.filter(|i| changed.files[*i].path.first() == FILES_DIR);
+            let other = |a: &Option<AccountName>| Some(match a { Some(n) if n.as_str() == "x" => "y", _ => "x" }.parse::<AccountName>().unwrap());
             let mut expect_change = true;
+            match (which, settable) {
+                (7, Some(i)) => changed.files[i].owner = other(&changed.files[i].owner),
+                (8, Some(i)) => changed.files[i].group = other(&changed.files[i].group),
+                (9, Some(i)) => changed.files[i].stage = if changed.files[i].stage == Stage::Before { Stage::After } else { Stage::Before },
+                (10, Some(i)) => changed.files[i].restart.push("changed-unit.service".parse().unwrap()),
+                (11, Some(i)) => changed.files[i].reload = if changed.files[i].reload.is_empty() { vec!["r.service".parse().unwrap()] } else { Vec::new() },
+                (12, Some(i)) => changed.files[i].source = if changed.files[i].source.is_host() { FileSource::Common } else { FileSource::Host },
+                (7..=12, _) => expect_change = false,
+                _ => {}
+            }
             match (which, file) {
+                (7..=12, _) => {}
                 (0, Some(i)) => { let p = format!("{}x", changed.files[i].path); changed.files[i].path = p.parse().unwrap(); }
                 (1, Some(i)) => changed.files[i].mode = Mode::new(changed.files[i].mode.bits() ^ 0o100).unwrap(),
                 (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]); changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
@@ -394,6 +440,34 @@ mod tests {
             prop_assert_eq!(m.id() != changed.id(), expect_change);
             prop_assert_eq!(!m.same_content(&changed), expect_change);
         }
+    }
+
+    /// A MANIFEST written before files had settings reads with the defaults, and the settings
+    /// appear in the text only when set.
+    #[test]
+    fn settings_are_optional_and_only_for_files() {
+        let sha = "0".repeat(64);
+        let old = format!(
+            "host = \"a\"\nseq = 1\ncreated = \"x\"\n[apply]\n[[file]]\npath = \"files/etc/k\"\nsize = 1\nmode = \"0600\"\nsha256 = \"{sha}\"\n"
+        );
+        let m = Manifest::parse(old.as_bytes()).unwrap();
+        assert_eq!(m.files[0].meta(), FileMeta::default());
+        assert_eq!(m.files[0].source, FileSource::Host);
+        let text = m.render();
+        assert!(!text.contains("stage") && !text.contains("source"), "{text}");
+        let with = format!(
+            "{old}owner = \"grafana\"\nstage = \"after\"\nrestart = [\"grafana.service\"]\nsource = \"common\"\n"
+        );
+        let m = Manifest::parse(with.as_bytes()).unwrap();
+        assert_eq!(m.files[0].owner.as_ref().unwrap().as_str(), "grafana");
+        assert_eq!(m.files[0].stage, Stage::After);
+        assert_eq!(m.files[0].source, FileSource::Common);
+        let config = with.replace("files/etc/k", "config/k");
+        let err = Manifest::parse(config.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("only files/ files have them"), "{err}");
+        let bad_unit = with.replace("grafana.service", "grafana");
+        let err = Manifest::parse(bad_unit.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("invalid unit name"), "{err}");
     }
 
     #[test]
