@@ -88,3 +88,46 @@ pub fn attach_meta(
         Err(problems)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{Mode, Stage};
+
+    fn source(path: &str, origin: FileSource) -> SourceFile {
+        SourceFile {
+            release_path: path.parse().unwrap(),
+            source: path.into(),
+            mode: Mode::new(0o600).unwrap(),
+            meta: FileMeta::default(),
+            origin,
+        }
+    }
+
+    #[test]
+    fn settings_attach_to_host_and_common_files_and_a_stray_table_is_named() {
+        let host: HostName = "web".parse().unwrap();
+        let mut sources = vec![
+            source("config/flake.nix", FileSource::Host),
+            source("files/etc/grafana/secret", FileSource::Host),
+            source("files/etc/ssl/ca.pem", FileSource::Common),
+        ];
+        let after = FileMeta {
+            stage: Stage::After,
+            ..FileMeta::default()
+        };
+        let mut metas = BTreeMap::new();
+        metas.insert("etc/grafana/secret".parse().unwrap(), after.clone());
+        metas.insert("etc/ssl/ca.pem".parse().unwrap(), after.clone());
+        attach_meta(&host, &mut sources, &metas).unwrap();
+        assert_eq!(sources[1].meta, after);
+        assert_eq!(sources[2].meta, after);
+
+        metas.insert("etc/grafana/secrte".parse().unwrap(), after);
+        // The Nix part is not a place for settings either.
+        metas.insert("flake.nix".parse().unwrap(), FileMeta::default());
+        let problems = attach_meta(&host, &mut sources, &metas).unwrap_err();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        insta::assert_snapshot!("settings_for_a_path_that_does_not_exist", text.join("\n"));
+    }
+}

@@ -57,7 +57,7 @@ pub enum DeployError {
     #[error(transparent)]
     Record(#[from] StateError),
     #[error(
-        "cannot deploy /{path}: its {what} {name:?} does not exist on this machine; nothing of the files deployed {when} was written. Create the account in the host's configuration (with stage = \"after\" on the file when the new configuration creates it), or fix files.{path:?}.{what} in the host's host.toml"
+        "cannot deploy /{path}: its {what} \"{name}\" does not exist on this machine; nothing of the files deployed {when} was written. Create the account in the host's configuration (with stage = \"after\" on the file when the new configuration creates it), or fix files.{path:?}.{what} in the host's host.toml"
     )]
     UnknownAccount {
         path: String,
@@ -67,7 +67,7 @@ pub enum DeployError {
         /// "before the rebuild" or "after activation".
         when: &'static str,
     },
-    #[error("cannot look up the {what} {name:?} of /{path}: {source}")]
+    #[error("cannot look up the {what} \"{name}\" of /{path}: {source}")]
     Lookup {
         path: String,
         what: &'static str,
@@ -666,5 +666,59 @@ mod tests {
         let stats = deploy(&manifest(&[("files/etc/b", b"b\n")]), &opts).unwrap();
         assert_eq!(stats.removed, 1);
         assert!(!root.join("etc/a").exists());
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use crate::hash::sha256_hex;
+    use crate::release::{Mode, Sha256Hex};
+    use crate::settings::ApplyPolicy;
+
+    /// An owner this machine does not know: the error names the file and the account, and
+    /// no file of the stage is written, also those listed before it.
+    #[test]
+    fn an_unknown_owner_names_file_and_account_and_writes_nothing() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (root, release, state) = (
+            tmp.path().join("root"),
+            tmp.path().join("rel"),
+            tmp.path().join("state"),
+        );
+        for d in [&root, &state, &release.join("files/etc/grafana")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mut files = Vec::new();
+        for (name, owner) in [("a-first", None), ("secret", Some("tiffin-no-such-user"))] {
+            std::fs::write(release.join("files/etc/grafana").join(name), b"x\n").unwrap();
+            let mut e = FileEntry::new(
+                format!("files/etc/grafana/{name}").parse().unwrap(),
+                2,
+                Mode::new(0o600).unwrap(),
+                Sha256Hex::new(sha256_hex(b"x\n")).unwrap(),
+            );
+            e.owner = owner.map(|o| o.parse().unwrap());
+            files.push(e);
+        }
+        let manifest = Manifest {
+            host: "web".parse().unwrap(),
+            seq: 1,
+            created: "2026-11-24T00:00:00Z".into(),
+            apply: ApplyPolicy::default(),
+            files,
+        };
+        let opts = DeployOptions {
+            root: &root,
+            release_dir: &release,
+            state_dir: &state,
+            owner: Owner::Caller,
+        };
+        let err = deploy_stage(&manifest, &opts, Stage::Before).unwrap_err();
+        insta::assert_snapshot!("unknown_owner_on_the_client", err.to_string());
+        assert!(!root.join("etc/grafana/a-first").exists());
+        // The other stage has nothing of its own to resolve: it deploys nothing and succeeds.
+        let stats = deploy_stage(&manifest, &opts, Stage::After).unwrap();
+        assert_eq!((stats.written, stats.changed.len()), (0, 0));
     }
 }

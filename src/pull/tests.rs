@@ -1039,3 +1039,5 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
     );
     assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
 }
+
+mod files;
