@@ -603,6 +603,9 @@ pub fn init(dir: &Path) -> Result<(), FleetError> {
     }
     // A link, so publish copies fleet.toml into each release's config/common/.
     symlink_new("../fleet.toml", &dir.join(COMMON_FLEET_TOML))?;
+    // Files every host gets (a host's own files/ wins on the same path).
+    let common_files = dir.join(crate::host_tree::common::COMMON_FILES);
+    fs::create_dir_all(&common_files).map_err(FleetError::io(&common_files))?;
     add_host_unchecked(dir, &"example".parse().expect("valid"), EXAMPLE_KEY)
 }
 
@@ -659,7 +662,14 @@ fn write_host_dir(
          \n\
          [apply]\n\
          # action = \"switch\"   # switch | boot | test | build\n\
-         # reboot = \"never\"    # never | if-needed\n"
+         # reboot = \"never\"    # never | if-needed\n\
+         \n\
+         # Settings of a file of files/ (or of the fleet's common/files/), by its path on the host:\n\
+         # [files.\"etc/grafana/secret\"]\n\
+         # owner = \"grafana\"              # user or group name, looked up on the host (default root)\n\
+         # group = \"grafana\"\n\
+         # stage = \"after\"                # before (the rebuild, default) | after (activation)\n\
+         # restart = [\"grafana.service\"]  # restarted when the file changes; reload = [...] reloads\n"
     );
     write_new(&dir.join(HOST_FILE), &host_toml)?;
     let config = include_str!("templates/configuration.nix").replace("@HOST@", name.as_str());
