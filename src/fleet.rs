@@ -385,18 +385,7 @@ fn load_host(
     if let Some(interval) = parsed.poll_interval
         && interval != config.defaults.poll_interval
     {
-        let configuration =
-            fs::read_to_string(root.join(&rel).join("configuration.nix")).unwrap_or_default();
-        if !configuration.contains("services.tiffin.client.interval") {
-            problems.push(Problem::warning(
-                Some(name),
-                &host_file,
-                format!(
-                    "poll_interval {interval} differs from fleet.toml's, but the host's timer comes from fleet.toml (common/tiffin.nix): also set services.tiffin.client.interval (a systemd calendar expression) in {}/configuration.nix",
-                    rel.display()
-                ),
-            ));
-        }
+        problems.extend(poll_interval_problem(root, name, interval));
     }
     let file_metas = files::check(name, &host_file, &parsed.files, problems);
     ok.then(|| Host {
@@ -407,6 +396,24 @@ fn load_host(
             .unwrap_or(config.defaults.poll_interval),
         apply: config.defaults.apply.overridden_by(&parsed.apply),
         files: file_metas,
+    })
+}
+
+/// A host.toml poll_interval other than fleet.toml's reaches `tiffin status` only, unless the
+/// host's configuration.nix sets its timer too.
+fn poll_interval_problem(root: &Path, name: &HostName, interval: Interval) -> Option<Problem> {
+    let rel = Path::new("hosts").join(name.as_str());
+    let configuration =
+        fs::read_to_string(root.join(&rel).join("configuration.nix")).unwrap_or_default();
+    (!configuration.contains("services.tiffin.client.interval")).then(|| {
+        Problem::warning(
+            Some(name),
+            rel.join(HOST_FILE),
+            format!(
+                "poll_interval {interval} differs from fleet.toml's, but the host's timer comes from fleet.toml (common/tiffin.nix): also set services.tiffin.client.interval (a systemd calendar expression) in {}/configuration.nix",
+                rel.display()
+            ),
+        )
     })
 }
 
@@ -581,6 +588,8 @@ const INIT_FILES: &[(&str, &str)] = &[
 
 /// The module that configures every host's tiffin client (templates/flake.nix adds it).
 pub const COMMON_TIFFIN_NIX: &str = "common/tiffin.nix";
+/// Files every host gets, relative to the fleet repository (a host's own files/ wins on a path).
+pub const COMMON_FILES: &str = "common/files";
 /// The link through which common/tiffin.nix reads fleet.toml, in the repository and in a release.
 pub const COMMON_FLEET_TOML: &str = "common/fleet.toml";
 const TEMPLATE_FLAKE: &str = "templates/flake.nix";
@@ -604,7 +613,7 @@ pub fn init(dir: &Path) -> Result<(), FleetError> {
     // A link, so publish copies fleet.toml into each release's config/common/.
     symlink_new("../fleet.toml", &dir.join(COMMON_FLEET_TOML))?;
     // Files every host gets (a host's own files/ wins on the same path).
-    let common_files = dir.join(crate::host_tree::common::COMMON_FILES);
+    let common_files = dir.join(COMMON_FILES);
     fs::create_dir_all(&common_files).map_err(FleetError::io(&common_files))?;
     add_host_unchecked(dir, &"example".parse().expect("valid"), EXAMPLE_KEY)
 }

@@ -262,7 +262,8 @@ pub fn hash_tree(files: &[SourceFile]) -> std::io::Result<Vec<FileEntry>> {
         .map(|f| {
             let (sha, size) = sha256_file(&f.source)?;
             let sha = Sha256Hex::new(sha).expect("hex of a digest");
-            Ok(FileEntry::new(f.release_path.clone(), size, f.mode, sha).with_meta(&f.meta, f.origin))
+            Ok(FileEntry::new(f.release_path.clone(), size, f.mode, sha)
+                .with_meta(&f.meta, f.origin))
         })
         .collect()
 }

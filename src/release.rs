@@ -10,8 +10,8 @@ use crate::names::{HostName, RelPath, ReleaseId};
 use crate::settings::ApplyPolicy;
 
 pub mod meta;
-pub use meta::{FileMeta, FileSource, Stage};
 use crate::names::{AccountName, UnitName};
+pub use meta::{FileMeta, FileSource, Stage};
 
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// The Nix part of a release (what the flake sees).
@@ -305,8 +305,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_units() -> impl Strategy<Value = Vec<UnitName>> {
-        proptest::collection::vec("[a-z][a-z0-9-]{0,6}(@[a-z0-9]{1,3})?\\.(service|socket|timer)", 0..3)
-            .prop_map(|v| v.iter().map(|u| u.parse().unwrap()).collect())
+        proptest::collection::vec(
+            "[a-z][a-z0-9-]{0,6}(@[a-z0-9]{1,3})?\\.(service|socket|timer)",
+            0..3,
+        )
+        .prop_map(|v| v.iter().map(|u| u.parse().unwrap()).collect())
     }
 
     fn arb_meta() -> impl Strategy<Value = (FileMeta, FileSource)> {
@@ -341,12 +344,19 @@ mod tests {
             "[0-9a-f]{64}",
             arb_meta(),
         )
-            .prop_filter_map("no dot components", |(top, parts, size, mode, sha, (meta, source))| {
-                let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
-                let entry = FileEntry::new(path, size, Mode::new(mode)?, Sha256Hex::new(sha)?);
-                // Only files/ entries carry settings.
-                Some(if top == FILES_DIR { entry.with_meta(&meta, source) } else { entry })
-            })
+            .prop_filter_map(
+                "no dot components",
+                |(top, parts, size, mode, sha, (meta, source))| {
+                    let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
+                    let entry = FileEntry::new(path, size, Mode::new(mode)?, Sha256Hex::new(sha)?);
+                    // Only files/ entries carry settings.
+                    Some(if top == FILES_DIR {
+                        entry.with_meta(&meta, source)
+                    } else {
+                        entry
+                    })
+                },
+            )
     }
 
     fn arb_manifest() -> impl Strategy<Value = Manifest> {
@@ -454,7 +464,10 @@ mod tests {
         assert_eq!(m.files[0].meta(), FileMeta::default());
         assert_eq!(m.files[0].source, FileSource::Host);
         let text = m.render();
-        assert!(!text.contains("stage") && !text.contains("source"), "{text}");
+        assert!(
+            !text.contains("stage") && !text.contains("source"),
+            "{text}"
+        );
         let with = format!(
             "{old}owner = \"grafana\"\nstage = \"after\"\nrestart = [\"grafana.service\"]\nsource = \"common\"\n"
         );
@@ -466,7 +479,9 @@ mod tests {
         let err = Manifest::parse(config.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("only files/ files have them"), "{err}");
         let bad_unit = with.replace("grafana.service", "grafana");
-        let err = Manifest::parse(bad_unit.as_bytes()).unwrap_err().to_string();
+        let err = Manifest::parse(bad_unit.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid unit name"), "{err}");
     }
 

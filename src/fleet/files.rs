@@ -141,7 +141,14 @@ mod tests {
         for p in &all {
             assert!(p.starts_with("error: hosts/web/host.toml: files.\""), "{p}");
         }
-        for key in [".owner:", ".group:", ".stage:", ".reload:", "\"files/etc/b\":", "\"/etc/c\":"] {
+        for key in [
+            ".owner:",
+            ".group:",
+            ".stage:",
+            ".reload:",
+            "\"files/etc/b\":",
+            "\"/etc/c\":",
+        ] {
             assert!(all.iter().any(|p| p.contains(key)), "{key} in {all:#?}");
         }
     }

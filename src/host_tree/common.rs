@@ -9,8 +9,7 @@ use crate::fleet::HOST_FILE;
 use crate::names::{HostName, RelPath};
 use crate::release::{FILES_DIR, FileMeta, FileSource};
 
-/// Files every host gets, relative to the fleet repository.
-pub const COMMON_FILES: &str = "common/files";
+pub use crate::fleet::COMMON_FILES;
 
 /// Walks `common/files/` and adds what the host's own `files/` does not have. A common file
 /// where the host has a directory (or the other way round) is a problem: the host wins on a

@@ -147,10 +147,27 @@ mod tests {
 
     #[test]
     fn account_names() {
-        for ok in ["grafana", "systemd-network", "_apt", "Debian-exim", "machine$", "a"] {
+        for ok in [
+            "grafana",
+            "systemd-network",
+            "_apt",
+            "Debian-exim",
+            "machine$",
+            "a",
+        ] {
             assert!(ok.parse::<AccountName>().is_ok(), "{ok}");
         }
-        for bad in ["", "1abc", "-x", "a b", "a:b", "a/b", "$", "a$b", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "1abc",
+            "-x",
+            "a b",
+            "a:b",
+            "a/b",
+            "$",
+            "a$b",
+            &"a".repeat(33),
+        ] {
             assert!(bad.parse::<AccountName>().is_err(), "{bad}");
         }
     }

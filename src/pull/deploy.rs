@@ -28,8 +28,8 @@ use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, Owner};
-use crate::names::RelPath;
 use crate::names::AccountName;
+use crate::names::RelPath;
 use crate::release::{FILES_DIR, FileEntry, Manifest, Sha256Hex, Stage};
 
 use super::state::{StateError, write_file_atomic};
@@ -188,8 +188,11 @@ pub fn deploy_stage(
     for (rel, _) in &all {
         check_target(&root, opts.root, rel).map_err(|why| unsafe_path(opts.root, rel, why))?;
     }
-    let staged: Vec<(RelPath, &FileEntry)> =
-        all.iter().filter(|(_, e)| e.stage == stage).cloned().collect();
+    let staged: Vec<(RelPath, &FileEntry)> = all
+        .iter()
+        .filter(|(_, e)| e.stage == stage)
+        .cloned()
+        .collect();
     let ids = staged
         .iter()
         .map(|(rel, e)| resolve_ids(rel, e, opts.owner))
@@ -219,7 +222,9 @@ fn resolve_ids(
     };
     let lookup = |what: &'static str, name: &AccountName| {
         let found = match what {
-            "owner" => nix::unistd::User::from_name(name.as_str()).map(|u| u.map(|u| u.uid.as_raw())),
+            "owner" => {
+                nix::unistd::User::from_name(name.as_str()).map(|u| u.map(|u| u.uid.as_raw()))
+            }
             _ => nix::unistd::Group::from_name(name.as_str()).map(|g| g.map(|g| g.gid.as_raw())),
         };
         match found {
@@ -238,8 +243,16 @@ fn resolve_ids(
             }),
         }
     };
-    let uid = entry.owner.as_ref().map(|n| lookup("owner", n)).transpose()?;
-    let gid = entry.group.as_ref().map(|n| lookup("group", n)).transpose()?;
+    let uid = entry
+        .owner
+        .as_ref()
+        .map(|n| lookup("owner", n))
+        .transpose()?;
+    let gid = entry
+        .group
+        .as_ref()
+        .map(|n| lookup("group", n))
+        .transpose()?;
     Ok(match owner {
         Owner::Caller => None,
         Owner::Root => Some((uid.unwrap_or(0), gid.unwrap_or(0))),

@@ -76,7 +76,9 @@ pub enum PullError {
         message: String,
         rolled: String,
     },
-    #[error("release {id} was activated, but its files for after activation could not be deployed: {message}; {rolled}")]
+    #[error(
+        "release {id} was activated, but its files for after activation could not be deployed: {message}; {rolled}"
+    )]
     FilesAfter {
         id: ReleaseId,
         message: String,
@@ -629,9 +631,13 @@ impl<'a, R: Remote> Poll<'a, R> {
             return RollBack::NoPrevious;
         };
         let to = prev.clone();
-        let redeployed = self
-            .stored_manifest(prev)
-            .and_then(|m| Ok((self.deploy(prev, &m, Stage::Before).map_err(|e| e.to_string())?, m)));
+        let redeployed = self.stored_manifest(prev).and_then(|m| {
+            Ok((
+                self.deploy(prev, &m, Stage::Before)
+                    .map_err(|e| e.to_string())?,
+                m,
+            ))
+        });
         let (mut stats, manifest) = match redeployed {
             Ok(done) => done,
             Err(error) => return RollBack::RedeployFailed { to, error },

@@ -122,16 +122,43 @@ mod tests {
             "echo \"$@\" >> {}; [ \"$2\" != bad.service ] || {{ echo 'Unit bad.service not found.'; exit 5; }}",
             calls.display()
         );
-        let argv = vec!["sh".to_owned(), "-c".to_owned(), script, "systemctl".to_owned()];
+        let argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script,
+            "systemctl".to_owned(),
+        ];
         let plan = Plan {
-            restart: ["bad.service", "good.service"].iter().map(|u| u.parse().unwrap()).collect(),
-            reload: ["other.service"].iter().map(|u| u.parse().unwrap()).collect(),
+            restart: ["bad.service", "good.service"]
+                .iter()
+                .map(|u| u.parse().unwrap())
+                .collect(),
+            reload: ["other.service"]
+                .iter()
+                .map(|u| u.parse().unwrap())
+                .collect(),
         };
-        let failures = run(&argv, &plan, &tmp.path().join("log"), Duration::from_secs(10));
+        let failures = run(
+            &argv,
+            &plan,
+            &tmp.path().join("log"),
+            Duration::from_secs(10),
+        );
         assert_eq!(failures.len(), 1, "{failures:?}");
-        assert!(failures[0].starts_with("bad.service: restart: "), "{}", failures[0]);
-        assert!(failures[0].contains("Unit bad.service not found."), "{}", failures[0]);
+        assert!(
+            failures[0].starts_with("bad.service: restart: "),
+            "{}",
+            failures[0]
+        );
+        assert!(
+            failures[0].contains("Unit bad.service not found."),
+            "{}",
+            failures[0]
+        );
         let recorded = std::fs::read_to_string(calls).unwrap();
-        assert_eq!(recorded, "restart bad.service\nrestart good.service\nreload other.service\n");
+        assert_eq!(
+            recorded,
+            "restart bad.service\nrestart good.service\nreload other.service\n"
+        );
     }
 }

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use crate::names::{AccountName, UnitName};
 
 /// When a file is deployed, relative to the rebuild.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// Before the rebuild (the default): the new configuration can read the file when it starts.
@@ -28,7 +30,9 @@ impl Stage {
 }
 
 /// Which tree of the fleet repository a file of `files/` came from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileSource {
     /// `hosts/<name>/files/` (the default).

@@ -8,7 +8,12 @@ use crate::TestFleet;
 
 fn current_manifest(fleet: &TestFleet, host: &str) -> Manifest {
     let id = fleet.current(host);
-    let path = fleet.chroots().join(host).join("releases").join(&id).join("MANIFEST");
+    let path = fleet
+        .chroots()
+        .join(host)
+        .join("releases")
+        .join(&id)
+        .join("MANIFEST");
     Manifest::parse_verified(&fs::read(path).unwrap(), &id.parse().unwrap()).unwrap()
 }
 
@@ -23,8 +28,14 @@ fn append(fleet: &TestFleet, rel: &str, text: &str) {
 fn common_files_reach_every_host_and_a_host_file_wins() {
     let fleet = TestFleet::with_hosts(&["client1", "client2"]);
     fleet.write("common/files/etc/ssl/fleet-ca.pem", "common CA\n");
-    fleet.write("common/files/etc/ssh/ssh_known_hosts", "server ssh-ed25519 AAAA\n");
-    fleet.write("hosts/client1/files/etc/ssl/fleet-ca.pem", "client1's own CA\n");
+    fleet.write(
+        "common/files/etc/ssh/ssh_known_hosts",
+        "server ssh-ed25519 AAAA\n",
+    );
+    fleet.write(
+        "hosts/client1/files/etc/ssl/fleet-ca.pem",
+        "client1's own CA\n",
+    );
     fleet.write("hosts/client2/files/etc/grafana/secret", "s3cret\n");
     append(
         &fleet,
@@ -42,7 +53,9 @@ fn common_files_reach_every_host_and_a_host_file_wins() {
     let known = entry(&one, "files/etc/ssh/ssh_known_hosts").unwrap();
     assert_eq!(known.source, FileSource::Common);
     assert!(
-        !one.files.iter().any(|f| f.path.as_str().starts_with("config/common/files")),
+        !one.files
+            .iter()
+            .any(|f| f.path.as_str().starts_with("config/common/files")),
         "common/files/ never enters the Nix part"
     );
 
@@ -53,7 +66,10 @@ fn common_files_reach_every_host_and_a_host_file_wins() {
     assert_eq!(secret.stage, Stage::After);
     assert_eq!(secret.restart[0].as_str(), "grafana.service");
     let ca2 = entry(&two, "files/etc/ssl/fleet-ca.pem").unwrap();
-    assert_eq!((ca2.source, ca2.reload[0].as_str()), (FileSource::Common, "nginx.service"));
+    assert_eq!(
+        (ca2.source, ca2.reload[0].as_str()),
+        (FileSource::Common, "nginx.service")
+    );
     let id2 = fleet.current("client2");
     let stored = fleet.chroots().join("client2/releases").join(&id2);
     assert_eq!(
@@ -63,7 +79,9 @@ fn common_files_reach_every_host_and_a_host_file_wins() {
 
     // A changed owner alone is a new release.
     let host_toml = fleet.root().join("hosts/client2/host.toml");
-    let text = fs::read_to_string(&host_toml).unwrap().replace("owner = \"grafana\"", "owner = \"root\"");
+    let text = fs::read_to_string(&host_toml)
+        .unwrap()
+        .replace("owner = \"grafana\"", "owner = \"root\"");
     fs::write(&host_toml, text).unwrap();
     fleet.tiffin(&["publish"]).assert().success();
     assert_ne!(fleet.current("client2"), id2);

@@ -5,7 +5,10 @@ use crate::release::{FileSource, Stage};
 
 /// `base_files()` plus a service's secret (after activation) and cert restarting one unit,
 /// and a config reloading another.
-fn service_files(secret: &'static [u8], cert: &'static [u8]) -> Vec<(&'static str, &'static [u8], u32)> {
+fn service_files(
+    secret: &'static [u8],
+    cert: &'static [u8],
+) -> Vec<(&'static str, &'static [u8], u32)> {
     let mut files = base_files();
     files.push(("files/etc/grafana/secret", secret, 0o600));
     files.push(("files/etc/grafana/cert", cert, 0o644));
@@ -41,7 +44,12 @@ impl Fixture {
         self.cfg.systemctl = vec!["sh".into(), "-c".into(), script, "systemctl".into()];
     }
 
-    fn publish_services(&mut self, secret: &'static [u8], cert: &'static [u8], owner: &str) -> ReleaseId {
+    fn publish_services(
+        &mut self,
+        secret: &'static [u8],
+        cert: &'static [u8],
+        owner: &str,
+    ) -> ReleaseId {
         self.seq += 1;
         let files = service_files(secret, cert);
         let manifest = with_settings(self.manifest(&files, self.seq), owner);
@@ -68,10 +76,16 @@ fn changed_files_restart_their_units_once_after_activation() {
     assert!(lines[0].starts_with("rebuild switch "), "{calls}");
     assert_eq!(
         &lines[1..],
-        ["systemctl restart grafana.service", "systemctl reload nginx.service"],
+        [
+            "systemctl restart grafana.service",
+            "systemctl reload nginx.service"
+        ],
         "two changed files of grafana restart it once, after the rebuild"
     );
-    assert_eq!(std::fs::read(f.root().join("etc/grafana/secret")).unwrap(), b"one\n");
+    assert_eq!(
+        std::fs::read(f.root().join("etc/grafana/secret")).unwrap(),
+        b"one\n"
+    );
 
     // Only the cert changes: grafana restarts, nginx does not reload.
     f.publish_services(b"one\n", b"cert2\n", "root");
@@ -98,7 +112,8 @@ fn a_failed_restart_is_reported_and_the_release_stays_applied() {
     f.cfg.systemctl = vec![
         "sh".into(),
         "-c".into(),
-        "[ \"$2\" != grafana.service ] || { echo 'Job for grafana.service failed.' >&2; exit 1; }".into(),
+        "[ \"$2\" != grafana.service ] || { echo 'Job for grafana.service failed.' >&2; exit 1; }"
+            .into(),
         "systemctl".into(),
     ];
     let id = f.publish_services(b"one\n", b"cert1\n", "root");
@@ -106,7 +121,12 @@ fn a_failed_restart_is_reported_and_the_release_stays_applied() {
     let report = f.report();
     assert_eq!(report.result, PullResult::Ok);
     assert_eq!(report.applied.as_deref(), Some(id.as_str()));
-    assert_eq!(report.restart_failed.len(), 1, "{:?}", report.restart_failed);
+    assert_eq!(
+        report.restart_failed.len(),
+        1,
+        "{:?}",
+        report.restart_failed
+    );
     assert!(
         report.restart_failed[0].starts_with("grafana.service: restart: ")
             && report.restart_failed[0].contains("Job for grafana.service failed."),
@@ -128,13 +148,26 @@ fn an_owner_missing_after_activation_rolls_back_and_names_file_and_account() {
         err.contains("cannot deploy /etc/grafana/secret: its owner \"tiffin-no-such-user\" does not exist on this machine"),
         "{err}"
     );
-    assert!(err.contains(&format!("rolled back to release {}", first.short())), "{err}");
+    assert!(
+        err.contains(&format!("rolled back to release {}", first.short())),
+        "{err}"
+    );
     assert_eq!(f.report().result, PullResult::RolledBack);
     // Nothing of the stage was written, and the first release's files are back.
-    assert_eq!(std::fs::read(f.root().join("etc/grafana/secret")).unwrap(), b"one\n");
-    assert_eq!(std::fs::read(f.root().join("etc/grafana/cert")).unwrap(), b"cert1\n");
+    assert_eq!(
+        std::fs::read(f.root().join("etc/grafana/secret")).unwrap(),
+        b"one\n"
+    );
+    assert_eq!(
+        std::fs::read(f.root().join("etc/grafana/cert")).unwrap(),
+        b"cert1\n"
+    );
     // The cert changed and changed back: grafana restarted after each activation.
-    let rebuilds = f.calls().lines().filter(|l| l.starts_with("rebuild")).count();
+    let rebuilds = f
+        .calls()
+        .lines()
+        .filter(|l| l.starts_with("rebuild"))
+        .count();
     assert_eq!(rebuilds, 3, "{}", f.calls());
     assert_eq!(f.state().applied.unwrap().id, first);
 }
@@ -153,10 +186,15 @@ fn an_owner_missing_before_the_rebuild_writes_nothing_and_never_rebuilds() {
     f.release(&manifest, &files);
     let err = f.poll().unwrap_err().to_string();
     assert!(
-        err.contains("cannot deploy /usr/local/bin/tool: its group \"tiffin-no-such-group\" does not exist"),
+        err.contains(
+            "cannot deploy /usr/local/bin/tool: its group \"tiffin-no-such-group\" does not exist"
+        ),
         "{err}"
     );
-    assert!(!f.root().join("etc/app/secret").exists(), "nothing of the stage is written");
+    assert!(
+        !f.root().join("etc/app/secret").exists(),
+        "nothing of the stage is written"
+    );
     assert_eq!(f.calls(), "", "no rebuild");
     assert_eq!(f.report().result, PullResult::Failed);
 }
