@@ -525,17 +525,20 @@ impl<'a, R: Remote> Poll<'a, R> {
 
     /// After a successful rebuild: the files of `stage = "after"`, then the units of every
     /// changed file restarted or reloaded (only when the rebuild activated the system).
+    /// `since`: the release that ran before, whose files the units have seen.
     fn after_activation(
         &mut self,
         id: &ReleaseId,
         manifest: &Manifest,
         deployed: &mut DeployStats,
+        since: Option<&ReleaseId>,
     ) -> Result<(), DeployError> {
         deployed.absorb(self.deploy(id, manifest, Stage::After)?);
         if !matches!(manifest.apply.action, Action::Switch | Action::Test) {
             return Ok(());
         }
-        let plan = restart::Plan::of(manifest, &deployed.changed);
+        let since = since.and_then(|s| self.stored_manifest(s).ok());
+        let plan = restart::Plan::of(manifest, &deployed.changed, since.as_ref());
         if !plan.is_empty() {
             let log = self.cfg.state_dir.join("restart.log");
             let failed = restart::run(&self.cfg.systemctl, &plan, &log, self.cfg.rebuild_timeout.0);
@@ -570,7 +573,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             return Ok(Outcome::RebuildFailed { message });
         }
         let id = self.id.clone();
-        if let Err(e) = self.after_activation(&id, manifest, deployed) {
+        if let Err(e) = self.after_activation(&id, manifest, deployed, previous.as_ref()) {
             let rolled_back = self.roll_back(previous.as_ref(), manifest.apply.action);
             let message = e.to_string();
             return Ok(Outcome::FilesAfterFailed {
@@ -651,7 +654,8 @@ impl<'a, R: Remote> Poll<'a, R> {
         if let rebuild::Ended::Failed(message) = back.ended {
             return RollBack::RebuildFailed { to, message };
         }
-        match self.after_activation(prev, &manifest, &mut stats) {
+        // Against what was written back only: the failed release's files never ran for long.
+        match self.after_activation(prev, &manifest, &mut stats, None) {
             Ok(()) => RollBack::Done { to },
             Err(e) => RollBack::RedeployFailed {
                 to,

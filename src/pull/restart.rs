@@ -4,12 +4,12 @@
 //! and another reloads is restarted (a restart reloads too). A failure is reported, not
 //! rolled back: the health check, which runs after the restarts, decides that.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use crate::names::{RelPath, UnitName};
-use crate::release::{FILES_DIR, Manifest};
+use crate::release::{FILES_DIR, FileEntry, Manifest};
 
 use super::rebuild;
 
@@ -22,15 +22,30 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The units of the files of `manifest` that were `changed` (paths below root).
-    pub fn of(manifest: &Manifest, changed: &[RelPath]) -> Plan {
-        let changed: BTreeSet<&str> = changed.iter().map(RelPath::as_str).collect();
+    /// The units of the files of `manifest` that changed: `written` now (paths below root),
+    /// or different from the release that ran before (`since`). The second catches a file
+    /// an earlier attempt of this release wrote before its rebuild failed: retried, it is
+    /// already in place, but its service has never seen it.
+    pub fn of(manifest: &Manifest, written: &[RelPath], since: Option<&Manifest>) -> Plan {
+        let written: BTreeSet<&str> = written.iter().map(RelPath::as_str).collect();
+        let before: BTreeMap<&str, &FileEntry> = since
+            .map(|m| m.files.iter().map(|f| (f.path.as_str(), f)).collect())
+            .unwrap_or_default();
+        let differs = |e: &FileEntry| {
+            since.is_some()
+                && before.get(e.path.as_str()).is_none_or(|b| {
+                    (&b.sha256, b.mode, &b.owner, &b.group)
+                        != (&e.sha256, e.mode, &e.owner, &e.group)
+                })
+        };
         let mut plan = Plan::default();
         for entry in &manifest.files {
             let Some(rel) = entry.path.strip_first() else {
                 continue;
             };
-            if entry.path.first() != FILES_DIR || !changed.contains(rel.as_str()) {
+            if entry.path.first() != FILES_DIR
+                || !(written.contains(rel.as_str()) || differs(entry))
+            {
                 continue;
             }
             plan.restart.extend(entry.restart.iter().cloned());
@@ -107,11 +122,18 @@ mod tests {
             .iter()
             .map(|p| p.parse().unwrap())
             .collect();
-        let plan = Plan::of(&manifest, &changed);
+        let plan = Plan::of(&manifest, &changed, None);
         let names = |s: &BTreeSet<UnitName>| s.iter().map(|u| u.to_string()).collect::<Vec<_>>();
         assert_eq!(names(&plan.restart), ["a.service", "b.service"]);
         assert_eq!(names(&plan.reload), ["c.service"]);
-        assert!(Plan::of(&manifest, &[]).is_empty());
+        assert!(Plan::of(&manifest, &[], None).is_empty());
+        // Nothing written now, but the cert differs from the release that ran before.
+        let mut since = manifest.clone();
+        since.files[0].sha256 = Sha256Hex::new("1".repeat(64)).unwrap();
+        let plan = Plan::of(&manifest, &[], Some(&since));
+        assert_eq!(names(&plan.restart), ["a.service"]);
+        assert_eq!(names(&plan.reload), ["b.service"]);
+        assert!(Plan::of(&manifest, &[], Some(&manifest)).is_empty());
     }
 
     #[test]

@@ -198,3 +198,36 @@ fn an_owner_missing_before_the_rebuild_writes_nothing_and_never_rebuilds() {
     assert_eq!(f.calls(), "", "no rebuild");
     assert_eq!(f.report().result, PullResult::Failed);
 }
+
+/// A release whose rebuild failed after its files were deployed, retried: its files are in
+/// place already, but they changed since the release that ran, so their units restart.
+#[test]
+fn a_retried_release_restarts_the_units_of_files_an_earlier_attempt_wrote() {
+    let mut f = Fixture::new();
+    f.record_systemctl();
+    f.publish_services(b"one\n", b"cert1\n", "root");
+    f.poll().unwrap();
+    let before = f.systemctl_calls().len();
+    let working = f.cfg.rebuild.clone();
+    f.cfg.rebuild.0 = vec!["sh".into(), "-c".into(), "exit 1".into()];
+    // No build check first (it runs the rebuild command too): the switch itself fails.
+    f.apply.allow_leaving = true;
+    f.publish_services(b"one\n", b"cert2\n", "root");
+    f.poll().unwrap_err();
+    assert_eq!(
+        std::fs::read(f.root().join("etc/grafana/cert")).unwrap(),
+        b"cert2\n"
+    );
+    assert_eq!(
+        f.systemctl_calls().len(),
+        before,
+        "no restart without activation"
+    );
+    f.cfg.rebuild = working;
+    f.opts.retry_now = true;
+    f.poll().unwrap();
+    assert_eq!(
+        f.systemctl_calls()[before..],
+        ["systemctl restart grafana.service"]
+    );
+}
