@@ -57,24 +57,39 @@ pub enum DeployError {
     #[error(transparent)]
     Record(#[from] StateError),
     #[error(
-        "cannot deploy /{path}: its {what} \"{name}\" does not exist on this machine; nothing of the files deployed {when} was written. Create the account in the host's configuration (with stage = \"after\" on the file when the new configuration creates it), or fix files.{path:?}.{what} in the host's host.toml"
+        "cannot deploy /{path}: its {what} \"{name}\" does not exist on this machine; nothing of the files deployed {} was written. Create the account in the host's configuration (with stage = \"after\" on the file when the new configuration creates it), or fix files.{path:?}.{what} in the host's host.toml",
+        stage.when()
     )]
     UnknownAccount {
         path: String,
-        /// "owner" or "group".
-        what: &'static str,
+        what: Account,
         name: AccountName,
-        /// "before the rebuild" or "after activation".
-        when: &'static str,
+        stage: Stage,
     },
     #[error("cannot look up the {what} \"{name}\" of /{path}: {source}")]
     Lookup {
         path: String,
-        what: &'static str,
+        what: Account,
         name: AccountName,
         #[source]
         source: Errno,
     },
+}
+
+/// Which of a file's accounts a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    Owner,
+    Group,
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Account::Owner => "owner",
+            Account::Group => "group",
+        })
+    }
 }
 
 /// One file tiffin wrote into `root`.
@@ -216,16 +231,14 @@ fn resolve_ids(
     entry: &FileEntry,
     owner: Owner,
 ) -> Result<Option<(u32, u32)>, DeployError> {
-    let when = match entry.stage {
-        Stage::Before => "before the rebuild",
-        Stage::After => "after activation",
-    };
-    let lookup = |what: &'static str, name: &AccountName| {
+    let lookup = |what: Account, name: &AccountName| {
         let found = match what {
-            "owner" => {
+            Account::Owner => {
                 nix::unistd::User::from_name(name.as_str()).map(|u| u.map(|u| u.uid.as_raw()))
             }
-            _ => nix::unistd::Group::from_name(name.as_str()).map(|g| g.map(|g| g.gid.as_raw())),
+            Account::Group => {
+                nix::unistd::Group::from_name(name.as_str()).map(|g| g.map(|g| g.gid.as_raw()))
+            }
         };
         match found {
             Ok(Some(id)) => Ok(id),
@@ -233,7 +246,7 @@ fn resolve_ids(
                 path: rel.to_string(),
                 what,
                 name: name.clone(),
-                when,
+                stage: entry.stage,
             }),
             Err(source) => Err(DeployError::Lookup {
                 path: rel.to_string(),
@@ -246,12 +259,12 @@ fn resolve_ids(
     let uid = entry
         .owner
         .as_ref()
-        .map(|n| lookup("owner", n))
+        .map(|n| lookup(Account::Owner, n))
         .transpose()?;
     let gid = entry
         .group
         .as_ref()
-        .map(|n| lookup("group", n))
+        .map(|n| lookup(Account::Group, n))
         .transpose()?;
     Ok(match owner {
         Owner::Caller => None,

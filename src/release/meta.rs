@@ -24,6 +24,13 @@ impl Stage {
             Stage::After => "after",
         }
     }
+    /// When the stage runs, for messages.
+    pub fn when(self) -> &'static str {
+        match self {
+            Stage::Before => "before the rebuild",
+            Stage::After => "after activation",
+        }
+    }
     pub fn is_before(&self) -> bool {
         *self == Stage::Before
     }
