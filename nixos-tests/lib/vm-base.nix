@@ -30,11 +30,16 @@ vm: {
   # The units tiffin restarts or reloads go through the real systemctl, and
   # each call is also recorded as the lab's systemctl stand-in records it
   # (vm-scenarios/bin/systemctl: "<action> <unit> <ok|failed>" in
-  # /var/lib/fake-systemd/calls.log), so scenarios read the same record on both.
+  # /var/lib/fake-systemd/calls.log, and a unit listed in
+  # /var/lib/fake-systemd/failing fails), so scenarios read the same record on both.
   services.tiffin.client.settings.systemctl = [
     "${pkgs.writeShellScript "tiffin-vm-systemctl" ''
       mkdir -p /var/lib/fake-systemd
-      if ${config.systemd.package}/bin/systemctl "$@"; then result=ok; else result=failed; fi
+      # A unit listed in `failing` fails without being touched, as with the lab's stand-in.
+      if [ -f /var/lib/fake-systemd/failing ] && grep -qxF -- "$2" /var/lib/fake-systemd/failing; then
+        result=failed
+        echo "Job for $2 failed because the control process exited with error code." >&2
+      elif ${config.systemd.package}/bin/systemctl "$@"; then result=ok; else result=failed; fi
       printf '%s %s %s\n' "$1" "$2" "$result" >>/var/lib/fake-systemd/calls.log
       [ "$result" = ok ]
     ''}"
