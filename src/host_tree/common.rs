@@ -19,6 +19,11 @@ pub(super) fn add_common_files(walk: &mut Walk) {
     if std::fs::symlink_metadata(&path).is_err() {
         return;
     }
+    if !path.is_dir() {
+        let message = "must be a directory: the files under it are deployed to every host";
+        walk.problem(Path::new(COMMON_FILES), message);
+        return;
+    }
     let own: Vec<SourceFile> = std::mem::take(&mut walk.out);
     walk.origin = FileSource::Common;
     walk.visit(Path::new(COMMON_FILES), &path, FILES_DIR);

@@ -119,3 +119,16 @@ fn a_common_file_where_the_host_has_a_directory_is_named() {
         "{out}"
     );
 }
+
+#[test]
+fn common_files_must_be_a_directory() {
+    let fleet = TestFleet::with_hosts(&["client1"]);
+    fs::remove_dir(fleet.root().join("common/files")).unwrap();
+    fleet.write("common/files", "not a directory\n");
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("error: common/files: must be a directory"),
+        "{out}"
+    );
+}
