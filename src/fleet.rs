@@ -11,6 +11,7 @@ use crate::diag::{Problem, Severity, toml_message};
 use crate::names::{HostName, MAX_ACCOUNT_NAME};
 use crate::settings::{ApplyOverrides, ApplyPolicy, Interval};
 
+pub mod files;
 pub mod rules;
 
 pub const FLEET_FILE: &str = "fleet.toml";
@@ -151,6 +152,9 @@ struct HostFile {
     poll_interval: Option<Interval>,
     #[serde(default)]
     apply: ApplyOverrides,
+    /// `[files."etc/grafana/secret"]`: owner, group, stage, restart, reload.
+    #[serde(default)]
+    files: BTreeMap<String, files::RawFileMeta>,
 }
 
 /// A host as the fleet defines it, defaults applied.
@@ -161,6 +165,8 @@ pub struct Host {
     pub public_key: String,
     pub poll_interval: Interval,
     pub apply: ApplyPolicy,
+    /// Settings of files of `files/` (or `common/files/`) by their path on the client.
+    pub files: BTreeMap<crate::names::RelPath, crate::release::FileMeta>,
 }
 
 /// The loaded fleet repository.
@@ -379,19 +385,9 @@ fn load_host(
     if let Some(interval) = parsed.poll_interval
         && interval != config.defaults.poll_interval
     {
-        let configuration =
-            fs::read_to_string(root.join(&rel).join("configuration.nix")).unwrap_or_default();
-        if !configuration.contains("services.tiffin.client.interval") {
-            problems.push(Problem::warning(
-                Some(name),
-                &host_file,
-                format!(
-                    "poll_interval {interval} differs from fleet.toml's, but the host's timer comes from fleet.toml (common/tiffin.nix): also set services.tiffin.client.interval (a systemd calendar expression) in {}/configuration.nix",
-                    rel.display()
-                ),
-            ));
-        }
+        problems.extend(poll_interval_problem(root, name, interval));
     }
+    let file_metas = files::check(name, &host_file, &parsed.files, problems);
     ok.then(|| Host {
         name: name.clone(),
         public_key,
@@ -399,6 +395,25 @@ fn load_host(
             .poll_interval
             .unwrap_or(config.defaults.poll_interval),
         apply: config.defaults.apply.overridden_by(&parsed.apply),
+        files: file_metas,
+    })
+}
+
+/// A host.toml poll_interval other than fleet.toml's reaches `tiffin status` only, unless the
+/// host's configuration.nix sets its timer too.
+fn poll_interval_problem(root: &Path, name: &HostName, interval: Interval) -> Option<Problem> {
+    let rel = Path::new("hosts").join(name.as_str());
+    let configuration =
+        fs::read_to_string(root.join(&rel).join("configuration.nix")).unwrap_or_default();
+    (!configuration.contains("services.tiffin.client.interval")).then(|| {
+        Problem::warning(
+            Some(name),
+            rel.join(HOST_FILE),
+            format!(
+                "poll_interval {interval} differs from fleet.toml's, but the host's timer comes from fleet.toml (common/tiffin.nix): also set services.tiffin.client.interval (a systemd calendar expression) in {}/configuration.nix",
+                rel.display()
+            ),
+        )
     })
 }
 
@@ -573,6 +588,8 @@ const INIT_FILES: &[(&str, &str)] = &[
 
 /// The module that configures every host's tiffin client (templates/flake.nix adds it).
 pub const COMMON_TIFFIN_NIX: &str = "common/tiffin.nix";
+/// Files every host gets, relative to the fleet repository (a host's own files/ wins on a path).
+pub const COMMON_FILES: &str = "common/files";
 /// The link through which common/tiffin.nix reads fleet.toml, in the repository and in a release.
 pub const COMMON_FLEET_TOML: &str = "common/fleet.toml";
 const TEMPLATE_FLAKE: &str = "templates/flake.nix";
@@ -595,6 +612,9 @@ pub fn init(dir: &Path) -> Result<(), FleetError> {
     }
     // A link, so publish copies fleet.toml into each release's config/common/.
     symlink_new("../fleet.toml", &dir.join(COMMON_FLEET_TOML))?;
+    // Files every host gets (a host's own files/ wins on the same path).
+    let common_files = dir.join(COMMON_FILES);
+    fs::create_dir_all(&common_files).map_err(FleetError::io(&common_files))?;
     add_host_unchecked(dir, &"example".parse().expect("valid"), EXAMPLE_KEY)
 }
 
@@ -651,7 +671,14 @@ fn write_host_dir(
          \n\
          [apply]\n\
          # action = \"switch\"   # switch | boot | test | build\n\
-         # reboot = \"never\"    # never | if-needed\n"
+         # reboot = \"never\"    # never | if-needed\n\
+         \n\
+         # Settings of a file of files/ (or of the fleet's common/files/), by its path on the host:\n\
+         # [files.\"etc/grafana/secret\"]\n\
+         # owner = \"grafana\"              # user or group name, looked up on the host (default root)\n\
+         # group = \"grafana\"\n\
+         # stage = \"after\"                # before (the rebuild, default) | after (activation)\n\
+         # restart = [\"grafana.service\"]  # restarted when the file changes; reload = [...] reloads\n"
     );
     write_new(&dir.join(HOST_FILE), &host_toml)?;
     let config = include_str!("templates/configuration.nix").replace("@HOST@", name.as_str());

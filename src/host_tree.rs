@@ -8,7 +8,9 @@ use crate::diag::Problem;
 use crate::fleet::HOST_FILE;
 use crate::hash::sha256_file;
 use crate::names::{HostName, RelPath};
-use crate::release::{CONFIG_DIR, FILES_DIR, FileEntry, Mode, Sha256Hex};
+use crate::release::{CONFIG_DIR, FILES_DIR, FileEntry, FileMeta, FileSource, Mode, Sha256Hex};
+
+pub mod common;
 
 /// A file of a host directory, resolved: where its content is read from, and
 /// where it goes in the release.
@@ -19,6 +21,10 @@ pub struct SourceFile {
     /// Real path inside the fleet repository (symlinks resolved).
     pub source: PathBuf,
     pub mode: Mode,
+    /// Owner, group, stage and units from host.toml's `[files."…"]` (defaults otherwise).
+    pub meta: FileMeta,
+    /// `hosts/<name>/files/` or `common/files/`.
+    pub origin: FileSource,
 }
 
 /// Resolves `hosts/<host>/` into release paths, dereferencing symlinks that
@@ -45,6 +51,7 @@ pub fn resolve_host_tree(
         out: Vec::new(),
         problems: Vec::new(),
         ancestors: Vec::new(),
+        origin: FileSource::Host,
     };
     // hosts/ or hosts/<name> may itself be a symlink: only a target inside the repository counts.
     let host_real = match fs::canonicalize(real_root.join(&host_rel)) {
@@ -92,6 +99,7 @@ pub fn resolve_host_tree(
         };
         walk.visit(&host_rel.join(&name), &host_real.join(&name), &release_rel);
     }
+    common::add_common_files(&mut walk);
     if walk.problems.is_empty() {
         walk.out.sort_by(|a, b| a.release_path.cmp(&b.release_path));
         Ok(walk.out)
@@ -107,6 +115,8 @@ struct Walk<'a> {
     problems: Vec<Problem>,
     /// Real paths of the directories being walked, to stop symlink loops.
     ancestors: Vec<PathBuf>,
+    /// The tree the files being walked come from.
+    origin: FileSource,
 }
 
 impl Walk<'_> {
@@ -115,6 +125,12 @@ impl Walk<'_> {
         let Some((real, meta)) = self.resolve(shown, path) else {
             return;
         };
+        // common/files/ is deployed as files (common::add_common_files), never part of the Nix
+        // part, also when the host's `common` link brings the whole common/ directory in.
+        if release_rel.starts_with(CONFIG_DIR) && real == self.real_root.join(common::COMMON_FILES)
+        {
+            return;
+        }
         if release_rel.starts_with(CONFIG_DIR) && self.is_in_some_files_tree(&real) {
             self.problem(
                 shown,
@@ -137,6 +153,8 @@ impl Walk<'_> {
                 release_path,
                 source: real,
                 mode: Mode::from_stat(meta.permissions().mode()),
+                meta: FileMeta::default(),
+                origin: self.origin,
             });
         } else if meta.is_dir() {
             self.visit_dir(shown, real, release_rel);
@@ -211,6 +229,9 @@ impl Walk<'_> {
 
     /// Whether a real path lies in `hosts/<any>/files/` (a file meant to stay out of the Nix store).
     fn is_in_some_files_tree(&self, real: &Path) -> bool {
+        if real.starts_with(self.real_root.join(common::COMMON_FILES)) {
+            return true;
+        }
         let Ok(rest) = real.strip_prefix(self.real_root.join("hosts")) else {
             return false;
         };
@@ -240,12 +261,9 @@ pub fn hash_tree(files: &[SourceFile]) -> std::io::Result<Vec<FileEntry>> {
         .iter()
         .map(|f| {
             let (sha, size) = sha256_file(&f.source)?;
-            Ok(FileEntry {
-                path: f.release_path.clone(),
-                size,
-                mode: f.mode,
-                sha256: Sha256Hex::new(sha).expect("hex of a digest"),
-            })
+            let sha = Sha256Hex::new(sha).expect("hex of a digest");
+            Ok(FileEntry::new(f.release_path.clone(), size, f.mode, sha)
+                .with_meta(&f.meta, f.origin))
         })
         .collect()
 }

@@ -244,3 +244,6 @@ mod tests {
         }
     }
 }
+
+pub mod service;
+pub use service::{AccountName, ServiceNameError, UnitName};

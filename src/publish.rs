@@ -176,12 +176,12 @@ pub fn publish_host(
 /// Resolves and hashes the host's directory and compares it with the current release.
 fn prepare(fleet: &Fleet, host: &Host, opts: &PublishOptions) -> Result<Prepared, PublishError> {
     let name = &host.name;
-    let sources = host_tree::resolve_host_tree(&fleet.root, name).map_err(|problems| {
-        PublishError::Invalid {
-            host: name.clone(),
-            problems,
-        }
-    })?;
+    let invalid = |problems| PublishError::Invalid {
+        host: name.clone(),
+        problems,
+    };
+    let mut sources = host_tree::resolve_host_tree(&fleet.root, name).map_err(invalid)?;
+    host_tree::common::attach_meta(name, &mut sources, &host.files).map_err(invalid)?;
     let paths = ChrootPaths::new(&opts.chroot_root, name);
     let current_id = paths
         .read_current()
@@ -454,12 +454,9 @@ struct Copied {
 
 impl Copied {
     fn into_entry(self, src: &SourceFile) -> FileEntry {
-        FileEntry {
-            path: src.release_path.clone(),
-            size: self.size,
-            mode: src.mode,
-            sha256: crate::release::Sha256Hex::new(self.sha256).expect("hex of a digest"),
-        }
+        let sha = crate::release::Sha256Hex::new(self.sha256).expect("hex of a digest");
+        FileEntry::new(src.release_path.clone(), self.size, src.mode, sha)
+            .with_meta(&src.meta, src.origin)
     }
 }
 

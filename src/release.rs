@@ -9,6 +9,10 @@ use crate::hash::sha256_hex;
 use crate::names::{HostName, RelPath, ReleaseId};
 use crate::settings::ApplyPolicy;
 
+pub mod meta;
+use crate::names::{AccountName, UnitName};
+pub use meta::{FileMeta, FileSource, Stage};
+
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// The Nix part of a release (what the flake sees).
 pub const CONFIG_DIR: &str = "config";
@@ -104,6 +108,8 @@ impl<'de> Deserialize<'de> for Sha256Hex {
 }
 
 /// One regular file of a release. `path` starts with `config/` or `files/`.
+/// The fields after `sha256` only concern `files/` and are left out at their defaults, so a
+/// manifest without them reads as before (root:root, deployed before the rebuild, no restarts).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -111,6 +117,62 @@ pub struct FileEntry {
     pub size: u64,
     pub mode: Mode,
     pub sha256: Sha256Hex,
+    /// Owner by name, resolved on the client when the file is deployed; `None` is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<AccountName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<AccountName>,
+    #[serde(default, skip_serializing_if = "Stage::is_before")]
+    pub stage: Stage,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart: Vec<UnitName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reload: Vec<UnitName>,
+    /// Which tree the file came from (`common` for `common/files/`).
+    #[serde(default, skip_serializing_if = "FileSource::is_host")]
+    pub source: FileSource,
+}
+
+impl FileEntry {
+    /// An entry with the default settings: root's, deployed before the rebuild, restarting nothing.
+    pub fn new(path: RelPath, size: u64, mode: Mode, sha256: Sha256Hex) -> FileEntry {
+        FileEntry {
+            path,
+            size,
+            mode,
+            sha256,
+            owner: None,
+            group: None,
+            stage: Stage::Before,
+            restart: Vec::new(),
+            reload: Vec::new(),
+            source: FileSource::Host,
+        }
+    }
+
+    /// This entry with `meta` and `source` in place of its settings.
+    pub fn with_meta(self, meta: &FileMeta, source: FileSource) -> FileEntry {
+        FileEntry {
+            owner: meta.owner.clone(),
+            group: meta.group.clone(),
+            stage: meta.stage,
+            restart: meta.restart.clone(),
+            reload: meta.reload.clone(),
+            source,
+            ..self
+        }
+    }
+
+    /// The settings besides content and mode.
+    pub fn meta(&self) -> FileMeta {
+        FileMeta {
+            owner: self.owner.clone(),
+            group: self.group.clone(),
+            stage: self.stage,
+            restart: self.restart.clone(),
+            reload: self.reload.clone(),
+        }
+    }
 }
 
 /// A release's MANIFEST. Its bytes' sha256 is the release id, so it pins every file.
@@ -170,6 +232,12 @@ impl Manifest {
             if first != CONFIG_DIR && first != FILES_DIR || f.path.strip_first().is_none() {
                 return Err(ReleaseError::Invalid(format!(
                     "file {:?} is not under {CONFIG_DIR}/ or {FILES_DIR}/",
+                    f.path.as_str()
+                )));
+            }
+            if first == CONFIG_DIR && (f.meta() != FileMeta::default() || !f.source.is_host()) {
+                return Err(ReleaseError::Invalid(format!(
+                    "file {:?} of the Nix part has an owner, group, stage, units or source: only {FILES_DIR}/ files have them",
                     f.path.as_str()
                 )));
             }
@@ -236,6 +304,37 @@ mod tests {
     use crate::settings::{Action, Reboot};
     use proptest::prelude::*;
 
+    fn arb_units() -> impl Strategy<Value = Vec<UnitName>> {
+        proptest::collection::vec(
+            "[a-z][a-z0-9-]{0,6}(@[a-z0-9]{1,3})?\\.(service|socket|timer)",
+            0..3,
+        )
+        .prop_map(|v| v.iter().map(|u| u.parse().unwrap()).collect())
+    }
+
+    fn arb_meta() -> impl Strategy<Value = (FileMeta, FileSource)> {
+        let account = proptest::option::of("[a-z_][a-z0-9_-]{0,8}")
+            .prop_map(|a| a.map(|a| a.parse::<AccountName>().unwrap()));
+        (
+            account.clone(),
+            account,
+            prop_oneof![Just(Stage::Before), Just(Stage::After)],
+            arb_units(),
+            arb_units(),
+            prop_oneof![Just(FileSource::Host), Just(FileSource::Common)],
+        )
+            .prop_map(|(owner, group, stage, restart, reload, source)| {
+                let meta = FileMeta {
+                    owner,
+                    group,
+                    stage,
+                    restart,
+                    reload,
+                };
+                (meta, source)
+            })
+    }
+
     fn arb_entry() -> impl Strategy<Value = FileEntry> {
         (
             prop_oneof![Just("config"), Just("files")],
@@ -243,16 +342,21 @@ mod tests {
             0u64..1 << 40,
             0u32..=0o7777,
             "[0-9a-f]{64}",
+            arb_meta(),
         )
-            .prop_filter_map("no dot components", |(top, parts, size, mode, sha)| {
-                let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
-                Some(FileEntry {
-                    path,
-                    size,
-                    mode: Mode::new(mode)?,
-                    sha256: Sha256Hex::new(sha)?,
-                })
-            })
+            .prop_filter_map(
+                "no dot components",
+                |(top, parts, size, mode, sha, (meta, source))| {
+                    let path = format!("{top}/{}", parts.join("/")).parse().ok()?;
+                    let entry = FileEntry::new(path, size, Mode::new(mode)?, Sha256Hex::new(sha)?);
+                    // Only files/ entries carry settings.
+                    Some(if top == FILES_DIR {
+                        entry.with_meta(&meta, source)
+                    } else {
+                        entry
+                    })
+                },
+            )
     }
 
     fn arb_manifest() -> impl Strategy<Value = Manifest> {
@@ -311,13 +415,28 @@ mod tests {
             prop_assert!(Manifest::parse_verified(text.as_bytes(), &m.id()).is_ok());
         }
 
-        /// The id changes if and only if a path, mode, content (sha256, size) or policy changes.
+        /// The id changes if and only if a path, mode, content (sha256, size), policy, owner,
+        /// group, stage, restart or reload list, or source changes.
         #[test]
-        fn id_tracks_content(m in arb_manifest(), which in 0usize..7, pick in any::<prop::sample::Index>()) {
+        fn id_tracks_content(m in arb_manifest(), which in 0usize..13, pick in any::<prop::sample::Index>()) {
             let mut changed = m.clone();
             let file = (!changed.files.is_empty()).then(|| pick.index(changed.files.len()));
+            // Settings only exist on files/ entries: a config/ entry takes none.
+            let settable = file.filter(|i| changed.files[*i].path.first() == FILES_DIR);
+            let other = |a: &Option<AccountName>| Some(match a { Some(n) if n.as_str() == "x" => "y", _ => "x" }.parse::<AccountName>().unwrap());
             let mut expect_change = true;
+            match (which, settable) {
+                (7, Some(i)) => changed.files[i].owner = other(&changed.files[i].owner),
+                (8, Some(i)) => changed.files[i].group = other(&changed.files[i].group),
+                (9, Some(i)) => changed.files[i].stage = if changed.files[i].stage == Stage::Before { Stage::After } else { Stage::Before },
+                (10, Some(i)) => changed.files[i].restart.push("changed-unit.service".parse().unwrap()),
+                (11, Some(i)) => changed.files[i].reload = if changed.files[i].reload.is_empty() { vec!["r.service".parse().unwrap()] } else { Vec::new() },
+                (12, Some(i)) => changed.files[i].source = if changed.files[i].source.is_host() { FileSource::Common } else { FileSource::Host },
+                (7..=12, _) => expect_change = false,
+                _ => {}
+            }
             match (which, file) {
+                (7..=12, _) => {}
                 (0, Some(i)) => { let p = format!("{}x", changed.files[i].path); changed.files[i].path = p.parse().unwrap(); }
                 (1, Some(i)) => changed.files[i].mode = Mode::new(changed.files[i].mode.bits() ^ 0o100).unwrap(),
                 (2, Some(i)) => { let s = changed.files[i].sha256.as_str().to_owned(); let flipped = format!("{}{}", if s.starts_with('0') { '1' } else { '0' }, &s[1..]); changed.files[i].sha256 = Sha256Hex::new(flipped).unwrap(); }
@@ -331,6 +450,39 @@ mod tests {
             prop_assert_eq!(m.id() != changed.id(), expect_change);
             prop_assert_eq!(!m.same_content(&changed), expect_change);
         }
+    }
+
+    /// A MANIFEST written before files had settings reads with the defaults, and the settings
+    /// appear in the text only when set.
+    #[test]
+    fn settings_are_optional_and_only_for_files() {
+        let sha = "0".repeat(64);
+        let old = format!(
+            "host = \"a\"\nseq = 1\ncreated = \"x\"\n[apply]\n[[file]]\npath = \"files/etc/k\"\nsize = 1\nmode = \"0600\"\nsha256 = \"{sha}\"\n"
+        );
+        let m = Manifest::parse(old.as_bytes()).unwrap();
+        assert_eq!(m.files[0].meta(), FileMeta::default());
+        assert_eq!(m.files[0].source, FileSource::Host);
+        let text = m.render();
+        assert!(
+            !text.contains("stage") && !text.contains("source"),
+            "{text}"
+        );
+        let with = format!(
+            "{old}owner = \"grafana\"\nstage = \"after\"\nrestart = [\"grafana.service\"]\nsource = \"common\"\n"
+        );
+        let m = Manifest::parse(with.as_bytes()).unwrap();
+        assert_eq!(m.files[0].owner.as_ref().unwrap().as_str(), "grafana");
+        assert_eq!(m.files[0].stage, Stage::After);
+        assert_eq!(m.files[0].source, FileSource::Common);
+        let config = with.replace("files/etc/k", "config/k");
+        let err = Manifest::parse(config.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("only files/ files have them"), "{err}");
+        let bad_unit = with.replace("grafana.service", "grafana");
+        let err = Manifest::parse(bad_unit.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid unit name"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct Report {
     /// tiffin version of the client.
     #[serde(default)]
     pub version: String,
+    /// Units whose restart or reload after activation failed, one line each
+    /// ("grafana.service: restart: …"); the release stays applied unless its health check fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_failed: Vec<String>,
 }
 
 impl Report {

@@ -102,12 +102,12 @@
     else fail "${what}: ${builtins.toJSON m} is not a client of this scenario (clients: ${builtins.concatStringsSep ", " clients})";
 
   fleet = scenario.fleet or {};
-  _fleet = checkKeys "[fleet]" ["poll_interval" "sshd_extra" "hosts"] fleet;
+  _fleet = checkKeys "[fleet]" ["poll_interval" "sshd_extra" "hosts" "common_files"] fleet;
   hostsCfg = fleet.hosts or {};
   _hosts = builtins.all (h:
     if !(builtins.elem h clients)
     then fail "[fleet.hosts.${h}]: ${h} is not a client of this scenario"
-    else checkKeys "[fleet.hosts.${h}]" ["configuration" "files"] hostsCfg.${h})
+    else checkKeys "[fleet.hosts.${h}]" ["configuration" "files" "host_toml"] hostsCfg.${h})
   (builtins.attrNames hostsCfg);
 
   # What the server module and fleet.toml must agree on.
@@ -158,6 +158,23 @@
   }: let
     _m = statMode what mode;
   in "server.succeed(${py "install -D -m ${mode} ${fixture "${host}-${safeLabel path}" content} ${sh "${fleetDir}/hosts/${host}/${path}"}"})";
+
+  # [fleet.hosts.NAME] host_toml: added to the end of the host.toml `tiffin host add` wrote, as the lab does.
+  appendHostToml = c:
+    if hostsCfg ? ${c}.host_toml
+    then "    server.succeed(${py "{ echo; cat ${fixture "${c}-host.toml" hostsCfg.${c}.host_toml}; } >> ${sh "${fleetDir}/hosts/${c}/host.toml"}"})\n"
+    else "";
+  # [fleet.common_files."PATH"]: files under common/files/, deployed to every host.
+  commonFilesCfg = fleet.common_files or {};
+  installCommonFiles = concatMapStrings (p: let
+    f = commonFilesCfg.${p};
+    what = "[fleet.common_files.${builtins.toJSON p}]";
+    mode = f.mode or "0644";
+    _m = statMode what mode;
+  in
+    if builtins.seq _m (checkKeys what ["content" "mode"] f)
+    then "    server.succeed(${py "install -D -m ${mode} ${fixture "common-${safeLabel p}" (f.content or (fail "${what}: content is required"))} ${sh "${fleetDir}/common/files/${p}"}"})\n"
+    else "") (builtins.attrNames commonFilesCfg);
 
   # ---- setup: the fleet repository on the server, as the lab builds it ------
   setupFleet =
@@ -211,8 +228,10 @@
             inherit what;
           }
           + "\n"
-        else "") (builtins.attrNames (hostsCfg.${c}.files or {})))
+        else "") (builtins.attrNames (hostsCfg.${c}.files or {}))
+      + appendHostToml c)
     clients
+    + installCommonFiles
     + "    server.succeed(\"tiffin check --fleet ${fleetDir}\")\n\n"
     + builtins.concatStringsSep "\n" (map (c:
       ''

@@ -5,7 +5,12 @@
 # (the VMs are offline). `vm` is the JSON-able data of
 # nixos-tests/scenario-test.nix: { nodeName, system, serverAddress,
 # labAddress, serverPublicKey, ... }.
-vm: {lib, ...}: {
+vm: {
+  lib,
+  pkgs,
+  config,
+  ...
+}: {
   # The tiffin client itself comes from the fleet (its flake template and
   # common/tiffin.nix, reading the fleet.toml the test writes: the server at
   # 192.0.2.1 and its fixed host key). The lab's addresses (192.0.2.0/24) are
@@ -21,6 +26,24 @@ vm: {lib, ...}: {
   # that the system it switches to still has both), but never fires: each
   # pull step starts the real unit itself, so no timer run races a step.
   services.tiffin.client.interval = lib.mkForce "2100-01-01";
+
+  # The units tiffin restarts or reloads go through the real systemctl, and
+  # each call is also recorded as the lab's systemctl stand-in records it
+  # (vm-scenarios/bin/systemctl: "<action> <unit> <ok|failed>" in
+  # /var/lib/fake-systemd/calls.log, and a unit listed in
+  # /var/lib/fake-systemd/failing fails), so scenarios read the same record on both.
+  services.tiffin.client.settings.systemctl = [
+    "${pkgs.writeShellScript "tiffin-vm-systemctl" ''
+      mkdir -p /var/lib/fake-systemd
+      # A unit listed in `failing` fails without being touched, as with the lab's stand-in.
+      if [ -f /var/lib/fake-systemd/failing ] && grep -qxF -- "$2" /var/lib/fake-systemd/failing; then
+        result=failed
+        echo "Job for $2 failed because the control process exited with error code." >&2
+      elif ${config.systemd.package}/bin/systemctl "$@"; then result=ok; else result=failed; fi
+      printf '%s %s %s\n' "$1" "$2" "$result" >>/var/lib/fake-systemd/calls.log
+      [ "$result" = ok ]
+    ''}"
+  ];
 
   # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
   # steps and scenario commands, which use OpenSSH's own ssh and sftp.

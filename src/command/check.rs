@@ -32,8 +32,16 @@ fn check(fleet: &Fleet) -> Result<Exit, Error> {
         ));
     }
     for name in fleet.host_dirs() {
-        if let Err(mut found) = crate::host_tree::resolve_host_tree(&fleet.root, &name) {
-            problems.append(&mut found);
+        match crate::host_tree::resolve_host_tree(&fleet.root, &name) {
+            Err(mut found) => problems.append(&mut found),
+            Ok(mut sources) => {
+                if let Some(host) = fleet.hosts.get(&name)
+                    && let Err(mut found) =
+                        crate::host_tree::common::attach_meta(&name, &mut sources, &host.files)
+                {
+                    problems.append(&mut found);
+                }
+            }
         }
     }
     problems.sort_by(|a, b| (a.severity, &a.path).cmp(&(b.severity, &b.path)));

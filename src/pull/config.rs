@@ -173,6 +173,9 @@ struct RawConfig {
     /// Run after applying a release whose `reboot = "if-needed"` finds a new kernel, initrd or modules.
     #[serde(default = "default_reboot_command")]
     reboot_command: Vec<String>,
+    /// How units are restarted and reloaded: this argv, then `restart UNIT` or `reload UNIT`.
+    #[serde(default = "default_systemctl")]
+    systemctl: Vec<String>,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -230,6 +233,10 @@ impl RawConfig {
             let message = "is empty: give an argv like [\"systemctl\", \"reboot\"]".into();
             return Err(invalid(path, Some("reboot_command"), message));
         }
+        if self.systemctl.first().is_none_or(|p| p.is_empty()) {
+            let message = "is empty: give an argv like [\"systemctl\"] (tiffin adds `restart UNIT` or `reload UNIT`)".into();
+            return Err(invalid(path, Some("systemctl"), message));
+        }
         if self.state_dir.0.starts_with(&self.root.0) && self.root.0 != Path::new("/") {
             let message =
                 "must not be inside root: deployed files would overwrite tiffin's own state".into();
@@ -250,6 +257,7 @@ impl RawConfig {
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
             reboot_command: self.reboot_command,
+            systemctl: self.systemctl,
         })
     }
 }
@@ -259,6 +267,10 @@ fn valid_account_name(u: &str) -> bool {
         && u.len() <= crate::names::MAX_ACCOUNT_NAME
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn default_systemctl() -> Vec<String> {
+    vec!["systemctl".into()]
 }
 
 fn default_reboot_command() -> Vec<String> {
@@ -307,6 +319,8 @@ pub struct ClientConfig {
     pub backoff_initial: Interval,
     pub backoff_max: Interval,
     pub reboot_command: Vec<String>,
+    /// Restarts and reloads units: this argv, then `restart UNIT` or `reload UNIT`.
+    pub systemctl: Vec<String>,
 }
 
 /// A configuration that cannot be used, naming the file and the key.

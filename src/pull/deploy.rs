@@ -10,6 +10,11 @@
 //! newer release no longer contains a path, tiffin deletes it only if it created
 //! it and its content is unchanged since; otherwise the file is left in place
 //! (and no longer managed), with a warning. Directories are never deleted.
+//!
+//! Stages: a file is deployed before the rebuild (`stage = "before"`, the default) or after
+//! a successful activation (`"after"`), each stage on its own call. Owner and group names
+//! are resolved in this machine's user database when their stage runs, all of them before
+//! the first file of the stage is written, so a missing account leaves the stage untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -23,8 +28,9 @@ use nix::unistd::UnlinkatFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, Owner};
+use crate::names::AccountName;
 use crate::names::RelPath;
-use crate::release::{FILES_DIR, FileEntry, Manifest, Sha256Hex};
+use crate::release::{FILES_DIR, FileEntry, Manifest, Sha256Hex, Stage};
 
 use super::state::{StateError, write_file_atomic};
 
@@ -50,6 +56,40 @@ pub enum DeployError {
     },
     #[error(transparent)]
     Record(#[from] StateError),
+    #[error(
+        "cannot deploy /{path}: its {what} \"{name}\" does not exist on this machine; nothing of the files deployed {} was written. Create the account in the host's configuration (with stage = \"after\" on the file when the new configuration creates it), or fix files.{path:?}.{what} in the host's host.toml",
+        stage.when()
+    )]
+    UnknownAccount {
+        path: String,
+        what: Account,
+        name: AccountName,
+        stage: Stage,
+    },
+    #[error("cannot look up the {what} \"{name}\" of /{path}: {source}")]
+    Lookup {
+        path: String,
+        what: Account,
+        name: AccountName,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// Which of a file's accounts a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    Owner,
+    Group,
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Account::Owner => "owner",
+            Account::Group => "group",
+        })
+    }
 }
 
 /// One file tiffin wrote into `root`.
@@ -95,6 +135,19 @@ pub struct DeployStats {
     pub removed: usize,
     /// Dropped from the release but left in place (not created by tiffin, or changed since).
     pub kept: Vec<String>,
+    /// The files written because their content, mode or owner differed (their units restart).
+    pub changed: Vec<RelPath>,
+}
+
+impl DeployStats {
+    /// Adds what a later stage did.
+    pub fn absorb(&mut self, later: DeployStats) {
+        self.written += later.written;
+        self.unchanged += later.unchanged;
+        self.removed += later.removed;
+        self.kept.extend(later.kept);
+        self.changed.extend(later.changed);
+    }
 }
 
 /// Where to deploy: `root`, the verified release holding the content, tiffin's record.
@@ -121,8 +174,20 @@ const BENEATH: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
     .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
     .union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
 
-/// Checks every target, writes the changed ones, retires the dropped ones, saves the record.
+/// Both stages at once, for a caller with no rebuild between them.
 pub fn deploy(manifest: &Manifest, opts: &DeployOptions) -> Result<DeployStats, DeployError> {
+    let mut stats = deploy_stage(manifest, opts, Stage::Before)?;
+    stats.absorb(deploy_stage(manifest, opts, Stage::After)?);
+    Ok(stats)
+}
+
+/// Checks every target, resolves the owners of `stage`'s files, writes those that changed,
+/// retires the dropped ones (in the first stage), saves the record.
+pub fn deploy_stage(
+    manifest: &Manifest,
+    opts: &DeployOptions,
+    stage: Stage,
+) -> Result<DeployStats, DeployError> {
     let root = nix::fcntl::open(
         opts.root,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -133,18 +198,79 @@ pub fn deploy(manifest: &Manifest, opts: &DeployOptions) -> Result<DeployStats, 
         path: ".".into(),
         source: e.into(),
     })?;
-    let targets = targets(manifest);
+    let all = targets(manifest);
     // Check everything first: one unsafe path and nothing is deployed.
-    for (rel, _) in &targets {
+    for (rel, _) in &all {
         check_target(&root, opts.root, rel).map_err(|why| unsafe_path(opts.root, rel, why))?;
     }
+    let staged: Vec<(RelPath, &FileEntry)> = all
+        .iter()
+        .filter(|(_, e)| e.stage == stage)
+        .cloned()
+        .collect();
+    let ids = staged
+        .iter()
+        .map(|(rel, e)| resolve_ids(rel, e, opts.owner))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut run = Run::start(opts, root)?;
-    if let Err(e) = run.write_all(&targets) {
+    if let Err(e) = run.write_all(&staged, &ids) {
         run.remember_partial();
         return Err(e);
     }
-    run.retire_dropped(&targets);
-    run.finish()
+    if stage == Stage::Before {
+        run.retire_dropped(&all);
+    }
+    run.finish(&all)
+}
+
+/// The uid and gid a file gets: its owner and group resolved here (root when unnamed).
+/// `None` when files keep the caller's owner (tests as a user), after checking the names
+/// exist all the same.
+fn resolve_ids(
+    rel: &RelPath,
+    entry: &FileEntry,
+    owner: Owner,
+) -> Result<Option<(u32, u32)>, DeployError> {
+    let lookup = |what: Account, name: &AccountName| {
+        let found = match what {
+            Account::Owner => {
+                nix::unistd::User::from_name(name.as_str()).map(|u| u.map(|u| u.uid.as_raw()))
+            }
+            Account::Group => {
+                nix::unistd::Group::from_name(name.as_str()).map(|g| g.map(|g| g.gid.as_raw()))
+            }
+        };
+        match found {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(DeployError::UnknownAccount {
+                path: rel.to_string(),
+                what,
+                name: name.clone(),
+                stage: entry.stage,
+            }),
+            Err(source) => Err(DeployError::Lookup {
+                path: rel.to_string(),
+                what,
+                name: name.clone(),
+                source,
+            }),
+        }
+    };
+    let uid = entry
+        .owner
+        .as_ref()
+        .map(|n| lookup(Account::Owner, n))
+        .transpose()?;
+    let gid = entry
+        .group
+        .as_ref()
+        .map(|n| lookup(Account::Group, n))
+        .transpose()?;
+    Ok(match owner {
+        Owner::Caller => None,
+        Owner::Root => Some((uid.unwrap_or(0), gid.unwrap_or(0))),
+        Owner::RootGroup(group) => Some((uid.unwrap_or(0), gid.unwrap_or(group))),
+    })
 }
 
 fn unsafe_path(root: &Path, rel: &RelPath, why: String) -> DeployError {
@@ -186,15 +312,24 @@ impl<'a> Run<'a> {
         move |source| DeployError::Io { root, path, source }
     }
 
-    fn write_all(&mut self, targets: &[(RelPath, &FileEntry)]) -> Result<(), DeployError> {
-        for (rel, entry) in targets {
-            self.write_one(rel, entry)?;
+    fn write_all(
+        &mut self,
+        targets: &[(RelPath, &FileEntry)],
+        ids: &[Option<(u32, u32)>],
+    ) -> Result<(), DeployError> {
+        for ((rel, entry), ids) in targets.iter().zip(ids) {
+            self.write_one(rel, entry, *ids)?;
         }
         Ok(())
     }
 
     /// Records `rel` as deployed, then replaces it unless it already is what the release wants.
-    fn write_one(&mut self, rel: &RelPath, entry: &FileEntry) -> Result<(), DeployError> {
+    fn write_one(
+        &mut self,
+        rel: &RelPath,
+        entry: &FileEntry,
+        ids: Option<(u32, u32)>,
+    ) -> Result<(), DeployError> {
         let dir = match open_parent(&self.root, rel, Missing::Create) {
             Ok(Some(dir)) => dir,
             Ok(None) => {
@@ -218,16 +353,17 @@ impl<'a> Run<'a> {
             sha256: entry.sha256.clone(),
             created,
         });
-        if existing.is_wanted(entry, self.opts.owner) {
+        if existing.is_wanted(entry, ids) {
             self.stats.unchanged += 1;
             return Ok(());
         }
         // Streamed from the store: memory does not grow with the file.
         let mut content =
             File::open(entry.path.under(self.opts.release_dir)).map_err(self.io_err(rel))?;
-        replace_beneath(&dir, name, &mut content, entry.mode.bits(), self.opts.owner)
+        replace_beneath(&dir, name, &mut content, entry.mode.bits(), ids)
             .map_err(self.io_err(rel))?;
         self.stats.written += 1;
+        self.stats.changed.push(rel.clone());
         Ok(())
     }
 
@@ -272,10 +408,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn finish(self) -> Result<DeployStats, DeployError> {
-        let record = Record {
-            files: self.deployed,
-        };
+    /// Saves the record: what this stage wrote, and what earlier runs wrote of the release's
+    /// other files (another stage's, not written yet).
+    fn finish(self, all: &[(RelPath, &FileEntry)]) -> Result<DeployStats, DeployError> {
+        let done: BTreeSet<RelPath> = self.deployed.iter().map(|d| d.path.clone()).collect();
+        let wanted: BTreeSet<&RelPath> = all.iter().map(|(r, _)| r).collect();
+        let mut files = self.deployed;
+        files.extend(
+            self.previous
+                .into_values()
+                .filter(|d| wanted.contains(&d.path) && !done.contains(&d.path)),
+        );
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let record = Record { files };
         record.save(self.opts.state_dir)?;
         Ok(self.stats)
     }
@@ -378,8 +523,8 @@ enum Existing {
 }
 
 impl Existing {
-    /// Already what the release wants: its content, its mode and the owner tiffin gives files.
-    fn is_wanted(&self, entry: &FileEntry, owner: Owner) -> bool {
+    /// Already what the release wants: its content, its mode and its owner (`None`: any).
+    fn is_wanted(&self, entry: &FileEntry, ids: Option<(u32, u32)>) -> bool {
         let Existing::Regular {
             sha,
             mode,
@@ -389,11 +534,7 @@ impl Existing {
         else {
             return false;
         };
-        let owned = match owner {
-            Owner::Caller => true,
-            Owner::Root => (*uid, *gid) == (0, 0),
-            Owner::RootGroup(group) => (*uid, *gid) == (0, group),
-        };
+        let owned = ids.is_none_or(|want| (*uid, *gid) == want);
         sha == &entry.sha256 && *mode == entry.mode.bits() && owned
     }
 }
@@ -432,7 +573,7 @@ fn replace_beneath(
     name: &str,
     content: &mut File,
     mode: u32,
-    owner: Owner,
+    ids: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
     let tmp = format!(".{name}.tiffin-{}", std::process::id());
     let _ = nix::unistd::unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -442,7 +583,9 @@ fn replace_beneath(
         let mut file = File::from(fd);
         std::io::copy(content, &mut file)?;
         // Owner first: chown clears set-id bits, so the mode is set after it.
-        owner.apply(&file)?;
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
         durable::finish(&file, mode, Owner::Caller)?;
         nix::fcntl::renameat(dir, tmp.as_str(), dir, name)?;
         nix::unistd::fsync(dir)?;
@@ -500,11 +643,13 @@ mod tests {
             apply: ApplyPolicy::default(),
             files: files
                 .iter()
-                .map(|(p, c)| FileEntry {
-                    path: p.parse().unwrap(),
-                    size: c.len() as u64,
-                    mode: Mode::new(0o644).unwrap(),
-                    sha256: Sha256Hex::new(sha256_hex(c)).unwrap(),
+                .map(|(p, c)| {
+                    FileEntry::new(
+                        p.parse().unwrap(),
+                        c.len() as u64,
+                        Mode::new(0o644).unwrap(),
+                        Sha256Hex::new(sha256_hex(c)).unwrap(),
+                    )
                 })
                 .collect(),
         }
@@ -547,5 +692,59 @@ mod tests {
         let stats = deploy(&manifest(&[("files/etc/b", b"b\n")]), &opts).unwrap();
         assert_eq!(stats.removed, 1);
         assert!(!root.join("etc/a").exists());
+    }
+}
+
+#[cfg(test)]
+mod stage_tests {
+    use super::*;
+    use crate::hash::sha256_hex;
+    use crate::release::{Mode, Sha256Hex};
+    use crate::settings::ApplyPolicy;
+
+    /// An owner this machine does not know: the error names the file and the account, and
+    /// no file of the stage is written, also those listed before it.
+    #[test]
+    fn an_unknown_owner_names_file_and_account_and_writes_nothing() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (root, release, state) = (
+            tmp.path().join("root"),
+            tmp.path().join("rel"),
+            tmp.path().join("state"),
+        );
+        for d in [&root, &state, &release.join("files/etc/grafana")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mut files = Vec::new();
+        for (name, owner) in [("a-first", None), ("secret", Some("tiffin-no-such-user"))] {
+            std::fs::write(release.join("files/etc/grafana").join(name), b"x\n").unwrap();
+            let mut e = FileEntry::new(
+                format!("files/etc/grafana/{name}").parse().unwrap(),
+                2,
+                Mode::new(0o600).unwrap(),
+                Sha256Hex::new(sha256_hex(b"x\n")).unwrap(),
+            );
+            e.owner = owner.map(|o| o.parse().unwrap());
+            files.push(e);
+        }
+        let manifest = Manifest {
+            host: "web".parse().unwrap(),
+            seq: 1,
+            created: "2026-11-24T00:00:00Z".into(),
+            apply: ApplyPolicy::default(),
+            files,
+        };
+        let opts = DeployOptions {
+            root: &root,
+            release_dir: &release,
+            state_dir: &state,
+            owner: Owner::Caller,
+        };
+        let err = deploy_stage(&manifest, &opts, Stage::Before).unwrap_err();
+        insta::assert_snapshot!("unknown_owner_on_the_client", err.to_string());
+        assert!(!root.join("etc/grafana/a-first").exists());
+        // The other stage has nothing of its own to resolve: it deploys nothing and succeeds.
+        let stats = deploy_stage(&manifest, &opts, Stage::After).unwrap();
+        assert_eq!((stats.written, stats.changed.len()), (0, 0));
     }
 }

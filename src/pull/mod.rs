@@ -9,6 +9,7 @@ pub mod leaving;
 mod mem_remote;
 pub mod reboot;
 pub mod rebuild;
+pub mod restart;
 pub mod state;
 pub mod transport;
 pub mod verify;
@@ -20,7 +21,7 @@ use std::time::SystemTime;
 use crate::durable::Owner;
 use crate::layout::{CURRENT_FILE, RELEASES_DIR, REPORTS_DIR};
 use crate::names::ReleaseId;
-use crate::release::{CONFIG_DIR, MANIFEST_FILE, Manifest};
+use crate::release::{CONFIG_DIR, MANIFEST_FILE, Manifest, Stage};
 use crate::report::{PullResult, REBUILD_LOG_FILE, Report, STATUS_FILE};
 use crate::settings::{Action, Reboot, format_time};
 
@@ -71,6 +72,14 @@ pub enum PullError {
     },
     #[error("release {id}: the health check failed: {message}; {rolled}")]
     Health {
+        id: ReleaseId,
+        message: String,
+        rolled: String,
+    },
+    #[error(
+        "release {id} was activated, but its files for after activation could not be deployed: {message}; {rolled}"
+    )]
+    FilesAfter {
         id: ReleaseId,
         message: String,
         rolled: String,
@@ -233,6 +242,12 @@ enum Outcome {
         message: String,
         rolled_back: RollBack,
     },
+    /// The files of `stage = "after"` could not be deployed after activation (an account the
+    /// configuration should have created is missing): rolled back like a failed health check.
+    FilesAfterFailed {
+        message: String,
+        rolled_back: RollBack,
+    },
 }
 
 /// Where rolling back after a failed health check left the host.
@@ -332,6 +347,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             system: None,
             error: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            restart_failed: Vec::new(),
         };
         Ok(Poll {
             remote,
@@ -404,8 +420,8 @@ impl<'a, R: Remote> Poll<'a, R> {
         let release = self.fetch_manifest().await?;
         let fetch = fetch::fetch_release(self.remote, &self.store(), &release).await?;
         self.refuse_leaving_tiffin(&release.id, &release.manifest)?;
-        let deployed = self.deploy(&release.id, &release.manifest)?;
-        let outcome = self.switch(&release.manifest)?;
+        let mut deployed = self.deploy(&release.id, &release.manifest, Stage::Before)?;
+        let outcome = self.switch(&release.manifest, &mut deployed)?;
         Ok(Attempt {
             seq: release.manifest.seq,
             fetch,
@@ -490,22 +506,54 @@ impl<'a, R: Remote> Poll<'a, R> {
         }
     }
 
-    /// Copies the `files/` of a release held in the store into root.
-    fn deploy(&self, id: &ReleaseId, manifest: &Manifest) -> Result<DeployStats, DeployError> {
+    /// Copies the `files/` of one stage of a release held in the store into root.
+    fn deploy(
+        &self,
+        id: &ReleaseId,
+        manifest: &Manifest,
+        stage: Stage,
+    ) -> Result<DeployStats, DeployError> {
         let release_dir = self.store().release(id);
-        deploy::deploy(
-            manifest,
-            &DeployOptions {
-                root: &self.cfg.root,
-                release_dir: &release_dir,
-                state_dir: &self.cfg.state_dir,
-                owner: self.opts.owner,
-            },
-        )
+        let opts = DeployOptions {
+            root: &self.cfg.root,
+            release_dir: &release_dir,
+            state_dir: &self.cfg.state_dir,
+            owner: self.opts.owner,
+        };
+        deploy::deploy_stage(manifest, &opts, stage)
     }
 
-    /// Points `current` at the release, rebuilds and runs its health check; a failure puts the previous release back.
-    fn switch(&mut self, manifest: &Manifest) -> Result<Outcome, PullError> {
+    /// After a successful rebuild: the files of `stage = "after"`, then the units of every
+    /// changed file restarted or reloaded (only when the rebuild activated the system).
+    /// `since`: the release that ran before, whose files the units have seen.
+    fn after_activation(
+        &mut self,
+        id: &ReleaseId,
+        manifest: &Manifest,
+        deployed: &mut DeployStats,
+        since: Option<&ReleaseId>,
+    ) -> Result<(), DeployError> {
+        deployed.absorb(self.deploy(id, manifest, Stage::After)?);
+        if !matches!(manifest.apply.action, Action::Switch | Action::Test) {
+            return Ok(());
+        }
+        let since = since.and_then(|s| self.stored_manifest(s).ok());
+        let plan = restart::Plan::of(manifest, &deployed.changed, since.as_ref());
+        if !plan.is_empty() {
+            let log = self.cfg.state_dir.join("restart.log");
+            let failed = restart::run(&self.cfg.systemctl, &plan, &log, self.cfg.rebuild_timeout.0);
+            self.report.restart_failed.extend(failed);
+        }
+        Ok(())
+    }
+
+    /// Points `current` at the release, rebuilds, deploys the files for after activation,
+    /// restarts units and runs its health check; a failure puts the previous release back.
+    fn switch(
+        &mut self,
+        manifest: &Manifest,
+        deployed: &mut DeployStats,
+    ) -> Result<Outcome, PullError> {
         let state_dir = &self.cfg.state_dir;
         let previous = self.state.applied.as_ref().map(|a| a.id.clone());
         point_current(state_dir, &self.id).map_err(|e| StateError::Io {
@@ -523,6 +571,15 @@ impl<'a, R: Remote> Poll<'a, R> {
         if let rebuild::Ended::Failed(message) = rebuilt.ended {
             restore_current(state_dir, previous.as_ref());
             return Ok(Outcome::RebuildFailed { message });
+        }
+        let id = self.id.clone();
+        if let Err(e) = self.after_activation(&id, manifest, deployed, previous.as_ref()) {
+            let rolled_back = self.roll_back(previous.as_ref(), manifest.apply.action);
+            let message = e.to_string();
+            return Ok(Outcome::FilesAfterFailed {
+                message,
+                rolled_back,
+            });
         }
         if let Some(message) = self.health_check(manifest) {
             let rolled_back = self.roll_back(previous.as_ref(), manifest.apply.action);
@@ -568,34 +625,50 @@ impl<'a, R: Remote> Poll<'a, R> {
             && reboot::needed(&self.opts.booted_system, &self.opts.system_profile)
     }
 
-    /// After a failed health check: deploy the previous release's `files/` again and rebuild
-    /// it, if there is one, so a rolled-back host runs the old configuration with the old files.
-    fn roll_back(&self, previous: Option<&ReleaseId>, action: Action) -> RollBack {
+    /// After a failed health check (or files that could not follow activation): deploy the
+    /// previous release's `files/` again and rebuild it, if there is one, so a rolled-back
+    /// host runs the old configuration with the old files. Its files are deployed in their
+    /// own stages around the rebuild, and the units of those that changed back restart.
+    fn roll_back(&mut self, previous: Option<&ReleaseId>, action: Action) -> RollBack {
         let Some(prev) = previous else {
             return RollBack::NoPrevious;
         };
         let to = prev.clone();
-        if let Err(error) = self.redeploy(prev) {
-            return RollBack::RedeployFailed { to, error };
-        }
+        let redeployed = self.stored_manifest(prev).and_then(|m| {
+            Ok((
+                self.deploy(prev, &m, Stage::Before)
+                    .map_err(|e| e.to_string())?,
+                m,
+            ))
+        });
+        let (mut stats, manifest) = match redeployed {
+            Ok(done) => done,
+            Err(error) => return RollBack::RedeployFailed { to, error },
+        };
         restore_current(&self.cfg.state_dir, Some(prev));
         let back = rebuild::run(
             &self.rebuild_argv(action),
             &self.cfg.state_dir.join("rollback.log"),
             self.cfg.rebuild_timeout.0,
         );
-        match back.ended {
-            rebuild::Ended::Success => RollBack::Done { to },
-            rebuild::Ended::Failed(message) => RollBack::RebuildFailed { to, message },
+        if let rebuild::Ended::Failed(message) = back.ended {
+            return RollBack::RebuildFailed { to, message };
+        }
+        // Against what was written back only: the failed release's files never ran for long.
+        match self.after_activation(prev, &manifest, &mut stats, None) {
+            Ok(()) => RollBack::Done { to },
+            Err(e) => RollBack::RedeployFailed {
+                to,
+                error: e.to_string(),
+            },
         }
     }
 
-    /// The `files/` of a release in the store, deployed again from its own MANIFEST.
-    fn redeploy(&self, id: &ReleaseId) -> Result<DeployStats, String> {
+    /// The MANIFEST of a release in the store, verified against its id.
+    fn stored_manifest(&self, id: &ReleaseId) -> Result<Manifest, String> {
         let bytes = std::fs::read(self.store().release(id).join(MANIFEST_FILE))
             .map_err(|e| e.to_string())?;
-        let manifest = Manifest::parse_verified(&bytes, id).map_err(|e| e.to_string())?;
-        self.deploy(id, &manifest).map_err(|e| e.to_string())
+        Manifest::parse_verified(&bytes, id).map_err(|e| e.to_string())
     }
 
     /// Records and reports how the attempt ended.
@@ -613,6 +686,18 @@ impl<'a, R: Remote> Poll<'a, R> {
             } => {
                 let rolled = rolled_back.to_string();
                 let err = PullError::Health {
+                    id,
+                    message,
+                    rolled,
+                };
+                self.fail(rolled_back.result(), err).await
+            }
+            Outcome::FilesAfterFailed {
+                message,
+                rolled_back,
+            } => {
+                let rolled = rolled_back.to_string();
+                let err = PullError::FilesAfter {
                     id,
                     message,
                     rolled,

@@ -114,11 +114,13 @@ backoff_max = "1h"
             apply: self.apply.clone(),
             files: files
                 .iter()
-                .map(|(p, c, m)| FileEntry {
-                    path: p.parse().unwrap(),
-                    size: c.len() as u64,
-                    mode: Mode::new(*m).unwrap(),
-                    sha256: Sha256Hex::new(sha256_hex(c)).unwrap(),
+                .map(|(p, c, m)| {
+                    FileEntry::new(
+                        p.parse().unwrap(),
+                        c.len() as u64,
+                        Mode::new(*m).unwrap(),
+                        Sha256Hex::new(sha256_hex(c)).unwrap(),
+                    )
                 })
                 .collect(),
         }
@@ -962,11 +964,13 @@ fn arb_entry() -> impl Strategy<Value = FileEntry> {
             any::<u64>(),
         ],
     )
-        .prop_map(|(path, size)| FileEntry {
-            path: path.parse().unwrap(),
-            size,
-            mode: Mode::new(0o644).unwrap(),
-            sha256: Sha256Hex::new(sha256_hex(path.as_bytes())).unwrap(),
+        .prop_map(|(path, size)| {
+            FileEntry::new(
+                path.parse().unwrap(),
+                size,
+                Mode::new(0o644).unwrap(),
+                Sha256Hex::new(sha256_hex(path.as_bytes())).unwrap(),
+            )
         })
 }
 
@@ -1035,3 +1039,5 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
     );
     assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
 }
+
+mod files;

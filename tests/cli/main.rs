@@ -1,5 +1,6 @@
 //! Integration tests of the `tiffin` binary, one module per area, sharing the fixture below.
 
+mod files;
 mod fleet;
 mod lab;
 mod provision;

@@ -125,6 +125,9 @@ pub struct FleetSection {
     pub sshd_extra: Vec<String>,
     #[serde(default)]
     pub hosts: BTreeMap<HostName, HostSection>,
+    /// Files under `common/files/`, deployed to every host.
+    #[serde(default)]
+    pub common_files: BTreeMap<RelPath, FileSection>,
 }
 
 /// `[fleet.hosts.NAME]`.
@@ -136,6 +139,8 @@ pub struct HostSection {
     /// Files under `hosts/NAME/files/`.
     #[serde(default)]
     pub files: BTreeMap<RelPath, FileSection>,
+    /// TOML added to the end of `hosts/NAME/host.toml` (e.g. `[files."etc/x"]` tables).
+    pub host_toml: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -20,6 +20,8 @@ use super::state::{self, MachineState, PREFIX, RunState};
 
 /// The recording stand-in for nixos-rebuild, shipped inside the binary so `demo` works from anywhere.
 pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../../vm-scenarios/bin/nixos-rebuild");
+/// The recording stand-in for systemctl (the units tiffin restarts), shipped the same way.
+pub const SYSTEMCTL_STANDIN: &str = include_str!("../../../vm-scenarios/bin/systemctl");
 
 /// How long one command may take before the lab kills it.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,14 +131,19 @@ impl Run {
         fs::create_dir_all(&bin)
             .and_then(|()| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)))
             .map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
-        let standin = self.standin();
-        tiffin::durable::write_atomic(
-            &standin,
-            NIXOS_REBUILD_STANDIN.as_bytes(),
-            0o755,
-            tiffin::durable::Owner::Caller,
-        )
-        .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))
+        for (path, text) in [
+            (self.standin(), NIXOS_REBUILD_STANDIN),
+            (self.systemctl_standin(), SYSTEMCTL_STANDIN),
+        ] {
+            tiffin::durable::write_atomic(
+                &path,
+                text.as_bytes(),
+                0o755,
+                tiffin::durable::Owner::Caller,
+            )
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+        }
+        Ok(())
     }
 
     pub fn prefix(&self) -> String {
@@ -150,6 +157,10 @@ impl Run {
 
     pub fn standin(&self) -> PathBuf {
         self.bin_dir().join("nixos-rebuild")
+    }
+
+    pub fn systemctl_standin(&self) -> PathBuf {
+        self.bin_dir().join("systemctl")
     }
 
     /// Removes the run directory and the record, unless a lab was kept.
@@ -457,6 +468,7 @@ impl<'r> World<'r> {
     /// Each client generates its own key; it pins the server's host key for ssh/sftp and tiffin.
     fn setup_clients(&mut self) -> StepResult {
         let standin = self.run.standin().display().to_string();
+        let systemctl = self.run.systemctl_standin().display().to_string();
         for c in self.clients.clone() {
             self.check_interrupt()?;
             self.mkdir(&c, "/etc/tiffin", 0o755)?;
@@ -475,6 +487,7 @@ impl<'r> World<'r> {
                     "--flake".into(),
                     "{config}#{host}".into(),
                 ],
+                systemctl: vec![systemctl.clone()],
             };
             let text = format!(
                 "# Written by tiffin-lab for the lab machine {c}; see docs/formats.md.\n{}",
@@ -518,6 +531,14 @@ impl<'r> World<'r> {
                     Some(file.mode.map_or(0o644, |m| m.bits())),
                 )?;
             }
+            if let Some(extra) = &spec.host_toml {
+                append_host_toml(&dir.join(tiffin::fleet::HOST_FILE), extra)?;
+            }
+        }
+        for (path, file) in &scenario.fleet.common_files {
+            let target = path.under(&self.fleet_dir.join(tiffin::host_tree::common::COMMON_FILES));
+            let mode = Some(file.mode.map_or(0o644, |m| m.bits()));
+            write_host_file(&target, &file.content, mode)?;
         }
         Ok(())
     }
@@ -940,6 +961,13 @@ pub fn write_host_file(path: &Path, content: &str, mode: Option<u32>) -> StepRes
     .map_err(|e| fail(e).into())
 }
 
+/// Adds a scenario's `host_toml` text to the end of a host.toml `tiffin host add` wrote.
+fn append_host_toml(path: &Path, extra: &str) -> StepResult {
+    let text = fs::read_to_string(path)
+        .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
+    write_host_file(path, &format!("{text}\n{extra}"), None)
+}
+
 /// The process's umask, read without changing it (setting it to read it would race with threads).
 fn umask() -> u32 {
     fs::read_to_string("/proc/self/status")
@@ -958,6 +986,7 @@ struct ClientToml {
     identity: String,
     server_key: String,
     rebuild: Vec<String>,
+    systemctl: Vec<String>,
 }
 
 /// The lab server's base sshd configuration; tiffin provision adds its drop-in.
