@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::command::{check, host, init, provision, publish, pull, status, verify};
+use crate::command::{check, host, init, pause, provision, publish, pull, status, verify};
 use crate::error::{Error, Exit};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -68,6 +68,12 @@ pub enum Command {
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)
     #[command(long_about = pull::LONG_ABOUT)]
     Pull(pull::Args),
+    /// Hold this host's releases back for a while; pulls still report (root)
+    #[command(long_about = pause::PAUSE_ABOUT)]
+    Pause(pause::PauseArgs),
+    /// End a pause of this host now; the next pull applies the current release (root)
+    #[command(long_about = pause::RESUME_ABOUT)]
+    Resume(pause::ResumeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -80,6 +86,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Verify(args) => verify::run(args),
         Command::Provision(args) => provision::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Pause(args) => pause::pause(args),
+        Command::Resume(args) => pause::resume(args),
     }
 }
 

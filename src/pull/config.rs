@@ -173,6 +173,9 @@ struct RawConfig {
     /// Run after applying a release whose `reboot = "if-needed"` finds a new kernel, initrd or modules.
     #[serde(default = "default_reboot_command")]
     reboot_command: Vec<String>,
+    /// Where a release names no `[apply] reboot_window`: this client's own (its local time).
+    #[serde(default)]
+    reboot_window: Option<crate::window::RebootWindow>,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -250,6 +253,7 @@ impl RawConfig {
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
             reboot_command: self.reboot_command,
+            reboot_window: self.reboot_window,
         })
     }
 }
@@ -307,6 +311,8 @@ pub struct ClientConfig {
     pub backoff_initial: Interval,
     pub backoff_max: Interval,
     pub reboot_command: Vec<String>,
+    /// Used when the release's `[apply]` names no reboot window.
+    pub reboot_window: Option<crate::window::RebootWindow>,
 }
 
 /// A configuration that cannot be used, naming the file and the key.
@@ -378,7 +384,10 @@ impl ClientConfig {
             it = self.io_timeout,
             bi = self.backoff_initial,
             bm = self.backoff_max,
-        )
+        ) + &self
+            .reboot_window
+            .map(|w| format!("reboot window (where a release sets none): {w}, local time\n"))
+            .unwrap_or_default()
     }
 }
 
@@ -391,6 +400,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
         ClientConfig::parse(text, Syntax::Toml, Path::new("client.toml"))
+    }
+
+    #[test]
+    fn a_malformed_reboot_window_names_its_key() {
+        let base = format!("host = \"web-1\"\nserver = \"192.0.2.1\"\nserver_key = \"{KEY}\"\n");
+        let e = parse(&format!("{base}reboot_window = \"1am-5am\"\n")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("key `reboot_window`") && text.contains("\"01:00-05:00\""),
+            "{text}"
+        );
+        let ok = parse(&format!("{base}reboot_window = \"22:00-04:00\"\n")).unwrap();
+        assert_eq!(ok.reboot_window.unwrap().to_string(), "22:00-04:00");
+        assert!(
+            ok.summary()
+                .contains("reboot window (where a release sets none): 22:00-04:00")
+        );
     }
 
     #[test]
