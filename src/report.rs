@@ -20,6 +20,13 @@ pub enum PullResult {
 }
 
 impl PullResult {
+    /// Every result, for the metrics' one series per result.
+    pub const ALL: [PullResult; 4] = [
+        PullResult::Ok,
+        PullResult::Failed,
+        PullResult::RolledBack,
+        PullResult::Unchanged,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             PullResult::Ok => "ok",

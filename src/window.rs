@@ -51,7 +51,7 @@ impl FromStr for RebootWindow {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |why: &str| {
             format!(
-                "invalid reboot window {s:?}: {why}; write it like \"01:00-05:00\" (the client's local time, 24-hour clock; \"22:00-04:00\" crosses midnight)"
+                "invalid reboot_window {s:?}: {why}; write it like \"01:00-05:00\" (the client's local time, 24-hour clock; \"22:00-04:00\" crosses midnight)"
             )
         };
         let (a, b) = s

@@ -2,6 +2,7 @@
 
 mod fleet;
 mod lab;
+mod ops;
 mod provision;
 mod publish;
 mod pull;
