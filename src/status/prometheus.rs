@@ -75,94 +75,41 @@ pub(super) fn applied_seq(r: &HostStatus) -> Option<u64> {
         })
 }
 
-/// Renders every host and the fleet totals; `now` is when the numbers were read.
-pub fn render(rows: &[HostStatus], now: SystemTime) -> String {
-    let mut out = String::new();
-    let name = "tiffin_host_state";
-    let mut f = Family::new(
-        &mut out,
-        name,
-        "Whether the host is in this state (1) or not (0); one series per state.",
-    );
-    for r in rows {
-        for s in State::ALL {
-            f.sample(
-                name,
-                &[("host", r.host.as_str()), ("state", s.as_str())],
-                u8::from(r.state == s),
-            );
-        }
-    }
-    let name = "tiffin_hosts";
-    let mut f = Family::new(&mut out, name, "Hosts of the fleet in each state.");
-    for s in State::ALL {
-        f.sample(
-            name,
-            &[("state", s.as_str())],
-            rows.iter().filter(|r| r.state == s).count(),
-        );
-    }
-    per_host(
-        &mut out,
-        rows,
+/// A per-host gauge: name, help, and the host's value (none: no sample for that host).
+type PerHost = (&'static str, &'static str, fn(&HostStatus) -> Option<u64>);
+
+const PER_HOST: [PerHost; 8] = [
+    (
         "tiffin_host_published_seq",
         "The seq of the release CURRENT names for the host.",
         |r| r.published.as_ref().map(|p| p.seq),
-    );
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_applied_seq",
         "The seq of the release the host runs successfully.",
         applied_seq,
-    );
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_last_seen_timestamp_seconds",
         "When the server last received the host's report (Unix time, the server's clock).",
         |r| r.last_seen.as_deref().and_then(unix_seconds),
-    );
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_last_apply_duration_seconds",
         "How long the host's last attempt to apply a release took.",
         |r| r.ops.last_apply_seconds,
-    );
-    let name = "tiffin_host_last_result";
-    let mut f = Family::new(
-        &mut out,
-        name,
-        "The result of the host's last poll (1) among all results (0).",
-    );
-    for r in rows {
-        let Some(result) = r.result else { continue };
-        for x in PullResult::ALL {
-            f.sample(
-                name,
-                &[("host", r.host.as_str()), ("result", x.as_str())],
-                u8::from(result == x),
-            );
-        }
-    }
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_reboot_pending",
         "1 when the host's new system needs a reboot that waits for its reboot window or pause.",
         |r| r.result.map(|_| u64::from(r.ops.reboot.is_some())),
-    );
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_paused",
         "1 while tiffin pause holds the host's releases back.",
         |r| r.result.map(|_| u64::from(r.state == State::Paused)),
-    );
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_paused_until_timestamp_seconds",
         "When the host's pause ends by itself (Unix time).",
         |r| {
@@ -170,20 +117,48 @@ pub fn render(rows: &[HostStatus], now: SystemTime) -> String {
                 .then(|| r.ops.paused_until.as_deref().and_then(unix_seconds))
                 .flatten()
         },
-    );
-    per_host(
-        &mut out,
-        rows,
+    ),
+    (
         "tiffin_host_next_retry_timestamp_seconds",
         "When a host backing off a failed release tries it again (Unix time).",
         |r| r.ops.next_retry.as_deref().and_then(unix_seconds),
-    );
+    ),
+];
+
+/// Renders every host and the fleet totals; `now` is when the numbers were read.
+pub fn render(rows: &[HostStatus], now: SystemTime) -> String {
+    let mut out = String::new();
+    let name = "tiffin_host_state";
+    let help = "Whether the host is in this state (1) or not (0); one series per state.";
+    let mut f = Family::new(&mut out, name, help);
+    for r in rows {
+        for s in State::ALL {
+            let labels = [("host", r.host.as_str()), ("state", s.as_str())];
+            f.sample(name, &labels, u8::from(r.state == s));
+        }
+    }
+    let name = "tiffin_hosts";
+    let mut f = Family::new(&mut out, name, "Hosts of the fleet in each state.");
+    for s in State::ALL {
+        let count = rows.iter().filter(|r| r.state == s).count();
+        f.sample(name, &[("state", s.as_str())], count);
+    }
+    let name = "tiffin_host_last_result";
+    let help = "The result of the host's last poll (1) among all results (0).";
+    let mut f = Family::new(&mut out, name, help);
+    for r in rows {
+        let Some(result) = r.result else { continue };
+        for x in PullResult::ALL {
+            let labels = [("host", r.host.as_str()), ("result", x.as_str())];
+            f.sample(name, &labels, u8::from(result == x));
+        }
+    }
+    for (name, help, value) in PER_HOST {
+        per_host(&mut out, rows, name, help, value);
+    }
     let name = "tiffin_status_timestamp_seconds";
-    let mut f = Family::new(
-        &mut out,
-        name,
-        "When tiffin status read the chroots for these numbers (Unix time).",
-    );
+    let help = "When tiffin status read the chroots for these numbers (Unix time).";
+    let mut f = Family::new(&mut out, name, help);
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
