@@ -355,3 +355,81 @@ fn pause_and_resume_from_the_command_line() {
         (0, "alpha: not paused; nothing to do\n".into())
     );
 }
+
+/// The alert rules docs/operations.md gives, checked and unit-tested with promtool.
+#[test]
+fn the_documented_alert_rules_pass_promtool_and_fire_when_they_should() {
+    let doc =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let rules = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n").next())
+        .expect("docs/operations.md has a ```yaml block of alert rules");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("rules.yml"), rules).unwrap();
+    fs::write(dir.path().join("test.yml"), RULE_TESTS).unwrap();
+    for args in [
+        &["check", "rules", "rules.yml"][..],
+        &["test", "rules", "test.yml"],
+    ] {
+        let out = Std::new("promtool")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("promtool is needed ({e}): apt-get install prometheus"));
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Host a waits for its release, b too but is paused, c failed, d stopped reporting.
+const RULE_TESTS: &str = r#"
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - {series: 'tiffin_host_published_seq{host="a"}', values: '2x90'}
+      - {series: 'tiffin_host_applied_seq{host="a"}', values: '1x90'}
+      - {series: 'tiffin_host_paused{host="a"}', values: '0x90'}
+      - {series: 'tiffin_host_published_seq{host="b"}', values: '2x90'}
+      - {series: 'tiffin_host_applied_seq{host="b"}', values: '1x90'}
+      - {series: 'tiffin_host_paused{host="b"}', values: '1x90'}
+      - {series: 'tiffin_host_state{host="c",state="failed"}', values: '1x90'}
+      - {series: 'tiffin_host_state{host="d",state="stale"}', values: '0 0 1x88'}
+      - {series: 'tiffin_status_timestamp_seconds', values: '0x90'}
+    alert_rule_test:
+      - {eval_time: 59m, alertname: TiffinReleaseNotApplied, exp_alerts: []}
+      - eval_time: 61m
+        alertname: TiffinReleaseNotApplied
+        exp_alerts:
+          - exp_labels: {severity: warning, host: a}
+            exp_annotations: {summary: "tiffin: a has not applied its newest release for an hour"}
+      - {eval_time: 4m, alertname: TiffinHostFailed, exp_alerts: []}
+      - eval_time: 6m
+        alertname: TiffinHostFailed
+        exp_alerts:
+          - exp_labels: {severity: warning, host: c, state: failed}
+            exp_annotations:
+              summary: "tiffin: c is failed"
+              description: "Run `tiffin status c` on the server: the error and the tail of the rebuild log."
+      - {eval_time: 1m, alertname: TiffinHostStale, exp_alerts: []}
+      - eval_time: 3m
+        alertname: TiffinHostStale
+        exp_alerts:
+          - exp_labels: {severity: warning, host: d, state: stale}
+            exp_annotations:
+              summary: "tiffin: d has not reported for 3 poll intervals"
+              description: "Is it up, is its tiffin-pull.timer running, can it reach the server? `tiffin pull` on the host says why."
+      - {eval_time: 9m, alertname: TiffinMetricsStale, exp_alerts: []}
+      - eval_time: 11m
+        alertname: TiffinMetricsStale
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations: {summary: "tiffin: the fleet's metrics were last written 11m 0s ago"}
+"#;
