@@ -392,13 +392,17 @@ fn load_host(
             ));
         }
     }
+    let apply = config.defaults.apply.overridden_by(&parsed.apply);
+    if let Some(message) = rules::reboot_window_problem(&apply) {
+        problems.push(Problem::warning(Some(name), &host_file, message));
+    }
     ok.then(|| Host {
         name: name.clone(),
         public_key,
         poll_interval: parsed
             .poll_interval
             .unwrap_or(config.defaults.poll_interval),
-        apply: config.defaults.apply.overridden_by(&parsed.apply),
+        apply,
     })
 }
 

@@ -268,6 +268,17 @@ pub fn unsafe_in_config(path: &Path) -> Option<char> {
         .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | '"' | '\'' | '#' | ','))
 }
 
+/// A reboot window only matters when the host may reboot: set with `reboot = "never"` it is a
+/// mistake worth a warning (the window would silently never be used).
+pub fn reboot_window_problem(apply: &crate::settings::ApplyPolicy) -> Option<String> {
+    let window = apply.reboot_window?;
+    (apply.reboot == crate::settings::Reboot::Never).then(|| {
+        format!(
+            "[apply] reboot_window = \"{window}\" has no effect while reboot = \"never\": set reboot = \"if-needed\" (or drop the window)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

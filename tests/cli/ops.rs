@@ -433,3 +433,48 @@ tests:
           - exp_labels: {severity: warning}
             exp_annotations: {summary: "tiffin: the fleet's metrics were last written 11m 0s ago"}
 "#;
+
+#[test]
+fn a_reboot_window_reaches_the_manifest_and_without_if_needed_is_a_warning() {
+    let fleet = TestFleet::with_hosts(&["alpha", "bravo"]);
+    let host_toml = fleet.root().join("hosts/alpha/host.toml");
+    let text = fs::read_to_string(&host_toml).unwrap();
+    fs::write(
+        &host_toml,
+        text.replace("[apply]\n", "[apply]\nreboot_window = \"01:00-05:00\"\n"),
+    )
+    .unwrap();
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: hosts/alpha/host.toml: [apply] reboot_window = \"01:00-05:00\" has no effect while reboot = \"never\""),
+        "{out}"
+    );
+    fs::write(
+        &host_toml,
+        text.replace(
+            "[apply]\n",
+            "[apply]\nreboot = \"if-needed\"\nreboot_window = \"01:00-05:00\"\n",
+        ),
+    )
+    .unwrap();
+    let (code, out) = fleet.output(&["check"]);
+    assert!(code == 0 && !out.contains("reboot_window"), "{out}");
+    fleet.tiffin(&["publish"]).assert().success();
+    let manifest = |h: &str| {
+        fs::read_to_string(
+            fleet
+                .chroots()
+                .join(h)
+                .join("releases")
+                .join(fleet.current(h))
+                .join("MANIFEST"),
+        )
+        .unwrap()
+    };
+    assert!(manifest("alpha").contains("[apply]\naction = \"switch\"\nreboot = \"if-needed\"\nreboot_window = \"01:00-05:00\"\n"), "{}", manifest("alpha"));
+    assert!(
+        !manifest("bravo").contains("reboot_window"),
+        "left out when unset, so ids stay the same"
+    );
+}
