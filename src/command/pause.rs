@@ -16,7 +16,8 @@ While paused, every pull still connects and uploads its report (the server sees 
 host alive, and `tiffin status` shows it as paused, with the reason and the end), but
 applies nothing: no download, no files/, no rebuild, no reboot. The pause ends by itself
 after --for (at most 30 days), or earlier with `tiffin resume`; the next pull then
-applies the current release. Pausing again replaces the pause.";
+applies the current release. Pausing again replaces the pause; a pull already under way
+finishes what it started.";
 
 pub const RESUME_ABOUT: &str = "End a pause of this host now (root on the client).
 

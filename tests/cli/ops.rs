@@ -478,3 +478,14 @@ fn a_reboot_window_reaches_the_manifest_and_without_if_needed_is_a_warning() {
         "left out when unset, so ids stay the same"
     );
 }
+
+#[test]
+fn pause_help_teaches() {
+    let out = assert_cmd::Command::cargo_bin("tiffin")
+        .unwrap()
+        .args(["pause", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!("pause_help", String::from_utf8_lossy(&out.stdout));
+}
