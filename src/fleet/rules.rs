@@ -1,4 +1,4 @@
-//! The rules for `[server]` in fleet.toml that need no server to judge, in one place: what `tiffin check` accepts is what `publish` and `provision` accept.
+//! The rules for `[server]` in fleet.toml (and a host's `[apply]`) that need no server to judge, in one place: what `tiffin check` accepts is what `publish` and `provision` accept.
 
 use std::fmt;
 use std::path::{Component, Path};

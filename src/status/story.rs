@@ -11,8 +11,9 @@ use crate::settings::parse_time;
 
 /// How many lines of `reports/rebuild.log` the story shows.
 pub const LOG_LINES: usize = 20;
-/// The largest log read: the client uploads at most the rebuild's and the health check's tails.
-const LOG_LIMIT: u64 = 2 * crate::pull::rebuild::LOG_TAIL + 4096;
+/// The largest log read: a client uploads at most the rebuild's and the health check's
+/// 64 KiB tails; a bigger file is refused, not read.
+const LOG_LIMIT: u64 = 256 * 1024;
 
 /// What the row does not hold, read again from the chroot: release times, the running
 /// system, the log.
