@@ -204,6 +204,10 @@ impl Fleet {
         let mut hosts = BTreeMap::new();
         for name in host_dir_names(root, &mut problems)? {
             if let Some(host) = load_host(root, &config, &name, &mut problems) {
+                if let Some(message) = rules::reboot_window_problem(&host.apply) {
+                    let host_file = Path::new("hosts").join(name.as_str()).join(HOST_FILE);
+                    problems.push(Problem::warning(Some(&name), host_file, message));
+                }
                 hosts.insert(name, host);
             }
         }
@@ -392,17 +396,13 @@ fn load_host(
             ));
         }
     }
-    let apply = config.defaults.apply.overridden_by(&parsed.apply);
-    if let Some(message) = rules::reboot_window_problem(&apply) {
-        problems.push(Problem::warning(Some(name), &host_file, message));
-    }
     ok.then(|| Host {
         name: name.clone(),
         public_key,
         poll_interval: parsed
             .poll_interval
             .unwrap_or(config.defaults.poll_interval),
-        apply,
+        apply: config.defaults.apply.overridden_by(&parsed.apply),
     })
 }
 
