@@ -483,7 +483,11 @@ fn note(r: &HostStatus) -> String {
             (Some(a), Some(seq)) => format!("attempted #{seq} {}", short(a)),
             _ => String::new(),
         },
-        _ => r.warning.clone().unwrap_or_default(),
+        _ => r
+            .warning
+            .clone()
+            .or_else(|| story::note(r))
+            .unwrap_or_default(),
     }
 }
 

@@ -185,6 +185,24 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
     lines
 }
 
+/// The table's NOTE for a host without error or warning: its pause, or a reboot it owes.
+pub(super) fn note(row: &HostStatus) -> Option<String> {
+    let ops = &row.ops;
+    if row.state == State::Paused {
+        let until = ops.paused_until.as_deref().unwrap_or("?");
+        let reason = ops
+            .pause_reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        return Some(format!("paused until {until}{reason}"));
+    }
+    (ops.reboot == Some(RebootReport::Pending)).then(|| match ops.reboot_window {
+        Some(w) => format!("reboot pending (window {w})"),
+        None => "reboot pending".to_owned(),
+    })
+}
+
 fn log_tail(log: Option<Result<String, String>>) -> String {
     match log {
         None => "\nno reports/rebuild.log yet\n".into(),

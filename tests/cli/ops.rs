@@ -109,6 +109,20 @@ fn status_shows_every_state_including_paused() {
         let line = out.lines().find(|l| l.starts_with(host)).unwrap();
         assert!(line.contains(state), "{line}");
     }
+    let line = |host: &str| {
+        out.lines()
+            .find(|l| l.starts_with(host))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        line("hotel").ends_with("paused until 2026-11-24T18:00:00Z: conference demo"),
+        "{out}"
+    );
+    assert!(
+        line("alpha").ends_with("reboot pending (window 01:00-05:00)"),
+        "{out}"
+    );
     let (code, out) = fleet.output(&["status", "hotel", "alpha", "bravo"]);
     assert_eq!(code, 0, "paused is not an alarm: {out}");
 }
