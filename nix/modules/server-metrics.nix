@@ -64,6 +64,9 @@ in {
 
     systemd.services.tiffin-metrics = {
       description = "tiffin: the fleet's state as Prometheus metrics";
+      # Before the fleet repository exists (a new server) there is nothing to export;
+      # the metrics then stop being written, which tiffin_status_timestamp_seconds shows.
+      unitConfig.ConditionPathExists = "${cfg.fleet}/fleet.toml";
       serviceConfig = {
         Type = "oneshot";
         ExecStart = "${lib.getExe server.package} status --fleet ${cfg.fleet} --format prometheus --output ${output}";
