@@ -109,4 +109,20 @@ fn main() {
         "status --json (median of 10):          {:.3?}",
         median(status_json)
     );
+    let prometheus: Vec<Duration> = (0..10)
+        .map(|_| {
+            let args = [
+                "status",
+                "--format",
+                "prometheus",
+                "--chroot-root",
+                &chroots_arg,
+            ];
+            tiffin(&fleet, &args)
+        })
+        .collect();
+    println!(
+        "status --format prometheus (median of 10): {:.3?}",
+        median(prometheus)
+    );
 }

@@ -164,6 +164,12 @@ in
           ];
           # As in the lab, the server's commands find the fleet through TIFFIN_FLEET.
           environment.variables.TIFFIN_FLEET = scenario.fleetDir;
+          # The fleet's metrics through node_exporter (port 9100), as an operator
+          # enables them; vm-scenarios/metrics-node-exporter.toml reads them.
+          services.tiffin.server.metrics = {
+            enable = true;
+            fleet = scenario.fleetDir;
+          };
           # sshd's log says why a denied access was denied.
           services.openssh.settings.LogLevel = "VERBOSE";
           # A fixed host key, so the clients can pin it at evaluation time.

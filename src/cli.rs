@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::command::{check, host, init, provision, publish, pull, status, verify};
+use crate::command::{check, host, init, pause, provision, publish, pull, status, verify};
 use crate::error::{Error, Exit};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -57,7 +57,7 @@ pub enum Command {
     Publish(publish::Args),
     /// One row per host: published and applied release, result, last seen, state
     #[command(
-        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted).\nExits 3 when any host is failed, rolled-back, stale or unreadable, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log)."
+        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted), paused (`tiffin pause` holds it; it still reports).\nExits 3 when any host is failed, rolled-back, stale or unreadable, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log).\n\nOne HOST alone tells its story: published and applied releases with seq and time, the last result and error, the running system, a pending reboot, a pause, the next retry, and the tail of its reports/rebuild.log.\n\n--format prometheus prints the same as metrics (tiffin_host_state{host,state} and friends, see docs/operations.md); --output FILE writes atomically, for node_exporter's textfile collector."
     )]
     Status(status::Args),
     /// Re-hash every stored release against its MANIFEST; --repair replaces damaged ones
@@ -68,6 +68,12 @@ pub enum Command {
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)
     #[command(long_about = pull::LONG_ABOUT)]
     Pull(pull::Args),
+    /// Hold this host's releases back for a while; pulls still report (root)
+    #[command(long_about = pause::PAUSE_ABOUT)]
+    Pause(pause::PauseArgs),
+    /// End a pause of this host now; the next pull applies the current release (root)
+    #[command(long_about = pause::RESUME_ABOUT)]
+    Resume(pause::ResumeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -80,6 +86,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Verify(args) => verify::run(args),
         Command::Provision(args) => provision::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Pause(args) => pause::pause(args),
+        Command::Resume(args) => pause::resume(args),
     }
 }
 

@@ -210,6 +210,10 @@ impl Fleet {
         let mut hosts = BTreeMap::new();
         for name in host_dir_names(root, &mut problems)? {
             if let Some(host) = load_host(root, &config, &name, &mut problems) {
+                if let Some(message) = rules::reboot_window_problem(&host.apply) {
+                    let host_file = Path::new("hosts").join(name.as_str()).join(HOST_FILE);
+                    problems.push(Problem::warning(Some(&name), host_file, message));
+                }
                 hosts.insert(name, host);
             }
         }

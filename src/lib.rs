@@ -19,3 +19,4 @@ pub mod report;
 pub mod settings;
 pub mod status;
 pub mod verify;
+pub mod window;

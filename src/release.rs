@@ -398,6 +398,7 @@ mod tests {
                             reboot,
                             health_check,
                             allow_leaving,
+                            reboot_window: None,
                         },
                         files: kept,
                     }

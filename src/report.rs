@@ -20,6 +20,13 @@ pub enum PullResult {
 }
 
 impl PullResult {
+    /// Every result, for the metrics' one series per result.
+    pub const ALL: [PullResult; 4] = [
+        PullResult::Ok,
+        PullResult::Failed,
+        PullResult::RolledBack,
+        PullResult::Unchanged,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             PullResult::Ok => "ok",
@@ -62,6 +69,36 @@ pub struct Report {
     /// ("grafana.service: restart: …"); the release stays applied unless its health check fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_failed: Vec<String>,
+    /// The seq of `applied`, which differs from `seq` after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_seq: Option<u64>,
+    /// When `applied` was applied, by the client's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    /// How long the last attempt to apply a release took (fetch to health check), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_apply_seconds: Option<u64>,
+    /// When a failed release is tried again (it is backing off until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
+    /// `pending`: the applied release needs a reboot that waits for `reboot_window` (or a pause).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_window: Option<crate::window::RebootWindow>,
+    /// Set while `tiffin pause` holds this host: it reports but applies nothing until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+}
+
+/// A reboot the client owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootReport {
+    /// Needed, and deferred until the reboot window opens (or the pause ends).
+    Pending,
 }
 
 impl Report {

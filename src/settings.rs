@@ -64,6 +64,10 @@ pub struct ApplyPolicy {
     /// decommission a host); left out of the MANIFEST when false, so older ids stay the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_leaving: bool,
+    /// When a needed reboot may happen (the client's local time); left out of the MANIFEST when
+    /// unset, so older ids stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_window: Option<crate::window::RebootWindow>,
 }
 
 /// `[apply]` in a host.toml: each key set there overrides `[defaults.apply]`.
@@ -74,6 +78,7 @@ pub struct ApplyOverrides {
     pub reboot: Option<Reboot>,
     pub health_check: Option<Vec<String>>,
     pub allow_leaving: Option<bool>,
+    pub reboot_window: Option<crate::window::RebootWindow>,
 }
 
 impl ApplyPolicy {
@@ -86,6 +91,7 @@ impl ApplyPolicy {
                 .clone()
                 .unwrap_or_else(|| self.health_check.clone()),
             allow_leaving: o.allow_leaving.unwrap_or(self.allow_leaving),
+            reboot_window: o.reboot_window.or(self.reboot_window),
         }
     }
 }

@@ -14,6 +14,9 @@ use crate::release::{MANIFEST_FILE, ManifestHead};
 use crate::report::{PullResult, REBUILD_LOG_FILE, Report, STATUS_FILE};
 use crate::settings::{Interval, format_time, parse_time};
 
+pub mod prometheus;
+pub mod story;
+
 /// A host is stale when it has not reported for this many poll intervals.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
 
@@ -28,9 +31,23 @@ pub enum State {
     NeverSeen,
     /// The host's CURRENT, release or report cannot be read: its state is unknown.
     Unreadable,
+    /// `tiffin pause` holds the host: it reports, but applies nothing until the pause ends.
+    Paused,
 }
 
 impl State {
+    /// Every state, in the order of the enum: what the metrics export one series for.
+    pub const ALL: [State; 8] = [
+        State::UpToDate,
+        State::Pending,
+        State::Failed,
+        State::RolledBack,
+        State::Stale,
+        State::NeverSeen,
+        State::Unreadable,
+        State::Paused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::UpToDate => "up-to-date",
@@ -40,6 +57,7 @@ impl State {
             State::Stale => "stale",
             State::NeverSeen => "never-seen",
             State::Unreadable => "unreadable",
+            State::Paused => "paused",
         }
     }
     /// States that make `tiffin status` exit 3, for monitoring.
@@ -52,7 +70,7 @@ impl State {
     fn colour(self) -> &'static str {
         match self {
             State::UpToDate => "\x1b[32m",
-            State::Pending | State::NeverSeen => "\x1b[33m",
+            State::Pending | State::NeverSeen | State::Paused => "\x1b[33m",
             State::Failed | State::RolledBack | State::Stale | State::Unreadable => "\x1b[31m",
         }
     }
@@ -81,6 +99,50 @@ pub struct HostStatus {
     pub error: Option<String>,
     /// Worth a look, but no alarm (e.g. more in reports/ than the report and its log).
     pub warning: Option<String>,
+    /// What the report says about reboots, pauses, retries and timing.
+    #[serde(flatten)]
+    pub ops: HostOps,
+}
+
+/// The operational details of a host's report; each absent from the JSON when unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostOps {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_apply_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<crate::report::RebootReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_window: Option<crate::window::RebootWindow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+}
+
+impl HostOps {
+    fn of(report: &Report) -> HostOps {
+        HostOps {
+            applied_seq: report.applied_seq,
+            last_apply_seconds: report.last_apply_seconds,
+            next_retry: report.next_retry.clone(),
+            reboot: report.reboot,
+            reboot_window: report.reboot_window,
+            paused_until: report.paused_until.clone(),
+            pause_reason: report.pause_reason.clone(),
+        }
+    }
+
+    /// The pause the report names, if it has not ended by the server's clock.
+    fn paused_at(&self, now: SystemTime) -> bool {
+        self.paused_until
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|until| now < until)
+    }
 }
 
 /// Reads every selected host's chroot and report.
@@ -131,6 +193,7 @@ pub fn host_status(
             last_seen: None,
             error: joined(errors),
             warning,
+            ops: HostOps::default(),
         };
     };
     if report.host != name.as_str() {
@@ -143,10 +206,13 @@ pub fn host_status(
     } else {
         report.applied.clone()
     };
+    let ops = HostOps::of(&report);
     let state = if !errors.is_empty() {
         State::Unreadable
     } else if is_stale(at, interval, now) {
         State::Stale
+    } else if ops.paused_at(now) {
+        State::Paused
     } else {
         match report.result {
             PullResult::Failed => State::Failed,
@@ -169,6 +235,7 @@ pub fn host_status(
         last_seen: Some(format_time(at)),
         error: joined(errors),
         warning: warning.or_else(|| clock_warning(&report.last_seen, at)),
+        ops,
     }
 }
 
@@ -269,6 +336,14 @@ const REPORT_LIMIT: u64 = 64 * 1024;
 /// controls `reports/`, so a symlink (to another host's report, to /dev/zero) or a
 /// huge or special file is refused instead of followed.
 fn read_client_file(path: &Path, limit: u64) -> std::io::Result<(String, SystemTime)> {
+    let (bytes, at) = read_client_bytes(path, limit)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?;
+    Ok((text, at))
+}
+
+/// [`read_client_file`] for bytes that need not be text (a rebuild log).
+fn read_client_bytes(path: &Path, limit: u64) -> std::io::Result<(Vec<u8>, SystemTime)> {
     use nix::fcntl::OFlag;
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
@@ -302,9 +377,9 @@ fn read_client_file(path: &Path, limit: u64) -> std::io::Result<(String, SystemT
             ),
         ));
     }
-    let mut text = String::new();
-    file.take(limit).read_to_string(&mut text)?;
-    Ok((text, meta.modified()?))
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok((bytes, meta.modified()?))
 }
 
 fn read_seq(release_dir: &Path) -> Result<u64, String> {
@@ -408,7 +483,11 @@ fn note(r: &HostStatus) -> String {
             (Some(a), Some(seq)) => format!("attempted #{seq} {}", short(a)),
             _ => String::new(),
         },
-        _ => r.warning.clone().unwrap_or_default(),
+        _ => r
+            .warning
+            .clone()
+            .or_else(|| story::note(r))
+            .unwrap_or_default(),
     }
 }
 

@@ -35,6 +35,8 @@
   shellExpanded = s: builtins.match ".*[$`\\].*" s != null;
   endsHeredoc = s: builtins.match "[[:space:]]*EOL[[:space:]]*" s != null;
 in {
+  imports = [./server-metrics.nix];
+
   meta.maintainers = [];
 
   options.services.tiffin.server = {

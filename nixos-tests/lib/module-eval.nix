@@ -31,6 +31,20 @@
       };
     }
   ];
+  metrics = eval [
+    (repo + "/nix/modules/server.nix")
+    {
+      services.tiffin.server = {
+        enable = true;
+        hosts.client1.publicKey = "ssh-ed25519 AAAA1 c1";
+        metrics = {
+          enable = true;
+          fleet = "/srv/fleet";
+          interval = "30s";
+        };
+      };
+    }
+  ];
   # sshd_config goes through a shell here-document: such lines are refused.
   shellLines = eval [
     (repo + "/nix/modules/server.nix")
@@ -57,4 +71,9 @@ in {
   shellLineAssertions = map (a: a.message) (lib.filter (a: !a.assertion) shellLines.config.assertions);
   undocumentedClient = map (o: o.loc) (undocumented client.options.services.tiffin);
   undocumentedServer = map (o: o.loc) (undocumented server.options.services.tiffin);
+  metricsService = metrics.config.systemd.services.tiffin-metrics;
+  metricsTimer = metrics.config.systemd.timers.tiffin-metrics;
+  metricsTmpfiles = metrics.config.systemd.tmpfiles.settings."10-tiffin-metrics";
+  nodeExporter = metrics.config.services.prometheus.exporters.node;
+  serverWithoutMetrics = builtins.attrNames s.systemd.services;
 }

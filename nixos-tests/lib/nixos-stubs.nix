@@ -122,6 +122,18 @@
           type = types.listOf types.anything;
           default = [];
         };
+        services.prometheus.exporters.node.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        services.prometheus.exporters.node.enabledCollectors = mkOption {
+          type = types.listOf types.str;
+          default = [];
+        };
+        services.prometheus.exporters.node.extraFlags = mkOption {
+          type = types.listOf types.str;
+          default = [];
+        };
       };
     };
 in {

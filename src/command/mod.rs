@@ -3,6 +3,7 @@
 pub mod check;
 pub mod host;
 pub mod init;
+pub mod pause;
 pub mod provision;
 pub mod publish;
 pub mod pull;

@@ -84,6 +84,22 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
                 self::reboot(&cfg)?;
             }
         }
+        Polled::Paused { id, until, reason } => {
+            println!(
+                "{}: paused until {until}{}: release {} not applied (`tiffin resume` ends the pause)",
+                cfg.host,
+                reason.map(|r| format!(" ({r})")).unwrap_or_default(),
+                id.short()
+            );
+        }
+        Polled::RebootDue { id, seq } => {
+            println!(
+                "{}: unchanged (release #{seq} {}); the reboot it waits for is due: its window is open",
+                cfg.host,
+                id.short()
+            );
+            self::reboot(&cfg)?;
+        }
     }
     Ok(Exit::Ok)
 }

@@ -1,4 +1,4 @@
-//! The rules for `[server]` in fleet.toml that need no server to judge, in one place: what `tiffin check` accepts is what `publish` and `provision` accept.
+//! The rules for `[server]` in fleet.toml (and a host's `[apply]`) that need no server to judge, in one place: what `tiffin check` accepts is what `publish` and `provision` accept.
 
 use std::fmt;
 use std::path::{Component, Path};
@@ -266,6 +266,17 @@ pub fn unsafe_in_config(path: &Path) -> Option<char> {
     path.to_string_lossy()
         .chars()
         .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | '"' | '\'' | '#' | ','))
+}
+
+/// A reboot window only matters when the host may reboot: set with `reboot = "never"` it is a
+/// mistake worth a warning (the window would silently never be used).
+pub fn reboot_window_problem(apply: &crate::settings::ApplyPolicy) -> Option<String> {
+    let window = apply.reboot_window?;
+    (apply.reboot == crate::settings::Reboot::Never).then(|| {
+        format!(
+            "[apply] reboot_window = \"{window}\" has no effect while reboot = \"never\": set reboot = \"if-needed\" (or drop the window)"
+        )
+    })
 }
 
 #[cfg(test)]

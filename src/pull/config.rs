@@ -176,6 +176,9 @@ struct RawConfig {
     /// How units are restarted and reloaded: this argv, then `restart UNIT` or `reload UNIT`.
     #[serde(default = "default_systemctl")]
     systemctl: Vec<String>,
+    /// Where a release names no `[apply] reboot_window`: this client's own (its local time).
+    #[serde(default)]
+    reboot_window: Option<crate::window::RebootWindow>,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -258,6 +261,7 @@ impl RawConfig {
             backoff_max: self.backoff_max,
             reboot_command: self.reboot_command,
             systemctl: self.systemctl,
+            reboot_window: self.reboot_window,
         })
     }
 }
@@ -321,6 +325,8 @@ pub struct ClientConfig {
     pub reboot_command: Vec<String>,
     /// Restarts and reloads units: this argv, then `restart UNIT` or `reload UNIT`.
     pub systemctl: Vec<String>,
+    /// Used when the release's `[apply]` names no reboot window.
+    pub reboot_window: Option<crate::window::RebootWindow>,
 }
 
 /// A configuration that cannot be used, naming the file and the key.
@@ -392,7 +398,10 @@ impl ClientConfig {
             it = self.io_timeout,
             bi = self.backoff_initial,
             bm = self.backoff_max,
-        )
+        ) + &self
+            .reboot_window
+            .map(|w| format!("reboot window (where a release sets none): {w}, local time\n"))
+            .unwrap_or_default()
     }
 }
 
@@ -405,6 +414,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<ClientConfig, ConfigError> {
         ClientConfig::parse(text, Syntax::Toml, Path::new("client.toml"))
+    }
+
+    #[test]
+    fn a_malformed_reboot_window_names_its_key() {
+        let base = format!("host = \"web-1\"\nserver = \"192.0.2.1\"\nserver_key = \"{KEY}\"\n");
+        let e = parse(&format!("{base}reboot_window = \"1am-5am\"\n")).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("key `reboot_window`") && text.contains("\"01:00-05:00\""),
+            "{text}"
+        );
+        let ok = parse(&format!("{base}reboot_window = \"22:00-04:00\"\n")).unwrap();
+        assert_eq!(ok.reboot_window.unwrap().to_string(), "22:00-04:00");
+        assert!(
+            ok.summary()
+                .contains("reboot window (where a release sets none): 22:00-04:00")
+        );
     }
 
     #[test]

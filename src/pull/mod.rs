@@ -7,12 +7,14 @@ pub mod fetch;
 pub mod leaving;
 #[cfg(test)]
 mod mem_remote;
+pub mod pause;
 pub mod reboot;
 pub mod rebuild;
 pub mod restart;
 pub mod state;
 pub mod transport;
 pub mod verify;
+pub mod window;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -170,6 +172,17 @@ pub enum Polled {
         /// `reboot = "if-needed"` and the new kernel, initrd or modules differ from the booted ones.
         reboot: bool,
     },
+    /// `tiffin pause` holds this host: the report went out, nothing was applied.
+    Paused {
+        id: ReleaseId,
+        until: String,
+        reason: Option<String>,
+    },
+    /// Nothing new, but a reboot deferred to the reboot window is due now.
+    RebootDue {
+        id: ReleaseId,
+        seq: u64,
+    },
 }
 
 /// Everything a poll needs besides the transport.
@@ -185,6 +198,8 @@ pub struct PollOptions {
     pub booted_system: PathBuf,
     pub system_profile: PathBuf,
     pub now: fn() -> SystemTime,
+    /// Minutes after local midnight, for the reboot window.
+    pub local_minute: fn(SystemTime) -> u16,
 }
 
 impl Default for PollOptions {
@@ -201,6 +216,7 @@ impl Default for PollOptions {
             booted_system: "/run/booted-system".into(),
             system_profile: "/nix/var/nix/profiles/system".into(),
             now: crate::clock::now,
+            local_minute: window::local_minute,
         }
     }
 }
@@ -221,6 +237,9 @@ pub async fn poll<R: Remote>(
     opts: &PollOptions,
 ) -> Result<Polled, PullError> {
     let mut poll = Poll::begin(remote, cfg, opts).await?;
+    if let Some(pause) = pause::active(&cfg.state_dir, poll.started)? {
+        return poll.hold(pause).await;
+    }
     if let Some(seq) = poll.unchanged() {
         return poll.heartbeat(seq).await;
     }
@@ -301,6 +320,8 @@ impl std::fmt::Display for RollBack {
 #[derive(Debug)]
 struct Attempt {
     seq: u64,
+    /// The release's `[apply] reboot_window`.
+    reboot_window: Option<crate::window::RebootWindow>,
     fetch: FetchStats,
     deployed: DeployStats,
     outcome: Outcome,
@@ -348,6 +369,14 @@ impl<'a, R: Remote> Poll<'a, R> {
             error: None,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             restart_failed: Vec::new(),
+            applied_seq: state.applied.as_ref().map(|a| a.seq),
+            applied_at: state.applied.as_ref().map(|a| a.at.clone()),
+            last_apply_seconds: state.last_apply_seconds,
+            next_retry: None,
+            reboot: None,
+            reboot_window: None,
+            paused_until: None,
+            pause_reason: None,
         };
         Ok(Poll {
             remote,
@@ -374,6 +403,7 @@ impl<'a, R: Remote> Poll<'a, R> {
     /// Nothing to apply: any old failure is over, and the report says the host is alive.
     async fn heartbeat(mut self, seq: u64) -> Result<Polled, PullError> {
         self.state.failure = None;
+        let reboot_due = self.settle_pending_reboot();
         // The report needs no local disk: it goes out even when the state cannot be saved.
         let saved = self.save_state();
         self.report.seq = Some(seq);
@@ -382,6 +412,9 @@ impl<'a, R: Remote> Poll<'a, R> {
         }
         self.upload().await?;
         saved?;
+        if reboot_due {
+            return Ok(Polled::RebootDue { id: self.id, seq });
+        }
         Ok(Polled::Unchanged { id: self.id, seq })
     }
 
@@ -411,6 +444,7 @@ impl<'a, R: Remote> Poll<'a, R> {
         self.report.seq = f.seq;
         self.report.result = PullResult::Failed;
         self.report.error = Some(f.error);
+        self.report.next_retry = Some(f.next_retry);
         self.upload().await?;
         Err(err)
     }
@@ -424,6 +458,7 @@ impl<'a, R: Remote> Poll<'a, R> {
         let outcome = self.switch(&release.manifest, &mut deployed)?;
         Ok(Attempt {
             seq: release.manifest.seq,
+            reboot_window: release.manifest.apply.reboot_window,
             fetch,
             deployed,
             outcome,
@@ -709,12 +744,16 @@ impl<'a, R: Remote> Poll<'a, R> {
 
     async fn applied(mut self, attempt: Attempt, reboot: bool) -> Result<Polled, PullError> {
         let id = self.id.clone();
+        let at = format_time((self.opts.now)());
         self.state.applied = Some(Applied {
             id: id.clone(),
             seq: attempt.seq,
-            at: format_time((self.opts.now)()),
+            at: at.clone(),
         });
         self.state.failure = None;
+        self.timed_attempt();
+        (self.report.applied_seq, self.report.applied_at) = (Some(attempt.seq), Some(at));
+        let reboot = self.reboot_now_or_later(reboot, attempt.reboot_window);
         self.state.save(&self.cfg.state_dir)?;
         self.report.result = PullResult::Ok;
         self.report.applied = Some(id.to_string());
@@ -755,6 +794,13 @@ impl<'a, R: Remote> Poll<'a, R> {
         Err(e)
     }
 
+    /// Records how long this attempt took, for the report.
+    fn timed_attempt(&mut self) {
+        let took = (self.opts.now)().duration_since(self.started);
+        self.state.last_apply_seconds = Some(took.unwrap_or_default().as_secs());
+        self.report.last_apply_seconds = self.state.last_apply_seconds;
+    }
+
     /// Counts the failure toward the release's backoff and reports it (a report that cannot be uploaded is only logged).
     async fn fail(mut self, result: PullResult, e: PullError) -> Result<Polled, PullError> {
         let message = e.to_string();
@@ -762,6 +808,8 @@ impl<'a, R: Remote> Poll<'a, R> {
         let (now, seq) = ((self.opts.now)(), self.report.seq);
         self.state
             .record_failure(&self.id, seq, &message, now, backoff);
+        self.timed_attempt();
+        self.report.next_retry = self.state.failure.as_ref().map(|f| f.next_retry.clone());
         // The report still goes out when the state cannot be saved (a full disk).
         if let Err(save) = self.save_state() {
             tracing::warn!("{save}");

@@ -71,6 +71,22 @@ pub struct State {
     /// Time of the last poll that reached the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_poll: Option<String>,
+    /// A reboot the applied release needs, deferred to its reboot window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reboot: Option<PendingReboot>,
+    /// How long the last attempt to apply a release took, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_apply_seconds: Option<u64>,
+}
+
+/// A needed reboot waiting for its window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingReboot {
+    /// The release whose system needs it.
+    pub id: ReleaseId,
+    pub since: String,
+    pub window: crate::window::RebootWindow,
 }
 
 /// Exponential backoff: `initial`, doubling per failure, at most `max`.

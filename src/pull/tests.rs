@@ -25,6 +25,11 @@ thread_local! {
 fn clock() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(CLOCK.with(Cell::get))
 }
+/// The lab's clocks run in UTC: minutes after midnight UTC.
+fn utc_minute(t: SystemTime) -> u16 {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    (secs % 86_400 / 60) as u16
+}
 fn advance(secs: u64) {
     CLOCK.with(|c| c.set(c.get() + secs));
 }
@@ -84,6 +89,7 @@ backoff_max = "1h"
                 booted_system: "/nonexistent/booted-system".into(),
                 system_profile: "/nonexistent/profiles/system".into(),
                 now: clock,
+                local_minute: utc_minute,
             },
             apply: ApplyPolicy::default(),
         }
@@ -1041,3 +1047,4 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
 }
 
 mod files;
+mod ops;

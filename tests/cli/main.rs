@@ -3,6 +3,7 @@
 mod files;
 mod fleet;
 mod lab;
+mod ops;
 mod provision;
 mod publish;
 mod pull;
