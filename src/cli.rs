@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::command::{check, host, init, provision, publish, pull, status, verify};
+use crate::command::{check, host, init, provision, publish, pull, status, trigger, verify};
 use crate::error::{Error, Exit};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -68,6 +68,9 @@ pub enum Command {
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)
     #[command(long_about = pull::LONG_ABOUT)]
     Pull(pull::Args),
+    /// Ask hosts to poll now, or to apply their release again (--reapply)
+    #[command(long_about = trigger::LONG_ABOUT)]
+    Trigger(trigger::Args),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Verify(args) => verify::run(args),
         Command::Provision(args) => provision::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Trigger(args) => trigger::run(args),
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Report {
     /// tiffin version of the client.
     #[serde(default)]
     pub version: String,
+    /// The id of the last trigger (line 2 of `CURRENT`) this client handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 impl Report {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -173,6 +174,12 @@ struct RawConfig {
     /// Run after applying a release whose `reboot = "if-needed"` finds a new kernel, initrd or modules.
     #[serde(default = "default_reboot_command")]
     reboot_command: Vec<String>,
+    /// `tiffin pull --watch`: how often `/CURRENT` is read over the kept session.
+    #[serde(default = "default_watch_interval")]
+    watch_interval: Interval,
+    /// `tiffin pull --watch`: how often an idle watcher uploads its heartbeat report.
+    #[serde(default = "default_poll_interval")]
+    poll_interval: Interval,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -230,6 +237,10 @@ impl RawConfig {
             let message = "is empty: give an argv like [\"systemctl\", \"reboot\"]".into();
             return Err(invalid(path, Some("reboot_command"), message));
         }
+        if self.watch_interval.0 < Duration::from_secs(1) {
+            let message = format!("{} is shorter than the minimum, 1s", self.watch_interval);
+            return Err(invalid(path, Some("watch_interval"), message));
+        }
         if self.state_dir.0.starts_with(&self.root.0) && self.root.0 != Path::new("/") {
             let message =
                 "must not be inside root: deployed files would overwrite tiffin's own state".into();
@@ -250,6 +261,8 @@ impl RawConfig {
             backoff_initial: self.backoff_initial,
             backoff_max: self.backoff_max,
             reboot_command: self.reboot_command,
+            watch_interval: self.watch_interval,
+            poll_interval: self.poll_interval,
         })
     }
 }
@@ -289,6 +302,12 @@ fn default_backoff_initial() -> Interval {
 fn default_backoff_max() -> Interval {
     Interval::secs(6 * 3600)
 }
+fn default_watch_interval() -> Interval {
+    Interval::secs(5)
+}
+fn default_poll_interval() -> Interval {
+    Interval::secs(15 * 60)
+}
 
 /// A validated client configuration.
 #[derive(Debug, Clone)]
@@ -307,6 +326,10 @@ pub struct ClientConfig {
     pub backoff_initial: Interval,
     pub backoff_max: Interval,
     pub reboot_command: Vec<String>,
+    /// `tiffin pull --watch` reads `/CURRENT` this often (at least 1s).
+    pub watch_interval: Interval,
+    /// `tiffin pull --watch` sends its heartbeat report this often while idle.
+    pub poll_interval: Interval,
 }
 
 /// A configuration that cannot be used, naming the file and the key.
@@ -403,6 +426,8 @@ mod tests {
         assert_eq!(c.server.port, 22);
         assert_eq!(c.state_dir, Path::new("/var/lib/tiffin"));
         assert_eq!(c.rebuild, RebuildCommand::default());
+        assert_eq!(c.watch_interval, Interval::secs(5));
+        assert_eq!(c.poll_interval, Interval::secs(900));
     }
 
     #[test]
@@ -447,6 +472,13 @@ mod tests {
                 format!("host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nrebuild = []\n"),
                 "rebuild",
                 "empty",
+            ),
+            (
+                format!(
+                    "host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nwatch_interval = \"500ms\"\n"
+                ),
+                "watch_interval",
+                "minimum, 1s",
             ),
         ] {
             let err = parse(&text).unwrap_err().to_string();

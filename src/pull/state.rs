@@ -71,6 +71,9 @@ pub struct State {
     /// Time of the last poll that reached the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_poll: Option<String>,
+    /// The id of the last trigger handled (line 2 of `/CURRENT`), so each is acted on once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// Exponential backoff: `initial`, doubling per failure, at most `max`.

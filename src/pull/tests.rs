@@ -1035,3 +1035,6 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
     );
     assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
 }
+
+#[path = "watch_tests.rs"]
+mod watch_tests;
