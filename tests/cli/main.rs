@@ -79,7 +79,10 @@ impl TestFleet {
             .env("NO_COLOR", "1")
             .env_remove("TIFFIN_FLEET")
             .env_remove("RUST_LOG");
-        if matches!(args.first(), Some(&"publish" | &"status" | &"verify" | &"trigger")) {
+        if matches!(
+            args.first(),
+            Some(&"publish" | &"status" | &"verify" | &"trigger")
+        ) {
             cmd.arg("--chroot-root").arg(self.chroots());
             cmd.arg("--state-dir").arg(self.state_dir());
         }

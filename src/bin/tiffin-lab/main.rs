@@ -19,6 +19,7 @@ mod runner;
 mod scenario;
 mod state;
 mod steps;
+mod watch_steps;
 mod world;
 
 use std::path::PathBuf;
