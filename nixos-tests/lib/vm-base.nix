@@ -22,6 +22,11 @@ vm: {lib, ...}: {
   # pull step starts the real unit itself, so no timer run races a step.
   services.tiffin.client.interval = lib.mkForce "2100-01-01";
 
+  # The watcher is installed as on a host with watch mode, but not started at
+  # boot: the watch_start and watch_stop steps start and stop it.
+  services.tiffin.client.watch.enable = true;
+  systemd.services.tiffin-watch.wantedBy = lib.mkForce [];
+
   # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
   # steps and scenario commands, which use OpenSSH's own ssh and sftp.
   programs.ssh.knownHosts.tiffin-server = {
