@@ -92,6 +92,9 @@ pub enum LabCommand {
         /// No-change polls per tool (the median is reported)
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         polls: u32,
+        /// Measure watch mode instead: publish→report latency of a watching client (median of 11), and per idle check the bytes on the client's link and the server's sshd CPU; the server's memory per kept session; the client's RSS growth over 10,000 checks. Last line: watch_latency_ms=… watch_check_bytes=… watch_server_cpu_us=… watch_server_kib=… watch_rss_growth_kib=…
+        #[arg(long)]
+        watch: bool,
     },
     /// Internal: pid 1 of a lab machine
     #[command(hide = true)]
@@ -123,7 +126,8 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
             };
             run_and_judge(&[demo], &opts)
         }
-        LabCommand::Bench { polls } => bench(polls),
+        LabCommand::Bench { watch: true, .. } => bench_watch(),
+        LabCommand::Bench { polls, .. } => bench(polls),
         LabCommand::Shell {
             machine,
             run,
@@ -173,6 +177,13 @@ fn bench(polls: u32) -> Result<u8, LabError> {
     let interrupt = Interrupt::install()
         .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
     super::bench::bench(polls, interrupt)
+}
+
+fn bench_watch() -> Result<u8, LabError> {
+    preflight()?;
+    let interrupt = Interrupt::install()
+        .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
+    super::bench_watch::bench(11, interrupt)
 }
 
 fn down(run: Option<&str>) -> Result<u8, LabError> {

@@ -9,6 +9,7 @@
 
 mod access;
 mod bench;
+mod bench_watch;
 mod cli;
 mod exec;
 mod init;

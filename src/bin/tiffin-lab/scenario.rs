@@ -377,6 +377,17 @@ impl Step {
                 format!("run on {on}{bg}: {}", headline(command))
             }
             Step::Wait => "wait for background runs".into(),
+            Step::WatchStart { .. } | Step::WatchStop { .. } | Step::WaitUntil { .. } => {
+                self.describe_watch(clients)
+            }
+        }
+    }
+}
+
+impl Step {
+    /// The watch steps' progress lines (`describe`'s, kept apart).
+    fn describe_watch(&self, clients: &[MachineName]) -> String {
+        match self {
             Step::WatchStart { on } | Step::WatchStop { on } => {
                 let machines = on.as_ref().map(OneOrMany::to_vec);
                 let machines = machines.as_deref().unwrap_or(clients);
@@ -395,6 +406,7 @@ impl Step {
                 command,
                 within,
             } => format!("wait until (≤{within}s) on {on}: {}", headline(command)),
+            _ => String::new(),
         }
     }
 }
