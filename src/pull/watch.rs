@@ -91,6 +91,13 @@ impl Stop {
         self.flag.load(Ordering::SeqCst)
     }
 
+    /// Resolves once a stop is asked for.
+    async fn asked(&self) {
+        while !self.requested() {
+            self.wake.notified().await;
+        }
+    }
+
     /// Sleeps `d` unless asked to stop first; `true` when asked.
     async fn sleep(&self, d: Duration) -> bool {
         if self.requested() {
@@ -287,7 +294,7 @@ impl Link {
 }
 
 /// Where each `exit_on_change` path resolves now.
-fn resolved(paths: &[PathBuf]) -> Vec<Option<PathBuf>> {
+pub(super) fn resolved(paths: &[PathBuf]) -> Vec<Option<PathBuf>> {
     paths
         .iter()
         .map(|p| std::fs::canonicalize(p).ok())
@@ -307,7 +314,12 @@ pub async fn watch<C: Connector>(
         if opts.stop.requested() {
             return Ended::Stopped;
         }
-        let mut session = match connector.connect().await {
+        // A connection attempt can take connect_timeout: a stop does not wait for it.
+        let attempt = tokio::select! {
+            attempt = connector.connect() => attempt,
+            () = opts.stop.asked() => return Ended::Stopped,
+        };
+        let mut session = match attempt {
             Ok(session) => session,
             Err(e) => {
                 let delay = link.down(&e, &opts.pace);
@@ -391,7 +403,7 @@ fn usage() -> (u64, usize) {
     (rss, fds)
 }
 
-fn changed(paths: &[PathBuf], started_as: &[Option<PathBuf>]) -> Option<PathBuf> {
+pub(super) fn changed(paths: &[PathBuf], started_as: &[Option<PathBuf>]) -> Option<PathBuf> {
     let now = resolved(paths);
     paths
         .iter()

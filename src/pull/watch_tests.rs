@@ -362,6 +362,64 @@ fn a_stop_request_ends_an_idle_watcher_at_once() {
 }
 
 #[test]
+fn a_unit_file_replaced_by_a_switch_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, unit) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("unit"),
+    );
+    std::fs::write(&old, "ExecStart=/nix/store/a-tiffin/bin/tiffin\n").unwrap();
+    std::fs::write(&new, "ExecStart=/nix/store/b-tiffin/bin/tiffin\n").unwrap();
+    std::os::unix::fs::symlink(&old, &unit).unwrap();
+    let paths = vec![unit.clone()];
+    let at_start = crate::pull::watch::resolved(&paths);
+    assert_eq!(crate::pull::watch::changed(&paths, &at_start), None);
+    // What a switch does: the link now leads to the new unit in the store.
+    std::fs::remove_file(&unit).unwrap();
+    std::os::unix::fs::symlink(&new, &unit).unwrap();
+    assert_eq!(crate::pull::watch::changed(&paths, &at_start), Some(unit));
+}
+
+/// A server that never answers the connection attempt.
+struct Silent;
+
+impl Connector for Silent {
+    type Session = MemRemote;
+    async fn connect(&mut self) -> Result<MemRemote, PullError> {
+        std::future::pending().await
+    }
+    async fn close(&mut self, _: MemRemote) {}
+}
+
+#[test]
+fn a_stop_request_does_not_wait_for_a_connection_attempt() {
+    let f = Fixture::new();
+    let stop = Stop::default();
+    let opts = WatchOptions {
+        poll: &f.opts,
+        pace: fast(),
+        stop: stop.clone(),
+        max_checks: None,
+        exit_on_change: Vec::new(),
+    };
+    let ended = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let asker = async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                stop.request();
+            };
+            let mut silent = Silent;
+            let (ended, ()) = tokio::join!(watch(&mut silent, &f.cfg, &opts), asker);
+            ended
+        });
+    assert_eq!(ended, Ended::Stopped);
+}
+
+#[test]
 fn reconnect_backoff_is_capped_and_jittered() {
     let b = (Duration::from_secs(1), Duration::from_secs(60));
     assert_eq!(reconnect_delay(1, b, 0.0), Duration::from_millis(500));
