@@ -177,6 +177,18 @@ fn poll_lost(e: &PullError) -> bool {
     }
 }
 
+/// The link's own error inside a poll's, for the one log line about the loss.
+fn link_error(e: PullError, cfg: &ClientConfig) -> RemoteError {
+    match e {
+        PullError::CurrentRead(r) | PullError::Report(r) | PullError::Remote(r) => r,
+        PullError::Fetch(super::fetch::FetchError::Remote { source, .. }) => source,
+        e => RemoteError::Other {
+            path: cfg.server.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
 impl<'a> Watcher<'a> {
     pub fn new(cfg: &'a ClientConfig, opts: &'a PollOptions, heartbeat: Duration) -> Watcher<'a> {
         Watcher {
@@ -216,15 +228,10 @@ impl<'a> Watcher<'a> {
             Err(StateError::Busy { .. }) => return Ok(Checked::Busy),
             Err(e) => return Ok(Checked::Polled(Err(e.into()))),
         };
-        let result = poll(remote, self.cfg, self.opts).await;
-        if let Err(e) = &result
-            && poll_lost(e)
-        {
-            return Err(RemoteError::Lost {
-                server: self.cfg.server.to_string(),
-                path: e.to_string(),
-            });
-        }
+        let result = match poll(remote, self.cfg, self.opts).await {
+            Err(e) if poll_lost(&e) => return Err(link_error(e, self.cfg)),
+            result => result,
+        };
         self.last = Some(bytes);
         self.last_poll = Some(now);
         Ok(Checked::Polled(result))

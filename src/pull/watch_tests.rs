@@ -270,6 +270,43 @@ impl Connector for Mem {
     async fn close(&mut self, _: Session) {}
 }
 
+#[test]
+fn a_session_lost_during_the_poll_is_not_counted_as_seen() {
+    let mut f = Fixture::new();
+    let a = f.publish(&base_files());
+    let then = f.remote.files["/CURRENT"].clone();
+    let chroot = Rc::new(RefCell::new(std::mem::take(&mut f.remote)));
+    // The check's read of /CURRENT works; the poll's own read of it finds the link gone.
+    let script = Rc::new(RefCell::new(Script {
+        cut_at: 2,
+        then,
+        ..Script::default()
+    }));
+    let mut mem = Mem {
+        chroot: chroot.clone(),
+        script: script.clone(),
+    };
+    let (cfg, opts) = (f.cfg.clone(), f.opts.clone());
+    let mut w = Watcher::new(&cfg, &opts, HOUR);
+    let t0 = Instant::now();
+    let mut session = block_on(mem.connect()).unwrap();
+    let lost = block_on(w.check(&mut session, t0)).unwrap_err();
+    assert_eq!(
+        lost,
+        RemoteError::Lost {
+            server: "mem".into(),
+            path: "/CURRENT".into()
+        }
+    );
+    assert!(f.state().applied.is_none());
+    let mut session = block_on(mem.connect()).unwrap();
+    let c = block_on(w.check(&mut session, t0 + Duration::from_secs(1))).unwrap();
+    assert!(
+        matches!(c, Checked::Polled(Ok(Polled::Applied { ref id, .. })) if *id == a),
+        "{c:?}"
+    );
+}
+
 fn fast() -> Pace {
     Pace {
         interval: Duration::from_millis(1),
