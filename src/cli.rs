@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::command::{check, host, init, pause, provision, publish, pull, status, verify};
+use crate::command::{check, host, init, pause, provision, publish, pull, status, trigger, verify};
 use crate::error::{Error, Exit};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -74,6 +74,9 @@ pub enum Command {
     /// End a pause of this host now; the next pull applies the current release (root)
     #[command(long_about = pause::RESUME_ABOUT)]
     Resume(pause::ResumeArgs),
+    /// Ask hosts to poll now, or to apply their release again (--reapply)
+    #[command(long_about = trigger::LONG_ABOUT)]
+    Trigger(trigger::Args),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -88,6 +91,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Pull(args) => pull::run(args),
         Command::Pause(args) => pause::pause(args),
         Command::Resume(args) => pause::resume(args),
+        Command::Trigger(args) => trigger::run(args),
     }
 }
 

@@ -45,9 +45,9 @@ impl ChrootPaths {
 
     /// The id `CURRENT` names, if any.
     pub fn read_current(&self) -> std::io::Result<Option<ReleaseId>> {
-        match fs::read_to_string(self.current()) {
-            Ok(text) => text
-                .trim()
+        match fs::read(self.current()) {
+            // Line 1 only: line 2 is a trigger (`crate::current`).
+            Ok(bytes) => crate::current::first_line(&bytes)
                 .parse()
                 .map(Some)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod clock;
 pub mod command;
+pub mod current;
 pub mod diag;
 pub mod durable;
 pub mod error;
@@ -18,5 +19,6 @@ pub mod release;
 pub mod report;
 pub mod settings;
 pub mod status;
+pub mod trigger;
 pub mod verify;
 pub mod window;

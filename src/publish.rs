@@ -419,9 +419,13 @@ impl Stager<'_> {
         let tmp = self.paths.staging().join(CURRENT_FILE);
         // A crash between writing and renaming leaves it behind; it was never visible to anyone.
         let _ = fs::remove_file(&tmp);
+        // A pending trigger (line 2, `tiffin trigger`) survives the new release.
+        let kept = fs::read(self.paths.current())
+            .ok()
+            .and_then(|b| crate::current::trigger(&b));
         durable::create_synced(
             &tmp,
-            format!("{id}\n").as_bytes(),
+            crate::current::render(id.as_str(), kept.as_ref()).as_bytes(),
             SERVER_FILE_MODE,
             owner_of(self.group),
         )
@@ -497,7 +501,7 @@ fn ensure_dir_all(base: &Path, dir: &Path, group: Option<u32>) -> std::io::Resul
 }
 
 /// The host's group on the server, when we can and should chown to it.
-fn host_group(fleet: &Fleet, host: &HostName) -> Option<u32> {
+pub fn host_group(fleet: &Fleet, host: &HostName) -> Option<u32> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }

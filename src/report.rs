@@ -91,6 +91,9 @@ pub struct Report {
     pub paused_until: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_reason: Option<String>,
+    /// The id of the last trigger (line 2 of `CURRENT`) this client handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// A reboot the client owes.

@@ -102,6 +102,9 @@ pub struct HostStatus {
     /// What the report says about reboots, pauses, retries and timing.
     #[serde(flatten)]
     pub ops: HostOps,
+    /// A trigger (`tiffin trigger`) in CURRENT the host has not reported handling yet: its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger_pending: Option<String>,
 }
 
 /// The operational details of a host's report; each absent from the JSON when unknown.
@@ -176,6 +179,9 @@ pub fn host_status(
     // Every problem found on the way ends up in the row's error column; any makes the state unknown.
     let mut errors = Vec::new();
     let published = read_published(paths, &mut errors);
+    let published_trigger = std::fs::read(paths.current())
+        .ok()
+        .and_then(|b| crate::current::trigger(&b));
     let warning = reports_warning(paths);
     let Some(Received { report, at }) = read_report(paths, &mut errors) else {
         return HostStatus {
@@ -194,6 +200,7 @@ pub fn host_status(
             error: joined(errors),
             warning,
             ops: HostOps::default(),
+            trigger_pending: published_trigger.map(|t| t.id),
         };
     };
     if report.host != name.as_str() {
@@ -236,6 +243,9 @@ pub fn host_status(
         error: joined(errors),
         warning: warning.or_else(|| clock_warning(&report.last_seen, at)),
         ops,
+        trigger_pending: published_trigger
+            .filter(|t| report.trigger.as_deref() != Some(t.id.as_str()))
+            .map(|t| t.id),
     }
 }
 
@@ -475,8 +485,17 @@ fn table_row(r: &HostStatus, now: SystemTime) -> [String; 7] {
     ]
 }
 
-/// The first line of the error, or what a failed host attempted.
+/// The first line of the error, or what a failed host attempted; a pending trigger is marked.
 fn note(r: &HostStatus) -> String {
+    let note = note_text(r);
+    match (&r.trigger_pending, note.is_empty()) {
+        (None, _) => note,
+        (Some(id), true) => format!("trigger {id} pending"),
+        (Some(id), false) => format!("trigger {id} pending; {note}"),
+    }
+}
+
+fn note_text(r: &HostStatus) -> String {
     match (&r.error, r.state) {
         (Some(e), _) => e.lines().next().unwrap_or_default().to_owned(),
         (None, State::Failed | State::RolledBack) => match (&r.attempted, r.attempted_seq) {

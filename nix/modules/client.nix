@@ -16,6 +16,56 @@
   };
   configFile = settingsFormat.generate "tiffin-client.toml" clientSettings;
   stateDir = cfg.settings.state_dir or "/var/lib/tiffin";
+
+  # What nixos-rebuild needs, as in nixpkgs' system.autoUpgrade: shared by the
+  # one-shot unit and the watcher, which run the same apply.
+  pullEnvironment =
+    config.nix.envVars
+    // {HOME = "/root";}
+    // config.networking.proxy.envVars;
+  pullPath = [
+    config.system.build.nixos-rebuild
+    config.nix.package.out
+    config.programs.ssh.package
+    pkgs.coreutils
+    pkgs.gitMinimal
+    pkgs.gnutar
+    pkgs.gzip
+    pkgs.xz.bin
+  ];
+  createKey = ''
+    if [ ! -s ${lib.escapeShellArg cfg.identityFile} ]; then
+      install -d -m 0700 "$(dirname ${lib.escapeShellArg cfg.identityFile})"
+      ssh-keygen -q -t ed25519 -N "" -C ${lib.escapeShellArg "tiffin@${cfg.host}"} -f ${lib.escapeShellArg cfg.identityFile}
+      echo "tiffin: created ${cfg.identityFile}; on the fleet, run: tiffin host add ${cfg.host} --key '$(cat ${lib.escapeShellArg "${cfg.identityFile}.pub"})'"
+    fi
+  '';
+
+  triggerGroups = cfg.allowTrigger.groups;
+  # The user's button: polkit lets these groups start (only start) the one-shot unit.
+  polkitRule = ''
+    // tiffin: members of ${lib.concatStringsSep ", " triggerGroups} may start tiffin-pull.service without a password.
+    polkit.addRule(function(action, subject) {
+      if (action.id == "org.freedesktop.systemd1.manage-units" &&
+          action.lookup("unit") == "tiffin-pull.service" &&
+          action.lookup("verb") == "start" &&
+          (${lib.concatMapStringsSep " || " (g: "subject.isInGroup(${builtins.toJSON g})") triggerGroups})) {
+        return polkit.Result.YES;
+      }
+    });
+  '';
+  desktopItem = pkgs.makeDesktopItem {
+    name = "tiffin-update-now";
+    desktopName = "Update this computer now";
+    comment = "Fetch and apply this computer's configuration from the tiffin server now";
+    exec = "${pkgs.systemd}/bin/systemctl start --no-block tiffin-pull.service";
+    icon = "system-software-update";
+    categories = ["System" "Settings"];
+    terminal = false;
+  };
+  # The unit file the watcher compares after each apply: when a switch changed
+  # it (a new tiffin, new options), the watcher exits and systemd starts the new one.
+  watchUnitFile = "/etc/systemd/system/tiffin-watch.service";
 in {
   meta.maintainers = [];
 
@@ -111,6 +161,26 @@ in {
       '';
     };
 
+    watch.enable = lib.mkEnableOption ''
+      watch mode: `tiffin pull --watch` as the long-running service
+      `tiffin-watch.service`, which keeps one SSH session to the server open and
+      applies a new release or a `tiffin trigger` within `watch_interval`
+      (default 5 s; set it in {option}`settings`). The timer stays as a safety
+      net; the two never apply at once (they share the state lock)'';
+
+    allowTrigger.groups = lib.mkOption {
+      type = lib.types.listOf (lib.types.strMatching "[a-z_][a-z0-9_-]*");
+      default = [];
+      example = ["users"];
+      description = ''
+        Groups whose members may start `tiffin-pull.service` (one poll, now)
+        without a password: a polkit rule allows exactly that (the `start`
+        verb on that unit, nothing else), and a desktop entry "Update this
+        computer now" runs `systemctl start tiffin-pull.service`. Empty: no
+        rule, no entry.
+      '';
+    };
+
     settings = lib.mkOption {
       type = lib.types.submodule {freeformType = settingsFormat.type;};
       default = {};
@@ -129,7 +199,12 @@ in {
 
   config = lib.mkIf cfg.enable {
     environment.etc."tiffin/client.toml".source = configFile;
-    environment.systemPackages = [cfg.package];
+    environment.systemPackages = [cfg.package] ++ lib.optional (triggerGroups != []) desktopItem;
+
+    security.polkit = lib.mkIf (triggerGroups != []) {
+      enable = true;
+      extraConfig = polkitRule;
+    };
 
     systemd.tmpfiles.settings."10-tiffin-client".${stateDir}.d = {
       mode = "0700";
@@ -147,29 +222,9 @@ in {
       restartIfChanged = false;
       unitConfig.X-StopOnRemoval = false;
 
-      # What nixos-rebuild needs, as in nixpkgs' system.autoUpgrade.
-      environment =
-        config.nix.envVars
-        // {HOME = "/root";}
-        // config.networking.proxy.envVars;
-      path = [
-        config.system.build.nixos-rebuild
-        config.nix.package.out
-        config.programs.ssh.package
-        pkgs.coreutils
-        pkgs.gitMinimal
-        pkgs.gnutar
-        pkgs.gzip
-        pkgs.xz.bin
-      ];
-
-      preStart = ''
-        if [ ! -s ${lib.escapeShellArg cfg.identityFile} ]; then
-          install -d -m 0700 "$(dirname ${lib.escapeShellArg cfg.identityFile})"
-          ssh-keygen -q -t ed25519 -N "" -C ${lib.escapeShellArg "tiffin@${cfg.host}"} -f ${lib.escapeShellArg cfg.identityFile}
-          echo "tiffin: created ${cfg.identityFile}; on the fleet, run: tiffin host add ${cfg.host} --key '$(cat ${lib.escapeShellArg "${cfg.identityFile}.pub"})'"
-        fi
-      '';
+      environment = pullEnvironment;
+      path = pullPath;
+      preStart = createKey;
 
       serviceConfig = {
         Type = "oneshot";
@@ -178,6 +233,32 @@ in {
       };
 
       startAt = cfg.interval;
+    };
+
+    # Watch mode. The apply it runs switches the system: a switch must never
+    # stop or restart it (restartIfChanged = false). When the switch changed
+    # this unit (a new tiffin, new options), the watcher notices after its
+    # report (--exit-on-change), exits, and Restart=always starts the new one.
+    # SIGTERM (systemctl stop) goes to tiffin only (KillMode=mixed): idle it
+    # exits at once; applying, it lets the rebuild finish and report first.
+    systemd.services.tiffin-watch = lib.mkIf cfg.watch.enable {
+      description = "tiffin: apply this host's configuration as soon as it is published";
+      wantedBy = ["multi-user.target"];
+      wants = ["network-online.target"];
+      after = ["network-online.target"];
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      environment = pullEnvironment;
+      path = pullPath;
+      preStart = createKey;
+      serviceConfig = {
+        Type = "simple";
+        ExecStart = "${lib.getExe cfg.package} pull --watch --config /etc/tiffin/client.toml --exit-on-change ${watchUnitFile}";
+        Restart = "always";
+        RestartSec = "5s";
+        KillMode = "mixed";
+        TimeoutStopSec = cfg.timeout;
+      };
     };
 
     systemd.timers.tiffin-pull.timerConfig = {

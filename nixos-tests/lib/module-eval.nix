@@ -20,6 +20,20 @@
       };
     }
   ];
+  # Watch mode and the user's button.
+  watching = eval [
+    (repo + "/nix/modules/client.nix")
+    {
+      services.tiffin.client = {
+        enable = true;
+        server = "fleet.example.org";
+        serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
+        watch.enable = true;
+        allowTrigger.groups = ["users" "wheel"];
+      };
+    }
+  ];
+  w = watching.config;
   server = eval [
     (repo + "/nix/modules/server.nix")
     {
@@ -69,6 +83,18 @@ in {
   sshd = s.services.openssh.extraConfig;
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) s.assertions);
   shellLineAssertions = map (a: a.message) (lib.filter (a: !a.assertion) shellLines.config.assertions);
+  # Without the options: no watcher, no rule, no desktop entry.
+  plainClient = {
+    watch = c.systemd.services ? tiffin-watch;
+    polkit = c.security.polkit.enable;
+    packages = map (p: p.name) c.environment.systemPackages;
+  };
+  watchService = removeAttrs w.systemd.services.tiffin-watch ["path" "environment"];
+  watchSharesPull = w.systemd.services.tiffin-watch.path == w.systemd.services.tiffin-pull.path && w.systemd.services.tiffin-watch.environment == w.systemd.services.tiffin-pull.environment;
+  watchingPullService = removeAttrs w.systemd.services.tiffin-pull ["path" "environment"];
+  watchingTimer = w.systemd.timers;
+  polkit = {inherit (w.security.polkit) enable extraConfig;};
+  desktopItems = map (p: p.desktopItem) (builtins.filter (p: p ? desktopItem) w.environment.systemPackages);
   undocumentedClient = map (o: o.loc) (undocumented client.options.services.tiffin);
   undocumentedServer = map (o: o.loc) (undocumented server.options.services.tiffin);
   metricsService = metrics.config.systemd.services.tiffin-metrics;

@@ -22,6 +22,10 @@
     gnutar = pkg "gnutar";
     gzip = pkg "gzip";
     xz = {bin = pkg "xz";};
+    systemd = pkg "systemd";
+    # Like nixpkgs' makeDesktopItem: a package holding share/applications/<name>.desktop;
+    # the stub keeps the entry's fields to check them.
+    makeDesktopItem = a: pkg "${a.name}.desktop" // {desktopItem = a;};
     formats.toml = {}: {
       type = lib.types.attrsOf lib.types.anything;
       generate = name: value: builtins.toFile name (builtins.toJSON value);
@@ -133,6 +137,14 @@
         services.prometheus.exporters.node.extraFlags = mkOption {
           type = types.listOf types.str;
           default = [];
+        };
+        security.polkit.enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        security.polkit.extraConfig = mkOption {
+          type = types.lines;
+          default = "";
         };
       };
     };

@@ -458,6 +458,34 @@
     then "${m}.succeed(${py "(sh ${file} >${bg}.out 2>&1; echo $? >${bg}.status) </dev/null >/dev/null 2>&1 &"})\n"
     else "status, out = ${m}.execute(${py "sh ${file} 2>&1"})\n" + checkRun what s code;
 
+  # Watch steps: the VMs run the client module's own tiffin-watch.service
+  # (installed by vm-base.nix, not started at boot), its output appended to
+  # /var/tmp/tiffin-watch.log as in the lab. A wait_until deadline is at least
+  # pullTimeout here: a VM's rebuild is the real one.
+  watchDropIn = "/run/systemd/system/tiffin-watch.service.d/tiffin-test-log.conf";
+  watchLog = builtins.toFile "tiffin-watch-log.conf" ''
+    [Service]
+    StandardOutput=append:/var/tmp/tiffin-watch.log
+    StandardError=append:/var/tmp/tiffin-watch.log
+  '';
+  watchStart = what: s:
+    concatMapStrings (c: "${client what c}.succeed(${py "mkdir -p $(dirname ${watchDropIn}) && cp ${watchLog} ${watchDropIn} && systemctl daemon-reload && systemctl start tiffin-watch.service"})\n")
+    (asList (s.on or clients));
+  watchStop = what: s:
+    concatMapStrings (c: ''
+      ${client what c}.succeed("systemctl stop tiffin-watch.service")
+      ${client what c}.succeed(${py "test \"$(systemctl show -P ExecMainStatus tiffin-watch.service)\" = 0"})
+    '')
+    (asList (s.on or clients));
+  waitUntil = i: what: s: let
+    m = machine what (s.on or (fail "${what}: `on` is required"));
+    within = s.within or (fail "${what}: `within` is required");
+    timeout =
+      if within > pullTimeout
+      then within
+      else pullTimeout;
+  in "${m}.wait_until_succeeds(${py "sh ${runFile i (s.command or (fail "${what}: `command` is required"))} 2>&1"}, timeout=${toString timeout})\n";
+
   # The background runs started before step i and not yet waited for.
   pendingBackground = i:
     builtins.foldl' (acc: j: let
@@ -520,6 +548,9 @@
     start_server = [];
     run = ["on" "command" "expect_exit" "expect_output" "background"];
     wait = [];
+    watch_start = ["on"];
+    watch_stop = ["on"];
+    wait_until = ["on" "command" "within"];
   };
 
   translateStep = i: s0: let
@@ -589,6 +620,12 @@
       then "server.succeed(\"systemctl start sshd.service\")\nserver.wait_for_open_port(22)\n"
       else if kind == "run"
       then run i what s
+      else if kind == "watch_start"
+      then watchStart what s
+      else if kind == "watch_stop"
+      then watchStop what s
+      else if kind == "wait_until"
+      then waitUntil i what s
       else if kind == "wait"
       then let
         js = pendingBackground i;

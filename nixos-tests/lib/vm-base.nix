@@ -44,6 +44,10 @@ vm: {
       [ "$result" = ok ]
     ''}"
   ];
+  # The watcher is installed as on a host with watch mode, but not started at
+  # boot: the watch_start and watch_stop steps start and stop it.
+  services.tiffin.client.watch.enable = true;
+  systemd.services.tiffin-watch.wantedBy = lib.mkForce [];
 
   # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
   # steps and scenario commands, which use OpenSSH's own ssh and sftp.

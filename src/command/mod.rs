@@ -8,6 +8,7 @@ pub mod provision;
 pub mod publish;
 pub mod pull;
 pub mod status;
+pub mod trigger;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Exit};
 use crate::pull::config::ClientConfig;
 use crate::pull::connect::SshRemote;
+use crate::pull::watch::{self, Pace, SshConnector, Stop, WatchOptions};
 use crate::pull::{PollOptions, Polled, PullError, poll, rebuild, state};
 
 pub const LONG_ABOUT: &str =
@@ -21,7 +22,20 @@ one read of /CURRENT and one report upload.
 
 A release that failed is retried with exponential backoff (backoff_initial doubling up
 to backoff_max); a newer release is tried at once. Exit codes: 0 applied or unchanged,
-1 failed (the previous system keeps running), 2 bad configuration.";
+1 failed (the previous system keeps running), 2 bad configuration.
+
+A second line in /CURRENT is a trigger from `tiffin trigger` on the server: `pull` polls
+now despite a backoff, `reapply` deploys files/ again and reruns the rebuild even though
+the release is applied. Each trigger is handled once and named in the report.
+
+With --watch, the client keeps one SSH session open and reads /CURRENT every
+watch_interval (client.toml, default 5s): a new release or trigger is applied within one
+interval, over the same session. The lock is held only while applying, so a one-shot
+`tiffin pull` still works while a watcher idles. While idle, a heartbeat report goes out
+once per poll_interval (default 15m). A lost session is reconnected with backoff (about 1s,
+doubling up to 60s, jittered), the pinned host key checked each time. SIGTERM exits at once
+when idle, after the report when applying. The NixOS module runs it as tiffin-watch.service
+(services.tiffin.client.watch.enable).";
 
 /// Options of `tiffin pull`.
 #[derive(Debug, clap::Args)]
@@ -38,6 +52,18 @@ pub struct Args {
     /// Apply the current release even if its seq is not newer than the applied one (e.g. after restoring the server from a backup)
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Keep the session open and apply every new release or trigger within watch_interval; runs until SIGTERM
+    #[arg(long, conflicts_with_all = ["validate", "now", "allow_downgrade"])]
+    pub watch: bool,
+    /// With --watch: exit after an apply when PATH resolves to another file than at start (repeatable; the NixOS unit passes its own unit file, so a switch that updates tiffin hands over to the new version)
+    #[arg(long, value_name = "PATH", requires = "watch")]
+    pub exit_on_change: Vec<PathBuf>,
+    /// With --watch: stop after N checks, printing memory and descriptors after 10 and N (for the bench)
+    #[arg(long, value_name = "N", requires = "watch", hide = true)]
+    pub checks: Option<u64>,
+    /// With --watch: check every MS milliseconds instead of watch_interval (for the bench)
+    #[arg(long, value_name = "MS", requires = "watch", hide = true)]
+    pub check_interval_ms: Option<u64>,
 }
 
 pub fn run(args: &Args) -> Result<Exit, Error> {
@@ -47,6 +73,9 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         return Ok(Exit::Ok);
     }
     state::prepare_state_dir(&cfg.state_dir).map_err(PullError::from)?;
+    if args.watch {
+        return watch(args, &cfg);
+    }
     let _lock = state::lock(&cfg.state_dir).map_err(PullError::from)?;
     let opts = PollOptions {
         retry_now: args.now,
@@ -134,6 +163,41 @@ fn poll_over_ssh(cfg: &ClientConfig, opts: &PollOptions) -> Result<Polled, PullE
         remote.close().await;
         result
     })
+}
+
+/// `--watch`: SIGTERM and SIGINT ask the loop to stop; it ends cleanly (exit 0).
+fn watch(args: &Args, cfg: &ClientConfig) -> Result<Exit, Error> {
+    let stop = Stop::default();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(PullError::Runtime)?;
+    let on_signal = stop.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            on_signal.request();
+        }
+    });
+    let mut pace = Pace::of(cfg);
+    if let Some(ms) = args.check_interval_ms {
+        pace.interval = std::time::Duration::from_millis(ms);
+    }
+    let poll = PollOptions::default();
+    let opts = WatchOptions {
+        poll: &poll,
+        pace,
+        stop,
+        max_checks: args.checks,
+        exit_on_change: args.exit_on_change.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(PullError::Runtime)?;
+    let ended = runtime.block_on(watch::watch(&mut SshConnector { cfg }, cfg, &opts));
+    tracing::info!("watch ended: {ended:?}");
+    Ok(Exit::Ok)
 }
 
 fn reboot(cfg: &ClientConfig) -> Result<(), PullError> {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -179,6 +180,12 @@ struct RawConfig {
     /// Where a release names no `[apply] reboot_window`: this client's own (its local time).
     #[serde(default)]
     reboot_window: Option<crate::window::RebootWindow>,
+    /// `tiffin pull --watch`: how often `/CURRENT` is read over the kept session.
+    #[serde(default = "default_watch_interval")]
+    watch_interval: Interval,
+    /// `tiffin pull --watch`: how often an idle watcher uploads its heartbeat report.
+    #[serde(default = "default_poll_interval")]
+    poll_interval: Interval,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -240,6 +247,10 @@ impl RawConfig {
             let message = "is empty: give an argv like [\"systemctl\"] (tiffin adds `restart UNIT` or `reload UNIT`)".into();
             return Err(invalid(path, Some("systemctl"), message));
         }
+        if self.watch_interval.0 < Duration::from_secs(1) {
+            let message = format!("{} is shorter than the minimum, 1s", self.watch_interval);
+            return Err(invalid(path, Some("watch_interval"), message));
+        }
         if self.state_dir.0.starts_with(&self.root.0) && self.root.0 != Path::new("/") {
             let message =
                 "must not be inside root: deployed files would overwrite tiffin's own state".into();
@@ -262,6 +273,8 @@ impl RawConfig {
             reboot_command: self.reboot_command,
             systemctl: self.systemctl,
             reboot_window: self.reboot_window,
+            watch_interval: self.watch_interval,
+            poll_interval: self.poll_interval,
         })
     }
 }
@@ -305,6 +318,12 @@ fn default_backoff_initial() -> Interval {
 fn default_backoff_max() -> Interval {
     Interval::secs(6 * 3600)
 }
+fn default_watch_interval() -> Interval {
+    Interval::secs(5)
+}
+fn default_poll_interval() -> Interval {
+    Interval::secs(15 * 60)
+}
 
 /// A validated client configuration.
 #[derive(Debug, Clone)]
@@ -327,6 +346,10 @@ pub struct ClientConfig {
     pub systemctl: Vec<String>,
     /// Used when the release's `[apply]` names no reboot window.
     pub reboot_window: Option<crate::window::RebootWindow>,
+    /// `tiffin pull --watch` reads `/CURRENT` this often (at least 1s).
+    pub watch_interval: Interval,
+    /// `tiffin pull --watch` sends its heartbeat report this often while idle.
+    pub poll_interval: Interval,
 }
 
 /// A configuration that cannot be used, naming the file and the key.
@@ -444,6 +467,8 @@ mod tests {
         assert_eq!(c.server.port, 22);
         assert_eq!(c.state_dir, Path::new("/var/lib/tiffin"));
         assert_eq!(c.rebuild, RebuildCommand::default());
+        assert_eq!(c.watch_interval, Interval::secs(5));
+        assert_eq!(c.poll_interval, Interval::secs(900));
     }
 
     #[test]
@@ -488,6 +513,13 @@ mod tests {
                 format!("host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nrebuild = []\n"),
                 "rebuild",
                 "empty",
+            ),
+            (
+                format!(
+                    "host = \"a\"\nserver = \"x\"\nserver_key = \"{KEY}\"\nwatch_interval = \"500ms\"\n"
+                ),
+                "watch_interval",
+                "minimum, 1s",
             ),
         ] {
             let err = parse(&text).unwrap_err().to_string();

@@ -14,6 +14,7 @@ pub mod restart;
 pub mod state;
 pub mod transport;
 pub mod verify;
+pub mod watch;
 pub mod window;
 pub mod wire;
 
@@ -149,10 +150,10 @@ fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT)
 }
 
-/// The release id `/CURRENT` names (one line, surrounding whitespace ignored).
+/// The release id `/CURRENT` names (its first line, surrounding whitespace ignored; a
+/// second line is a trigger, see `crate::current`).
 pub fn parse_current(bytes: &[u8]) -> Result<ReleaseId, PullError> {
-    String::from_utf8_lossy(bytes)
-        .trim()
+    crate::current::first_line(bytes)
         .parse()
         .map_err(PullError::CurrentInvalid)
 }
@@ -240,10 +241,15 @@ pub async fn poll<R: Remote>(
     if let Some(pause) = pause::active(&cfg.state_dir, poll.started)? {
         return poll.hold(pause).await;
     }
-    if let Some(seq) = poll.unchanged() {
+    // A reapply trigger applies the applied release again; any trigger acts despite a backoff.
+    if !poll.reapplying()
+        && let Some(seq) = poll.unchanged()
+    {
         return poll.heartbeat(seq).await;
     }
-    poll.refuse_while_backing_off().await?;
+    if poll.trigger.is_none() {
+        poll.refuse_while_backing_off().await?;
+    }
     match poll.apply().await {
         Ok(attempt) => poll.conclude(attempt).await,
         Err(e) => poll.not_applied(e).await,
@@ -339,6 +345,10 @@ struct Poll<'a, R> {
     started: SystemTime,
     /// The rebuild's (and health check's) output tail, uploaded beside the report.
     log: Option<Vec<u8>>,
+    /// A trigger on line 2 of `/CURRENT` not handled before; this poll handles it.
+    trigger: Option<crate::current::Trigger>,
+    /// The trigger handled before this poll: kept when the link fails, so the new one is not lost.
+    handled_before: Option<String>,
 }
 
 impl<'a, R: Remote> Poll<'a, R> {
@@ -356,6 +366,13 @@ impl<'a, R: Remote> Poll<'a, R> {
             .map_err(PullError::CurrentRead)?;
         let id = parse_current(&text)?;
         state.last_poll = Some(format_time(started));
+        let handled_before = state.trigger.clone();
+        let trigger = crate::current::trigger(&text)
+            .filter(|t| handled_before.as_deref() != Some(t.id.as_str()));
+        if let Some(t) = &trigger {
+            tracing::info!("handling {t}");
+            state.trigger = Some(t.id.clone());
+        }
         let report = Report {
             host: cfg.host.to_string(),
             release: Some(id.to_string()),
@@ -377,6 +394,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             reboot_window: None,
             paused_until: None,
             pause_reason: None,
+            trigger: state.trigger.clone(),
         };
         Ok(Poll {
             remote,
@@ -387,7 +405,16 @@ impl<'a, R: Remote> Poll<'a, R> {
             id,
             started,
             log: None,
+            trigger,
+            handled_before,
         })
+    }
+
+    /// A `reapply` trigger: deploy and rebuild the release even when it is the applied one.
+    fn reapplying(&self) -> bool {
+        self.trigger
+            .as_ref()
+            .is_some_and(|t| t.kind == crate::current::TriggerKind::Reapply)
     }
 
     fn store(&self) -> Store {
@@ -484,6 +511,7 @@ impl<'a, R: Remote> Poll<'a, R> {
         if let Some(applied) = &self.state.applied
             && manifest.seq <= applied.seq
             && !self.opts.allow_downgrade
+            && !(self.reapplying() && applied.id == id)
         {
             return Err(PullError::Downgrade {
                 id,
@@ -769,8 +797,9 @@ impl<'a, R: Remote> Poll<'a, R> {
     }
 
     /// A failure before the rebuild: nothing changed on this machine.
-    async fn not_applied(self, e: PullError) -> Result<Polled, PullError> {
+    async fn not_applied(mut self, e: PullError) -> Result<Polled, PullError> {
         if e.is_transport() {
+            self.state.trigger = self.handled_before.take();
             self.state.save(&self.cfg.state_dir)?;
             return Err(e);
         }

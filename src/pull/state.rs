@@ -77,6 +77,9 @@ pub struct State {
     /// How long the last attempt to apply a release took, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_apply_seconds: Option<u64>,
+    /// The id of the last trigger handled (line 2 of `/CURRENT`), so each is acted on once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// A needed reboot waiting for its window.

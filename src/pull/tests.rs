@@ -1048,3 +1048,5 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
 
 mod files;
 mod ops;
+#[path = "watch_tests.rs"]
+mod watch_tests;

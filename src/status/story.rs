@@ -174,6 +174,12 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
             format!("until {until}{reason} (`tiffin resume` on the host ends it)"),
         ));
     }
+    if let Some(id) = &row.trigger_pending {
+        lines.push((
+            "pending",
+            format!("trigger {id} pending: the host acts on it at its next check or poll"),
+        ));
+    }
     if let Some(retry) = &ops.next_retry
         && matches!(row.state, State::Failed | State::RolledBack)
     {

@@ -80,6 +80,8 @@ in {
     port = lib.mkDefault (server.port or 22);
     serverPublicKey = lib.mkDefault (server.host_key or (missing "host_key"));
     interval = lib.mkDefault calendar;
+    # tiffin pull --watch sends its heartbeat report once per poll interval.
+    settings.poll_interval = lib.mkDefault pollInterval;
     # The account is <user_prefix><host>; tiffin's own default prefix is "tiffin-".
     user = lib.mkIf (server ? user_prefix) (lib.mkDefault "${server.user_prefix}${config.services.tiffin.client.host}");
   };

@@ -8,6 +8,7 @@ mod provision;
 mod publish;
 mod pull;
 mod status;
+mod trigger;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -80,7 +81,10 @@ impl TestFleet {
             .env("NO_COLOR", "1")
             .env_remove("TIFFIN_FLEET")
             .env_remove("RUST_LOG");
-        if matches!(args.first(), Some(&"publish" | &"status" | &"verify")) {
+        if matches!(
+            args.first(),
+            Some(&"publish" | &"status" | &"verify" | &"trigger")
+        ) {
             cmd.arg("--chroot-root").arg(self.chroots());
             cmd.arg("--state-dir").arg(self.state_dir());
         }

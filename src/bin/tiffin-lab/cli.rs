@@ -94,6 +94,9 @@ pub enum LabCommand {
         polls: u32,
         #[command(flatten)]
         capacity: super::bench_capacity::CapacityArgs,
+        /// Measure watch mode instead: publish→report latency of a watching client (median of 11), and per idle check the bytes on the client's link and the server's sshd CPU; the server's memory per kept session; the client's RSS growth over 10,000 checks. Last line: watch_latency_ms=… watch_check_bytes=… watch_server_cpu_us=… watch_server_kib=… watch_rss_growth_kib=…
+        #[arg(long)]
+        watch: bool,
     },
     /// Internal: pid 1 of a lab machine
     #[command(hide = true)]
@@ -126,6 +129,7 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
             run_and_judge(&[demo], &opts)
         }
         LabCommand::Bench { capacity, .. } if capacity.capacity => bench_capacity(&capacity),
+        LabCommand::Bench { watch: true, .. } => bench_watch(),
         LabCommand::Bench { polls, .. } => bench(polls),
         LabCommand::Shell {
             machine,
@@ -183,6 +187,13 @@ fn bench_capacity(args: &super::bench_capacity::CapacityArgs) -> Result<u8, LabE
     let interrupt = Interrupt::install()
         .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
     super::bench_capacity::bench(args, interrupt)
+}
+
+fn bench_watch() -> Result<u8, LabError> {
+    preflight()?;
+    let interrupt = Interrupt::install()
+        .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
+    super::bench_watch::bench(11, interrupt)
 }
 
 fn down(run: Option<&str>) -> Result<u8, LabError> {

@@ -10,6 +10,7 @@
 mod access;
 mod bench;
 mod bench_capacity;
+mod bench_watch;
 mod cli;
 mod exec;
 mod init;
@@ -20,6 +21,7 @@ mod runner;
 mod scenario;
 mod state;
 mod steps;
+mod watch_steps;
 mod world;
 
 use std::path::PathBuf;

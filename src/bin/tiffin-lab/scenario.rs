@@ -275,6 +275,20 @@ pub enum Step {
     },
     /// Wait for every `run` started with `background = true` and check its expectations.
     Wait,
+    /// Start `tiffin pull --watch` on clients (default: all); it runs until `watch_stop`.
+    WatchStart {
+        on: Option<OneOrMany>,
+    },
+    /// SIGTERM the watchers on clients (default: all); each must exit 0 within 30 s.
+    WatchStop {
+        on: Option<OneOrMany>,
+    },
+    /// Run `command` on `on` until it exits 0; fail after `within` seconds.
+    WaitUntil {
+        on: MachineName,
+        command: String,
+        within: u64,
+    },
 }
 
 impl Step {
@@ -294,6 +308,9 @@ impl Step {
             Step::StartServer => "start_server",
             Step::Run { .. } => "run",
             Step::Wait => "wait",
+            Step::WatchStart { .. } => "watch_start",
+            Step::WatchStop { .. } => "watch_stop",
+            Step::WaitUntil { .. } => "wait_until",
         }
     }
 
@@ -365,6 +382,36 @@ impl Step {
                 format!("run on {on}{bg}: {}", headline(command))
             }
             Step::Wait => "wait for background runs".into(),
+            Step::WatchStart { .. } | Step::WatchStop { .. } | Step::WaitUntil { .. } => {
+                self.describe_watch(clients)
+            }
+        }
+    }
+}
+
+impl Step {
+    /// The watch steps' progress lines (`describe`'s, kept apart).
+    fn describe_watch(&self, clients: &[MachineName]) -> String {
+        match self {
+            Step::WatchStart { on } | Step::WatchStop { on } => {
+                let machines = on.as_ref().map(OneOrMany::to_vec);
+                let machines = machines.as_deref().unwrap_or(clients);
+                let verb = if matches!(self, Step::WatchStart { .. }) {
+                    "start"
+                } else {
+                    "stop"
+                };
+                format!(
+                    "watch_{verb} on {}",
+                    joined(machines.iter().map(MachineName::as_str), ",")
+                )
+            }
+            Step::WaitUntil {
+                on,
+                command,
+                within,
+            } => format!("wait until (≤{within}s) on {on}: {}", headline(command)),
+            _ => String::new(),
         }
     }
 }
@@ -566,6 +613,17 @@ impl<'a> StepCheck<'a> {
                 check.expect_denied(on, *access, other.as_ref())
             }
             Step::Run { on, command, .. } => check.run(on, command),
+            Step::WatchStart { on } | Step::WatchStop { on } => check.pull(on.as_ref()),
+            Step::WaitUntil {
+                on,
+                command,
+                within,
+            } => {
+                check.run(on, command);
+                if *within == 0 {
+                    check.problem("within must be at least 1 (seconds)".into());
+                }
+            }
             Step::NetDown { on } | Step::NetUp { on } => check.machine(on, "on"),
             Step::Provision { .. } | Step::StopServer | Step::StartServer | Step::Wait => {}
         }

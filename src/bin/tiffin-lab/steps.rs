@@ -85,6 +85,13 @@ pub fn run(world: &mut World, number: usize, step: &Step) -> StepResult {
             }
         }
         Step::Wait => wait_background(world),
+        Step::WatchStart { on } => super::watch_steps::start(world, number, on.as_ref()),
+        Step::WatchStop { on } => super::watch_steps::stop(world, on.as_ref()),
+        Step::WaitUntil {
+            on,
+            command,
+            within,
+        } => super::watch_steps::wait_until(world, on, command, *within),
     }
 }
 
@@ -183,7 +190,11 @@ fn start_background(world: &mut World, number: usize, check: &RunCheck) -> StepR
 
 /// Waits for every background command and checks it; the first failure is reported.
 pub fn wait_background(world: &mut World) -> StepResult {
-    let jobs: Vec<Background> = world.background.drain(..).collect();
+    let (watchers, jobs): (Vec<Background>, Vec<Background>) = world
+        .background
+        .drain(..)
+        .partition(super::watch_steps::is_watcher);
+    world.background = watchers;
     let interrupt = world.interrupt();
     let mut first_failure = None;
     for job in jobs {
