@@ -64,6 +64,25 @@ pub struct ApplyPolicy {
     /// decommission a host); left out of the MANIFEST when false, so older ids stay the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_leaving: bool,
+    /// Where the system is built; left out of the MANIFEST for `client`, so older ids stay the same.
+    #[serde(default, skip_serializing_if = "Build::is_client")]
+    pub build: Build,
+}
+
+/// Where a host's system is built: by the client (`nixos-rebuild`) or once on the server,
+/// shipped to the client as a signed binary cache in its release (docs/prebuilt.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Build {
+    #[default]
+    Client,
+    Server,
+}
+
+impl Build {
+    pub fn is_client(&self) -> bool {
+        *self == Build::Client
+    }
 }
 
 /// `[apply]` in a host.toml: each key set there overrides `[defaults.apply]`.
@@ -74,6 +93,7 @@ pub struct ApplyOverrides {
     pub reboot: Option<Reboot>,
     pub health_check: Option<Vec<String>>,
     pub allow_leaving: Option<bool>,
+    pub build: Option<Build>,
 }
 
 impl ApplyPolicy {
@@ -86,6 +106,7 @@ impl ApplyPolicy {
                 .clone()
                 .unwrap_or_else(|| self.health_check.clone()),
             allow_leaving: o.allow_leaving.unwrap_or(self.allow_leaving),
+            build: o.build.unwrap_or(self.build),
         }
     }
 }

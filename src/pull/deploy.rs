@@ -498,6 +498,7 @@ mod tests {
             seq: 1,
             created: "2026-11-24T00:00:00Z".into(),
             apply: ApplyPolicy::default(),
+            toplevel: None,
             files: files
                 .iter()
                 .map(|(p, c)| FileEntry {

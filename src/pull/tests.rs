@@ -112,6 +112,7 @@ backoff_max = "1h"
             seq,
             created: "2026-11-24T00:00:00Z".into(),
             apply: self.apply.clone(),
+            toplevel: None,
             files: files
                 .iter()
                 .map(|(p, c, m)| FileEntry {
