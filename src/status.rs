@@ -28,6 +28,8 @@ pub enum State {
     NeverSeen,
     /// The host's CURRENT, release or report cannot be read: its state is unknown.
     Unreadable,
+    /// A prebuilt host applied its release but runs another system than the published toplevel.
+    Drifted,
 }
 
 impl State {
@@ -40,20 +42,37 @@ impl State {
             State::Stale => "stale",
             State::NeverSeen => "never-seen",
             State::Unreadable => "unreadable",
+            State::Drifted => "drifted",
         }
     }
     /// States that make `tiffin status` exit 3, for monitoring.
     pub fn is_alarming(self) -> bool {
         matches!(
             self,
-            State::Failed | State::RolledBack | State::Stale | State::Unreadable
+            State::Failed | State::RolledBack | State::Stale | State::Unreadable | State::Drifted
         )
     }
+
+    /// Every state, in declaration order (for exporters that list them all).
+    pub const ALL: [State; 8] = [
+        State::UpToDate,
+        State::Pending,
+        State::Failed,
+        State::RolledBack,
+        State::Stale,
+        State::NeverSeen,
+        State::Unreadable,
+        State::Drifted,
+    ];
     fn colour(self) -> &'static str {
         match self {
             State::UpToDate => "\x1b[32m",
             State::Pending | State::NeverSeen => "\x1b[33m",
-            State::Failed | State::RolledBack | State::Stale | State::Unreadable => "\x1b[31m",
+            State::Failed
+            | State::RolledBack
+            | State::Stale
+            | State::Unreadable
+            | State::Drifted => "\x1b[31m",
         }
     }
 }
@@ -62,6 +81,9 @@ impl State {
 pub struct Published {
     pub id: ReleaseId,
     pub seq: u64,
+    /// A prebuilt release's system, which the host should be running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toplevel: Option<crate::narinfo::StorePath>,
 }
 
 /// One row of `tiffin status`.
@@ -152,7 +174,10 @@ pub fn host_status(
             PullResult::Failed => State::Failed,
             PullResult::RolledBack => State::RolledBack,
             PullResult::Ok | PullResult::Unchanged => match (&published, &applied) {
-                (Some(p), Some(a)) if p.id.as_str() == a => State::UpToDate,
+                (Some(p), Some(a)) if p.id.as_str() == a => match &p.toplevel {
+                    Some(t) if report.system.as_deref() != Some(t.as_str()) => State::Drifted,
+                    _ => State::UpToDate,
+                },
                 _ => State::Pending,
             },
         }
@@ -179,8 +204,12 @@ fn joined(errors: Vec<String>) -> Option<String> {
 /// The release `CURRENT` names, with its seq.
 fn read_published(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Published> {
     match paths.read_current() {
-        Ok(Some(id)) => match read_seq(&paths.release(&id)) {
-            Ok(seq) => Some(Published { id, seq }),
+        Ok(Some(id)) => match read_head(&paths.release(&id)) {
+            Ok(head) => Some(Published {
+                id,
+                seq: head.seq,
+                toplevel: head.toplevel,
+            }),
             Err(e) => {
                 errors.push(format!("release {} unreadable: {e}", id.short()));
                 None
@@ -307,11 +336,9 @@ fn read_client_file(path: &Path, limit: u64) -> std::io::Result<(String, SystemT
     Ok((text, meta.modified()?))
 }
 
-fn read_seq(release_dir: &Path) -> Result<u64, String> {
+fn read_head(release_dir: &Path) -> Result<ManifestHead, String> {
     let bytes = fs::read(release_dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
-    ManifestHead::parse(&bytes)
-        .map(|h| h.seq)
-        .map_err(|e| e.to_string())
+    ManifestHead::parse(&bytes).map_err(|e| e.to_string())
 }
 
 /// "5s ago", "3m ago", "2h ago", "4d ago".

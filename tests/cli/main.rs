@@ -5,6 +5,7 @@ mod lab;
 mod provision;
 mod publish;
 mod pull;
+mod prebuilt;
 mod status;
 
 use std::collections::BTreeMap;
