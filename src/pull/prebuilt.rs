@@ -319,6 +319,13 @@ impl Import<'_> {
         })?;
         let chosen = choose(&described, &valid);
         stats.reused_files = described.len() - chosen.len();
+        tracing::info!(
+            "prebuilt {toplevel}: {} store path(s), {} already in the local store; downloading {} NAR(s), {} bytes",
+            described.len(),
+            valid.len(),
+            chosen.len(),
+            chosen.iter().map(|n| n.size).sum::<u64>()
+        );
         for nar in chosen {
             stream_nar(remote, id, nar, dir).await?;
             stats.downloaded_files += 1;

@@ -20,6 +20,11 @@ use super::state::{self, MachineState, PREFIX, RunState};
 
 /// The recording stand-in for nixos-rebuild, shipped inside the binary so `demo` works from anywhere.
 pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../../vm-scenarios/bin/nixos-rebuild");
+/// Sets up prebuilt releases (stand-in system flake, signing key), at `$TIFFIN_LAB_BIN/prebuilt-fleet`.
+pub const PREBUILT_FLEET: &str = include_str!("../../../vm-scenarios/bin/prebuilt-fleet");
+/// Nix inside the machines: no sandbox (no user namespaces needed), no binary cache to reach.
+pub const LAB_NIX_CONFIG: &str =
+    "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n";
 
 /// How long one command may take before the lab kills it.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,14 +134,19 @@ impl Run {
         fs::create_dir_all(&bin)
             .and_then(|()| fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o755)))
             .map_err(|e| LabError::io(format!("creating {}", bin.display()), e))?;
-        let standin = self.standin();
-        tiffin::durable::write_atomic(
-            &standin,
-            NIXOS_REBUILD_STANDIN.as_bytes(),
-            0o755,
-            tiffin::durable::Owner::Caller,
-        )
-        .map_err(|e| LabError::io(format!("writing {}", standin.display()), e))
+        for (path, text) in [
+            (self.standin(), NIXOS_REBUILD_STANDIN),
+            (bin.join("prebuilt-fleet"), PREBUILT_FLEET),
+        ] {
+            tiffin::durable::write_atomic(
+                &path,
+                text.as_bytes(),
+                0o755,
+                tiffin::durable::Owner::Caller,
+            )
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+        }
+        Ok(())
     }
 
     pub fn prefix(&self) -> String {
@@ -387,6 +397,11 @@ impl<'r> World<'r> {
                 ("LC_ALL".to_owned(), "C".to_owned()),
                 ("TIFFIN_LAB".to_owned(), self.run.id.clone()),
                 ("TIFFIN_LAB_MACHINE".to_owned(), m.to_string()),
+                (
+                    "TIFFIN_LAB_BIN".to_owned(),
+                    self.run.bin_dir().display().to_string(),
+                ),
+                ("NIX_CONFIG".to_owned(), LAB_NIX_CONFIG.to_owned()),
             ];
             let shares = vec![tiffin_dir.clone(), self.run.bin_dir()];
             let mut shares_rw = Vec::new();
