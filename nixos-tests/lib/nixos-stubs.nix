@@ -122,6 +122,10 @@
           type = types.listOf types.anything;
           default = [];
         };
+        nix.settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = {};
+        };
       };
     };
 in {
