@@ -229,8 +229,14 @@ Sig: fleet-1:BCJRvmLaE5CPwr2Kzv7Z3Pii1pNZmvl0GgSTbbfRK1Zk8StCmCl0Sl8mU+FFYReGHUQ
     #[test]
     fn refuses_hostile_narinfos() {
         for (text, why) in [
-            (REAL.replace("URL: nar/", "URL: ../"), "not a file under nar/"),
-            (REAL.replace("URL: nar/0", "URL: nar/.."), "not a file under nar/"),
+            (
+                REAL.replace("URL: nar/", "URL: ../"),
+                "not a file under nar/",
+            ),
+            (
+                REAL.replace("URL: nar/0", "URL: nar/.."),
+                "not a file under nar/",
+            ),
             (
                 REAL.replace("/nix/store/h53j", "/etc/store/h53j"),
                 "invalid store path",

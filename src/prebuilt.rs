@@ -118,14 +118,18 @@ impl Builder<'_> {
                 .collect();
             return Ok(Closure { toplevel, files });
         }
-        let key = self.signing_key.ok_or_else(|| PrebuiltError::NoKey {
-            host: host.clone(),
-        })?;
+        let key = self
+            .signing_key
+            .ok_or_else(|| PrebuiltError::NoKey { host: host.clone() })?;
         let pool = self.pool(host, key)?;
         let key_arg = key.display().to_string();
         let top = toplevel.as_str();
         let nix = ["nix", "--extra-experimental-features", "nix-command"];
-        let sign = [&nix[..], &["store", "sign", "-r", "--key-file", &key_arg, top]].concat();
+        let sign = [
+            &nix[..],
+            &["store", "sign", "-r", "--key-file", &key_arg, top],
+        ]
+        .concat();
         run_nix(host, "signing the closure", &sign)?;
         let to = format!("file://{}", pool.display());
         let copy = [&nix[..], &["copy", "--to", &to, top]].concat();
@@ -142,7 +146,8 @@ impl Builder<'_> {
     /// `<state_dir>/prebuilt/cache-<key name>/`: a new key name starts a new pool, so a
     /// narinfo signed with an old key is never shipped under a new one.
     fn pool(&self, host: &HostName, key: &Path) -> Result<PathBuf, PrebuiltError> {
-        let text = fs::read_to_string(key).map_err(self.io(host, "reading the signing key", key))?;
+        let text =
+            fs::read_to_string(key).map_err(self.io(host, "reading the signing key", key))?;
         let name = text.split(':').next().unwrap_or_default().trim();
         let plain = !name.is_empty()
             && name
@@ -288,7 +293,10 @@ pub fn fill(template: &[String], config: &Path, host: &HostName) -> Vec<String> 
     let config = config.display().to_string();
     template
         .iter()
-        .map(|a| a.replace("{config}", &config).replace("{host}", host.as_str()))
+        .map(|a| {
+            a.replace("{config}", &config)
+                .replace("{host}", host.as_str())
+        })
         .collect()
 }
 
@@ -301,7 +309,8 @@ pub fn out_path(stdout: &[u8]) -> Result<StorePath, String> {
         .and_then(|a| a.first())
         .and_then(|b| b.get("outputs")?.get("out")?.as_str())
         .ok_or("no [0].outputs.out in the JSON")?;
-    out.parse().map_err(|e: crate::narinfo::NarInfoError| e.to_string())
+    out.parse()
+        .map_err(|e: crate::narinfo::NarInfoError| e.to_string())
 }
 
 struct Ran {
@@ -388,7 +397,10 @@ mod tests {
         for (bad, why) in [
             (&b"/nix/store/x"[..], "not JSON"),
             (b"[]", "no [0].outputs.out"),
-            (br#"[{"outputs":{"out":"/tmp/evil"}}]"#, "invalid store path"),
+            (
+                br#"[{"outputs":{"out":"/tmp/evil"}}]"#,
+                "invalid store path",
+            ),
         ] {
             let err = out_path(bad).unwrap_err();
             assert!(err.contains(why), "{err}");
@@ -398,7 +410,10 @@ mod tests {
     #[test]
     fn fills_the_template() {
         let argv = fill(
-            &DEFAULT_BUILD.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &DEFAULT_BUILD
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
             Path::new("/srv/b"),
             &"web-1".parse().unwrap(),
         );

@@ -6,8 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::hash::sha256_hex;
-use crate::narinfo::StorePath;
 use crate::names::{HostName, RelPath, ReleaseId};
+use crate::narinfo::StorePath;
 use crate::settings::ApplyPolicy;
 
 pub const MANIFEST_FILE: &str = "MANIFEST";

@@ -92,7 +92,19 @@ in {
   prebuiltNix = prebuiltServer.config.nix.settings;
   prebuiltTmpfiles = prebuiltServer.config.systemd.tmpfiles.settings."10-tiffin-server-build";
   keyInStoreAssertions = map (a: a.message) (lib.filter (a: !a.assertion) keyInStore.config.assertions);
-  prebuiltClientToml = builtins.fromJSON (builtins.readFile prebuiltClient.config.environment.etc."tiffin/client.toml".source);
+  prebuiltClientKey = prebuiltClient.config.services.tiffin.client.cachePublicKey;
+  # A key that is not NAME:BASE64 of 32 bytes does not evaluate.
+  badClientKey =
+    (builtins.tryEval
+      (prebuiltClient.extendModules {
+        modules = [{services.tiffin.client.cachePublicKey = lib.mkForce "fleet-1";}];
+      })
+      .config
+      .services
+      .tiffin
+      .client
+      .cachePublicKey)
+    .success;
   undocumentedClient = map (o: o.loc) (undocumented client.options.services.tiffin);
   undocumentedServer = map (o: o.loc) (undocumented server.options.services.tiffin);
 }

@@ -607,7 +607,7 @@
         why = "reads provision's sshd drop-in, which a NixOS server does not have (the module writes its Match blocks into /etc/ssh/sshd_config)";
       }
       {
-        pattern = ".*(tiffin-lab|vm-scenarios/bin|/var/lib/fake-nix).*";
+        pattern = ".*(tiffin-lab|vm-scenarios/bin|/var/lib/fake-nix|TIFFIN_LAB_BIN|/var/lib/lab-switch).*";
         why = "uses the lab itself or its nixos-rebuild stand-in and its records (/var/lib/fake-nix), which the VMs replace with the real nixos-rebuild";
       }
       {

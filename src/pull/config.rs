@@ -277,7 +277,11 @@ impl RawConfig {
                 &self.nix_query_invalid,
                 &mut settings.query_invalid,
             ),
-            ("nix_set_profile", &self.nix_set_profile, &mut settings.set_profile),
+            (
+                "nix_set_profile",
+                &self.nix_set_profile,
+                &mut settings.set_profile,
+            ),
             ("nix_gc_root", &self.nix_gc_root, &mut settings.gc_root),
         ] {
             if let Some(argv) = given {

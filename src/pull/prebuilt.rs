@@ -64,7 +64,13 @@ impl Default for Settings {
             ]),
             query_invalid: argv(&["nix-store", "--check-validity", "--print-invalid"]),
             set_profile: argv(&["nix-env", "-p", "{profile}", "--set", "{toplevel}"]),
-            gc_root: argv(&["nix-store", "--add-root", "{root}", "--realise", "{toplevel}"]),
+            gc_root: argv(&[
+                "nix-store",
+                "--add-root",
+                "{root}",
+                "--realise",
+                "{toplevel}",
+            ]),
         }
     }
 }
@@ -267,7 +273,9 @@ impl Import<'_> {
             .mode(0o700)
             .create(&dir)
             .map_err(io(&dir))?;
-        let result = self.fetch_and_import(remote, release, toplevel, key, &dir).await;
+        let result = self
+            .fetch_and_import(remote, release, toplevel, key, &dir)
+            .await;
         let _ = fs::remove_dir_all(&dir);
         result
     }
@@ -309,7 +317,9 @@ impl Import<'_> {
         let info = files.get(format!("{CACHE_DIR}/{CACHE_INFO_FILE}").as_str());
         let info_bytes = format!("StoreDir: {}\n", crate::narinfo::STORE_DIR);
         if info.is_some_and(|e| verify::file(e, info_bytes.as_bytes()).is_err()) {
-            tracing::warn!("the release's nix-cache-info is not the usual one; using the usual one");
+            tracing::warn!(
+                "the release's nix-cache-info is not the usual one; using the usual one"
+            );
         }
         let info_path = dir.join(CACHE_INFO_FILE);
         write_new(&info_path, info_bytes.as_bytes()).map_err(|source| PrebuiltError::Io {
@@ -419,19 +429,23 @@ async fn read_narinfos<'a, R: Remote>(
     if let Some(big) = narinfos.iter().find(|f| f.size > NARINFO_LIMIT) {
         return Err(PrebuiltError::Incomplete {
             id: id.clone(),
-            what: format!("{} is {} bytes, more than a narinfo may be", big.path, big.size),
+            what: format!(
+                "{} is {} bytes, more than a narinfo may be",
+                big.path, big.size
+            ),
         });
     }
     let mut described = Vec::with_capacity(narinfos.len());
     for batch in narinfos.chunks(NARINFO_BATCH) {
         let wanted: Vec<Wanted> = batch.iter().map(|f| wanted(id, f)).collect();
-        let contents = remote
-            .read_files(&wanted)
-            .await
-            .map_err(|source| PrebuiltError::Remote {
-                id: id.clone(),
-                source,
-            })?;
+        let contents =
+            remote
+                .read_files(&wanted)
+                .await
+                .map_err(|source| PrebuiltError::Remote {
+                    id: id.clone(),
+                    source,
+                })?;
         for (entry, bytes) in batch.iter().zip(contents) {
             verify::file(entry, &bytes).map_err(|source| PrebuiltError::Verify {
                 id: id.clone(),
@@ -579,7 +593,11 @@ impl Switch<'_> {
 /// generations aside, which `nix-collect-garbage --delete-older-than` handles).
 pub fn keep_roots(settings: &Settings, state_dir: &Path, toplevel: &StorePath, timeout: Duration) {
     let dir = state_dir.join("gcroots");
-    if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+    if let Err(e) = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
         tracing::warn!("cannot create {}: {e}", dir.display());
         return;
     }
@@ -593,12 +611,18 @@ pub fn keep_roots(settings: &Settings, state_dir: &Path, toplevel: &StorePath, t
     for (root, target) in roots {
         let argv = fill(
             &settings.gc_root,
-            &[("{root}", &root.display().to_string()), ("{toplevel}", &target)],
+            &[
+                ("{root}", &root.display().to_string()),
+                ("{toplevel}", &target),
+            ],
         );
         let _ = fs::remove_file(&root);
         if let Ended::Failed(m) = rebuild::run(&argv, &state_dir.join("gcroot.log"), timeout).ended
         {
-            tracing::warn!("cannot keep {} as a GC root of {target}: {m}", root.display());
+            tracing::warn!(
+                "cannot keep {} as a GC root of {target}: {m}",
+                root.display()
+            );
         }
     }
 }
@@ -662,13 +686,19 @@ mod tests {
         .unwrap();
         let all = [dep, top];
         let none = BTreeSet::new();
-        let chosen: Vec<&str> = choose(&all, &none).iter().map(|f| f.path.as_str()).collect();
+        let chosen: Vec<&str> = choose(&all, &none)
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
         assert_eq!(chosen, ["cache/nar/dep.nar.xz", "cache/nar/top.nar.xz"]);
-        let has_dep: BTreeSet<StorePath> = [format!("/nix/store/{DEP}-dep").parse().unwrap()].into();
-        let chosen: Vec<&str> = choose(&all, &has_dep).iter().map(|f| f.path.as_str()).collect();
+        let has_dep: BTreeSet<StorePath> =
+            [format!("/nix/store/{DEP}-dep").parse().unwrap()].into();
+        let chosen: Vec<&str> = choose(&all, &has_dep)
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
         assert_eq!(chosen, ["cache/nar/top.nar.xz"]);
-        let has_both: BTreeSet<StorePath> =
-            all.iter().map(|d| d.info.store_path.clone()).collect();
+        let has_both: BTreeSet<StorePath> = all.iter().map(|d| d.info.store_path.clone()).collect();
         assert!(choose(&all, &has_both).is_empty());
     }
 
@@ -678,8 +708,10 @@ mod tests {
         let other = "1".repeat(64);
         let nar = entry("cache/nar/top.nar.xz", &other, 20);
         let ni = entry(&format!("cache/{TOP}.narinfo"), EMPTY_HEX, 1);
-        let files: BTreeMap<&str, &FileEntry> =
-            [&nar, &ni].into_iter().map(|f| (f.path.as_str(), f)).collect();
+        let files: BTreeMap<&str, &FileEntry> = [&nar, &ni]
+            .into_iter()
+            .map(|f| (f.path.as_str(), f))
+            .collect();
         let err = describe(
             &id,
             &files,

@@ -2,10 +2,10 @@
 
 mod fleet;
 mod lab;
+mod prebuilt;
 mod provision;
 mod publish;
 mod pull;
-mod prebuilt;
 mod status;
 
 use std::collections::BTreeMap;

@@ -13,7 +13,10 @@ fn build_on_server(fleet: &TestFleet, host: &str) {
     let path = format!("hosts/{host}/host.toml");
     let text = fs::read_to_string(fleet.root().join(&path)).unwrap();
     assert!(text.contains("[apply]\n"), "{text}");
-    fleet.write(&path, &text.replacen("[apply]\n", "[apply]\nbuild = \"server\"\n", 1));
+    fleet.write(
+        &path,
+        &text.replacen("[apply]\n", "[apply]\nbuild = \"server\"\n", 1),
+    );
 }
 
 fn set_server(fleet: &TestFleet, lines: &str) {
@@ -37,7 +40,10 @@ fn check_demands_a_private_signing_key_for_server_builds() {
     let key = fleet.tmp.path().join("signing-key");
     fs::write(&key, "fleet-1:secret\n").unwrap();
     fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    set_server(&fleet, &format!("signing_key = {:?}", key.display().to_string()));
+    set_server(
+        &fleet,
+        &format!("signing_key = {:?}", key.display().to_string()),
+    );
     let (code, out) = fleet.output(&["check"]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("mode 0644 lets others read"), "{out}");
@@ -67,7 +73,10 @@ fn a_failing_build_keeps_that_hosts_release_and_publishes_the_others() {
     fleet.write("hosts/bravo/configuration.nix", "{...}: { }\n");
     let (code, out) = fleet.output(&["publish"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("host alpha: building its system failed"), "{out}");
+    assert!(
+        out.contains("host alpha: building its system failed"),
+        "{out}"
+    );
     assert!(out.contains("error: attribute missing"), "{out}");
     assert!(out.contains("previous release stays current"), "{out}");
     assert_eq!(fleet.current("alpha"), alpha);
@@ -83,7 +92,11 @@ fn prebuilt_release(fleet: &TestFleet, host: &str) -> String {
     let dir = fleet.chroots().join(host).join("releases").join(&id);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("MANIFEST"), &manifest).unwrap();
-    fs::write(fleet.chroots().join(host).join("CURRENT"), format!("{id}\n")).unwrap();
+    fs::write(
+        fleet.chroots().join(host).join("CURRENT"),
+        format!("{id}\n"),
+    )
+    .unwrap();
     id
 }
 
@@ -111,7 +124,10 @@ fn status_shows_a_prebuilt_host_running_another_system_as_drifted() {
     let (code, out) = fleet.output(&["status", "--json"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"up-to-date\""), "{out}");
-    assert!(out.contains(TOPLEVEL), "the published toplevel is in the JSON: {out}");
+    assert!(
+        out.contains(TOPLEVEL),
+        "the published toplevel is in the JSON: {out}"
+    );
 
     report(
         &fleet,
