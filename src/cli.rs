@@ -52,12 +52,12 @@ pub enum Command {
     Provision(provision::Args),
     /// Turn each host's directory into an immutable release in its chroot
     #[command(
-        long_about = "Turn each host's directory into an immutable release in its chroot.\n\nA release is written under a temporary name, fsynced, renamed into releases/, and then CURRENT is swapped by rename, so a client never sees half a release. A host whose files and apply policy did not change gets no new release. Old releases are pruned (server.keep_releases), never the current one."
+        long_about = "Turn each host's directory into an immutable release in its chroot.\n\nA release is written under a temporary name, fsynced, renamed into releases/, and then CURRENT is swapped by rename, so a client never sees half a release. A host whose files and apply policy did not change gets no new release. Old releases are pruned (server.keep_releases), never the current one.\n\nA host with [apply] build = \"server\" has its system built here first (server.build on its config/, signed with server.signing_key) and its closure shipped in the release as a binary cache (docs/prebuilt.md); a failing build fails that host only, which keeps its current release."
     )]
     Publish(publish::Args),
     /// One row per host: published and applied release, result, last seen, state
     #[command(
-        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted).\nExits 3 when any host is failed, rolled-back, stale or unreadable, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log)."
+        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted), drifted (a host built on the server, [apply] build = \"server\", runs another system than the published toplevel).\nExits 3 when any host is failed, rolled-back, stale, unreadable or drifted, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log)."
     )]
     Status(status::Args),
     /// Re-hash every stored release against its MANIFEST; --repair replaces damaged ones

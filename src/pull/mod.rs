@@ -132,6 +132,9 @@ impl PullError {
                 (path.clone(), source)
             }
             PullError::Deploy(DeployError::Io { root, path, source }) => (root.join(path), source),
+            PullError::Prebuilt(prebuilt::PrebuiltError::Io { path, source, .. }) => {
+                (path.clone(), source)
+            }
             _ => return None,
         };
         is_disk_full(source).then_some(PullError::DiskFull { path })

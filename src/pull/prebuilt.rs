@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::layout::RELEASES_DIR;
 use crate::names::ReleaseId;
 use crate::narinfo::{CACHE_INFO_FILE, NARINFO_LIMIT, NarInfo, NarInfoError, StorePath};
-use crate::release::{CACHE_DIR, FileEntry, Manifest};
+use crate::release::{CACHE_DIR, FileEntry};
 use crate::settings::Action;
 
 use super::fetch::{FetchStats, FetchedManifest};
@@ -627,15 +627,10 @@ pub fn keep_roots(settings: &Settings, state_dir: &Path, toplevel: &StorePath, t
     }
 }
 
-/// The prebuilt toplevel of a release in the local store (its MANIFEST), if it has one.
-pub fn toplevel_of(manifest: &Manifest) -> Option<&StorePath> {
-    manifest.toplevel.as_ref()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::{Mode, Sha256Hex};
+    use crate::release::{Manifest, Mode, Sha256Hex};
 
     fn entry(path: &str, sha: &str, size: u64) -> FileEntry {
         FileEntry {
@@ -737,6 +732,36 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("does not list"), "{err}");
+    }
+
+    #[test]
+    fn the_release_store_never_gets_the_cache() {
+        let text = format!(
+            "host = \"a\"\nseq = 1\ncreated = \"x\"\ntoplevel = \"/nix/store/{TOP}-system\"\n[apply]\nbuild = \"server\"\n"
+        );
+        let mut manifest = Manifest::parse(text.as_bytes()).unwrap();
+        manifest.files = vec![
+            entry("cache/nar/top.nar.xz", EMPTY_HEX, 20),
+            entry("config/flake.nix", EMPTY_HEX, 0),
+            entry("files/etc/x", EMPTY_HEX, 0),
+        ];
+        let bytes = manifest.render().into_bytes();
+        let release = FetchedManifest {
+            id: manifest.id(),
+            manifest,
+            bytes: bytes.clone(),
+        };
+        let plain = without_cache(&release);
+        let kept: Vec<&str> = plain
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(kept, ["config/flake.nix", "files/etc/x"]);
+        // The stored MANIFEST is the whole one, so the id still verifies it.
+        assert_eq!(plain.bytes, bytes);
+        assert!(Manifest::parse_verified(&plain.bytes, &plain.id).is_ok());
     }
 
     #[test]
