@@ -238,12 +238,19 @@ fn add_closure(
         signing_key: server.signing_key.as_deref(),
         state_dir: &opts.state_dir,
     };
-    // The current release, read only to reuse its cache files when the toplevel is the same.
-    let current = paths.read_current().ok().flatten().and_then(|id| {
-        let dir = paths.release(&id);
-        let bytes = fs::read(dir.join(MANIFEST_FILE)).ok()?;
-        Some((dir, Manifest::parse_verified(&bytes, &id).ok()?))
-    });
+    // The current release, read only to reuse its cache files when the toplevel is the same;
+    // never for `verify --repair` (When::Always), which must not link a damaged file again.
+    let reusable = opts.when == When::Changed;
+    let current = paths
+        .read_current()
+        .ok()
+        .flatten()
+        .filter(|_| reusable)
+        .and_then(|id| {
+            let dir = paths.release(&id);
+            let bytes = fs::read(dir.join(MANIFEST_FILE)).ok()?;
+            Some((dir, Manifest::parse_verified(&bytes, &id).ok()?))
+        });
     let closure = builder.closure(
         &host.name,
         &sources,
