@@ -12,6 +12,7 @@ use crate::names::{HostName, MAX_ACCOUNT_NAME};
 use crate::settings::{ApplyOverrides, ApplyPolicy, Interval};
 
 pub mod files;
+pub mod prebuilt;
 pub mod rules;
 
 pub const FLEET_FILE: &str = "fleet.toml";
@@ -99,6 +100,11 @@ pub struct ServerSettings {
     pub port: u16,
     /// The server's SSH host public key, pinned by every host (common/tiffin.nix).
     pub host_key: Option<String>,
+    /// How `publish` builds a `build = "server"` host's system: an argv template with
+    /// `{config}` (the release's config/ tree) and `{host}`, printing `nix build --json` output.
+    pub build: Vec<String>,
+    /// The Nix signing key (`nix key generate-secret`) prebuilt closures are signed with.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -114,6 +120,11 @@ impl Default for ServerSettings {
             address: None,
             port: DEFAULT_SERVER_PORT,
             host_key: None,
+            build: prebuilt::DEFAULT_BUILD
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            signing_key: None,
         }
     }
 }
@@ -217,6 +228,7 @@ impl Fleet {
                 hosts.insert(name, host);
             }
         }
+        problems.extend(prebuilt::problems(&config.server, &hosts));
         Ok(Fleet {
             root: root.to_owned(),
             config,

@@ -12,6 +12,8 @@ pub mod hash;
 pub mod host_tree;
 pub mod layout;
 pub mod names;
+pub mod narinfo;
+pub mod prebuilt;
 pub mod provision;
 pub mod publish;
 pub mod pull;

@@ -40,6 +40,8 @@ pub enum PublishError {
     },
     #[error("host {host}: injected fault ({0:?})", .fault)]
     Injected { host: HostName, fault: Fault },
+    #[error(transparent)]
+    Prebuilt(#[from] crate::prebuilt::PrebuiltError),
 }
 
 /// Points where tests make publishing fail, to prove a failure leaves the previous state.
@@ -188,11 +190,13 @@ fn prepare(fleet: &Fleet, host: &Host, opts: &PublishOptions) -> Result<Prepared
         .map_err(io_error(name, "reading", &paths.current()))?;
     let entries =
         host_tree::hash_tree(&sources).map_err(io_error(name, "hashing", &fleet.host_dir(name)))?;
+    let (sources, entries, toplevel) = add_closure(fleet, host, &paths, opts, sources, entries)?;
     let mut manifest = Manifest {
         host: name.clone(),
         seq: 0,
         created: format_time(opts.now),
         apply: host.apply.clone(),
+        toplevel,
         files: entries,
     };
     let previous = match current_id {
@@ -214,6 +218,56 @@ fn prepare(fleet: &Fleet, host: &Host, opts: &PublishOptions) -> Result<Prepared
         change,
     })))
 }
+
+/// A `build = "server"` host: its system built, its closure's cache files added to the
+/// release (`toplevel` set); other hosts pass through unchanged.
+fn add_closure(
+    fleet: &Fleet,
+    host: &Host,
+    paths: &ChrootPaths,
+    opts: &PublishOptions,
+    mut sources: Vec<SourceFile>,
+    mut entries: Vec<FileEntry>,
+) -> Result<PrebuiltParts, PublishError> {
+    if host.apply.build != crate::settings::Build::Server {
+        return Ok((sources, entries, None));
+    }
+    let server = &fleet.config.server;
+    let builder = crate::prebuilt::Builder {
+        build: &server.build,
+        signing_key: server.signing_key.as_deref(),
+        state_dir: &opts.state_dir,
+    };
+    // The current release, read only to reuse its cache files when the toplevel is the same;
+    // never for `verify --repair` (When::Always), which must not link a damaged file again.
+    let reusable = opts.when == When::Changed;
+    let current = paths
+        .read_current()
+        .ok()
+        .flatten()
+        .filter(|_| reusable)
+        .and_then(|id| {
+            let dir = paths.release(&id);
+            let bytes = fs::read(dir.join(MANIFEST_FILE)).ok()?;
+            Some((dir, Manifest::parse_verified(&bytes, &id).ok()?))
+        });
+    let closure = builder.closure(
+        &host.name,
+        &sources,
+        current.as_ref().map(|(d, m)| (d.as_path(), m)),
+    )?;
+    for (src, entry) in closure.files {
+        sources.push(src);
+        entries.push(entry);
+    }
+    Ok((sources, entries, Some(closure.toplevel)))
+}
+
+type PrebuiltParts = (
+    Vec<SourceFile>,
+    Vec<FileEntry>,
+    Option<crate::narinfo::StorePath>,
+);
 
 enum Current {
     Same { id: ReleaseId, seq: u64 },
@@ -375,6 +429,11 @@ impl Stager<'_> {
         let dest = src.release_path.under(tmp);
         if let Some(parent) = dest.parent() {
             ensure_dir_all(tmp, parent, self.group).map_err(self.io("creating", parent))?;
+        }
+        if src.release_path.first() == crate::release::CACHE_DIR
+            && crate::prebuilt::link_cache_file(&src.source, &dest)
+        {
+            return Ok(hashed.clone());
         }
         if let Some(previous) = reuse {
             let old = src.release_path.under(&self.paths.release(&previous.id));

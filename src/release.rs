@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::hash::sha256_hex;
 use crate::names::{HostName, RelPath, ReleaseId};
+use crate::narinfo::StorePath;
 use crate::settings::ApplyPolicy;
 
 pub mod meta;
@@ -18,6 +19,8 @@ pub const MANIFEST_FILE: &str = "MANIFEST";
 pub const CONFIG_DIR: &str = "config";
 /// The files copied into the client's `/`, kept apart so they never enter a Nix store.
 pub const FILES_DIR: &str = "files";
+/// A prebuilt release's binary cache (`nix-cache-info`, `*.narinfo`, `nar/*`): the closure of `toplevel`.
+pub const CACHE_DIR: &str = "cache";
 
 /// Errors about a release's content: a manifest that does not parse or does not hold together.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +190,9 @@ pub struct Manifest {
     pub apply: ApplyPolicy,
     #[serde(rename = "file", default)]
     pub files: Vec<FileEntry>,
+    /// The system the server built (`[apply] build = "server"`); its closure is under `cache/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toplevel: Option<StorePath>,
 }
 
 impl Manifest {
@@ -229,9 +235,12 @@ impl Manifest {
         let mut seen = BTreeSet::new();
         for f in &self.files {
             let first = f.path.first();
-            if first != CONFIG_DIR && first != FILES_DIR || f.path.strip_first().is_none() {
+            let known = first == CONFIG_DIR
+                || first == FILES_DIR
+                || (first == CACHE_DIR && self.toplevel.is_some());
+            if !known || f.path.strip_first().is_none() {
                 return Err(ReleaseError::Invalid(format!(
-                    "file {:?} is not under {CONFIG_DIR}/ or {FILES_DIR}/",
+                    "file {:?} is not under {CONFIG_DIR}/ or {FILES_DIR}/ (or {CACHE_DIR}/ with a toplevel)",
                     f.path.as_str()
                 )));
             }
@@ -273,7 +282,7 @@ impl Manifest {
         let key = |m: &Manifest| {
             let mut files = m.files.clone();
             files.sort_by(|a, b| a.path.cmp(&b.path));
-            (m.apply.clone(), files)
+            (m.apply.clone(), files, m.toplevel.clone())
         };
         key(self) == key(other)
     }
@@ -286,6 +295,8 @@ pub struct ManifestHead {
     pub host: HostName,
     pub seq: u64,
     pub created: String,
+    #[serde(default)]
+    pub toplevel: Option<StorePath>,
 }
 
 impl ManifestHead {
@@ -301,7 +312,7 @@ impl ManifestHead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{Action, Reboot};
+    use crate::settings::{Action, Build, Reboot};
     use proptest::prelude::*;
 
     fn arb_units() -> impl Strategy<Value = Vec<UnitName>> {
@@ -373,9 +384,10 @@ mod tests {
             proptest::collection::vec("\\PC{0,8}", 0..3),
             proptest::collection::vec(arb_entry(), 0..12),
             any::<bool>(),
+            proptest::option::of("[0-9a-df-np-sv-z]{32}-[a-z][a-z0-9-]{0,12}"),
         )
             .prop_map(
-                |(host, seq, action, reboot, health_check, files, allow_leaving)| {
+                |(host, seq, action, reboot, health_check, files, allow_leaving, toplevel)| {
                     // Keep a consistent tree: drop files that collide with another's directory.
                     let mut kept: Vec<FileEntry> = Vec::new();
                     for f in files {
@@ -399,8 +411,14 @@ mod tests {
                             health_check,
                             allow_leaving,
                             reboot_window: None,
+                            build: if toplevel.is_some() {
+                                Build::Server
+                            } else {
+                                Build::Client
+                            },
                         },
                         files: kept,
+                        toplevel: toplevel.map(|t| format!("/nix/store/{t}").parse().unwrap()),
                     }
                 },
             )
@@ -416,10 +434,10 @@ mod tests {
             prop_assert!(Manifest::parse_verified(text.as_bytes(), &m.id()).is_ok());
         }
 
-        /// The id changes if and only if a path, mode, content (sha256, size), policy, owner,
-        /// group, stage, restart or reload list, or source changes.
+        /// The id changes if and only if a path, mode, content (sha256, size), policy, toplevel,
+        /// owner, group, stage, restart or reload list, or source changes.
         #[test]
-        fn id_tracks_content(m in arb_manifest(), which in 0usize..13, pick in any::<prop::sample::Index>()) {
+        fn id_tracks_content(m in arb_manifest(), which in 0usize..14, pick in any::<prop::sample::Index>()) {
             let mut changed = m.clone();
             let file = (!changed.files.is_empty()).then(|| pick.index(changed.files.len()));
             // Settings only exist on files/ entries: a config/ entry takes none.
@@ -444,6 +462,10 @@ mod tests {
                 (3, _) => changed.apply.action = if m.apply.action == Action::Switch { Action::Boot } else { Action::Switch },
                 (4, _) => changed.apply.health_check.push("true".into()),
                 (5, _) => changed.apply.allow_leaving = !m.apply.allow_leaving,
+                (6, _) => changed.toplevel = match &m.toplevel {
+                    Some(_) => None,
+                    None => Some("/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-system".parse().unwrap()),
+                },
                 _ => expect_change = false,
             }
             // A renamed path may now collide with another's directory; such a manifest cannot exist.
@@ -484,6 +506,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid unit name"), "{err}");
+    }
+
+    #[test]
+    fn toplevel_round_trips_and_old_manifests_still_parse() {
+        let sha = "0".repeat(64);
+        let old = format!(
+            "host = \"a\"\nseq = 1\ncreated = \"x\"\n[apply]\n[[file]]\npath = \"config/f\"\nsize = 1\nmode = \"0644\"\nsha256 = \"{sha}\"\n"
+        );
+        let mut m = Manifest::parse(old.as_bytes()).unwrap();
+        assert_eq!(m.toplevel, None);
+        assert!(!m.render().contains("toplevel"), "old ids stay the same");
+        let before = m.id();
+        m.toplevel = Some(
+            "/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-nixos-system-a"
+                .parse()
+                .unwrap(),
+        );
+        m.apply.build = Build::Server;
+        m.files.push(FileEntry::new(
+            "cache/nar/x.nar.xz".parse().unwrap(),
+            1,
+            Mode::new(0o644).unwrap(),
+            Sha256Hex::new(sha.clone()).unwrap(),
+        ));
+        m.files.sort_by(|a, b| a.path.cmp(&b.path));
+        let text = m.render();
+        assert_eq!(Manifest::parse(text.as_bytes()).unwrap(), m);
+        assert_ne!(m.id(), before);
+        let head = ManifestHead::parse(text.as_bytes()).unwrap();
+        assert_eq!(head.toplevel, m.toplevel);
+        // cache/ belongs to a release with a toplevel only.
+        let no_top = text.replace("toplevel = ", "# toplevel = ");
+        let err = Manifest::parse(no_top.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("cache/"), "{err}");
+        let bad = text.replace("/nix/store/hkrmp", "/tmp/store/hkrmp");
+        assert!(Manifest::parse(bad.as_bytes()).is_err());
     }
 
     #[test]

@@ -68,6 +68,25 @@ pub struct ApplyPolicy {
     /// unset, so older ids stay the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_window: Option<crate::window::RebootWindow>,
+    /// Where the system is built; left out of the MANIFEST for `client`, so older ids stay the same.
+    #[serde(default, skip_serializing_if = "Build::is_client")]
+    pub build: Build,
+}
+
+/// Where a host's system is built: by the client (`nixos-rebuild`) or once on the server,
+/// shipped to the client as a signed binary cache in its release (docs/prebuilt.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Build {
+    #[default]
+    Client,
+    Server,
+}
+
+impl Build {
+    pub fn is_client(&self) -> bool {
+        *self == Build::Client
+    }
 }
 
 /// `[apply]` in a host.toml: each key set there overrides `[defaults.apply]`.
@@ -79,6 +98,7 @@ pub struct ApplyOverrides {
     pub health_check: Option<Vec<String>>,
     pub allow_leaving: Option<bool>,
     pub reboot_window: Option<crate::window::RebootWindow>,
+    pub build: Option<Build>,
 }
 
 impl ApplyPolicy {
@@ -92,6 +112,7 @@ impl ApplyPolicy {
                 .unwrap_or_else(|| self.health_check.clone()),
             allow_leaving: o.allow_leaving.unwrap_or(self.allow_leaving),
             reboot_window: o.reboot_window.or(self.reboot_window),
+            build: o.build.unwrap_or(self.build),
         }
     }
 }

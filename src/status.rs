@@ -33,11 +33,13 @@ pub enum State {
     Unreadable,
     /// `tiffin pause` holds the host: it reports, but applies nothing until the pause ends.
     Paused,
+    /// A prebuilt host applied its release but runs another system than the published toplevel.
+    Drifted,
 }
 
 impl State {
     /// Every state, in the order of the enum: what the metrics export one series for.
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::UpToDate,
         State::Pending,
         State::Failed,
@@ -46,6 +48,7 @@ impl State {
         State::NeverSeen,
         State::Unreadable,
         State::Paused,
+        State::Drifted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,20 +61,26 @@ impl State {
             State::NeverSeen => "never-seen",
             State::Unreadable => "unreadable",
             State::Paused => "paused",
+            State::Drifted => "drifted",
         }
     }
     /// States that make `tiffin status` exit 3, for monitoring.
     pub fn is_alarming(self) -> bool {
         matches!(
             self,
-            State::Failed | State::RolledBack | State::Stale | State::Unreadable
+            State::Failed | State::RolledBack | State::Stale | State::Unreadable | State::Drifted
         )
     }
+
     fn colour(self) -> &'static str {
         match self {
             State::UpToDate => "\x1b[32m",
             State::Pending | State::NeverSeen | State::Paused => "\x1b[33m",
-            State::Failed | State::RolledBack | State::Stale | State::Unreadable => "\x1b[31m",
+            State::Failed
+            | State::RolledBack
+            | State::Stale
+            | State::Unreadable
+            | State::Drifted => "\x1b[31m",
         }
     }
 }
@@ -80,6 +89,9 @@ impl State {
 pub struct Published {
     pub id: ReleaseId,
     pub seq: u64,
+    /// A prebuilt release's system, which the host should be running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toplevel: Option<crate::narinfo::StorePath>,
 }
 
 /// One row of `tiffin status`.
@@ -225,7 +237,10 @@ pub fn host_status(
             PullResult::Failed => State::Failed,
             PullResult::RolledBack => State::RolledBack,
             PullResult::Ok | PullResult::Unchanged => match (&published, &applied) {
-                (Some(p), Some(a)) if p.id.as_str() == a => State::UpToDate,
+                (Some(p), Some(a)) if p.id.as_str() == a => match &p.toplevel {
+                    Some(t) if report.system.as_deref() != Some(t.as_str()) => State::Drifted,
+                    _ => State::UpToDate,
+                },
                 _ => State::Pending,
             },
         }
@@ -256,8 +271,12 @@ fn joined(errors: Vec<String>) -> Option<String> {
 /// The release `CURRENT` names, with its seq.
 fn read_published(paths: &ChrootPaths, errors: &mut Vec<String>) -> Option<Published> {
     match paths.read_current() {
-        Ok(Some(id)) => match read_seq(&paths.release(&id)) {
-            Ok(seq) => Some(Published { id, seq }),
+        Ok(Some(id)) => match read_head(&paths.release(&id)) {
+            Ok(head) => Some(Published {
+                id,
+                seq: head.seq,
+                toplevel: head.toplevel,
+            }),
             Err(e) => {
                 errors.push(format!("release {} unreadable: {e}", id.short()));
                 None
@@ -392,11 +411,9 @@ fn read_client_bytes(path: &Path, limit: u64) -> std::io::Result<(Vec<u8>, Syste
     Ok((bytes, meta.modified()?))
 }
 
-fn read_seq(release_dir: &Path) -> Result<u64, String> {
+fn read_head(release_dir: &Path) -> Result<ManifestHead, String> {
     let bytes = fs::read(release_dir.join(MANIFEST_FILE)).map_err(|e| e.to_string())?;
-    ManifestHead::parse(&bytes)
-        .map(|h| h.seq)
-        .map_err(|e| e.to_string())
+    ManifestHead::parse(&bytes).map_err(|e| e.to_string())
 }
 
 /// "5s ago", "3m ago", "2h ago", "4d ago".

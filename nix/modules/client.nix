@@ -12,7 +12,10 @@
   # The option values become client.toml through the builtins-only helper the
   # static checks feed to `tiffin pull --validate`, so both agree on the keys.
   clientSettings = import ../lib/client-settings.nix {
-    inherit (cfg) host server port user identityFile serverPublicKey settings;
+    inherit (cfg) host server port user identityFile serverPublicKey;
+    settings =
+      cfg.settings
+      // lib.optionalAttrs (cfg.cachePublicKey != null) {cache_public_key = cfg.cachePublicKey;};
   };
   configFile = settingsFormat.generate "tiffin-client.toml" clientSettings;
   stateDir = cfg.settings.state_dir or "/var/lib/tiffin";
@@ -178,6 +181,19 @@ in {
         verb on that unit, nothing else), and a desktop entry "Update this
         computer now" runs `systemctl start tiffin-pull.service`. Empty: no
         rule, no entry.
+      '';
+    };
+
+    cachePublicKey = lib.mkOption {
+      type = lib.types.nullOr (lib.types.strMatching "[^:]+:[A-Za-z0-9+/]{43}=");
+      default = null;
+      example = "fleet-1:txoMHnami2CpfXuGgeJKHMqMToq/kChyvAoKR8vhTQo=";
+      description = ''
+        The fleet's Nix public key (`nix key convert-secret-to-public` of the
+        server's {option}`services.tiffin.server.build.signingKeyFile`). A
+        release built on the server (`[apply] build = "server"`) is imported
+        only when its closure is signed with this key; it becomes
+        `cache_public_key` in {file}`/etc/tiffin/client.toml`.
       '';
     };
 

@@ -115,6 +115,26 @@ in {
         shell here-document, which would expand them.
       '';
     };
+
+    build.enable = lib.mkEnableOption ''
+      building the systems of hosts with `[apply] build = "server"` on this
+      server: `tiffin publish` builds, signs and ships each such host its own
+      closure as a binary cache inside its release (tiffin's docs/prebuilt.md).
+      Enables the `nix-command` and `flakes` features the build uses'';
+
+    build.signingKeyFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "/var/lib/tiffin/signing-key";
+      description = ''
+        The fleet's Nix signing key, from
+        `nix key generate-secret --key-name fleet-1`; the same file as
+        `server.signing_key` in `fleet.toml`. A string, never a Nix path: a
+        path would be copied into the world-readable Nix store. Kept mode
+        0600, owned by root. Clients trust its public half
+        ({option}`services.tiffin.client.cachePublicKey`).
+      '';
+    };
   };
 
   config = lib.mkIf cfg.enable {
@@ -135,6 +155,19 @@ in {
         message = "services.tiffin.server.sshdExtra: the line ${builtins.toJSON line} would be changed on its way into sshd_config (nixpkgs' sshd module writes services.openssh.extraConfig through an unquoted shell here-document, which expands $, backticks and \\, and ends at a line EOL); write it without them.";
       })
       cfg.sshdExtra
+      ++ lib.optionals cfg.build.enable [
+        {
+          assertion = cfg.build.signingKeyFile != null;
+          message = "services.tiffin.server.build.enable needs services.tiffin.server.build.signingKeyFile: generate a key with `nix key generate-secret --key-name fleet-1 > /var/lib/tiffin/signing-key` and name that file.";
+        }
+        {
+          assertion = let
+            key = toString cfg.build.signingKeyFile;
+          in
+            cfg.build.signingKeyFile == null || (lib.hasPrefix "/" key && !lib.hasPrefix builtins.storeDir key);
+          message = "services.tiffin.server.build.signingKeyFile: ${builtins.toJSON cfg.build.signingKeyFile} must be an absolute path outside ${builtins.storeDir}: the store is readable by every user, and the key signs what every host installs.";
+        }
+      ]
       ++ map (opt: {
         assertion = !(shellExpanded cfg.${opt});
         message = "services.tiffin.server.${opt}: ${builtins.toJSON cfg.${opt}} holds $, a backtick or \\, which the shell writing sshd_config would expand; choose a path without them.";
@@ -229,6 +262,24 @@ in {
         };
       })
       hostNames);
+
+    # Prebuilt releases: the build's Nix features, a private server state
+    # directory (the shared cache pool), and the key kept root's alone.
+    nix.settings.experimental-features = lib.mkIf cfg.build.enable ["nix-command" "flakes"];
+    systemd.tmpfiles.settings."10-tiffin-server-build" = lib.mkIf cfg.build.enable ({
+        "/var/lib/tiffin/prebuilt".d = {
+          mode = "0700";
+          user = "root";
+          group = "root";
+        };
+      }
+      // lib.optionalAttrs (cfg.build.signingKeyFile != null) {
+        ${cfg.build.signingKeyFile}.z = {
+          mode = "0600";
+          user = "root";
+          group = "root";
+        };
+      });
 
     services.openssh.enable = true;
     # Match blocks must come last in sshd_config. Whatever another module adds

@@ -70,6 +70,39 @@
       };
     }
   ];
+  # Prebuilt releases: the server builds and signs, the client trusts the fleet key.
+  prebuiltServer = eval [
+    (repo + "/nix/modules/server.nix")
+    {
+      services.tiffin.server = {
+        enable = true;
+        hosts.client1.publicKey = "ssh-ed25519 AAAA1 c1";
+        build.enable = true;
+        build.signingKeyFile = "/var/lib/tiffin/signing-key";
+      };
+    }
+  ];
+  keyInStore = eval [
+    (repo + "/nix/modules/server.nix")
+    {
+      services.tiffin.server = {
+        enable = true;
+        build.enable = true;
+        build.signingKeyFile = "${builtins.storeDir}/00000000000000000000000000000000-signing-key";
+      };
+    }
+  ];
+  prebuiltClient = eval [
+    (repo + "/nix/modules/client.nix")
+    {
+      services.tiffin.client = {
+        enable = true;
+        server = "fleet.example.org";
+        serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
+        cachePublicKey = "fleet-1:txoMHnami2CpfXuGgeJKHMqMToq/kChyvAoKR8vhTQo=";
+      };
+    }
+  ];
   undocumented = opts: lib.filter (o: (o.description or null) == null) (lib.collect lib.isOption opts);
   c = client.config;
   s = server.config;
@@ -95,6 +128,23 @@ in {
   watchingTimer = w.systemd.timers;
   polkit = {inherit (w.security.polkit) enable extraConfig;};
   desktopItems = map (p: p.desktopItem) (builtins.filter (p: p ? desktopItem) w.environment.systemPackages);
+  prebuiltAssertions = map (a: a.message) (lib.filter (a: !a.assertion) prebuiltServer.config.assertions);
+  prebuiltNix = prebuiltServer.config.nix.settings;
+  prebuiltTmpfiles = prebuiltServer.config.systemd.tmpfiles.settings."10-tiffin-server-build";
+  keyInStoreAssertions = map (a: a.message) (lib.filter (a: !a.assertion) keyInStore.config.assertions);
+  prebuiltClientKey = prebuiltClient.config.services.tiffin.client.cachePublicKey;
+  # A key that is not NAME:BASE64 of 32 bytes does not evaluate.
+  badClientKey =
+    (builtins.tryEval
+      (prebuiltClient.extendModules {
+        modules = [{services.tiffin.client.cachePublicKey = lib.mkForce "fleet-1";}];
+      })
+      .config
+      .services
+      .tiffin
+      .client
+      .cachePublicKey)
+    .success;
   undocumentedClient = map (o: o.loc) (undocumented client.options.services.tiffin);
   undocumentedServer = map (o: o.loc) (undocumented server.options.services.tiffin);
   metricsService = metrics.config.systemd.services.tiffin-metrics;

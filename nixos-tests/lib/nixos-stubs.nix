@@ -146,6 +146,10 @@
           type = types.lines;
           default = "";
         };
+        nix.settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = {};
+        };
       };
     };
 in {

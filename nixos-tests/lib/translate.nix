@@ -419,7 +419,7 @@
 
   expectStatus = what: s: let
     hosts = s.hosts or (fail "${what}: `hosts` is required");
-    states = ["up-to-date" "pending" "failed" "rolled-back" "stale" "never-seen" "paused"];
+    states = ["up-to-date" "pending" "failed" "rolled-back" "stale" "never-seen" "paused" "drifted"];
   in
     ''
       out = server.succeed("tiffin status --json --fleet ${fleetDir} || test $? -eq 3")
@@ -663,7 +663,7 @@
         why = "reads provision's sshd drop-in, which a NixOS server does not have (the module writes its Match blocks into /etc/ssh/sshd_config)";
       }
       {
-        pattern = ".*(tiffin-lab|vm-scenarios/bin|/var/lib/fake-nix).*";
+        pattern = ".*(tiffin-lab|vm-scenarios/bin|/var/lib/fake-nix|TIFFIN_LAB_BIN|/var/lib/lab-switch).*";
         why = "uses the lab itself or its nixos-rebuild stand-in and its records (/var/lib/fake-nix), which the VMs replace with the real nixos-rebuild";
       }
       {

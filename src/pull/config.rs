@@ -186,6 +186,12 @@ struct RawConfig {
     /// `tiffin pull --watch`: how often an idle watcher uploads its heartbeat report.
     #[serde(default = "default_poll_interval")]
     poll_interval: Interval,
+    /// Prebuilt releases: the fleet's Nix public key and the nix commands (docs/prebuilt.md).
+    cache_public_key: Option<String>,
+    nix_import: Option<Vec<String>>,
+    nix_query_invalid: Option<Vec<String>>,
+    nix_set_profile: Option<Vec<String>>,
+    nix_gc_root: Option<Vec<String>>,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -224,6 +230,7 @@ impl RawConfig {
 
     /// The rules between keys, and the defaults that depend on other keys.
     fn validate(self, path: &Path) -> Result<ClientConfig, ConfigError> {
+        let prebuilt = self.prebuilt_settings(path)?;
         let user = match self.user {
             Some(u) if valid_account_name(&u) => u,
             Some(u) => {
@@ -257,6 +264,7 @@ impl RawConfig {
             return Err(invalid(path, Some("state_dir"), message));
         }
         Ok(ClientConfig {
+            prebuilt,
             host: self.host,
             server: self.server,
             user,
@@ -276,6 +284,40 @@ impl RawConfig {
             watch_interval: self.watch_interval,
             poll_interval: self.poll_interval,
         })
+    }
+}
+
+impl RawConfig {
+    fn prebuilt_settings(&self, path: &Path) -> Result<super::prebuilt::Settings, ConfigError> {
+        let mut settings = super::prebuilt::Settings::default();
+        if let Some(key) = &self.cache_public_key {
+            super::prebuilt::check_public_key(key)
+                .map_err(|m| invalid(path, Some("cache_public_key"), m))?;
+            settings.cache_public_key = Some(key.clone());
+        }
+        for (key, given, slot) in [
+            ("nix_import", &self.nix_import, &mut settings.import),
+            (
+                "nix_query_invalid",
+                &self.nix_query_invalid,
+                &mut settings.query_invalid,
+            ),
+            (
+                "nix_set_profile",
+                &self.nix_set_profile,
+                &mut settings.set_profile,
+            ),
+            ("nix_gc_root", &self.nix_gc_root, &mut settings.gc_root),
+        ] {
+            if let Some(argv) = given {
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    let message = "is empty: give an argv (see docs/prebuilt.md)".into();
+                    return Err(invalid(path, Some(key), message));
+                }
+                *slot = argv.clone();
+            }
+        }
+        Ok(settings)
     }
 }
 
@@ -350,6 +392,8 @@ pub struct ClientConfig {
     pub watch_interval: Interval,
     /// `tiffin pull --watch` sends its heartbeat report this often while idle.
     pub poll_interval: Interval,
+    /// How prebuilt releases are imported and switched to.
+    pub prebuilt: super::prebuilt::Settings,
 }
 
 /// A configuration that cannot be used, naming the file and the key.

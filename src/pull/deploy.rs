@@ -641,6 +641,7 @@ mod tests {
             seq: 1,
             created: "2026-11-24T00:00:00Z".into(),
             apply: ApplyPolicy::default(),
+            toplevel: None,
             files: files
                 .iter()
                 .map(|(p, c)| {
@@ -733,6 +734,7 @@ mod stage_tests {
             created: "2026-11-24T00:00:00Z".into(),
             apply: ApplyPolicy::default(),
             files,
+            toplevel: None,
         };
         let opts = DeployOptions {
             root: &root,

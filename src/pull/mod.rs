@@ -8,6 +8,7 @@ pub mod leaving;
 #[cfg(test)]
 mod mem_remote;
 pub mod pause;
+pub mod prebuilt;
 pub mod reboot;
 pub mod rebuild;
 pub mod restart;
@@ -109,6 +110,8 @@ pub enum PullError {
         "the release is applied and reported, but the reboot it needs failed: {message} (reboot by hand, or fix reboot_command in the client configuration)"
     )]
     Reboot { message: String },
+    #[error(transparent)]
+    Prebuilt(#[from] prebuilt::PrebuiltError),
 }
 
 impl PullError {
@@ -126,6 +129,7 @@ impl PullError {
             PullError::Remote(e) | PullError::Fetch(FetchError::Remote { source: e, .. }) => {
                 !matches!(e, RemoteError::Size { .. } | RemoteError::TooLarge { .. })
             }
+            PullError::Prebuilt(e) => e.is_transport(),
             _ => false,
         }
     }
@@ -140,6 +144,9 @@ impl PullError {
                 (path.clone(), source)
             }
             PullError::Deploy(DeployError::Io { root, path, source }) => (root.join(path), source),
+            PullError::Prebuilt(prebuilt::PrebuiltError::Io { path, source, .. }) => {
+                (path.clone(), source)
+            }
             _ => return None,
         };
         is_disk_full(source).then_some(PullError::DiskFull { path })
@@ -479,7 +486,11 @@ impl<'a, R: Remote> Poll<'a, R> {
     /// Fetch, verify, deploy, then switch. An `Err` means the rebuild never ran.
     async fn apply(&mut self) -> Result<Attempt, PullError> {
         let release = self.fetch_manifest().await?;
-        let fetch = fetch::fetch_release(self.remote, &self.store(), &release).await?;
+        let plain = prebuilt::without_cache(&release);
+        let mut fetch = fetch::fetch_release(self.remote, &self.store(), &plain).await?;
+        if let Some(toplevel) = &release.manifest.toplevel {
+            fetch = self.import_closure(&release, toplevel, fetch).await?;
+        }
         self.refuse_leaving_tiffin(&release.id, &release.manifest)?;
         let mut deployed = self.deploy(&release.id, &release.manifest, Stage::Before)?;
         let outcome = self.switch(&release.manifest, &mut deployed)?;
@@ -538,6 +549,17 @@ impl<'a, R: Remote> Poll<'a, R> {
     ) -> Result<(), PullError> {
         if manifest.apply.allow_leaving || manifest.apply.action == Action::Build {
             return Ok(());
+        }
+        if let Some(toplevel) = &manifest.toplevel {
+            // Built by the server and imported already: only the check is left.
+            return match leaving::check(Path::new(toplevel.as_str())) {
+                leaving::Built::LeavesTiffin { missing } => Err(PullError::Leaving {
+                    id: id.clone(),
+                    seq: manifest.seq,
+                    missing,
+                }),
+                _ => Ok(()),
+            };
         }
         let config_dir = self.store().release(id).join(CONFIG_DIR);
         let argv = rebuild::argv(
@@ -623,16 +645,14 @@ impl<'a, R: Remote> Poll<'a, R> {
             path: state_dir.join(CURRENT_LINK),
             source: e,
         })?;
-        let argv = self.rebuild_argv(manifest.apply.action);
-        tracing::info!("running {}", argv.join(" "));
-        let rebuilt = rebuild::run(
-            &argv,
-            &state_dir.join(REBUILD_LOG_FILE),
-            self.cfg.rebuild_timeout.0,
-        );
+        let running = std::fs::read_link(&self.opts.system_link).ok();
+        let rebuilt = self.switch_system(manifest, &state_dir.join(REBUILD_LOG_FILE));
         self.log = Some(rebuilt.log_tail);
-        if let rebuild::Ended::Failed(message) = rebuilt.ended {
+        if let rebuild::Ended::Failed(mut message) = rebuilt.ended {
             restore_current(state_dir, previous.as_ref());
+            if manifest.toplevel.is_some() {
+                message = self.reactivate(running.as_deref(), manifest.apply.action, message);
+            }
             return Ok(Outcome::RebuildFailed { message });
         }
         let id = self.id.clone();
@@ -654,6 +674,69 @@ impl<'a, R: Remote> Poll<'a, R> {
         Ok(Outcome::Applied {
             reboot: self.reboot_needed(manifest),
         })
+    }
+
+    /// Switches to the release's system: the server-built toplevel when it has one, else the rebuild.
+    fn switch_system(&self, manifest: &Manifest, log: &Path) -> rebuild::Outcome {
+        let action = manifest.apply.action;
+        match &manifest.toplevel {
+            Some(toplevel) => {
+                tracing::info!("switching to the prebuilt {toplevel}");
+                self.prebuilt_switch()
+                    .run(Path::new(toplevel.as_str()), action, log)
+            }
+            None => {
+                let argv = self.rebuild_argv(action);
+                tracing::info!("running {}", argv.join(" "));
+                rebuild::run(&argv, log, self.cfg.rebuild_timeout.0)
+            }
+        }
+    }
+
+    fn prebuilt_switch(&self) -> prebuilt::Switch<'_> {
+        prebuilt::Switch {
+            settings: &self.cfg.prebuilt,
+            profile: &self.opts.system_profile,
+            timeout: self.cfg.rebuild_timeout.0,
+        }
+    }
+
+    /// A prebuilt system that failed to switch: the system that ran before is made the
+    /// profile's generation and activated again; says so in the message.
+    fn reactivate(&self, running: Option<&Path>, action: Action, message: String) -> String {
+        let Some(running) = running else {
+            return format!("{message}; no previous system to go back to");
+        };
+        let log = self.cfg.state_dir.join("rollback.log");
+        match self.prebuilt_switch().run(running, action, &log).ended {
+            rebuild::Ended::Success => format!(
+                "{message}; the previous system {} is active again",
+                running.display()
+            ),
+            rebuild::Ended::Failed(m) => format!(
+                "{message}; going back to {} failed too: {m}",
+                running.display()
+            ),
+        }
+    }
+
+    /// Downloads and imports a prebuilt release's closure; what it moved joins the fetch's figures.
+    async fn import_closure(
+        &mut self,
+        release: &FetchedManifest,
+        toplevel: &crate::narinfo::StorePath,
+        mut fetch: FetchStats,
+    ) -> Result<FetchStats, PullError> {
+        let import = prebuilt::Import {
+            settings: &self.cfg.prebuilt,
+            state_dir: &self.cfg.state_dir,
+            timeout: self.cfg.rebuild_timeout.0,
+        };
+        let got = import.run(self.remote, release, toplevel).await?;
+        fetch.downloaded_files += got.downloaded_files;
+        fetch.downloaded_bytes = fetch.downloaded_bytes.saturating_add(got.downloaded_bytes);
+        fetch.reused_files += got.reused_files;
+        Ok(fetch)
     }
 
     /// `rebuild` with `{action}`, `{config}` (`state_dir/current/config`) and `{host}` filled in.
@@ -709,11 +792,13 @@ impl<'a, R: Remote> Poll<'a, R> {
             Err(error) => return RollBack::RedeployFailed { to, error },
         };
         restore_current(&self.cfg.state_dir, Some(prev));
-        let back = rebuild::run(
-            &self.rebuild_argv(action),
-            &self.cfg.state_dir.join("rollback.log"),
-            self.cfg.rebuild_timeout.0,
-        );
+        let log = self.cfg.state_dir.join("rollback.log");
+        let back = match &manifest.toplevel {
+            Some(top) => self
+                .prebuilt_switch()
+                .run(Path::new(top.as_str()), action, &log),
+            None => rebuild::run(&self.rebuild_argv(action), &log, self.cfg.rebuild_timeout.0),
+        };
         if let rebuild::Ended::Failed(message) = back.ended {
             return RollBack::RebuildFailed { to, message };
         }
@@ -773,6 +858,10 @@ impl<'a, R: Remote> Poll<'a, R> {
     async fn applied(mut self, attempt: Attempt, reboot: bool) -> Result<Polled, PullError> {
         let id = self.id.clone();
         let at = format_time((self.opts.now)());
+        if let Some(toplevel) = self.stored_manifest(&id).ok().and_then(|m| m.toplevel) {
+            let timeout = self.cfg.rebuild_timeout.0;
+            prebuilt::keep_roots(&self.cfg.prebuilt, &self.cfg.state_dir, &toplevel, timeout);
+        }
         self.state.applied = Some(Applied {
             id: id.clone(),
             seq: attempt.seq,

@@ -117,6 +117,7 @@ mod tests {
                 entry("files/etc/b/conf", &["b.service"], &["c.service"]),
                 entry("files/etc/d/conf", &["d.service"], &[]),
             ],
+            toplevel: None,
         };
         let changed: Vec<RelPath> = ["etc/a/cert", "etc/a/key", "etc/b/conf"]
             .iter()

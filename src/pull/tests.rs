@@ -118,6 +118,7 @@ backoff_max = "1h"
             seq,
             created: "2026-11-24T00:00:00Z".into(),
             apply: self.apply.clone(),
+            toplevel: None,
             files: files
                 .iter()
                 .map(|(p, c, m)| {
@@ -1050,3 +1051,153 @@ mod files;
 mod ops;
 #[path = "watch_tests.rs"]
 mod watch_tests;
+// ---- prebuilt releases (`toplevel` in the MANIFEST) --------------------------------------
+
+const PB_DEP: &str = "/nix/store/h53jn4wvi4jxxl9bg4mg78zilfmafzv7-dep";
+const PB_TOP: &str = "/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-nixos-system-client1";
+
+fn pb_narinfo(path: &str, url: &str, nar: &[u8]) -> Vec<u8> {
+    let digest = hex::decode(sha256_hex(nar)).unwrap();
+    format!(
+        "StorePath: {path}\nURL: {url}\nCompression: xz\nFileHash: sha256:{}\nFileSize: {}\nNarHash: sha256:x\nNarSize: 1\nReferences: \n",
+        crate::narinfo::nix_base32(&digest),
+        nar.len()
+    )
+    .into_bytes()
+}
+
+/// The client's nix commands as recording shell stand-ins: `invalid` lists what the store lacks.
+fn prebuilt_client(f: &mut Fixture, invalid: &[&str]) -> PathBuf {
+    let calls = f._dir.path().join("nix-calls");
+    let rec = |what: &str| {
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("echo {what} \"$@\" >> {}", calls.display()),
+            "sh".to_owned(),
+        ]
+    };
+    let p = &mut f.cfg.prebuilt;
+    p.cache_public_key = Some("fleet-1:txoMHnami2CpfXuGgeJKHMqMToq/kChyvAoKR8vhTQo=".into());
+    p.query_invalid = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("printf '%s\\n' {}", invalid.join(" ")),
+        "sh".into(),
+    ];
+    p.import = [rec("import"), vec!["{toplevel}".into()]].concat();
+    p.set_profile = [rec("profile"), vec!["{toplevel}".into()]].concat();
+    p.gc_root = rec("root");
+    calls
+}
+
+/// A prebuilt release: base files plus a cache of two paths; `tamper` breaks the top narinfo's FileHash.
+fn prebuilt_release(f: &mut Fixture, tamper: bool) -> ReleaseId {
+    let (dep_nar, top_nar) = (b"dep-nar".as_slice(), b"top-nar-bytes".as_slice());
+    let dep_ni = pb_narinfo(PB_DEP, "nar/dep.nar.xz", dep_nar);
+    let mut top_ni = pb_narinfo(PB_TOP, "nar/top.nar.xz", top_nar);
+    if tamper {
+        top_ni = pb_narinfo(PB_TOP, "nar/top.nar.xz", b"other bytes");
+    }
+    let dep_name = format!("cache/{}.narinfo", &PB_DEP[11..43]);
+    let top_name = format!("cache/{}.narinfo", &PB_TOP[11..43]);
+    let owned: Vec<(String, Vec<u8>)> = vec![
+        (
+            "cache/nix-cache-info".into(),
+            b"StoreDir: /nix/store\n".to_vec(),
+        ),
+        (dep_name, dep_ni),
+        (top_name, top_ni),
+        ("cache/nar/dep.nar.xz".into(), dep_nar.to_vec()),
+        ("cache/nar/top.nar.xz".into(), top_nar.to_vec()),
+    ];
+    let mut files: Vec<(&str, &[u8], u32)> = base_files();
+    files.extend(owned.iter().map(|(p, c)| (p.as_str(), c.as_slice(), 0o644)));
+    f.seq += 1;
+    let mut manifest = f.manifest(&files, f.seq);
+    manifest.toplevel = Some(PB_TOP.parse().unwrap());
+    manifest.apply.build = crate::settings::Build::Server;
+    // The stand-in toplevel does not exist here, so the leaving check is not the test's subject.
+    manifest.apply.allow_leaving = true;
+    f.release(&manifest, &files)
+}
+
+#[test]
+fn a_prebuilt_release_fetches_only_missing_nars_and_never_rebuilds() {
+    let mut f = Fixture::new();
+    let calls = prebuilt_client(&mut f, &[PB_TOP]);
+    let id = prebuilt_release(&mut f, false);
+    let err = f.poll().unwrap_err();
+    let read: Vec<String> = f
+        .remote
+        .log
+        .iter()
+        .filter_map(|op| match op {
+            Op::Read(p) if p.contains("/cache/nar/") => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [format!("/releases/{id}/cache/nar/top.nar.xz")],
+        "the store holds dep"
+    );
+    let nix = std::fs::read_to_string(&calls).unwrap();
+    assert!(nix.contains(&format!("import {PB_TOP}")), "{nix}");
+    assert!(nix.contains(&format!("profile {PB_TOP}")), "{nix}");
+    // There is no such toplevel here, so its switch-to-configuration cannot run: failed, reported.
+    assert!(matches!(err, PullError::Rebuild { .. }), "{err}");
+    assert!(err.to_string().contains("switch-to-configuration"), "{err}");
+    assert_eq!(
+        f.calls(),
+        "",
+        "nixos-rebuild never runs for a prebuilt release"
+    );
+    assert!(
+        !f.cfg
+            .state_dir
+            .join("releases")
+            .join(id.as_str())
+            .join("cache")
+            .exists()
+    );
+    assert!(
+        !f.cfg.state_dir.join("prebuilt").join(id.as_str()).exists(),
+        "the download is gone"
+    );
+}
+
+#[test]
+fn a_narinfo_that_disagrees_with_its_nar_is_refused_before_anything_is_applied() {
+    let mut f = Fixture::new();
+    let calls = prebuilt_client(&mut f, &[PB_TOP, PB_DEP]);
+    prebuilt_release(&mut f, true);
+    let err = f.poll().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PullError::Prebuilt(prebuilt::PrebuiltError::Mismatch { .. })
+        ),
+        "{err}"
+    );
+    assert!(!calls.exists(), "nothing imported or switched");
+    assert!(
+        !f.root().join("etc/app/secret").exists(),
+        "files/ not deployed"
+    );
+    let report = f.report();
+    assert_eq!(report.result, PullResult::Failed);
+    let error = report.error.unwrap();
+    assert!(error.contains("but the MANIFEST lists it as"), "{error}");
+}
+
+#[test]
+fn a_prebuilt_release_without_a_cache_key_is_refused() {
+    let mut f = Fixture::new();
+    prebuilt_client(&mut f, &[PB_TOP]);
+    f.cfg.prebuilt.cache_public_key = None;
+    prebuilt_release(&mut f, false);
+    let err = f.poll().unwrap_err();
+    assert!(err.to_string().contains("cache_public_key"), "{err}");
+    assert_eq!(f.report().result, PullResult::Failed);
+}

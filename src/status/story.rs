@@ -94,6 +94,14 @@ pub fn render(row: &HostStatus, paths: &ChrootPaths, now: SystemTime) -> String 
     if let Some(system) = &d.system {
         line("system", system.clone());
     }
+    if let Some(toplevel) = row.published.as_ref().and_then(|p| p.toplevel.as_ref()) {
+        let drift = if row.state == State::Drifted {
+            " (built on the server; the host runs another system: changed by hand, or rolled back)"
+        } else {
+            " (built on the server)"
+        };
+        line("toplevel", format!("{}{drift}", toplevel.as_str()));
+    }
     for (key, value) in ops_lines(row) {
         line(key, value);
     }

@@ -4,6 +4,7 @@ mod files;
 mod fleet;
 mod lab;
 mod ops;
+mod prebuilt;
 mod provision;
 mod publish;
 mod pull;

@@ -3,13 +3,15 @@
 use std::fs;
 use std::process::{Command as Std, Stdio};
 
+use sha2::Digest;
+
 use crate::TestFleet;
 use crate::status::{report, report_received_at};
 
-const HOSTS: [&str; 8] = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+const HOSTS: [&str; 9] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
 ];
-const STATES: [&str; 8] = [
+const STATES: [&str; 9] = [
     "up-to-date",
     "pending",
     "failed",
@@ -18,6 +20,7 @@ const STATES: [&str; 8] = [
     "never-seen",
     "unreadable",
     "paused",
+    "drifted",
 ];
 const SYSTEM: &str = "/nix/store/00000000000000000000000000000000-nixos-system-25.05";
 
@@ -97,7 +100,28 @@ fn fleet_in_every_state() -> TestFleet {
             "host = \"hotel\"\nrelease = \"{old}\"\nseq = 3\nresult = \"unchanged\"\napplied = \"{old}\"\nlast_seen = \"2026-11-24T11:59:00Z\"\nversion = \"0.1.0\"\napplied_seq = 3\npaused_until = \"2026-11-24T18:00:00Z\"\npause_reason = \"conference demo\"\nreboot = \"pending\"\nreboot_window = \"01:00-05:00\"\n"
         ),
     );
+    // Built on the server (a MANIFEST with a toplevel, as publish writes it), running another system.
+    let india = prebuilt_release(&fleet, "india");
+    report(
+        &fleet,
+        "india",
+        &format!(
+            "host = \"india\"\nrelease = \"{india}\"\nseq = 1\nresult = \"ok\"\napplied = \"{india}\"\nlast_seen = \"2026-11-24T11:59:00Z\"\nsystem = \"{SYSTEM}\"\nversion = \"0.1.0\"\napplied_seq = 1\n"
+        ),
+    );
     fleet
+}
+
+fn prebuilt_release(fleet: &TestFleet, host: &str) -> String {
+    let manifest = format!(
+        "# tiffin release manifest; the release id is the sha256 of this file.\nhost = \"{host}\"\nseq = 1\ncreated = \"2026-11-24T12:00:00Z\"\ntoplevel = \"/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-nixos-system-{host}\"\n\n[apply]\nbuild = \"server\"\n"
+    );
+    let id = hex::encode(sha2::Sha256::digest(manifest.as_bytes()));
+    let dir = fleet.chroots().join(host).join("releases").join(&id);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("MANIFEST"), &manifest).unwrap();
+    fs::write(fleet.chroots().join(host).join("CURRENT"), format!("{id}\n")).unwrap();
+    id
 }
 
 #[test]

@@ -14,8 +14,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-/// Directories that get a copy-on-write overlay: everything a system tool writes to.
-const OVERLAID: &[&str] = &["/etc", "/var", "/root", "/home"];
+/// Directories that get a copy-on-write overlay: everything a system tool writes to. `/nix`
+/// (where the host has one) gives each machine a Nix store of its own for prebuilt releases.
+const OVERLAID: &[&str] = &["/etc", "/var", "/root", "/home", "/nix"];
 
 /// What `machine-init` needs to know.
 #[derive(Debug, Clone, clap::Args)]

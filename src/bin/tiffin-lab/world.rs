@@ -22,6 +22,11 @@ use super::state::{self, MachineState, PREFIX, RunState};
 pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../../vm-scenarios/bin/nixos-rebuild");
 /// The recording stand-in for systemctl (the units tiffin restarts), shipped the same way.
 pub const SYSTEMCTL_STANDIN: &str = include_str!("../../../vm-scenarios/bin/systemctl");
+/// Sets up prebuilt releases (stand-in system flake, signing key), at `$TIFFIN_LAB_BIN/prebuilt-fleet`.
+pub const PREBUILT_FLEET: &str = include_str!("../../../vm-scenarios/bin/prebuilt-fleet");
+/// Nix inside the machines: no sandbox (no user namespaces needed), no binary cache to reach.
+pub const LAB_NIX_CONFIG: &str =
+    "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n";
 
 /// How long one command may take before the lab kills it.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -134,6 +139,7 @@ impl Run {
         for (path, text) in [
             (self.standin(), NIXOS_REBUILD_STANDIN),
             (self.systemctl_standin(), SYSTEMCTL_STANDIN),
+            (bin.join("prebuilt-fleet"), PREBUILT_FLEET),
         ] {
             tiffin::durable::write_atomic(
                 &path,
@@ -398,6 +404,11 @@ impl<'r> World<'r> {
                 ("LC_ALL".to_owned(), "C".to_owned()),
                 ("TIFFIN_LAB".to_owned(), self.run.id.clone()),
                 ("TIFFIN_LAB_MACHINE".to_owned(), m.to_string()),
+                (
+                    "TIFFIN_LAB_BIN".to_owned(),
+                    self.run.bin_dir().display().to_string(),
+                ),
+                ("NIX_CONFIG".to_owned(), LAB_NIX_CONFIG.to_owned()),
             ];
             let shares = vec![tiffin_dir.clone(), self.run.bin_dir()];
             let mut shares_rw = Vec::new();
