@@ -3,8 +3,6 @@
 use std::fs;
 use std::process::{Command as Std, Stdio};
 
-use sha2::Digest;
-
 use crate::TestFleet;
 use crate::status::{report, report_received_at};
 
@@ -101,7 +99,7 @@ fn fleet_in_every_state() -> TestFleet {
         ),
     );
     // Built on the server (a MANIFEST with a toplevel, as publish writes it), running another system.
-    let india = prebuilt_release(&fleet, "india");
+    let india = crate::prebuilt::prebuilt_release(&fleet, "india");
     report(
         &fleet,
         "india",
@@ -110,18 +108,6 @@ fn fleet_in_every_state() -> TestFleet {
         ),
     );
     fleet
-}
-
-fn prebuilt_release(fleet: &TestFleet, host: &str) -> String {
-    let manifest = format!(
-        "# tiffin release manifest; the release id is the sha256 of this file.\nhost = \"{host}\"\nseq = 1\ncreated = \"2026-11-24T12:00:00Z\"\ntoplevel = \"/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-nixos-system-{host}\"\n\n[apply]\nbuild = \"server\"\n"
-    );
-    let id = hex::encode(sha2::Sha256::digest(manifest.as_bytes()));
-    let dir = fleet.chroots().join(host).join("releases").join(&id);
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("MANIFEST"), &manifest).unwrap();
-    fs::write(fleet.chroots().join(host).join("CURRENT"), format!("{id}\n")).unwrap();
-    id
 }
 
 #[test]

@@ -84,9 +84,9 @@ fn a_failing_build_keeps_that_hosts_release_and_publishes_the_others() {
 }
 
 /// A release with a toplevel, written as publish would (no Nix needed to read it).
-fn prebuilt_release(fleet: &TestFleet, host: &str) -> String {
+pub(crate) fn prebuilt_release(fleet: &TestFleet, host: &str) -> String {
     let manifest = format!(
-        "# tiffin release manifest; the release id is the sha256 of this file.\nhost = \"{host}\"\nseq = 1\ncreated = \"2026-11-24T12:00:00Z\"\ntoplevel = \"{TOPLEVEL}\"\n\n[apply]\nbuild = \"server\"\n"
+        "# tiffin release manifest; the release id is the sha256 of this file.\nhost = \"{host}\"\nseq = 1\ncreated = \"2026-11-24T12:00:00Z\"\ntoplevel = \"/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-nixos-system-{host}\"\n\n[apply]\nbuild = \"server\"\n"
     );
     let id = hex::encode(Sha256::digest(manifest.as_bytes()));
     let dir = fleet.chroots().join(host).join("releases").join(&id);
