@@ -233,17 +233,7 @@ pub fn host_status(
     } else if ops.paused_at(now) {
         State::Paused
     } else {
-        match report.result {
-            PullResult::Failed => State::Failed,
-            PullResult::RolledBack => State::RolledBack,
-            PullResult::Ok | PullResult::Unchanged => match (&published, &applied) {
-                (Some(p), Some(a)) if p.id.as_str() == a => match &p.toplevel {
-                    Some(t) if report.system.as_deref() != Some(t.as_str()) => State::Drifted,
-                    _ => State::UpToDate,
-                },
-                _ => State::Pending,
-            },
-        }
+        reported_state(&report, published.as_ref(), applied.as_deref())
     };
     errors.extend(report.error.clone());
     HostStatus {
@@ -261,6 +251,22 @@ pub fn host_status(
         trigger_pending: published_trigger
             .filter(|t| report.trigger.as_deref() != Some(t.id.as_str()))
             .map(|t| t.id),
+    }
+}
+
+/// The state a readable, fresh, unpaused report adds up to against what is published.
+fn reported_state(report: &Report, published: Option<&Published>, applied: Option<&str>) -> State {
+    match report.result {
+        PullResult::Failed => State::Failed,
+        PullResult::RolledBack => State::RolledBack,
+        PullResult::Ok | PullResult::Unchanged => match (published, applied) {
+            (Some(p), Some(a)) if p.id.as_str() == a => match &p.toplevel {
+                // Built on the server: the host must run exactly the published system.
+                Some(t) if report.system.as_deref() != Some(t.as_str()) => State::Drifted,
+                _ => State::UpToDate,
+            },
+            _ => State::Pending,
+        },
     }
 }
 

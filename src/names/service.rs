@@ -118,28 +118,9 @@ impl FromStr for UnitName {
     }
 }
 
-macro_rules! impls {
-    ($t:ty) => {
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
-            }
-        }
-    };
-}
-impls!(AccountName);
-impls!(UnitName);
+// The macro is names.rs's, in scope here because `mod service;` follows it.
+string_newtype_impls!(AccountName);
+string_newtype_impls!(UnitName);
 
 #[cfg(test)]
 mod tests {

@@ -146,7 +146,7 @@ impl Figures {
     }
 }
 
-fn failed(e: StepError) -> LabError {
+pub(super) fn failed(e: StepError) -> LabError {
     match e {
         StepError::Interrupted => LabError::Interrupted,
         StepError::Failed(f) => {
@@ -156,8 +156,18 @@ fn failed(e: StepError) -> LabError {
 }
 
 fn sh(world: &mut World, on: &MachineName, script: &str) -> Result<String, LabError> {
+    sh_within(world, on, script, MEASURE_TIMEOUT)
+}
+
+/// Runs a shell script on a lab machine; a non-zero exit fails the bench with its output.
+pub(super) fn sh_within(
+    world: &mut World,
+    on: &MachineName,
+    script: &str,
+    timeout: Duration,
+) -> Result<String, LabError> {
     let done = world
-        .exec_with(on, &["sh", "-c", script], None, MEASURE_TIMEOUT)
+        .exec_with(on, &["sh", "-c", script], None, timeout)
         .map_err(failed)?;
     if !done.status.success() {
         return Err(LabError::Failed(format!(
@@ -169,18 +179,21 @@ fn sh(world: &mut World, on: &MachineName, script: &str) -> Result<String, LabEr
     Ok(done.output)
 }
 
-/// Builds the lab, measures, tears it down; prints the table with the figures line last.
-pub fn bench(polls: u32, interrupt: Interrupt) -> Result<u8, LabError> {
-    let scenario = Scenario::parse(Path::new("bench"), SETUP)?;
+/// Builds a lab from `setup`, runs `measure` in it and tears it down whatever happened;
+/// `banner` (given the run) goes to stderr first. Returns what `measure` rendered.
+pub(super) fn in_lab(
+    name: &str,
+    setup: &str,
+    interrupt: Interrupt,
+    banner: impl FnOnce(&Run) -> String,
+    measure: impl FnOnce(&mut World, &Scenario) -> Result<String, LabError>,
+) -> Result<String, LabError> {
+    let scenario = Scenario::parse(Path::new(name), setup)?;
     let mut run = Run::start(interrupt)?;
-    eprintln!(
-        "tiffin-lab bench: run {}, {polls} polls each; lab files in {}",
-        run.id,
-        run.dir.display()
-    );
+    eprintln!("{}", banner(&run));
     let result = {
         let mut world = World::new(&mut run, &scenario);
-        let result = measure(&mut world, &scenario, polls);
+        let result = measure(&mut world, &scenario);
         for p in world.down() {
             eprintln!("tiffin-lab: teardown: {p}");
         }
@@ -189,8 +202,22 @@ pub fn bench(polls: u32, interrupt: Interrupt) -> Result<u8, LabError> {
     for p in run.finish() {
         eprintln!("tiffin-lab: teardown: {p}");
     }
-    let figures = result?;
-    print!("{}", figures.render());
+    result
+}
+
+/// Builds the lab, measures, tears it down; prints the table with the figures line last.
+pub fn bench(polls: u32, interrupt: Interrupt) -> Result<u8, LabError> {
+    let banner = |run: &Run| {
+        format!(
+            "tiffin-lab bench: run {}, {polls} polls each; lab files in {}",
+            run.id,
+            run.dir.display()
+        )
+    };
+    let out = in_lab("bench", SETUP, interrupt, banner, |world, scenario| {
+        Ok(measure(world, scenario, polls)?.render())
+    })?;
+    print!("{out}");
     Ok(0)
 }
 

@@ -15,11 +15,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::LabError;
+use super::bench::failed;
 use super::interrupt::Interrupt;
 use super::procfs;
 use super::scenario::{MachineName, Scenario};
 use super::steps;
-use super::world::{Run, StepError, World};
+use super::world::{Run, World};
 
 /// The flags of `tiffin-lab bench` that select and shape this bench.
 #[derive(Debug, Clone, clap::Args)]
@@ -271,27 +272,23 @@ fn clock_ticks_per_s() -> u64 {
 
 /// Builds the lab, measures, tears it down; prints the table with the figures line last.
 pub fn bench(args: &CapacityArgs, interrupt: Interrupt) -> Result<u8, LabError> {
-    let scenario = Scenario::parse(Path::new("bench-capacity"), SETUP)?;
-    let mut run = Run::start(interrupt)?;
-    eprintln!(
-        "tiffin-lab bench --capacity: run {}, {} clients, {} s per tool; lab files in {}",
-        run.id,
-        args.clients,
-        args.seconds,
-        run.dir.display()
-    );
-    let result = {
-        let mut world = World::new(&mut run, &scenario);
-        let result = measure(&mut world, &scenario, args);
-        for p in world.down() {
-            eprintln!("tiffin-lab: teardown: {p}");
-        }
-        result
+    let banner = |run: &Run| {
+        format!(
+            "tiffin-lab bench --capacity: run {}, {} clients, {} s per tool; lab files in {}",
+            run.id,
+            args.clients,
+            args.seconds,
+            run.dir.display()
+        )
     };
-    for p in run.finish() {
-        eprintln!("tiffin-lab: teardown: {p}");
-    }
-    print!("{}", result?.render());
+    let out = super::bench::in_lab(
+        "bench-capacity",
+        SETUP,
+        interrupt,
+        banner,
+        |world, scenario| Ok(measure(world, scenario, args)?.render()),
+    )?;
+    print!("{out}");
     Ok(0)
 }
 
@@ -349,17 +346,6 @@ fn measure(
     })
 }
 
-fn failed(e: StepError) -> LabError {
-    match e {
-        StepError::Interrupted => LabError::Interrupted,
-        StepError::Failed(f) => LabError::Failed(super::runner::render_failure(
-            "the capacity bench failed",
-            &f,
-            None,
-        )),
-    }
-}
-
 fn sh(world: &mut World, on: &MachineName, script: &str) -> Result<String, LabError> {
     sh_timeout(world, on, script, SETUP_TIMEOUT)
 }
@@ -385,17 +371,7 @@ fn sh_timeout(
     script: &str,
     timeout: Duration,
 ) -> Result<String, LabError> {
-    let done = world
-        .exec_with(on, &["sh", "-c", script], None, timeout)
-        .map_err(failed)?;
-    if !done.status.success() {
-        return Err(LabError::Failed(format!(
-            "the capacity bench failed on {on}: exit {}\n{}",
-            done.code(),
-            done.output
-        )));
-    }
-    Ok(done.output)
+    super::bench::sh_within(world, on, script, timeout)
 }
 
 #[cfg(test)]

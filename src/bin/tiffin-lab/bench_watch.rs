@@ -8,14 +8,14 @@
 //! (d) the client's RSS and open descriptors after 10 and after 10,000 checks.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use super::LabError;
+use super::bench::failed;
 use super::interrupt::Interrupt;
 use super::scenario::{MachineName, Scenario};
 use super::steps;
-use super::world::{Run, StepError, World};
+use super::world::{Run, World};
 
 const SETUP: &str = r##"# Proves: nothing by itself: it sets up the fleet `tiffin-lab bench --watch` measures (one client, applied, watch_interval = 1s).
 
@@ -221,51 +221,27 @@ impl Figures {
     }
 }
 
-fn failed(e: StepError) -> LabError {
-    match e {
-        StepError::Interrupted => LabError::Interrupted,
-        StepError::Failed(f) => {
-            LabError::Failed(super::runner::render_failure("the bench failed", &f, None))
-        }
-    }
-}
-
 fn sh(world: &mut World, on: &MachineName, script: &str) -> Result<String, LabError> {
-    let done = world
-        .exec_with(on, &["sh", "-c", script], None, TIMEOUT)
-        .map_err(failed)?;
-    if !done.status.success() {
-        return Err(LabError::Failed(format!(
-            "the bench failed on {on}: exit {}\n{}",
-            done.code(),
-            done.output
-        )));
-    }
-    Ok(done.output)
+    super::bench::sh_within(world, on, script, TIMEOUT)
 }
 
 /// Builds the lab, measures, tears it down; prints the table with the figures line last.
 pub fn bench(changes: u32, interrupt: Interrupt) -> Result<u8, LabError> {
-    let scenario = Scenario::parse(Path::new("bench-watch"), SETUP)?;
-    let mut run = Run::start(interrupt)?;
-    eprintln!(
-        "tiffin-lab bench --watch: run {}, {changes} changes; lab files in {}",
-        run.id,
-        run.dir.display()
-    );
-    let result = {
-        let mut world = World::new(&mut run, &scenario);
-        let result = measure(&mut world, &scenario, changes);
-        for p in world.down() {
-            eprintln!("tiffin-lab: teardown: {p}");
-        }
-        result
+    let banner = |run: &Run| {
+        format!(
+            "tiffin-lab bench --watch: run {}, {changes} changes; lab files in {}",
+            run.id,
+            run.dir.display()
+        )
     };
-    for p in run.finish() {
-        eprintln!("tiffin-lab: teardown: {p}");
-    }
-    let figures = result?;
-    print!("{}", figures.render());
+    let out = super::bench::in_lab(
+        "bench-watch",
+        SETUP,
+        interrupt,
+        banner,
+        |world, scenario| Ok(measure(world, scenario, changes)?.render()),
+    )?;
+    print!("{out}");
     Ok(0)
 }
 
