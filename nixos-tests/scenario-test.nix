@@ -172,8 +172,13 @@
       (import ./lib/vm-base.nix (vmData client null))
     ];
     virtualisation = {
-      # Evaluating a NixOS system inside the VM needs room, as in nixpkgs' rebuild tests.
-      memorySize = 3072;
+      # Evaluating a NixOS system inside the VM needs room, as in nixpkgs' rebuild tests;
+      # a prebuilt client evaluates nothing, but its imported paths land in the
+      # store's tmpfs (half of the memory).
+      memorySize =
+        if scenario.prebuilt
+        then 2048
+        else 3072;
       cores = 2;
       # A prebuilt client gets nothing: it downloads its closure from its release.
       additionalPaths = lib.optionals (!scenario.prebuilt) (sources ++ systemPaths client config.system.build.networkConfig);
@@ -187,11 +192,11 @@ in
       {
         server = {nodes, ...}: {
           imports = [self.nixosModules.server] ++ lib.optional scenario.prebuilt prebuiltServer;
-          # A prebuilt server evaluates every client's NixOS system (room, as
-          # for a rebuilding client) and holds what each build finds built;
+          # A prebuilt server evaluates every client's NixOS system (publish
+          # runs two builds at a time) and holds what each build finds built;
           # its cache pool and the chroots hold whole closures (xz).
           virtualisation = lib.optionalAttrs scenario.prebuilt {
-            memorySize = 3072;
+            memorySize = 4096;
             cores = 2;
             diskSize = 8192;
             additionalPaths = sources ++ lib.concatMap (client: systemPaths client nodes.${client}.system.build.networkConfig) scenario.clients;
