@@ -81,4 +81,19 @@
       -----END OPENSSH PRIVATE KEY-----
     '';
   };
+  # Nix signing keys for the prebuilt-* VM tests ONLY (TEST keys, published
+  # like the SSH keys above; made with `nix key generate-secret --key-name
+  # fleet-test-1` and `nix key convert-secret-to-public`). The server VM signs
+  # with `fleet` (or `wrong`, in prebuilt-wrong-key); every client VM trusts
+  # only fleet's public half (services.tiffin.client.cachePublicKey).
+  cache = {
+    fleet = {
+      secret = "fleet-test-1:3m+RrEyXmU+w454b6OqB/CSGz0K1pUAkpLiV9BooibJrX1EO3p4cX/wD+Ff1yQ5tqK24hYcYra7KyuEp9WYLCw==";
+      public = "fleet-test-1:a19RDt6eHF/8A/hX9ckObaituIWHGK2uysrhKfVmCws=";
+    };
+    wrong = {
+      secret = "wrong-test-1:lMpVT2c3jB6s/+N1F8TCT7ya7/1NGisfwuLlyg7SPggbe6/Nj0joK4i3fmaHsHL+xQ+w7QgHTPN4+0/I5/Dg5Q==";
+      public = "wrong-test-1:G3uvzY9I6CuIt35mh7By/sUPsO0IB0zzePtPyOfw4OU=";
+    };
+  };
 }

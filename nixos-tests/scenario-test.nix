@@ -43,13 +43,16 @@
   # The data a client's VM parts need, the same on the host and, through
   # hosts/<client>/tiffin-vm.json, in the VM; JSON both ways so they match.
   vmData = client: networkConfig:
-    builtins.fromJSON (builtins.toJSON {
-      nodeName = client;
-      inherit system networkConfig;
-      inherit (scenario) serverAddress;
-      labAddress = scenario.labAddress client;
-      serverPublicKey = keys.server.public;
-    });
+    builtins.fromJSON (builtins.toJSON ({
+        nodeName = client;
+        inherit system networkConfig;
+        inherit (scenario) serverAddress;
+        labAddress = scenario.labAddress client;
+        serverPublicKey = keys.server.public;
+      }
+      # A prebuilt scenario's clients trust the fleet's test key, in the test
+      # node and in every fleet system (lib/vm-base.nix).
+      // lib.optionalAttrs scenario.prebuilt {cachePublicKey = keys.cache.fleet.public;}));
   vmJsonFile = client: networkConfig: builtins.toFile "tiffin-vm.json" (builtins.toJSON (vmData client networkConfig));
 
   # The fleet's files as the host evaluates them: a release's config/ is a
@@ -124,9 +127,44 @@
       toplevel = (fleetSystem client networkConfig first).config.system.build.toplevel;
     };
 
-  clientNode = client: {config, ...}: let
-    check = evalCheck client config.system.build.networkConfig;
-  in {
+  # What a VM needs in its store to evaluate (and find built) a client's
+  # systems offline: the client's own VM in a rebuild scenario, the server VM
+  # (for all clients) in a prebuilt one.
+  systemPaths = client: networkConfig: let
+    check = evalCheck client networkConfig;
+  in
+    targetSystems client networkConfig
+    ++ lib.optional (check != null) check.tree;
+  sources = ["${nixpkgs}" "${self}"];
+
+  # Offline, as lib/vm-base.nix makes the clients: the server VM's build
+  # evaluates the fleet's flake with only what its store holds.
+  offlineNix = {
+    substituters = lib.mkForce [];
+    hashed-mirrors = null;
+    connect-timeout = 1;
+    flake-registry = "";
+  };
+
+  # A prebuilt scenario's server: it builds ([apply] build = "server", set
+  # by the scenario's first step) and signs with a TEST key. Both test key
+  # pairs (nixos-tests/keys.nix) are in /etc/tiffin-test/, where the first
+  # step copies one to the signingKeyFile, as the lab's prebuilt-fleet does.
+  prebuiltServer = {
+    services.tiffin.server.build = {
+      enable = true;
+      signingKeyFile = "/var/lib/tiffin/signing-key";
+    };
+    nix.settings = offlineNix;
+    environment.etc = lib.mapAttrs' (n: k:
+      lib.nameValuePair "tiffin-test/signing-key-${n}" {
+        mode = "0600";
+        text = k.secret;
+      })
+    keys.cache;
+  };
+
+  clientNode = client: {config, ...}: {
     imports = [
       # The test node runs the client as the fleet configures it.
       self.nixosModules.client
@@ -134,13 +172,16 @@
       (import ./lib/vm-base.nix (vmData client null))
     ];
     virtualisation = {
-      # Evaluating a NixOS system inside the VM needs room, as in nixpkgs' rebuild tests.
-      memorySize = 3072;
+      # Evaluating a NixOS system inside the VM needs room, as in nixpkgs' rebuild tests;
+      # a prebuilt client evaluates nothing, but its imported paths land in the
+      # store's tmpfs (half of the memory).
+      memorySize =
+        if scenario.prebuilt
+        then 2048
+        else 3072;
       cores = 2;
-      additionalPaths =
-        ["${nixpkgs}" "${self}"]
-        ++ targetSystems client config.system.build.networkConfig
-        ++ lib.optional (check != null) check.tree;
+      # A prebuilt client gets nothing: it downloads its closure from its release.
+      additionalPaths = lib.optionals (!scenario.prebuilt) (sources ++ systemPaths client config.system.build.networkConfig);
     };
   };
 in
@@ -149,8 +190,17 @@ in
 
     nodes =
       {
-        server = {
-          imports = [self.nixosModules.server];
+        server = {nodes, ...}: {
+          imports = [self.nixosModules.server] ++ lib.optional scenario.prebuilt prebuiltServer;
+          # A prebuilt server evaluates every client's NixOS system (publish
+          # runs two builds at a time) and holds what each build finds built;
+          # its cache pool and the chroots hold whole closures (xz).
+          virtualisation = lib.optionalAttrs scenario.prebuilt {
+            memorySize = 4096;
+            cores = 2;
+            diskSize = 8192;
+            additionalPaths = sources ++ lib.concatMap (client: systemPaths client nodes.${client}.system.build.networkConfig) scenario.clients;
+          };
           services.tiffin.server = {
             enable = true;
             inherit (scenario.server) chrootRoot userPrefix sshdExtra;

@@ -250,9 +250,14 @@
   # first configuration, as a release gives it) must be the one pre-built on
   # the host, or the offline rebuild would have to build it and fail late.
   evalTimeout = 1800;
+  # In a prebuilt scenario the server evaluates (and builds) the clients'
+  # systems, so the server VM runs this check; the clients evaluate nothing.
   evalCheck = c: let
     check = vmFiles.evalCheck c;
-    m = pyName c;
+    m =
+      if prebuilt
+      then "server"
+      else pyName c;
     attr = "path:${check.tree}#nixosConfigurations.${c}.config.system.build.toplevel.outPath";
   in
     if check == null
@@ -267,6 +272,20 @@
 
   # ---- steps ----------------------------------------------------------------
   steps = scenario.step or [];
+  # A prebuilt scenario ([apply] build = "server", docs/prebuilt.md): its
+  # steps set the fleet up with the lab's vm-scenarios/bin/prebuilt-fleet
+  # (replaced for the VMs in nixos-tests/vm-overrides.toml). The server VM
+  # then builds each client's real system, so scenario-test.nix gives it the
+  # signing keys and every client's pre-built systems, and the clients
+  # nothing but the fleet's public key: they must download their closures.
+  prebuilt = builtins.any (s: builtins.match ".*prebuilt-fleet.*" (s.command or "") != null) steps;
+  # A prebuilt publish evaluates every host's NixOS system and the first one
+  # signs and compresses (xz) whole closures on the server VM's 2 cores: more
+  # than the driver's default 900 s per command.
+  serverTimeout =
+    if prebuilt
+    then ", timeout=3600"
+    else "";
   overridesOf = kind: let
     mine = builtins.filter (o: o.scenario == name) (overrides.${kind} or []);
   in
@@ -456,7 +475,7 @@
   in
     if s.background or false
     then "${m}.succeed(${py "(sh ${file} >${bg}.out 2>&1; echo $? >${bg}.status) </dev/null >/dev/null 2>&1 &"})\n"
-    else "status, out = ${m}.execute(${py "sh ${file} 2>&1"})\n" + checkRun what s code;
+    else "status, out = ${m}.execute(${py "sh ${file} 2>&1"}${serverTimeout})\n" + checkRun what s code;
 
   # Watch steps: the VMs run the client module's own tiffin-watch.service
   # (installed by vm-base.nix, not started at boot), its output appended to
@@ -575,7 +594,15 @@
     s =
       if replacement == null
       then s0
-      else s0 // {command = replacement."with";};
+      else
+        s0
+        // {command = replacement."with";}
+        # The VM's own expectation, when the real system prints other facts than the lab's stand-ins.
+        // (
+          if replacement ? expect_output
+          then {inherit (replacement) expect_output;}
+          else {}
+        );
     _k =
       if stepKeys ? ${kind}
       then checkKeys what (["do" "vm_skip"] ++ stepKeys.${kind}) s
@@ -599,7 +626,7 @@
         '')
         clients
       else if kind == "publish"
-      then "server.succeed(${py "tiffin publish --fleet ${fleetDir}${concatMapStrings (h: " " + builtins.seq (client what h) h) (asList (s.hosts or []))}"})\n"
+      then "server.succeed(${py "tiffin publish --fleet ${fleetDir}${concatMapStrings (h: " " + builtins.seq (client what h) h) (asList (s.hosts or []))}"}${serverTimeout})\n"
       else if kind == "edit"
       then edit what s
       else if kind == "pull"
@@ -730,7 +757,7 @@
         else "\nwith subtest(\"the scenario's end: background runs\"):\n${indent "    " (waitFor js)}"
     );
 in {
-  inherit name clients machines server serverAddress labAddress fleetDir testScript fleetToml;
+  inherit name clients machines server serverAddress labAddress fleetDir testScript fleetToml prebuilt;
   # Every configuration.nix text a client meets during the scenario (the
   # initial one and each edit), so the test can pre-build their systems.
   configurations = builtins.listToAttrs (map (c: {

@@ -4,7 +4,7 @@
 # OpenSSH's own clients, the held-back timer, and Nix without substituters
 # (the VMs are offline). `vm` is the JSON-able data of
 # nixos-tests/scenario-test.nix: { nodeName, system, serverAddress,
-# labAddress, serverPublicKey, ... }.
+# labAddress, serverPublicKey, cachePublicKey (prebuilt scenarios), ... }.
 vm: {
   lib,
   pkgs,
@@ -44,6 +44,25 @@ vm: {
       [ "$result" = ok ]
     ''}"
   ];
+  # A prebuilt scenario's clients import only closures signed with the
+  # fleet's TEST key (nixos-tests/keys.nix), in the test node as in each
+  # fleet system they switch to: /etc/tiffin/client.toml keeps
+  # cache_public_key across the switches.
+  services.tiffin.client.cachePublicKey = lib.mkIf ((vm.cachePublicKey or null) != null) vm.cachePublicKey;
+  # A prebuilt client never runs nixos-rebuild; each call would be recorded
+  # in /var/lib/tiffin-vm/rebuild-calls.log, which the scenarios check is
+  # absent (the lab's stand-in records in /var/lib/fake-nix/calls.log).
+  services.tiffin.client.settings.rebuild = lib.mkIf ((vm.cachePublicKey or null) != null) [
+    "${pkgs.writeShellScript "tiffin-vm-nixos-rebuild" ''
+      mkdir -p /var/lib/tiffin-vm
+      printf '%s\n' "$*" >>/var/lib/tiffin-vm/rebuild-calls.log
+      exec nixos-rebuild "$@"
+    ''}"
+    "{action}"
+    "--flake"
+    "{config}#{host}"
+  ];
+
   # The watcher is installed as on a host with watch mode, but not started at
   # boot: the watch_start and watch_stop steps start and stop it.
   services.tiffin.client.watch.enable = true;

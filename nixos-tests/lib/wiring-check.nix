@@ -59,6 +59,8 @@
             else (builtins.head named).networking.hostName;
           config.system.build.toplevel = {
             type = "derivation";
+            # Which host's system it is, for a prebuilt server holding every client's.
+            hostName = (builtins.head named).networking.hostName;
             name = "nixos-system";
             outPath = fakePath "nixos-system";
             # Forces the configuration, as a real evaluation would.
@@ -103,24 +105,41 @@
     };
   });
   clientNode = c: test.nodes.${c} {config = nodes.${c};};
+  serverNode = test.nodes.server {
+    config = nodes.server;
+    inherit nodes;
+  };
+  serverPaths = serverNode.virtualisation.additionalPaths or [];
+  prebuilt = serverPaths != [];
 in {
   machines = lib.attrNames test.nodes;
+  inherit prebuilt;
   testScript = test.testScript {inherit nodes;};
   server = {
-    inherit (test.nodes.server.services.tiffin.server) chrootRoot userPrefix sshdExtra;
-    hosts = lib.attrNames test.nodes.server.services.tiffin.server.hosts;
-    addresses = test.nodes.server.networking.interfaces.eth1.ipv4.addresses;
-    fleet = test.nodes.server.environment.variables.TIFFIN_FLEET;
+    inherit (serverNode.services.tiffin.server) chrootRoot userPrefix sshdExtra;
+    hosts = lib.attrNames serverNode.services.tiffin.server.hosts;
+    addresses = serverNode.networking.interfaces.eth1.ipv4.addresses;
+    fleet = serverNode.environment.variables.TIFFIN_FLEET;
+    # A prebuilt server builds: the module's build option and its modules (lib.optional).
+    importCount = builtins.length serverNode.imports;
   };
   # Per client: how many paths it gets (nixpkgs, tiffin, one per pre-built
   # system, the config tree the early step evaluates) and the modules of each
   # pre-built system: the fleet flake's configuration.nix, tiffin's client
-  # module and common/tiffin.nix, as files the host rewrote.
+  # module and common/tiffin.nix, as files the host rewrote. In a prebuilt
+  # scenario the server VM holds them (the client's own paths are empty),
+  # each client's systems picked from the server's by their host name.
   clients = lib.genAttrs clients (c: let
     node = clientNode c;
-    paths = node.virtualisation.additionalPaths;
+    ownPaths = node.virtualisation.additionalPaths;
+    mine = p: (p.hostName or null) == c || p.name == "tiffin-vm-${c}-config";
+    paths =
+      if prebuilt
+      then lib.take 2 serverPaths ++ builtins.filter mine (lib.drop 2 serverPaths)
+      else ownPaths;
     rest = lib.drop 2 paths;
   in {
+    ownPathCount = builtins.length ownPaths;
     pathCount = builtins.length paths;
     sources = lib.take 2 paths;
     systems = map (p: {
