@@ -162,8 +162,13 @@ pub struct Watcher<'a> {
     /// `/CURRENT`'s bytes at the last poll that reached the server.
     last: Option<Vec<u8>>,
     last_poll: Option<Instant>,
+    /// When a poll last ran for a deferred reboot whose window was open (a failed reboot
+    /// command is retried once per `REBOOT_RETRY`, not at every check).
+    last_reboot_try: Option<Instant>,
     pub checks: u64,
 }
+
+const REBOOT_RETRY: Duration = Duration::from_secs(60);
 
 /// Errors that mean the session is gone: reconnect, do not report.
 fn is_lost(e: &RemoteError) -> bool {
@@ -197,6 +202,7 @@ impl<'a> Watcher<'a> {
             heartbeat,
             last: None,
             last_poll: None,
+            last_reboot_try: None,
             checks: 0,
         }
     }
@@ -219,8 +225,12 @@ impl<'a> Watcher<'a> {
         let due = self
             .last_poll
             .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat);
-        if !due && self.last.as_deref() == Some(&bytes[..]) {
+        let reboot = self.reboot_due(now);
+        if !due && !reboot && self.last.as_deref() == Some(&bytes[..]) {
             return Ok(Checked::Idle);
+        }
+        if reboot {
+            self.last_reboot_try = Some(now);
         }
         // Held only while applying: a one-shot pull idles nothing away, and never overlaps.
         let _lock = match state::lock(&self.cfg.state_dir) {
@@ -235,6 +245,17 @@ impl<'a> Watcher<'a> {
         self.last = Some(bytes);
         self.last_poll = Some(now);
         Ok(Checked::Polled(result))
+    }
+}
+
+impl Watcher<'_> {
+    /// A reboot deferred to its window is owed and the window is open: the poll that settles
+    /// it runs at this check, not only at the next heartbeat.
+    fn reboot_due(&self, now: Instant) -> bool {
+        let tried_lately = self
+            .last_reboot_try
+            .is_some_and(|t| now.saturating_duration_since(t) < REBOOT_RETRY);
+        !tried_lately && super::window::pending_reboot_open(&self.cfg.state_dir, self.opts)
     }
 }
 

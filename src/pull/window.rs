@@ -34,6 +34,15 @@ pub fn decide(window: Option<RebootWindow>, local_minute: u16) -> RebootWhen {
     }
 }
 
+/// Whether the state records a deferred reboot whose window is open now (the watcher asks at
+/// each check; an unreadable state owes nothing here, the next poll reports it).
+pub fn pending_reboot_open(state_dir: &std::path::Path, opts: &super::PollOptions) -> bool {
+    super::state::State::load(state_dir)
+        .ok()
+        .and_then(|s| s.pending_reboot)
+        .is_some_and(|p| p.window.contains((opts.local_minute)((opts.now)())))
+}
+
 impl<R: super::transport::Remote> super::Poll<'_, R> {
     /// On a poll with nothing new: whether a deferred reboot is due now. A reboot no longer
     /// needed (the host was rebooted since) is forgotten; one still waiting is reported.
