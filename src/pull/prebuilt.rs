@@ -297,7 +297,8 @@ impl Import<'_> {
             .map(|f| (f.path.as_str(), f))
             .collect();
         let mut stats = FetchStats::default();
-        let described = read_narinfos(remote, id, &files, &mut stats).await?;
+        let kept = KeptNarinfos::new(self.state_dir);
+        let described = read_narinfos(remote, id, &files, &mut stats, &kept).await?;
         if !described.iter().any(|d| &d.info.store_path == toplevel) {
             return Err(PrebuiltError::Incomplete {
                 id: id.clone(),
@@ -328,7 +329,7 @@ impl Import<'_> {
             source,
         })?;
         let chosen = choose(&described, &valid);
-        stats.reused_files = described.len() - chosen.len();
+        stats.reused_files += described.len() - chosen.len();
         tracing::info!(
             "prebuilt {toplevel}: {} store path(s), {} already in the local store; downloading {} NAR(s), {} bytes",
             described.len(),
@@ -342,6 +343,7 @@ impl Import<'_> {
             stats.downloaded_bytes = stats.downloaded_bytes.saturating_add(nar.size);
         }
         self.import(id, toplevel, key, dir)?;
+        kept.keep_only(described.iter().map(|d| d.narinfo));
         Ok(stats)
     }
 
@@ -415,11 +417,73 @@ impl Import<'_> {
     }
 }
 
+/// The narinfos of the closure imported last, by sha256 (`state_dir/narinfo/`): a new release
+/// of a real system lists about a thousand, nearly all unchanged, and only the changed ones
+/// are downloaded again. Bounded: after an import only that closure's narinfos stay.
+struct KeptNarinfos {
+    dir: PathBuf,
+}
+
+impl KeptNarinfos {
+    fn new(state_dir: &Path) -> KeptNarinfos {
+        KeptNarinfos {
+            dir: state_dir.join("narinfo"),
+        }
+    }
+
+    fn path(&self, entry: &FileEntry) -> PathBuf {
+        self.dir.join(entry.sha256.as_str())
+    }
+
+    /// The kept copy of `entry`, when it is there and still hashes right.
+    fn get(&self, entry: &FileEntry) -> Option<Vec<u8>> {
+        let path = self.path(entry);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() || meta.len() != entry.size {
+            return None;
+        }
+        let bytes = fs::read(&path).ok()?;
+        verify::file(entry, &bytes).is_ok().then_some(bytes)
+    }
+
+    /// Best effort: a narinfo not kept is only downloaded again next time.
+    fn put(&self, entry: &FileEntry, bytes: &[u8]) {
+        let kept = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .and_then(|()| {
+                crate::durable::write_atomic(
+                    &self.path(entry),
+                    bytes,
+                    0o600,
+                    crate::durable::Owner::Caller,
+                )
+            });
+        if let Err(e) = kept {
+            tracing::debug!("keeping narinfo {}: {e}", entry.path);
+        }
+    }
+
+    fn keep_only<'a>(&self, entries: impl Iterator<Item = &'a FileEntry>) {
+        let keep: BTreeSet<String> = entries.map(|e| e.sha256.as_str().to_owned()).collect();
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for name in dir.flatten().map(|e| e.file_name()) {
+            if !name.to_str().is_some_and(|n| keep.contains(n)) {
+                let _ = fs::remove_file(self.dir.join(&name));
+            }
+        }
+    }
+}
+
 async fn read_narinfos<'a, R: Remote>(
     remote: &mut R,
     id: &ReleaseId,
     files: &BTreeMap<&str, &'a FileEntry>,
     stats: &mut FetchStats,
+    kept: &KeptNarinfos,
 ) -> Result<Vec<Described<'a>>, PrebuiltError> {
     let narinfos: Vec<&FileEntry> = files
         .values()
@@ -436,7 +500,18 @@ async fn read_narinfos<'a, R: Remote>(
         });
     }
     let mut described = Vec::with_capacity(narinfos.len());
-    for batch in narinfos.chunks(NARINFO_BATCH) {
+    let mut missing = Vec::new();
+    for entry in narinfos {
+        match kept.get(entry) {
+            Some(bytes) => {
+                stats.reused_files += 1;
+                stats.reused_bytes = stats.reused_bytes.saturating_add(entry.size);
+                described.push(describe(id, files, entry, bytes)?);
+            }
+            None => missing.push(entry),
+        }
+    }
+    for batch in missing.chunks(NARINFO_BATCH) {
         let wanted: Vec<Wanted> = batch.iter().map(|f| wanted(id, f)).collect();
         let contents =
             remote
@@ -453,6 +528,7 @@ async fn read_narinfos<'a, R: Remote>(
             })?;
             stats.downloaded_files += 1;
             stats.downloaded_bytes = stats.downloaded_bytes.saturating_add(entry.size);
+            kept.put(entry, &bytes);
             described.push(describe(id, files, entry, bytes)?);
         }
     }

@@ -1168,6 +1168,49 @@ fn a_prebuilt_release_fetches_only_missing_nars_and_never_rebuilds() {
 }
 
 #[test]
+fn a_new_release_of_the_same_closure_downloads_no_narinfo_again() {
+    let mut f = Fixture::new();
+    prebuilt_client(&mut f, &[PB_TOP]);
+    let narinfo_reads = |f: &Fixture| {
+        f.remote
+            .log
+            .iter()
+            .filter(|op| matches!(op, Op::Read(p) if p.ends_with(".narinfo")))
+            .count()
+    };
+    prebuilt_release(&mut f, false);
+    let _ = f.poll();
+    assert_eq!(narinfo_reads(&f), 2, "the first release: both narinfos");
+    f.remote.log.clear();
+    // The same closure in a newer release (another seq): its narinfos are kept from the first.
+    prebuilt_release(&mut f, false);
+    let _ = f.poll();
+    assert!(
+        f.remote
+            .log
+            .iter()
+            .any(|op| matches!(op, Op::Read(p) if p.ends_with("MANIFEST"))),
+        "the second release was fetched: {:?}",
+        f.remote.log
+    );
+    assert_eq!(narinfo_reads(&f), 0, "{:?}", f.remote.log);
+    let nar_reads = f
+        .remote
+        .log
+        .iter()
+        .filter(|op| matches!(op, Op::Read(p) if p.contains("/cache/nar/")))
+        .count();
+    assert_eq!(
+        nar_reads, 1,
+        "the store still lacks the toplevel: its NAR is fetched"
+    );
+    let kept = std::fs::read_dir(f.cfg.state_dir.join("narinfo"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 2, "one closure's narinfos, no more");
+}
+
+#[test]
 fn a_narinfo_that_disagrees_with_its_nar_is_refused_before_anything_is_applied() {
     let mut f = Fixture::new();
     let calls = prebuilt_client(&mut f, &[PB_TOP, PB_DEP]);
