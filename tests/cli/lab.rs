@@ -318,3 +318,40 @@ fn the_host_is_left_as_it_was_after_a_pass_a_failure_and_an_interrupt() {
         "the host's accounts or /etc/ssh changed"
     );
 }
+
+// ---- the benches still run (their figures are printed, never asserted) ------------------------
+
+/// The last line of a bench's output, the one scripts read.
+fn last_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+#[ignore = "needs root: network and mount namespaces, a real sshd"]
+fn the_benches_run_to_their_figures_line() {
+    crate::require_root();
+    let _one_lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let out = lab().args(["bench", "--polls", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line = last_line(&out);
+    assert!(
+        line.starts_with("poll_ratio=") && line.contains(" peak_rss_kib="),
+        "{line}\n{}",
+        text(&out)
+    );
+    let out = lab()
+        .args(["bench", "--capacity", "--clients", "2", "--seconds", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line = last_line(&out);
+    assert!(
+        line.starts_with("capacity_polls_per_s=") && line.contains(" capacity_cpu_ratio="),
+        "{line}\n{}",
+        text(&out)
+    );
+}
