@@ -255,6 +255,21 @@ struct Mem {
     script: Rc<RefCell<Script>>,
 }
 
+impl Mem {
+    /// The fixture's chroot behind a connector whose `cut_at`-th read of `/CURRENT` finds the
+    /// link gone, after which `/CURRENT` is `then`.
+    fn cutting(f: &mut Fixture, cut_at: usize, then: Vec<u8>) -> Mem {
+        Mem {
+            chroot: Rc::new(RefCell::new(std::mem::take(&mut f.remote))),
+            script: Rc::new(RefCell::new(Script {
+                cut_at,
+                then,
+                ..Script::default()
+            })),
+        }
+    }
+}
+
 impl Connector for Mem {
     type Session = Session;
     async fn connect(&mut self) -> Result<Session, PullError> {
@@ -275,17 +290,8 @@ fn a_session_lost_during_the_poll_is_not_counted_as_seen() {
     let mut f = Fixture::new();
     let a = f.publish(&base_files());
     let then = f.remote.files["/CURRENT"].clone();
-    let chroot = Rc::new(RefCell::new(std::mem::take(&mut f.remote)));
     // The check's read of /CURRENT works; the poll's own read of it finds the link gone.
-    let script = Rc::new(RefCell::new(Script {
-        cut_at: 2,
-        then,
-        ..Script::default()
-    }));
-    let mut mem = Mem {
-        chroot: chroot.clone(),
-        script: script.clone(),
-    };
+    let mut mem = Mem::cutting(&mut f, 2, then);
     let (cfg, opts) = (f.cfg.clone(), f.opts.clone());
     let mut w = Watcher::new(&cfg, &opts, HOUR);
     let t0 = Instant::now();
@@ -323,17 +329,9 @@ fn a_dropped_session_reconnects_and_applies_what_was_published_meanwhile() {
     let b = f.publish_with_seq(&files, 2);
     let then = f.remote.files["/CURRENT"].clone();
     let a = f.publish_with_seq(&base_files(), 1);
-    let chroot = Rc::new(RefCell::new(std::mem::take(&mut f.remote)));
     // Reads of /CURRENT: check 1, its poll, then check 2 is cut.
-    let script = Rc::new(RefCell::new(Script {
-        cut_at: 3,
-        then,
-        ..Script::default()
-    }));
-    let mut mem = Mem {
-        chroot: chroot.clone(),
-        script: script.clone(),
-    };
+    let mut mem = Mem::cutting(&mut f, 3, then);
+    let (chroot, script) = (mem.chroot.clone(), mem.script.clone());
     let opts = WatchOptions {
         poll: &f.opts,
         pace: fast(),
