@@ -25,7 +25,7 @@
   inherit (pkgs) lib;
   keys = import ./keys.nix;
   system = pkgs.stdenv.hostPlatform.system;
-  templates = ../src/templates;
+  templates = ../src/admin/templates;
 
   translate = vmFiles:
     import ./lib/translate.nix {

@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 
+use crate::command::error::{Error, Exit};
 use crate::command::{check, host, init, pause, provision, publish, pull, status, trigger, verify};
-use crate::error::{Error, Exit};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
 

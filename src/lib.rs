@@ -1,26 +1,12 @@
 //! tiffin: keep a fleet of NixOS machines up to date by pull over per-host SFTP chroots.
+//!
+//! The folders are the layers, bottom to top: `core` (shared by both sides),
+//! `admin` (the fleet repository), `server` and `client` (the two sides, which
+//! never use each other), then `command` and `cli`. See docs/architecture.md.
 
+pub mod admin;
 pub mod cli;
-pub mod clock;
+pub mod client;
 pub mod command;
-pub mod current;
-pub mod diag;
-pub mod durable;
-pub mod error;
-pub mod fleet;
-pub mod hash;
-pub mod host_tree;
-pub mod layout;
-pub mod names;
-pub mod narinfo;
-pub mod prebuilt;
-pub mod provision;
-pub mod publish;
-pub mod pull;
-pub mod release;
-pub mod report;
-pub mod settings;
-pub mod status;
-pub mod trigger;
-pub mod verify;
-pub mod window;
+pub mod core;
+pub mod server;

@@ -1,5 +1,5 @@
 # sshd Match blocks for tiffin's accounts, line for line what `tiffin
-# provision` writes into its drop-in (src/provision/dropin.rs). Builtins only:
+# provision` writes into its drop-in (src/server/provision/dropin.rs). Builtins only:
 # the static checks compare its output with provision's snapshot.
 #
 # hosts: list of { account, chroot, keysFile }; extra: lines added to each block.

@@ -15,8 +15,8 @@
   where ? "vm-scenarios/${name}.toml",
   # Fixed test keys (nixos-tests/keys.nix).
   keys ? import ../keys.nix,
-  # src/templates of this repository: the configuration `tiffin host add` writes.
-  templates ? ../../src/templates,
+  # src/admin/templates of this repository: the configuration `tiffin host add` writes.
+  templates ? ../../src/admin/templates,
   # Steps the VMs cannot run, each with its reason (nixos-tests/vm-overrides.toml).
   overrides ? builtins.fromTOML (builtins.readFile ../vm-overrides.toml),
   # Files the translator cannot make itself, because they come from the flake

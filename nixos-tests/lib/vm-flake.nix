@@ -2,7 +2,7 @@
 # `tiffin init` wrote, and the same files as the host evaluates them to
 # pre-build each client's systems. Builtins only.
 #
-# The VMs use the fleet's own template flake (src/templates/flake.nix), as a
+# The VMs use the fleet's own template flake (src/admin/templates/flake.nix), as a
 # user's fleet does: only its two input URLs change, to `path:` inputs locked
 # to the very store paths of the test's nixpkgs and of this repository, which
 # the client VMs hold, so `nixos-rebuild --flake` inside a VM resolves them
@@ -14,11 +14,11 @@
 # common/fleet-tiffin.nix and put there a module importing both.
 #
 # nixpkgs, tiffin: flake inputs (or anything with outPath and narHash);
-# templates: src/templates.
+# templates: src/admin/templates.
 {
   nixpkgs,
   tiffin,
-  templates ? ../../src/templates,
+  templates ? ../../src/admin/templates,
 }: let
   locked = input: {
     type = "path";
@@ -37,7 +37,7 @@
   _urls = builtins.all (u:
     if builtins.match ".*${builtins.replaceStrings ["." "/" "[" "]"] ["[.]" "[/]" "\\[" "\\]"] u}.*" (builtins.replaceStrings ["\n"] [" "] template) != null
     then true
-    else throw "nixos-tests/lib/vm-flake.nix: src/templates/flake.nix no longer has the line `${u}`: update the URLs the VM flake replaces")
+    else throw "nixos-tests/lib/vm-flake.nix: src/admin/templates/flake.nix no longer has the line `${u}`: update the URLs the VM flake replaces")
   urls;
 
   # The common/vm-test.nix text; `vmJson` is how it names the host's

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use super::RepoArgs;
-use crate::diag::Severity;
-use crate::error::{Error, Exit};
-use crate::fleet::{FLEET_FILE, Fleet};
+use crate::admin::fleet::{FLEET_FILE, Fleet};
+use crate::command::error::{Error, Exit};
+use crate::core::diag::Severity;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -25,19 +25,22 @@ fn check(fleet: &Fleet) -> Result<Exit, Error> {
         .iter()
         .any(|p| p.severity == Severity::Error && p.path == Path::new(FLEET_FILE));
     if fleet_toml_ok {
-        let sys = crate::provision::RealSystem::from_env();
-        problems.extend(crate::provision::ownership::problems(
+        let sys = crate::server::provision::RealSystem::from_env();
+        problems.extend(crate::server::provision::ownership::problems(
             &fleet.config.server,
             &sys,
         ));
     }
     for name in fleet.host_dirs() {
-        match crate::host_tree::resolve_host_tree(&fleet.root, &name) {
+        match crate::admin::host_tree::resolve_host_tree(&fleet.root, &name) {
             Err(mut found) => problems.append(&mut found),
             Ok(mut sources) => {
                 if let Some(host) = fleet.hosts.get(&name)
-                    && let Err(mut found) =
-                        crate::host_tree::common::attach_meta(&name, &mut sources, &host.files)
+                    && let Err(mut found) = crate::admin::host_tree::common::attach_meta(
+                        &name,
+                        &mut sources,
+                        &host.files,
+                    )
                 {
                     problems.append(&mut found);
                 }

@@ -3,9 +3,9 @@
 use clap::Subcommand;
 
 use super::RepoArgs;
-use crate::error::{Error, Exit};
-use crate::fleet::{self, FleetError};
-use crate::names::HostName;
+use crate::admin::fleet::{self, FleetError};
+use crate::command::error::{Error, Exit};
+use crate::core::names::HostName;
 
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::error::{Error, Exit};
-use crate::fleet;
+use crate::admin::fleet;
+use crate::command::error::{Error, Exit};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

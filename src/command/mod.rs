@@ -1,6 +1,7 @@
 //! One module per `tiffin` command: its arguments, its run, its printing and exit status; the work itself is below, in the domain modules.
 
 pub mod check;
+pub mod error;
 pub mod host;
 pub mod init;
 pub mod pause;
@@ -15,9 +16,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::error::Error;
-use crate::fleet::{Fleet, FleetError};
-use crate::names::HostName;
+use crate::admin::fleet::{Fleet, FleetError};
+use crate::command::error::Error;
+use crate::core::names::HostName;
 
 /// Where admin commands find the fleet repository.
 #[derive(Debug, Clone, Args)]
@@ -71,9 +72,9 @@ pub fn require_valid(fleet: &Fleet, hosts: &[HostName]) -> Result<(), Error> {
         if errors.iter().any(|p| p.host.as_ref() == Some(host)) {
             continue;
         }
-        match crate::host_tree::resolve_host_tree(&fleet.root, host) {
+        match crate::admin::host_tree::resolve_host_tree(&fleet.root, host) {
             Err(mut found) => errors.append(&mut found),
-            Ok(_) => errors.push(crate::diag::Problem::error(
+            Ok(_) => errors.push(crate::core::diag::Problem::error(
                 Some(host),
                 std::path::Path::new("hosts").join(host.as_str()),
                 "this host did not load",

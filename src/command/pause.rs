@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 
-use crate::clock::now;
-use crate::error::{Error, Exit};
-use crate::pull::PullError;
-use crate::pull::config::ClientConfig;
-use crate::pull::pause::{self, Pause, PauseReason};
-use crate::pull::state;
-use crate::settings::Interval;
+use crate::client::PullError;
+use crate::client::config::ClientConfig;
+use crate::client::pause::{self, Pause, PauseReason};
+use crate::client::state;
+use crate::command::error::{Error, Exit};
+use crate::core::clock::now;
+use crate::core::settings::Interval;
 
 pub const PAUSE_ABOUT: &str = "Hold this host's releases back for a while (root on the client).
 

@@ -1,12 +1,12 @@
 //! `tiffin provision`: print the plan, and unless `--dry-run` apply it step by step.
 
 use super::{FleetArgs, require_valid};
-use crate::clock::now;
-use crate::error::{Error, Exit};
-use crate::provision::apply::{self, Applier};
-use crate::provision::plan::{self, Departed};
-use crate::provision::reports::AtBoot;
-use crate::provision::{
+use crate::command::error::{Error, Exit};
+use crate::core::clock::now;
+use crate::server::provision::apply::{self, Applier};
+use crate::server::provision::plan::{self, Departed};
+use crate::server::provision::reports::AtBoot;
+use crate::server::provision::{
     self, Plan, PlanOptions, ProvisionError, RELOAD_ENV, RealSystem, ReloadMethod, SYSTEM_ROOT_ENV,
     Target,
 };

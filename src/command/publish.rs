@@ -1,11 +1,11 @@
 //! `tiffin publish`: one line per host (published, unchanged, failed), exit 1 or 2 when any host failed.
 
 use super::{FleetArgs, require_valid};
-use crate::clock::now;
-use crate::error::{Error, Exit};
-use crate::fleet::Fleet;
-use crate::names::HostName;
-use crate::publish::{self, Mode, Outcome, PublishError, PublishOptions, When};
+use crate::admin::fleet::Fleet;
+use crate::command::error::{Error, Exit};
+use crate::core::clock::now;
+use crate::core::names::HostName;
+use crate::server::publish::{self, Mode, Outcome, PublishError, PublishOptions, When};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use crate::error::{Error, Exit};
-use crate::pull::config::ClientConfig;
-use crate::pull::connect::SshRemote;
-use crate::pull::watch::{self, Pace, SshConnector, Stop, WatchOptions};
-use crate::pull::{PollOptions, Polled, PullError, poll, rebuild, state};
+use crate::client::config::ClientConfig;
+use crate::client::connect::SshRemote;
+use crate::client::watch::{self, Pace, SshConnector, Stop, WatchOptions};
+use crate::client::{PollOptions, Polled, PullError, poll, rebuild, state};
+use crate::command::error::{Error, Exit};
 
 pub const LONG_ABOUT: &str =
     "One poll of this host, normally run by the systemd timer of the NixOS module.

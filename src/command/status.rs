@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use super::FleetArgs;
-use crate::clock::now;
-use crate::error::{Error, Exit};
-use crate::layout::ChrootPaths;
-use crate::status;
+use crate::command::error::{Error, Exit};
+use crate::core::clock::now;
+use crate::core::layout::ChrootPaths;
+use crate::server::status;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -68,11 +68,11 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     match &args.output {
         None => print!("{text}"),
         // World-readable like every textfile node_exporter reads: it holds no secret.
-        Some(path) => crate::durable::write_atomic(
+        Some(path) => crate::core::durable::write_atomic(
             path,
             text.as_bytes(),
             0o644,
-            crate::durable::Owner::Caller,
+            crate::core::durable::Owner::Caller,
         )
         .map_err(|e| Error::Failed(format!("cannot write {}: {e}", path.display())))?,
     }

@@ -1,11 +1,11 @@
 //! `tiffin trigger`: ask hosts to act now (or to apply their release again), one line per host.
 
 use super::FleetArgs;
-use crate::clock::now;
-use crate::current::TriggerKind;
-use crate::error::{Error, Exit};
-use crate::layout::ChrootPaths;
-use crate::publish;
+use crate::command::error::{Error, Exit};
+use crate::core::clock::now;
+use crate::core::current::TriggerKind;
+use crate::core::layout::ChrootPaths;
+use crate::server::publish;
 
 pub const LONG_ABOUT: &str = "Ask hosts to act now, without waiting for their timer.
 
@@ -53,7 +53,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     for host in &selected {
         let paths = ChrootPaths::new(&chroot_root, host);
         let group = publish::host_group(&fleet, host);
-        match crate::trigger::trigger_host(host, &paths, kind, now(), group) {
+        match crate::server::trigger::trigger_host(host, &paths, kind, now(), group) {
             Ok(t) => println!("{host}: trigger {} ({}) written", t.id, kind.as_str()),
             Err(e) => {
                 eprintln!("error: {e}");

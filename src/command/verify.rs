@@ -1,13 +1,13 @@
 //! `tiffin verify`: re-hash every stored release, name each damaged file, and with `--repair` publish a fresh release in place of a damaged one.
 
 use super::{FleetArgs, require_valid};
-use crate::clock::now;
-use crate::error::{Error, Exit};
-use crate::fleet::Fleet;
-use crate::layout::ChrootPaths;
-use crate::names::HostName;
-use crate::publish::{self, Mode, Outcome, PublishOptions, When};
-use crate::verify::{ReleaseCheck, verify_host};
+use crate::admin::fleet::Fleet;
+use crate::command::error::{Error, Exit};
+use crate::core::clock::now;
+use crate::core::layout::ChrootPaths;
+use crate::core::names::HostName;
+use crate::server::publish::{self, Mode, Outcome, PublishOptions, When};
+use crate::server::verify::{ReleaseCheck, verify_host};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use tiffin::release::{FileSource, Manifest, Stage};
+use tiffin::core::release::{FileSource, Manifest, Stage};
 
 use crate::TestFleet;
 

@@ -4,9 +4,9 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::time::SystemTime;
 
-use tiffin::fleet::Fleet;
-use tiffin::publish::{Fault, Mode, PublishOptions, When, publish_host};
-use tiffin::release::Manifest;
+use tiffin::admin::fleet::Fleet;
+use tiffin::core::release::Manifest;
+use tiffin::server::publish::{Fault, Mode, PublishOptions, When, publish_host};
 
 use crate::{TestFleet, list};
 

@@ -100,7 +100,7 @@ step "no-change poll: CURRENT read, report uploaded, nothing else"
 ID=$(cat "$C/client1/CURRENT")
 RUST_LOG=tiffin=debug pull 2>"$T/err" | tee "$T/out"
 grep -q "unchanged" "$T/out" || fail "not unchanged"
-# Counted on the SFTP stream itself (src/pull/wire.rs): complete packets the client wrote.
+# Counted on the SFTP stream itself (src/client/wire.rs): complete packets the client wrote.
 grep "sftp requests" "$T/err"
 grep -q "sftp requests: 8," "$T/err" || fail "expected 8 sftp requests (init, open/read/close, open/write/close, posix-rename)"
 [ "$(wc -l <"$T/calls")" = 1 ] || fail "rebuilt on an unchanged poll"

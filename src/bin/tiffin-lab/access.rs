@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use tiffin::names::ReleaseId;
+use tiffin::core::names::ReleaseId;
 
 use super::exec::{self, ExecError};
 use super::machine::SERVER_ADDRESS;
 use super::scenario::{Access, MachineName};
-use super::steps::{chroot_of, fleet_config};
 use super::world::{CLIENT_IDENTITY, Failure, KNOWN_HOSTS, StepError, StepResult, World};
 
 /// One attempt may take this long; an attempt still running (e.g. a forward that works) is not denied.
@@ -127,9 +126,9 @@ pub fn expect_denied(
 
 impl Client {
     fn of(world: &World, on: &MachineName) -> StepResult<Client> {
-        let config = fleet_config(world)?;
+        let config = world.fleet_config()?;
         let prefix = config.server.user_prefix.clone();
-        let own_id = chroot_of(world, on.as_str())?.read_current().ok().flatten();
+        let own_id = world.chroot_of(on.as_str())?.read_current().ok().flatten();
         Ok(Client {
             on: on.clone(),
             user: format!("{prefix}{on}"),
@@ -223,7 +222,7 @@ impl Client {
         let other = other.map(MachineName::as_str).unwrap_or_default();
         Ok(match access {
             Access::ReadOther => {
-                let other_id = chroot_of(world, other)?.read_current().ok().flatten();
+                let other_id = world.chroot_of(other)?.read_current().ok().flatten();
                 self.read_other(other, other_id.as_ref())
             }
             Access::ListOther => self.list_other(other),
@@ -494,7 +493,7 @@ impl Client {
         }
         let on = &self.on;
         let own_id = self.own_id.as_ref();
-        let chroot = chroot_of(world, on.as_str())?;
+        let chroot = world.chroot_of(on.as_str())?;
         let fail = |problem: String| -> StepError { Failure::new(problem).on("server").into() };
         let now = chroot.read_current().ok().flatten();
         if now.as_ref() != own_id {
@@ -516,7 +515,8 @@ impl Client {
             return Ok(());
         };
         let dir = chroot.release(id);
-        let manifest = std::fs::read(dir.join(tiffin::release::MANIFEST_FILE)).unwrap_or_default();
+        let manifest =
+            std::fs::read(dir.join(tiffin::core::release::MANIFEST_FILE)).unwrap_or_default();
         if &ReleaseId::of_bytes(&manifest) != id {
             return Err(fail(format!(
                 "{on}'s release {} no longer matches its id after the write attempts",

@@ -7,10 +7,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
-use tiffin::names::{HostName, RelPath};
-use tiffin::release::Mode;
-use tiffin::settings::Interval;
-use tiffin::status::State;
+use tiffin::core::names::{HostName, RelPath};
+use tiffin::core::release::Mode;
+use tiffin::core::settings::Interval;
+use tiffin::server::status::State;
 
 use super::LabError;
 
@@ -480,7 +480,7 @@ impl Scenario {
             bad("the first line must be a comment saying what the scenario proves, like \"# Proves: …\"".into())
         })?;
         let file: ScenarioFile =
-            toml::from_str(text).map_err(|e| bad(tiffin::diag::toml_message(&e)))?;
+            toml::from_str(text).map_err(|e| bad(tiffin::core::diag::toml_message(&e)))?;
         let steps = file
             .steps
             .into_iter()

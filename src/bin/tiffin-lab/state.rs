@@ -68,11 +68,11 @@ impl RunState {
         loop {
             fs::create_dir_all(STATE_DIR)
                 .map_err(|e| LabError::io(format!("creating {STATE_DIR}"), e))?;
-            let written = tiffin::durable::write_atomic(
+            let written = tiffin::core::durable::write_atomic(
                 &path,
                 text.as_bytes(),
                 0o600,
-                tiffin::durable::Owner::Caller,
+                tiffin::core::durable::Owner::Caller,
             );
             match written {
                 // Another run's `remove` took the directory away while it was empty, between
@@ -111,8 +111,9 @@ impl RunState {
             .into_iter()
             .map(|p| {
                 let text = fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-                toml::from_str(&text)
-                    .map_err(|e| format!("{}: {}", p.display(), tiffin::diag::toml_message(&e)))
+                toml::from_str(&text).map_err(|e| {
+                    format!("{}: {}", p.display(), tiffin::core::diag::toml_message(&e))
+                })
             })
             .collect()
     }

@@ -6,12 +6,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use tiffin::fleet::FleetConfig;
-use tiffin::layout::ChrootPaths;
-use tiffin::names::{HostName, RelPath};
-use tiffin::release::Mode;
-use tiffin::report::{PullResult, Report};
-use tiffin::status::State;
+use tiffin::core::names::{HostName, RelPath};
+use tiffin::core::release::Mode;
+use tiffin::core::report::{PullResult, Report};
+use tiffin::server::status::State;
 
 use super::access;
 use super::exec::{self, Finished};
@@ -241,33 +239,6 @@ fn expect_success(world: &mut World, on: &MachineName, argv: &[&str], problem: &
     world.settle_sshd(mark)
 }
 
-/// The fleet's settings as the server sees them.
-pub fn fleet_config(world: &World) -> StepResult<FleetConfig> {
-    let path = world.fleet_dir.join(tiffin::fleet::FLEET_FILE);
-    let text = fs::read_to_string(&path)
-        .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        Failure::new(format!(
-            "{}: {}",
-            path.display(),
-            tiffin::diag::toml_message(&e)
-        ))
-        .into()
-    })
-}
-
-/// A host's chroot on the server, as the lab reaches it from outside.
-pub fn chroot_of(world: &World, host: &str) -> StepResult<ChrootPaths> {
-    let config = fleet_config(world)?;
-    let root = world
-        .server()
-        .path(&config.server.chroot_root.display().to_string());
-    let host: HostName = host
-        .parse()
-        .map_err(|e: tiffin::names::NameError| Failure::new(e.to_string()))?;
-    Ok(ChrootPaths::new(&root, &host))
-}
-
 // ---- provision ------------------------------------------------------------------------------
 
 fn provision(world: &mut World, expect: ProvisionExpect) -> StepResult {
@@ -304,7 +275,7 @@ fn provision(world: &mut World, expect: ProvisionExpect) -> StepResult {
 /// Everything provisioning owns on the server: accounts, keys, the drop-in, the chroots
 /// (type, mode, owner, content), without times.
 fn server_snapshot(world: &World) -> StepResult<BTreeMap<String, String>> {
-    let config = fleet_config(world)?;
+    let config = world.fleet_config()?;
     let server = world.server();
     let mut out = BTreeMap::new();
     let mut roots: Vec<String> = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"]
@@ -332,7 +303,8 @@ fn walk(path: &Path, shown: &str, out: &mut BTreeMap<String, String>) {
             fs::read_link(path).unwrap_or_default().display()
         )
     } else if meta.is_file() {
-        let sha = tiffin::hash::sha256_file(path).map_or_else(|e| e.to_string(), |(sha, _)| sha);
+        let sha =
+            tiffin::core::hash::sha256_file(path).map_or_else(|e| e.to_string(), |(sha, _)| sha);
         format!("file sha256 {sha}")
     } else {
         "other".to_owned()
@@ -469,8 +441,10 @@ fn judge_pull(
 ) -> Result<(), String> {
     let code = done.code();
     let report = || -> Result<Report, String> {
-        let chroot = chroot_of(world, on.as_str()).map_err(|_| "no chroot".to_string())?;
-        let path = chroot.reports().join(tiffin::report::STATUS_FILE);
+        let chroot = world
+            .chroot_of(on.as_str())
+            .map_err(|_| "no chroot".to_string())?;
+        let path = chroot.reports().join(tiffin::core::report::STATUS_FILE);
         let text = fs::read_to_string(&path).map_err(|e| {
             format!("the server has no report from {on} (reports/status.toml: {e})")
         })?;

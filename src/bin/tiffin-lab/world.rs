@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
+use tiffin::admin::fleet::FleetConfig;
+use tiffin::core::layout::ChrootPaths;
+use tiffin::core::names::HostName;
 
 use super::LabError;
 use super::exec::{self, ExecError, Finished, Running};
@@ -141,11 +144,11 @@ impl Run {
             (self.systemctl_standin(), SYSTEMCTL_STANDIN),
             (bin.join("prebuilt-fleet"), PREBUILT_FLEET),
         ] {
-            tiffin::durable::write_atomic(
+            tiffin::core::durable::write_atomic(
                 &path,
                 text.as_bytes(),
                 0o755,
-                tiffin::durable::Owner::Caller,
+                tiffin::core::durable::Owner::Caller,
             )
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
         }
@@ -524,7 +527,7 @@ impl<'r> World<'r> {
                 &["tiffin", "host", "add", c.as_str(), "--key", &key],
             )?;
         }
-        let fleet_toml = self.fleet_dir.join(tiffin::fleet::FLEET_FILE);
+        let fleet_toml = self.fleet_dir.join(tiffin::admin::fleet::FLEET_FILE);
         let text = fs::read_to_string(&fleet_toml)
             .map_err(|e| Failure::new(format!("reading {}: {e}", fleet_toml.display())))?;
         let text = adjust_fleet_toml(&text, scenario);
@@ -543,11 +546,15 @@ impl<'r> World<'r> {
                 )?;
             }
             if let Some(extra) = &spec.host_toml {
-                append_host_toml(&dir.join(tiffin::fleet::HOST_FILE), extra)?;
+                append_host_toml(&dir.join(tiffin::admin::fleet::HOST_FILE), extra)?;
             }
         }
         for (path, file) in &scenario.fleet.common_files {
-            let target = path.under(&self.fleet_dir.join(tiffin::host_tree::common::COMMON_FILES));
+            let target = path.under(
+                &self
+                    .fleet_dir
+                    .join(tiffin::admin::host_tree::common::COMMON_FILES),
+            );
             let mode = Some(file.mode.map_or(0o644, |m| m.bits()));
             write_host_file(&target, &file.content, mode)?;
         }
@@ -963,11 +970,11 @@ pub fn write_host_file(path: &Path, content: &str, mode: Option<u32>) -> StepRes
         Ok(meta) => meta.permissions().mode() & 0o7777,
         Err(_) => 0o666 & !umask(),
     });
-    tiffin::durable::write_atomic(
+    tiffin::core::durable::write_atomic(
         path,
         content.as_bytes(),
         mode,
-        tiffin::durable::Owner::Caller,
+        tiffin::core::durable::Owner::Caller,
     )
     .map_err(|e| fail(e).into())
 }
@@ -1067,6 +1074,36 @@ pub fn adjust_fleet_toml(template: &str, scenario: &Scenario) -> String {
     out
 }
 
+/// The fleet as the server holds it, read from outside.
+impl World<'_> {
+    /// The fleet's settings as the server sees them.
+    pub fn fleet_config(&self) -> StepResult<FleetConfig> {
+        let path = self.fleet_dir.join(tiffin::admin::fleet::FLEET_FILE);
+        let text = fs::read_to_string(&path)
+            .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            Failure::new(format!(
+                "{}: {}",
+                path.display(),
+                tiffin::core::diag::toml_message(&e)
+            ))
+            .into()
+        })
+    }
+
+    /// A host's chroot on the server, as the lab reaches it from outside.
+    pub fn chroot_of(&self, host: &str) -> StepResult<ChrootPaths> {
+        let config = self.fleet_config()?;
+        let root = self
+            .server()
+            .path(&config.server.chroot_root.display().to_string());
+        let host: HostName = host
+            .parse()
+            .map_err(|e: tiffin::core::names::NameError| Failure::new(e.to_string()))?;
+        Ok(ChrootPaths::new(&root, &host))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1108,9 +1145,9 @@ mod tests {
             "# x\n[fleet]\npoll_interval = \"1m\"\nsshd_extra = [\"ClientAliveInterval 5\"]\n",
         )
         .unwrap();
-        let template = include_str!("../../templates/fleet.toml");
+        let template = include_str!("../../admin/templates/fleet.toml");
         let out = adjust_fleet_toml(template, &scenario);
-        let parsed: tiffin::fleet::FleetConfig = toml::from_str(&out).unwrap();
+        let parsed: tiffin::admin::fleet::FleetConfig = toml::from_str(&out).unwrap();
         assert_eq!(parsed.server.sshd_extra, vec!["ClientAliveInterval 5"]);
         assert_eq!(parsed.defaults.poll_interval.to_string(), "1m");
         let plain = Scenario::parse(Path::new("t.toml"), "# x\n").unwrap();

@@ -1,0 +1,114 @@
+//! The status report a client uploads to `reports/status.toml` in its chroot.
+
+use serde::{Deserialize, Serialize};
+
+pub const STATUS_FILE: &str = "status.toml";
+pub const REBUILD_LOG_FILE: &str = "rebuild.log";
+
+/// The outcome of the client's last poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullResult {
+    /// The release was applied.
+    Ok,
+    /// Applying the release failed; the previous system keeps running.
+    Failed,
+    /// The release was applied, failed its health check, and the previous system was restored.
+    RolledBack,
+    /// Nothing new: a heartbeat.
+    Unchanged,
+}
+
+impl PullResult {
+    /// Every result, for the metrics' one series per result.
+    pub const ALL: [PullResult; 4] = [
+        PullResult::Ok,
+        PullResult::Failed,
+        PullResult::RolledBack,
+        PullResult::Unchanged,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullResult::Ok => "ok",
+            PullResult::Failed => "failed",
+            PullResult::RolledBack => "rolled-back",
+            PullResult::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// `reports/status.toml`. Written by the client, read by `tiffin status`.
+/// Unknown keys are accepted so an older server reads a newer client's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// The host as the client believes it is; the server trusts the chroot, not this.
+    pub host: String,
+    /// The release applied (or attempted, when failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub result: PullResult,
+    /// The release this host runs successfully, which differs from `release` after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    pub last_seen: String,
+    /// Target of `/run/current-system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// tiffin version of the client.
+    #[serde(default)]
+    pub version: String,
+    /// Units whose restart or reload after activation failed, one line each
+    /// ("grafana.service: restart: …"); the release stays applied unless its health check fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_failed: Vec<String>,
+    /// The seq of `applied`, which differs from `seq` after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_seq: Option<u64>,
+    /// When `applied` was applied, by the client's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    /// How long the last attempt to apply a release took (fetch to health check), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_apply_seconds: Option<u64>,
+    /// When a failed release is tried again (it is backing off until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
+    /// `pending`: the applied release needs a reboot that waits for `reboot_window` (or a pause).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_window: Option<crate::core::window::RebootWindow>,
+    /// Set while `tiffin pause` holds this host: it reports but applies nothing until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// The id of the last trigger (line 2 of `CURRENT`) this client handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+}
+
+/// A reboot the client owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootReport {
+    /// Needed, and deferred until the reboot window opens (or the pause ends).
+    Pending,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        toml::to_string(self).expect("a report always serializes")
+    }
+    pub fn parse(text: &str) -> Result<Report, String> {
+        toml::from_str(text).map_err(|e| crate::core::diag::toml_message(&e))
+    }
+}
