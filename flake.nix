@@ -13,35 +13,24 @@
     systems = ["x86_64-linux" "aarch64-linux"];
     forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     packageFor = pkgs: self.packages.${pkgs.stdenv.hostPlatform.system}.default;
-    # The modules build the package from the system's own pkgs (not this
-    # flake's legacyPackages), so a system evaluates to the same store paths
-    # wherever it is evaluated from the same sources.
-    modulePackage = pkgs: pkgs.callPackage ./nix/package.nix {};
   in {
     packages = forAllSystems (pkgs: rec {
+      # With its test suite in the check phase (checks.package too); the
+      # modules install it without (doCheck = false).
       tiffin = pkgs.callPackage ./nix/package.nix {};
       default = tiffin;
     });
 
+    # The modules are plain paths, so a system that imports one twice (the
+    # default module beside .client, or a host configuration importing the
+    # client module again) gets it once: the module system deduplicates an
+    # imported file by its path. Each builds its package from the system's own
+    # pkgs (not this flake's legacyPackages), without the test suite.
     nixosModules = {
-      client = {
-        lib,
-        pkgs,
-        ...
-      }: {
-        imports = [./nix/modules/client.nix];
-        services.tiffin.client.package = lib.mkDefault (modulePackage pkgs);
-      };
-      server = {
-        lib,
-        pkgs,
-        ...
-      }: {
-        imports = [./nix/modules/server.nix];
-        services.tiffin.server.package = lib.mkDefault (modulePackage pkgs);
-      };
+      client = ./nix/modules/client.nix;
+      server = ./nix/modules/server.nix;
       default = {
-        imports = [self.nixosModules.client self.nixosModules.server];
+        imports = [./nix/modules/client.nix ./nix/modules/server.nix];
       };
     };
 

@@ -36,6 +36,10 @@
     pkgs.gzip
     pkgs.xz.bin
   ];
+  # Run once, by tiffin-key.service, before either unit that logs in: the
+  # timer's and the watcher's units start together on a first boot, and two
+  # ssh-keygen runs on one missing file race (the loser fails on its overwrite
+  # prompt).
   createKey = ''
     if [ ! -s ${lib.escapeShellArg cfg.identityFile} ]; then
       install -d -m 0700 "$(dirname ${lib.escapeShellArg cfg.identityFile})"
@@ -61,7 +65,7 @@
     name = "tiffin-update-now";
     desktopName = "Update this computer now";
     comment = "Fetch and apply this computer's configuration from the tiffin server now";
-    exec = "${pkgs.systemd}/bin/systemctl start --no-block tiffin-pull.service";
+    exec = "${config.systemd.package}/bin/systemctl start --no-block tiffin-pull.service";
     icon = "system-software-update";
     categories = ["System" "Settings"];
     terminal = false;
@@ -75,7 +79,14 @@ in {
   options.services.tiffin.client = {
     enable = lib.mkEnableOption "the tiffin client, which polls a tiffin server from a systemd timer and applies this host's published configuration with nixos-rebuild";
 
-    package = lib.mkPackageOption pkgs "tiffin" {};
+    package = lib.mkOption {
+      type = lib.types.package;
+      # Without its test suite: a host must not compile and run tiffin's tests
+      # during its rebuild (see nix/package.nix).
+      default = pkgs.callPackage ../package.nix {doCheck = false;};
+      defaultText = lib.literalMD "tiffin, built from this flake with the system's nixpkgs (without running its tests)";
+      description = "The tiffin package the client runs.";
+    };
 
     host = lib.mkOption {
       type = lib.types.strMatching "[a-z][a-z0-9-]*";
@@ -228,10 +239,21 @@ in {
       group = "root";
     };
 
+    # This host's key, made once when it is missing (see createKey).
+    systemd.services.tiffin-key = {
+      description = "tiffin: this host's SSH key for the tiffin server";
+      path = [config.programs.ssh.package pkgs.coreutils];
+      script = createKey;
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+      };
+    };
+
     systemd.services.tiffin-pull = {
       description = "tiffin: fetch and apply this host's configuration";
       wants = ["network-online.target"];
-      after = ["network-online.target"];
+      after = ["network-online.target" "tiffin-key.service"];
 
       # The pull runs nixos-rebuild switch, which activates a new system while
       # this unit is still running: it must not be restarted or stopped by it.
@@ -240,7 +262,7 @@ in {
 
       environment = pullEnvironment;
       path = pullPath;
-      preStart = createKey;
+      requires = ["tiffin-key.service"];
 
       serviceConfig = {
         Type = "oneshot";
@@ -261,12 +283,12 @@ in {
       description = "tiffin: apply this host's configuration as soon as it is published";
       wantedBy = ["multi-user.target"];
       wants = ["network-online.target"];
-      after = ["network-online.target"];
+      after = ["network-online.target" "tiffin-key.service"];
       restartIfChanged = false;
       unitConfig.X-StopOnRemoval = false;
       environment = pullEnvironment;
       path = pullPath;
-      preStart = createKey;
+      requires = ["tiffin-key.service"];
       serviceConfig = {
         Type = "simple";
         ExecStart = "${lib.getExe cfg.package} pull --watch --config /etc/tiffin/client.toml --exit-on-change ${watchUnitFile}";

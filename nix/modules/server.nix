@@ -42,7 +42,13 @@ in {
   options.services.tiffin.server = {
     enable = lib.mkEnableOption "serving a tiffin fleet over OpenSSH: one system account and SFTP chroot per host";
 
-    package = lib.mkPackageOption pkgs "tiffin" {};
+    package = lib.mkOption {
+      type = lib.types.package;
+      # Without its test suite: see nix/package.nix.
+      default = pkgs.callPackage ../package.nix {doCheck = false;};
+      defaultText = lib.literalMD "tiffin, built from this flake with the system's nixpkgs (without running its tests)";
+      description = "The tiffin package the server runs.";
+    };
 
     chrootRoot = lib.mkOption {
       type = lib.types.strMatching "/.+[^/]";
@@ -238,15 +244,28 @@ in {
 
     # Each host's reports/ on a tmpfs of its own, the bound `tiffin provision` mounts:
     # no client can fill the filesystem that holds every host's releases. tmpfs takes
-    # only a numeric uid= and the accounts' uids are dynamic, so the tmpfiles rule above
-    # (run after local-fs.target, where these mounts are) gives the mounted root its
-    # owner and mode. Reports are lost at a reboot until each host's next poll.
+    # only a numeric uid= and the accounts' uids are dynamic, so mount(8) itself
+    # gives the mounted root its owner by name (X-mount.owner/group, util-linux
+    # 2.39+) right after mounting. That holds for a host added by a switch too:
+    # switch-to-configuration creates the account (activation) before it starts
+    # the new mount unit, but after it has re-run tmpfiles, so the tmpfiles rule
+    # above alone would leave that reports/ root's until the next boot.
+    # Reports are lost at a reboot until each host's next poll.
     fileSystems = lib.listToAttrs (map (host: {
         name = "${chroot host}/reports";
         value = {
           device = "tmpfs";
           fsType = "tmpfs";
-          options = ["size=1m" "nr_inodes=64" "mode=0700" "nosuid" "nodev" "noexec"];
+          options = [
+            "size=1m"
+            "nr_inodes=64"
+            "mode=0700"
+            "nosuid"
+            "nodev"
+            "noexec"
+            "X-mount.owner=${account host}"
+            "X-mount.group=${account host}"
+          ];
         };
       })
       hostNames);

@@ -17,9 +17,13 @@
   pkgsFor = system: rec {
     inherit lib;
     stdenv.hostPlatform.system = system;
-    callPackage = f: args: import f ({inherit lib rustPlatform openssh;} // args);
+    callPackage = f: args: let
+      fn = import f;
+    in
+      fn (builtins.intersectAttrs (builtins.functionArgs fn) (pkgsFor system) // args);
     rustPlatform.buildRustPackage = a: drv "${a.pname}-${a.version}" (a // {nativeBuildInputs = [];});
     openssh = drv "openssh" {};
+    prometheus = drv "prometheus" {cli = drv "prometheus-cli" {};};
     clippy = drv "clippy" {};
     rustfmt = drv "rustfmt" {};
     alejandra = drv "alejandra" {};
@@ -52,12 +56,56 @@ in {
   # Scenarios whose VM test does not evaluate (each check then fails naming it).
   brokenVmTests = lib.mapAttrs (_: checks: lib.attrNames (lib.filterAttrs (n: c: lib.hasPrefix "vm-" n && c ? test) checks)) self.checks;
   nixosModules = builtins.attrNames self.nixosModules;
+  # The package each module installs by default (built from the system's pkgs,
+  # without its test suite), and the flake's own package (with it).
   modulePackages = lib.genAttrs systems (system: let
-    pkgs = pkgsFor system;
+    stubs = import ./nixos-stubs.nix {inherit lib;};
+    config =
+      (lib.evalModules {
+        modules = [
+          stubs.stubs
+          self.nixosModules.default
+          {_module.args.pkgs = pkgsFor system;}
+        ];
+      })
+      .config;
+    describe = p: {
+      inherit (p) name;
+      doCheck = p.doCheck or true;
+    };
   in {
-    client = (self.nixosModules.client {inherit lib pkgs;}).services.tiffin.client.package.content.name;
-    server = (self.nixosModules.server {inherit lib pkgs;}).services.tiffin.server.package.content.name;
+    client = describe config.services.tiffin.client.package;
+    server = describe config.services.tiffin.server.package;
+    flake = describe self.packages.${system}.tiffin;
   });
+  # A system importing the default module and .client, and a host
+  # configuration importing the client module again (as docs/nixos.md's
+  # standalone example does inside a fleet flake): each module file counts once.
+  doubleImport = let
+    stubs = import ./nixos-stubs.nix {inherit lib;};
+    config =
+      (lib.evalModules {
+        modules = [
+          stubs.stubs
+          {_module.args.pkgs = pkgsFor "x86_64-linux";}
+          self.nixosModules.default
+          self.nixosModules.client
+          {
+            imports = [self.nixosModules.client];
+            services.tiffin.client = {
+              enable = true;
+              server = "tiffin.example.org";
+              serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q";
+            };
+          }
+        ];
+      })
+      .config;
+  in {
+    package = config.services.tiffin.client.package.name;
+    units = builtins.attrNames config.systemd.services;
+    execStart = config.systemd.services.tiffin-pull.serviceConfig.ExecStart;
+  };
   formatter = lib.mapAttrs (_: f: f.name) self.formatter;
   devShells = lib.mapAttrs (_: builtins.attrNames) self.devShells;
   mainProgram = self.packages.x86_64-linux.default.meta.mainProgram;

@@ -114,6 +114,7 @@ in {
   serverTmpfiles = s.systemd.tmpfiles.settings;
   serverEtc = s.environment.etc;
   sshd = s.services.openssh.extraConfig;
+  reportsMounts = s.fileSystems;
   failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) s.assertions);
   shellLineAssertions = map (a: a.message) (lib.filter (a: !a.assertion) shellLines.config.assertions);
   # Without the options: no watcher, no rule, no desktop entry.
@@ -126,6 +127,7 @@ in {
   watchSharesPull = w.systemd.services.tiffin-watch.path == w.systemd.services.tiffin-pull.path && w.systemd.services.tiffin-watch.environment == w.systemd.services.tiffin-pull.environment;
   watchingPullService = removeAttrs w.systemd.services.tiffin-pull ["path" "environment"];
   watchingTimer = w.systemd.timers;
+  keyService = removeAttrs w.systemd.services.tiffin-key ["path"];
   polkit = {inherit (w.security.polkit) enable extraConfig;};
   desktopItems = map (p: p.desktopItem) (builtins.filter (p: p ? desktopItem) w.environment.systemPackages);
   prebuiltAssertions = map (a: a.message) (lib.filter (a: !a.assertion) prebuiltServer.config.assertions);

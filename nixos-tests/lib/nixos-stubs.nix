@@ -14,9 +14,14 @@
     inherit lib;
     tiffin = pkg "tiffin";
     # For the flake's modules, which build the package from the system's pkgs.
-    callPackage = f: args: import f ({inherit lib rustPlatform openssh;} // args);
+    # As nixpkgs' callPackage: each argument the function asks for, from here.
+    callPackage = f: args: let
+      fn = import f;
+    in
+      fn (builtins.intersectAttrs (builtins.functionArgs fn) pkgs // args);
     rustPlatform.buildRustPackage = a: pkg "${a.pname}-${a.version}" // {inherit (a) meta;};
     openssh = pkg "openssh";
+    prometheus = pkg "prometheus" // {cli = pkg "prometheus-cli";};
     coreutils = pkg "coreutils";
     gitMinimal = pkg "git";
     gnutar = pkg "gnutar";
@@ -107,6 +112,10 @@
           type = types.bool;
           default = false;
         };
+        services.openssh.settings = mkOption {
+          type = types.attrsOf types.anything;
+          default = {};
+        };
         services.openssh.extraConfig = mkOption {
           type = types.lines;
           default = "";
@@ -114,6 +123,7 @@
         nix.envVars = mkOption {default = {};};
         nix.package = mkOption {default = {out = pkg "nix";};};
         programs.ssh.package = mkOption {default = pkg "openssh";};
+        systemd.package = mkOption {default = pkg "systemd";};
         system.build = mkOption {
           type = types.attrsOf types.anything;
           default = {nixos-rebuild = pkg "nixos-rebuild";};

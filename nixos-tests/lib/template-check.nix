@@ -51,6 +51,7 @@ in {
     in {
       inherit (c) enable host server port serverPublicKey interval user;
       package = c.package.name;
+      sshd = {inherit (system.config.services.openssh.settings) PasswordAuthentication KbdInteractiveAuthentication;};
       timer = system.config.systemd.timers.tiffin-pull or null;
       service = system.config.systemd.services ? tiffin-pull;
       clientToml = let

@@ -6,8 +6,10 @@
 # (the fleet's server, its pinned key and the poll interval, read from
 # fleet.toml), so the system a pull switches to keeps pulling. They are listed
 # here rather than in configuration.nix so that no host drops them by
-# leaving out an import; a host leaves tiffin only on purpose, with
-# `services.tiffin.client.enable = false;` in its configuration.nix.
+# leaving out an import; a host leaves tiffin only on purpose: with
+# `services.tiffin.client.enable = false;` in its configuration.nix AND
+# `[apply] allow_leaving = true` in its host.toml (without it, the client
+# refuses a release whose system would stop it pulling).
 {
   description = "A host of a tiffin fleet";
 

@@ -8,7 +8,8 @@
 # A host changes any of it in its own configuration.nix, e.g.
 #   services.tiffin.client.interval = "hourly";
 # (needed when its host.toml sets its own poll_interval), or leaves tiffin
-# with services.tiffin.client.enable = false.
+# with services.tiffin.client.enable = false (and `[apply] allow_leaving =
+# true` in its host.toml, or the client refuses that release).
 {
   config,
   lib,

@@ -14,6 +14,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+/// tiffin's default state directory, on the server and on clients.
+const STATE_DIR: &str = "/var/lib/tiffin";
 /// Directories that get a copy-on-write overlay: everything a system tool writes to. `/nix`
 /// (where the host has one) gives each machine a Nix store of its own for prebuilt releases.
 const OVERLAID: &[&str] = &["/etc", "/var", "/root", "/home", "/nix"];
@@ -73,6 +75,7 @@ fn build(args: &InitArgs) -> Result<(), String> {
     // Read-only root: nothing a scenario runs can write outside the machine's private places.
     remount_bind(Path::new("/"), MsFlags::MS_RDONLY, "remount / read-only")?;
     overlays(&args.dir)?;
+    empty_state_dir()?;
     private_run_and_tmp()?;
     for share in &shares {
         share.show()?;
@@ -193,6 +196,14 @@ fn overlay_options(machine_dir: &Path, overlaid: &str) -> Result<String, String>
         upper.display(),
         work.display()
     ))
+}
+
+/// tiffin's state directory starts empty on every machine: the overlay on /var would show the
+/// host's /var/lib/tiffin (a real server or client on the machine running the lab), and a
+/// scenario must see only what it made. A tmpfs of its own, mode 755 as on a fresh system.
+fn empty_state_dir() -> Result<(), String> {
+    mkdir(STATE_DIR, 0o755)?;
+    tmpfs(Path::new(STATE_DIR), "mode=755", "tmpfs on /var/lib/tiffin")
 }
 
 /// The machine's own /run and /tmp, with the directories its daemons expect.
