@@ -1,6 +1,7 @@
 # One NixOS VM test per lab scenario in vm-scenarios/*.toml, named
-# vm-<scenario>; `nix flake check` runs them all, `nix build
-# .#checks.<system>.vm-<scenario>` one.
+# vm-<scenario>, and the VM tests written by hand for what the lab cannot
+# show (standalone, below); `nix flake check` runs them all, `nix build
+# .#checks.<system>.vm-<name>` one.
 #
 # A scenario whose test does not evaluate (its translation or one of its
 # configurations throws or fails an assertion in a way the test does not
@@ -41,3 +42,8 @@ in
           '';
     })
     files)
+  // {
+    # A host added by switching the server reports without a reboot (the
+    # reports mount's owner); the lab provisions with `tiffin provision`.
+    vm-host-added-by-switch = import ./host-added-by-switch.nix {inherit pkgs self;};
+  }

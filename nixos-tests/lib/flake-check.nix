@@ -106,6 +106,9 @@ in {
     units = builtins.attrNames config.systemd.services;
     execStart = config.systemd.services.tiffin-pull.serviceConfig.ExecStart;
   };
+  # The hand-written VM tests' scripts (a string, not a scenario's function),
+  # for static-check to compile.
+  standaloneScripts = lib.mapAttrs (_: t: (builtins.head t.module.imports).testScript) (lib.filterAttrs (n: t: lib.hasPrefix "vm-" n && t ? module && builtins.isString (builtins.head t.module.imports).testScript) self.checks.x86_64-linux);
   formatter = lib.mapAttrs (_: f: f.name) self.formatter;
   devShells = lib.mapAttrs (_: builtins.attrNames) self.devShells;
   mainProgram = self.packages.x86_64-linux.default.meta.mainProgram;

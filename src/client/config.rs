@@ -177,6 +177,12 @@ struct RawConfig {
     /// How units are restarted and reloaded: this argv, then `restart UNIT` or `reload UNIT`.
     #[serde(default = "default_systemctl")]
     systemctl: Vec<String>,
+    /// Where activations run: in a unit of their own (`systemd-run`) or as tiffin's child.
+    #[serde(default)]
+    activation: super::activation::Activation,
+    /// The argv that starts an activation's unit; tiffin adds its options and the command.
+    #[serde(default = "default_systemd_run")]
+    systemd_run: Vec<String>,
     /// Where a release names no `[apply] reboot_window`: this client's own (its local time).
     #[serde(default)]
     reboot_window: Option<crate::core::window::RebootWindow>,
@@ -254,6 +260,10 @@ impl RawConfig {
             let message = "is empty: give an argv like [\"systemctl\", \"reboot\"]".into();
             return Err(invalid(path, Some("reboot_command"), message));
         }
+        if self.systemd_run.first().is_none_or(|p| p.is_empty()) {
+            let message = "is empty: give an argv like [\"systemd-run\"] (tiffin adds its options and the command)".into();
+            return Err(invalid(path, Some("systemd_run"), message));
+        }
         if self.systemctl.first().is_none_or(|p| p.is_empty()) {
             let message = "is empty: give an argv like [\"systemctl\"] (tiffin adds `restart UNIT` or `reload UNIT`)".into();
             return Err(invalid(path, Some("systemctl"), message));
@@ -284,6 +294,8 @@ impl RawConfig {
             backoff_max: self.backoff_max,
             reboot_command: self.reboot_command,
             systemctl: self.systemctl,
+            activation: self.activation,
+            systemd_run: self.systemd_run,
             reboot_window: self.reboot_window,
             watch_interval: self.watch_interval,
             poll_interval: self.poll_interval,
@@ -330,6 +342,10 @@ fn valid_account_name(u: &str) -> bool {
         && u.len() <= crate::core::names::MAX_ACCOUNT_NAME
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn default_systemd_run() -> Vec<String> {
+    vec!["systemd-run".into()]
 }
 
 fn default_systemctl() -> Vec<String> {
@@ -390,6 +406,10 @@ pub struct ClientConfig {
     pub reboot_command: Vec<String>,
     /// Restarts and reloads units: this argv, then `restart UNIT` or `reload UNIT`.
     pub systemctl: Vec<String>,
+    /// Where activations run (`auto`: in a unit of their own when systemd is the init).
+    pub activation: super::activation::Activation,
+    /// Starts an activation's unit (`systemd-run`).
+    pub systemd_run: Vec<String>,
     /// Used when the release's `[apply]` names no reboot window.
     pub reboot_window: Option<crate::core::window::RebootWindow>,
     /// `tiffin pull --watch` reads `/CURRENT` this often (at least 1s).
@@ -454,7 +474,7 @@ impl ClientConfig {
             "host {host}: connects to {user}@{server} with {identity}\n\
              pinned server key: {fp}\n\
              state in {state}, files/ land under {root}\n\
-             rebuild: {rebuild} (timeout {rt})\n\
+             rebuild: {rebuild} (timeout {rt}; activation: {activation})\n\
              timeouts: connect {ct}, i/o {it}; failed releases retried after {bi}, doubling up to {bm}\n",
             host = self.host,
             user = self.user,
@@ -465,6 +485,7 @@ impl ClientConfig {
             root = self.root.display(),
             rebuild = self.rebuild.0.join(" "),
             rt = self.rebuild_timeout,
+            activation = self.activation.as_str(),
             ct = self.connect_timeout,
             it = self.io_timeout,
             bi = self.backoff_initial,

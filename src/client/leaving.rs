@@ -39,7 +39,7 @@ pub fn build_and_check(argv: &[String], work_dir: &Path, log: &Path, timeout: Du
     }
     let outcome = rebuild::run_in(argv, Some(work_dir), log, timeout);
     let built = match outcome.ended {
-        Ended::Failed(message) => Built::Failed {
+        Ended::Failed(message) | Ended::LeftRunning(message) => Built::Failed {
             message,
             log_tail: outcome.log_tail,
         },

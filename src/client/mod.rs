@@ -1,9 +1,11 @@
 //! `tiffin pull`: one poll of a client (connect, fetch, verify, deploy, rebuild, report).
 
+pub mod activation;
 pub mod config;
 pub mod connect;
 pub mod deploy;
 pub mod fetch;
+mod inhibit;
 pub mod leaving;
 #[cfg(test)]
 mod mem_remote;
@@ -266,8 +268,13 @@ pub async fn poll<R: Remote>(
 /// How applying a release ended once its files were deployed.
 #[derive(Debug)]
 enum Outcome {
-    /// `reboot`: `reboot = "if-needed"` found that the new system takes a reboot.
-    Applied { reboot: bool },
+    /// `reboot`: the new system takes a reboot and `reboot = "if-needed"` lets tiffin do it.
+    /// `boot_only`: a switch inhibitor refused `switch`/`test`, so the release was applied
+    /// with `boot` (why, in nixpkgs' words): it runs after the next boot.
+    Applied {
+        reboot: bool,
+        boot_only: Option<String>,
+    },
     /// `current` points back at the previous release, whose system keeps running.
     RebuildFailed { message: String },
     HealthFailed {
@@ -356,6 +363,8 @@ struct Poll<'a, R> {
     trigger: Option<crate::core::current::Trigger>,
     /// The trigger handled before this poll: kept when the link fails, so the new one is not lost.
     handled_before: Option<String>,
+    /// Where activations run (in a unit of their own where systemd is the init).
+    detach: activation::Detach,
 }
 
 impl<'a, R: Remote> Poll<'a, R> {
@@ -402,6 +411,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             paused_until: None,
             pause_reason: None,
             trigger: state.trigger.clone(),
+            boot_only: None,
         };
         Ok(Poll {
             remote,
@@ -414,6 +424,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             log: None,
             trigger,
             handled_before,
+            detach: activation::Detach::resolve(cfg.activation, &cfg.systemd_run),
         })
     }
 
@@ -438,6 +449,7 @@ impl<'a, R: Remote> Poll<'a, R> {
     async fn heartbeat(mut self, seq: u64) -> Result<Polled, PullError> {
         self.state.failure = None;
         let reboot_due = self.settle_pending_reboot();
+        self.report_boot_only();
         // The report needs no local disk: it goes out even when the state cannot be saved.
         let saved = self.save_state();
         self.report.seq = Some(seq);
@@ -611,15 +623,17 @@ impl<'a, R: Remote> Poll<'a, R> {
     /// After a successful rebuild: the files of `stage = "after"`, then the units of every
     /// changed file restarted or reloaded (only when the rebuild activated the system).
     /// `since`: the release that ran before, whose files the units have seen.
+    /// `action`: how the system was activated (`boot` after a switch inhibitor refused).
     fn after_activation(
         &mut self,
         id: &ReleaseId,
         manifest: &Manifest,
+        action: Action,
         deployed: &mut DeployStats,
         since: Option<&ReleaseId>,
     ) -> Result<(), DeployError> {
         deployed.absorb(self.deploy(id, manifest, Stage::After)?);
-        if !matches!(manifest.apply.action, Action::Switch | Action::Test) {
+        if !matches!(action, Action::Switch | Action::Test) {
             return Ok(());
         }
         let since = since.and_then(|s| self.stored_manifest(s).ok());
@@ -646,17 +660,25 @@ impl<'a, R: Remote> Poll<'a, R> {
             source: e,
         })?;
         let running = std::fs::read_link(&self.opts.system_link).ok();
-        let rebuilt = self.switch_system(manifest, &state_dir.join(REBUILD_LOG_FILE));
+        let log = state_dir.join(REBUILD_LOG_FILE);
+        let rebuilt = self.switch_system(manifest, manifest.apply.action, &log);
+        let (rebuilt, action, boot_only) = self.boot_if_inhibited(manifest, rebuilt, &log);
         self.log = Some(rebuilt.log_tail);
-        if let rebuild::Ended::Failed(mut message) = rebuilt.ended {
-            restore_current(state_dir, previous.as_ref());
-            if manifest.toplevel.is_some() {
-                message = self.reactivate(running.as_deref(), manifest.apply.action, message);
+        match rebuilt.ended {
+            rebuild::Ended::Success => {}
+            // Still activating in its own unit: nothing may switch or point `current` elsewhere
+            // under it; the next attempt (after the backoff) finds how it ended.
+            rebuild::Ended::LeftRunning(message) => return Ok(Outcome::RebuildFailed { message }),
+            rebuild::Ended::Failed(mut message) => {
+                restore_current(state_dir, previous.as_ref());
+                if manifest.toplevel.is_some() {
+                    message = self.reactivate(running.as_deref(), action, message);
+                }
+                return Ok(Outcome::RebuildFailed { message });
             }
-            return Ok(Outcome::RebuildFailed { message });
         }
         let id = self.id.clone();
-        if let Err(e) = self.after_activation(&id, manifest, deployed, previous.as_ref()) {
+        if let Err(e) = self.after_activation(&id, manifest, action, deployed, previous.as_ref()) {
             let rolled_back = self.roll_back(previous.as_ref(), manifest.apply.action);
             let message = e.to_string();
             return Ok(Outcome::FilesAfterFailed {
@@ -671,25 +693,36 @@ impl<'a, R: Remote> Poll<'a, R> {
                 rolled_back,
             });
         }
-        Ok(Outcome::Applied {
-            reboot: self.reboot_needed(manifest),
-        })
+        let reboot = match boot_only {
+            Some(_) => manifest.apply.reboot == Reboot::IfNeeded,
+            None => self.reboot_needed(manifest),
+        };
+        Ok(Outcome::Applied { reboot, boot_only })
     }
 
-    /// Switches to the release's system: the server-built toplevel when it has one, else the rebuild.
-    fn switch_system(&self, manifest: &Manifest, log: &Path) -> rebuild::Outcome {
-        let action = manifest.apply.action;
+    /// Switches to the release's system with `action`: the server-built toplevel when it has
+    /// one, else the rebuild (an activating one in a unit of its own where systemd runs).
+    fn switch_system(&self, manifest: &Manifest, action: Action, log: &Path) -> rebuild::Outcome {
         match &manifest.toplevel {
             Some(toplevel) => {
                 tracing::info!("switching to the prebuilt {toplevel}");
                 self.prebuilt_switch()
                     .run(Path::new(toplevel.as_str()), action, log)
             }
-            None => {
-                let argv = self.rebuild_argv(action);
-                tracing::info!("running {}", argv.join(" "));
-                rebuild::run(&argv, log, self.cfg.rebuild_timeout.0)
+            None => self.rebuild(action, log),
+        }
+    }
+
+    /// The rebuild command with `action`; one that activates runs as [`Poll::detach`] says.
+    fn rebuild(&self, action: Action, log: &Path) -> rebuild::Outcome {
+        let argv = self.rebuild_argv(action);
+        tracing::info!("running {}", argv.join(" "));
+        let timeout = self.cfg.rebuild_timeout.0;
+        match action {
+            Action::Switch | Action::Boot | Action::Test => {
+                rebuild::activate(&argv, log, timeout, &self.detach)
             }
+            Action::Build => rebuild::run(&argv, log, timeout),
         }
     }
 
@@ -698,6 +731,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             settings: &self.cfg.prebuilt,
             profile: &self.opts.system_profile,
             timeout: self.cfg.rebuild_timeout.0,
+            detach: &self.detach,
         }
     }
 
@@ -713,7 +747,7 @@ impl<'a, R: Remote> Poll<'a, R> {
                 "{message}; the previous system {} is active again",
                 running.display()
             ),
-            rebuild::Ended::Failed(m) => format!(
+            rebuild::Ended::Failed(m) | rebuild::Ended::LeftRunning(m) => format!(
                 "{message}; going back to {} failed too: {m}",
                 running.display()
             ),
@@ -755,9 +789,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             &self.cfg.state_dir.join("health.log"),
             self.cfg.rebuild_timeout.0,
         );
-        let rebuild::Ended::Failed(message) = check.ended else {
-            return None;
-        };
+        let message = check.ended.failure()?;
         if let Some(log) = self.log.as_mut() {
             log.extend_from_slice(b"\n--- health check ---\n");
             log.extend_from_slice(&check.log_tail);
@@ -797,13 +829,13 @@ impl<'a, R: Remote> Poll<'a, R> {
             Some(top) => self
                 .prebuilt_switch()
                 .run(Path::new(top.as_str()), action, &log),
-            None => rebuild::run(&self.rebuild_argv(action), &log, self.cfg.rebuild_timeout.0),
+            None => self.rebuild(action, &log),
         };
-        if let rebuild::Ended::Failed(message) = back.ended {
+        if let Some(message) = back.ended.failure() {
             return RollBack::RebuildFailed { to, message };
         }
         // Against what was written back only: the failed release's files never ran for long.
-        match self.after_activation(prev, &manifest, &mut stats, None) {
+        match self.after_activation(prev, &manifest, action, &mut stats, None) {
             Ok(()) => RollBack::Done { to },
             Err(e) => RollBack::RedeployFailed {
                 to,
@@ -823,7 +855,13 @@ impl<'a, R: Remote> Poll<'a, R> {
     async fn conclude(self, attempt: Attempt) -> Result<Polled, PullError> {
         let id = self.id.clone();
         match attempt.outcome {
-            Outcome::Applied { reboot } => self.applied(attempt, reboot).await,
+            Outcome::Applied {
+                reboot,
+                ref boot_only,
+            } => {
+                let boot_only = boot_only.clone();
+                self.applied(attempt, reboot, boot_only).await
+            }
             Outcome::RebuildFailed { message } => {
                 self.fail(PullResult::Failed, PullError::Rebuild { id, message })
                     .await
@@ -855,7 +893,12 @@ impl<'a, R: Remote> Poll<'a, R> {
         }
     }
 
-    async fn applied(mut self, attempt: Attempt, reboot: bool) -> Result<Polled, PullError> {
+    async fn applied(
+        mut self,
+        attempt: Attempt,
+        reboot: bool,
+        boot_only: Option<String>,
+    ) -> Result<Polled, PullError> {
         let id = self.id.clone();
         let at = format_time((self.opts.now)());
         if let Some(toplevel) = self.stored_manifest(&id).ok().and_then(|m| m.toplevel) {
@@ -871,6 +914,7 @@ impl<'a, R: Remote> Poll<'a, R> {
         self.timed_attempt();
         (self.report.applied_seq, self.report.applied_at) = (Some(attempt.seq), Some(at));
         let reboot = self.reboot_now_or_later(reboot, attempt.reboot_window);
+        self.record_boot_only(boot_only);
         self.state.save(&self.cfg.state_dir)?;
         self.report.result = PullResult::Ok;
         self.report.applied = Some(id.to_string());

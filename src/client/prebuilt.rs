@@ -402,7 +402,7 @@ impl Import<'_> {
         let ran = rebuild::run(&argv, &log, self.timeout);
         match ran.ended {
             Ended::Success => Ok(()),
-            Ended::Failed(message) => {
+            Ended::Failed(message) | Ended::LeftRunning(message) => {
                 let tail = String::from_utf8_lossy(&ran.log_tail);
                 let last: Vec<&str> = tail.lines().rev().take(4).collect();
                 let last: Vec<&str> = last.into_iter().rev().collect();
@@ -617,11 +617,13 @@ fn fill(template: &[String], values: &[(&str, &str)]) -> Vec<String> {
 }
 
 /// Switching to a prebuilt system, as `nixos-rebuild` would: the profile for `switch` and
-/// `boot`, then `<toplevel>/bin/switch-to-configuration <action>`.
+/// `boot` (only for a toplevel with `nixos-version`, as nixos-rebuild checks), then
+/// `<toplevel>/bin/switch-to-configuration <action>`, in a unit of its own where systemd runs.
 pub struct Switch<'a> {
     pub settings: &'a Settings,
     pub profile: &'a Path,
     pub timeout: Duration,
+    pub detach: &'a super::activation::Detach,
 }
 
 impl Switch<'_> {
@@ -635,6 +637,17 @@ impl Switch<'_> {
         }
         let top = toplevel.display().to_string();
         let mut tail = Vec::new();
+        // A toplevel without it is no NixOS system (or a store path Nix did not finish):
+        // making it the profile's generation would leave a host that cannot boot.
+        if !toplevel.join("nixos-version").is_file() {
+            return rebuild::Outcome {
+                ended: Ended::Failed(format!(
+                    "{top} has no nixos-version: it is not a complete NixOS system, so it was \
+                     not made the system profile nor activated"
+                )),
+                log_tail: Vec::new(),
+            };
+        }
         if matches!(action, Action::Switch | Action::Boot) {
             let profile = self.profile.display().to_string();
             let argv = fill(
@@ -642,7 +655,7 @@ impl Switch<'_> {
                 &[("{profile}", &profile), ("{toplevel}", &top)],
             );
             let set = rebuild::run(&argv, log, self.timeout);
-            if let Ended::Failed(m) = set.ended {
+            if let Some(m) = set.ended.failure() {
                 return rebuild::Outcome {
                     ended: Ended::Failed(format!("setting the system profile: {m}")),
                     log_tail: set.log_tail,
@@ -657,7 +670,7 @@ impl Switch<'_> {
                 .to_string(),
             action.as_str().to_owned(),
         ];
-        let mut ran = rebuild::run(&switch, log, self.timeout);
+        let mut ran = rebuild::activate(&switch, log, self.timeout, self.detach);
         tail.extend_from_slice(&ran.log_tail);
         ran.log_tail = tail;
         ran
@@ -693,7 +706,9 @@ pub fn keep_roots(settings: &Settings, state_dir: &Path, toplevel: &StorePath, t
             ],
         );
         let _ = fs::remove_file(&root);
-        if let Ended::Failed(m) = rebuild::run(&argv, &state_dir.join("gcroot.log"), timeout).ended
+        if let Some(m) = rebuild::run(&argv, &state_dir.join("gcroot.log"), timeout)
+            .ended
+            .failure()
         {
             tracing::warn!(
                 "cannot keep {} as a GC root of {target}: {m}",

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::activation::{Detach, UNIT};
 use crate::core::names::HostName;
 use crate::core::settings::Action;
 
@@ -29,6 +30,28 @@ pub fn argv(template: &[String], action: Action, config: &Path, host: &HostName)
 pub enum Ended {
     Success,
     Failed(String),
+    /// An activation in its own unit outlived the timeout: tiffin stopped waiting and left it
+    /// to finish (killing it could leave the system half-switched).
+    LeftRunning(String),
+}
+
+impl Ended {
+    /// Why it did not succeed, whether it failed or is still running.
+    pub fn failure(self) -> Option<String> {
+        match self {
+            Ended::Success => None,
+            Ended::Failed(m) | Ended::LeftRunning(m) => Some(m),
+        }
+    }
+}
+
+/// What tiffin does with a command still running at its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtTimeout {
+    /// Kill its whole process group (a build, a health check).
+    Kill,
+    /// Stop waiting: the command runs in a unit of its own, which tiffin leaves alone.
+    LeaveRunning,
 }
 
 #[derive(Debug, Clone)]
@@ -45,67 +68,117 @@ pub fn run(argv: &[String], log_path: &Path, timeout: Duration) -> Outcome {
 
 /// `run`, in the directory `cwd` when given (`nixos-rebuild build` leaves `./result` there).
 pub fn run_in(argv: &[String], cwd: Option<&Path>, log_path: &Path, timeout: Duration) -> Outcome {
-    let failed = |msg: String| Outcome {
-        ended: Ended::Failed(msg),
-        log_tail: Vec::new(),
+    let child = Child {
+        argv,
+        shown: argv.join(" "),
+        cwd,
+        at_timeout: AtTimeout::Kill,
     };
-    let Some((program, args)) = argv.split_first() else {
-        return failed("the rebuild command is empty".into());
-    };
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .read(true)
-        .open(log_path)
-    {
-        Ok(f) => f,
-        Err(e) => return failed(format!("cannot create {}: {e}", log_path.display())),
-    };
-    let (out, err) = match (log.try_clone(), log.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return failed(format!("{}: {e}", log_path.display())),
-    };
-    let start = Instant::now();
-    let mut command = Command::new(program);
-    if let Some(dir) = cwd {
-        command.current_dir(dir);
+    child.run(log_path, timeout)
+}
+
+/// Runs an activating command (`nixos-rebuild switch`, `switch-to-configuration`) as `detach`
+/// says. In a unit, tiffin's timeout (or tiffin being killed) ends only the wait: the
+/// activation goes on, and the outcome says so.
+pub fn activate(argv: &[String], log_path: &Path, timeout: Duration, detach: &Detach) -> Outcome {
+    if *detach == Detach::Direct {
+        return run(argv, log_path, timeout);
     }
-    let mut child = match command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        // Its own process group, so a timeout kills the whole build, not only the wrapper.
-        .process_group(0)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot run {program}: {e}")),
+    let wrapped = detach.wrap(argv, log_path);
+    let child = Child {
+        argv: &wrapped,
+        // The command, not the wrapper's long argv, in what the admin reads.
+        shown: format!("{} (as {UNIT}.service)", argv.join(" ")),
+        cwd: None,
+        at_timeout: AtTimeout::LeaveRunning,
     };
-    let ended = loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break Ended::Success,
-            Ok(Some(status)) => {
-                break Ended::Failed(format!("{} exited with {status}", argv.join(" ")));
-            }
-            Ok(None) if start.elapsed() >= timeout => {
-                let group = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.wait();
-                break Ended::Failed(format!(
-                    "{} did not finish within {} and was killed",
-                    argv.join(" "),
-                    humantime::format_duration(timeout)
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => break Ended::Failed(format!("waiting for {program}: {e}")),
+    child.run(log_path, timeout)
+}
+
+/// One command to run and wait for.
+struct Child<'a> {
+    argv: &'a [String],
+    /// How messages name it.
+    shown: String,
+    cwd: Option<&'a Path>,
+    at_timeout: AtTimeout,
+}
+
+impl Child<'_> {
+    fn run(&self, log_path: &Path, timeout: Duration) -> Outcome {
+        let (argv, cwd, at_timeout) = (self.argv, self.cwd, self.at_timeout);
+        let failed = |msg: String| Outcome {
+            ended: Ended::Failed(msg),
+            log_tail: Vec::new(),
+        };
+        let Some((program, args)) = argv.split_first() else {
+            return failed("the rebuild command is empty".into());
+        };
+        // Emptied, then written in append mode: an activation in a unit appends its own output
+        // (systemd's `append:`) while the wrapper writes its errors here.
+        let log = match std::fs::File::create(log_path).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .read(true)
+                .open(log_path)
+        }) {
+            Ok(f) => f,
+            Err(e) => return failed(format!("cannot create {}: {e}", log_path.display())),
+        };
+        let (out, err) = match (log.try_clone(), log.try_clone()) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return failed(format!("{}: {e}", log_path.display())),
+        };
+        let start = Instant::now();
+        let mut command = Command::new(program);
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
         }
-    };
-    Outcome {
-        ended,
-        log_tail: tail(log, LOG_TAIL),
+        let mut child = match command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group, so a timeout kills the whole build, not only the wrapper.
+            .process_group(0)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => return failed(format!("cannot run {program}: {e}")),
+        };
+        let ended = loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break Ended::Success,
+                Ok(Some(status)) => {
+                    break Ended::Failed(format!("{} exited with {status}", self.shown));
+                }
+                Ok(None) if start.elapsed() >= timeout => {
+                    // The process group holds the command, or only the wrapper waiting for a unit.
+                    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait();
+                    let within = humantime::format_duration(timeout);
+                    break match at_timeout {
+                        AtTimeout::Kill => Ended::Failed(format!(
+                            "{} did not finish within {within} and was killed",
+                            self.shown
+                        )),
+                        AtTimeout::LeaveRunning => Ended::LeftRunning(format!(
+                            "the activation did not finish within {within}; it goes on as {UNIT}.service, \
+                         which tiffin leaves to finish (killing it could leave the system half-switched): \
+                         see `systemctl status {UNIT}` and {}; the release is tried again after its backoff",
+                            log_path.display()
+                        )),
+                    };
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => break Ended::Failed(format!("waiting for {program}: {e}")),
+            }
+        };
+        Outcome {
+            ended,
+            log_tail: tail(log, LOG_TAIL),
+        }
     }
 }
 

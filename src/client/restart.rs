@@ -75,7 +75,7 @@ pub fn run(systemctl: &[String], plan: &Plan, log: &Path, timeout: Duration) -> 
         argv.extend([verb.to_owned(), unit.to_string()]);
         tracing::info!("running {}", argv.join(" "));
         let done = rebuild::run(&argv, log, timeout);
-        if let rebuild::Ended::Failed(message) = done.ended {
+        if let Some(message) = done.ended.failure() {
             let said = String::from_utf8_lossy(&done.log_tail);
             let last = said.lines().rev().find(|l| !l.trim().is_empty());
             let detail = last.map(|l| format!(" ({})", l.trim())).unwrap_or_default();

@@ -80,6 +80,19 @@ pub struct State {
     /// The id of the last trigger handled (line 2 of `/CURRENT`), so each is acted on once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// The applied release went in with `boot` because a switch inhibitor refused `switch`:
+    /// reported until the host runs it (after a reboot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_only: Option<BootOnly>,
+}
+
+/// A release applied for the next boot only, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootOnly {
+    pub id: ReleaseId,
+    /// nixpkgs' words: the inhibitors that changed.
+    pub reason: String,
 }
 
 /// A needed reboot waiting for its window.

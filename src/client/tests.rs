@@ -1147,10 +1147,11 @@ fn a_prebuilt_release_fetches_only_missing_nars_and_never_rebuilds() {
     );
     let nix = std::fs::read_to_string(&calls).unwrap();
     assert!(nix.contains(&format!("import {PB_TOP}")), "{nix}");
-    assert!(nix.contains(&format!("profile {PB_TOP}")), "{nix}");
-    // There is no such toplevel here, so its switch-to-configuration cannot run: failed, reported.
+    // There is no such toplevel here: without its nixos-version it is not made the
+    // profile's generation (as nixos-rebuild checks) nor activated; failed, reported.
+    assert!(!nix.contains(&format!("profile {PB_TOP}")), "{nix}");
     assert!(matches!(err, PullError::Rebuild { .. }), "{err}");
-    assert!(err.to_string().contains("switch-to-configuration"), "{err}");
+    assert!(err.to_string().contains("has no nixos-version"), "{err}");
     assert_eq!(
         f.calls(),
         "",

@@ -81,7 +81,8 @@ pub struct Report {
     /// When a failed release is tried again (it is backing off until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<String>,
-    /// `pending`: the applied release needs a reboot that waits for `reboot_window` (or a pause).
+    /// `pending`: the applied release needs a reboot that waits for `reboot_window` (or a pause);
+    /// `needed`: it needs one that an admin gives (`reboot = "never"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot: Option<RebootReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +95,10 @@ pub struct Report {
     /// The id of the last trigger (line 2 of `CURRENT`) this client handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// The applied release runs only after the next boot: a switch inhibitor (nixpkgs'
+    /// `system.switch.inhibitors`, named here) refused switching to it, so it went in with `boot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_only: Option<String>,
 }
 
 /// A reboot the client owes.
@@ -102,6 +107,8 @@ pub struct Report {
 pub enum RebootReport {
     /// Needed, and deferred until the reboot window opens (or the pause ends).
     Pending,
+    /// Needed to run the applied release, and left to an admin (`reboot = "never"`).
+    Needed,
 }
 
 impl Report {

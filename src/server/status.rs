@@ -136,6 +136,9 @@ pub struct HostOps {
     pub paused_until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_reason: Option<String>,
+    /// Why the applied release runs only after the next boot (a switch inhibitor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_only: Option<String>,
 }
 
 impl HostOps {
@@ -148,6 +151,7 @@ impl HostOps {
             reboot_window: report.reboot_window,
             paused_until: report.paused_until.clone(),
             pause_reason: report.pause_reason.clone(),
+            boot_only: report.boot_only.clone(),
         }
     }
 

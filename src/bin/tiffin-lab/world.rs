@@ -25,6 +25,8 @@ use super::state::{self, MachineState, PREFIX, RunState};
 pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../../vm-scenarios/bin/nixos-rebuild");
 /// The recording stand-in for systemctl (the units tiffin restarts), shipped the same way.
 pub const SYSTEMCTL_STANDIN: &str = include_str!("../../../vm-scenarios/bin/systemctl");
+/// The stand-in for systemd-run (an activation in a unit of its own), shipped the same way.
+pub const SYSTEMD_RUN_STANDIN: &str = include_str!("../../../vm-scenarios/bin/systemd-run");
 /// Sets up prebuilt releases (stand-in system flake, signing key), at `$TIFFIN_LAB_BIN/prebuilt-fleet`.
 pub const PREBUILT_FLEET: &str = include_str!("../../../vm-scenarios/bin/prebuilt-fleet");
 /// Nix inside the machines: no sandbox (no user namespaces needed), no binary cache to reach.
@@ -142,6 +144,7 @@ impl Run {
         for (path, text) in [
             (self.standin(), NIXOS_REBUILD_STANDIN),
             (self.systemctl_standin(), SYSTEMCTL_STANDIN),
+            (self.systemd_run_standin(), SYSTEMD_RUN_STANDIN),
             (bin.join("prebuilt-fleet"), PREBUILT_FLEET),
         ] {
             tiffin::core::durable::write_atomic(
@@ -170,6 +173,10 @@ impl Run {
 
     pub fn systemctl_standin(&self) -> PathBuf {
         self.bin_dir().join("systemctl")
+    }
+
+    pub fn systemd_run_standin(&self) -> PathBuf {
+        self.bin_dir().join("systemd-run")
     }
 
     /// Removes the run directory and the record, unless a lab was kept.
@@ -483,6 +490,7 @@ impl<'r> World<'r> {
     fn setup_clients(&mut self) -> StepResult {
         let standin = self.run.standin().display().to_string();
         let systemctl = self.run.systemctl_standin().display().to_string();
+        let systemd_run = self.run.systemd_run_standin().display().to_string();
         for c in self.clients.clone() {
             self.check_interrupt()?;
             self.mkdir(&c, "/etc/tiffin", 0o755)?;
@@ -502,6 +510,9 @@ impl<'r> World<'r> {
                     "{config}#{host}".into(),
                 ],
                 systemctl: vec![systemctl.clone()],
+                // Every activation runs as on NixOS: in a unit of its own (the stand-in).
+                activation: "systemd-run".into(),
+                systemd_run: vec![systemd_run.clone()],
             };
             let text = format!(
                 "# Written by tiffin-lab for the lab machine {c}; see docs/formats.md.\n{}",
@@ -1005,6 +1016,8 @@ struct ClientToml {
     server_key: String,
     rebuild: Vec<String>,
     systemctl: Vec<String>,
+    activation: String,
+    systemd_run: Vec<String>,
 }
 
 /// The lab server's base sshd configuration; tiffin provision adds its drop-in.

@@ -101,7 +101,7 @@ const PER_HOST: [PerHost; 8] = [
     ),
     (
         "tiffin_host_reboot_pending",
-        "1 when the host's new system needs a reboot that waits for its reboot window or pause.",
+        "1 when the host's new system needs a reboot: one that waits for its reboot window or pause, or one left to an admin (reboot = never).",
         |r| r.result.map(|_| u64::from(r.ops.reboot.is_some())),
     ),
     (

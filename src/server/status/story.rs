@@ -169,6 +169,25 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
         };
         lines.push(("reboot", format!("pending: {why}")));
     }
+    if let Some(why) = &ops.boot_only {
+        // The client wrote it: one line, no terminal escapes, capped.
+        let why: String = why
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .take(300)
+            .collect();
+        lines.push((
+            "next boot",
+            format!("the applied release runs after the next reboot: {why}, so it was applied with `boot`"),
+        ));
+    }
+    if ops.reboot == Some(RebootReport::Needed) {
+        lines.push((
+            "reboot",
+            "needed to run the applied release; reboot = \"never\", so it waits for an admin"
+                .to_owned(),
+        ));
+    }
     if row.state == State::Paused
         && let Some(until) = &ops.paused_until
     {
@@ -211,10 +230,13 @@ pub(super) fn note(row: &HostStatus) -> Option<String> {
             .unwrap_or_default();
         return Some(format!("paused until {until}{reason}"));
     }
-    (ops.reboot == Some(RebootReport::Pending)).then(|| match ops.reboot_window {
-        Some(w) => format!("reboot pending (window {w})"),
-        None => "reboot pending".to_owned(),
-    })
+    match ops.reboot? {
+        RebootReport::Pending => Some(match ops.reboot_window {
+            Some(w) => format!("reboot pending (window {w})"),
+            None => "reboot pending".to_owned(),
+        }),
+        RebootReport::Needed => Some("reboot needed (applied for the next boot)".to_owned()),
+    }
 }
 
 fn log_tail(log: Option<Result<String, String>>) -> String {
