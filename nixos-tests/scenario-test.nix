@@ -49,6 +49,7 @@
         inherit (scenario) serverAddress;
         labAddress = scenario.labAddress client;
         serverPublicKey = keys.server.public;
+        inherit (scenario) clientModule;
       }
       # A prebuilt scenario's clients trust the fleet's test key, in the test
       # node and in every fleet system (lib/vm-base.nix).
@@ -191,7 +192,13 @@ in
     nodes =
       {
         server = {nodes, ...}: {
-          imports = [self.nixosModules.server] ++ lib.optional scenario.prebuilt prebuiltServer;
+          imports =
+            [
+              self.nixosModules.server
+              # The scenario's [lab.server_module] (e.g. the metrics timer's interval).
+              {services.tiffin.server = lib.mapAttrsRecursive (_: lib.mkOverride 40) scenario.serverModule;}
+            ]
+            ++ lib.optional scenario.prebuilt prebuiltServer;
           # A prebuilt server evaluates every client's NixOS system (publish
           # runs two builds at a time) and holds what each build finds built;
           # its cache pool and the chroots hold whole closures (xz).

@@ -72,7 +72,11 @@
   # ---- the scenario ---------------------------------------------------------
   _top = checkKeys "top level" ["lab" "fleet" "step"] scenario;
   lab = scenario.lab or {};
-  _lab = checkKeys "[lab]" ["clients"] lab;
+  _lab = checkKeys "[lab]" ["clients" "init" "client_module" "server_module"] lab;
+  # `init = "systemd"` is the lab's choice of PID 1; the VMs always boot systemd. The
+  # module options a scenario gives its units apply to the VMs' modules as well.
+  clientModule = lab.client_module or {};
+  serverModule = lab.server_module or {};
   clients = lab.clients or ["client1" "client2" "client3"];
   machines = ["server"] ++ clients;
   keyNames = ["client1" "client2" "client3" "client4" "client5"];
@@ -757,7 +761,7 @@
         else "\nwith subtest(\"the scenario's end: background runs\"):\n${indent "    " (waitFor js)}"
     );
 in {
-  inherit name clients machines server serverAddress labAddress fleetDir testScript fleetToml prebuilt;
+  inherit name clients machines server serverAddress labAddress fleetDir testScript fleetToml prebuilt clientModule serverModule;
   # Every configuration.nix text a client meets during the scenario (the
   # initial one and each edit), so the test can pre-build their systems.
   configurations = builtins.listToAttrs (map (c: {

@@ -64,9 +64,14 @@ vm: {
   ];
 
   # The watcher is installed as on a host with watch mode, but not started at
-  # boot: the watch_start and watch_stop steps start and stop it.
+  # boot: the watch_start and watch_stop steps start and stop it; unless the
+  # scenario's [lab.client_module] turns watch mode on, as on a real host.
   services.tiffin.client.watch.enable = true;
-  systemd.services.tiffin-watch.wantedBy = lib.mkForce [];
+  systemd.services.tiffin-watch.wantedBy = lib.mkIf (!((vm.clientModule.watch or {}).enable or false)) (lib.mkForce []);
+
+  # A scenario's [lab.client_module] (its units' options, e.g. a short timer
+  # interval), above the VM's own settings here (whose interval is mkForce'd).
+  imports = [{services.tiffin.client = lib.mapAttrsRecursive (_: lib.mkOverride 40) (vm.clientModule or {});}];
 
   # /etc/ssh/ssh_known_hosts, as the lab writes it: for the expect_denied
   # steps and scenario commands, which use OpenSSH's own ssh and sftp.

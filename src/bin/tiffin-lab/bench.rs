@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::LabError;
 use super::interrupt::Interrupt;
-use super::scenario::{MachineName, Scenario};
+use super::scenario::{Init, MachineName, Scenario};
 use super::steps;
 use super::world::{Run, StepError, World};
 
@@ -179,17 +179,25 @@ pub(super) fn sh_within(
     Ok(done.output)
 }
 
+/// What every bench's lab is built with: the interrupt flag, and the machines' PID 1
+/// (`--init`: the figures are measured on the lab's own init or on the real systemd).
+pub struct Lab {
+    pub interrupt: Interrupt,
+    pub init: Init,
+}
+
 /// Builds a lab from `setup`, runs `measure` in it and tears it down whatever happened;
 /// `banner` (given the run) goes to stderr first. Returns what `measure` rendered.
 pub(super) fn in_lab(
     name: &str,
     setup: &str,
-    interrupt: Interrupt,
+    lab: Lab,
     banner: impl FnOnce(&Run) -> String,
     measure: impl FnOnce(&mut World, &Scenario) -> Result<String, LabError>,
 ) -> Result<String, LabError> {
-    let scenario = Scenario::parse(Path::new(name), setup)?;
-    let mut run = Run::start(interrupt)?;
+    let mut scenario = Scenario::parse(Path::new(name), setup)?;
+    scenario.lab.init = lab.init;
+    let mut run = Run::start(lab.interrupt)?;
     eprintln!("{}", banner(&run));
     let result = {
         let mut world = World::new(&mut run, &scenario);
@@ -206,7 +214,7 @@ pub(super) fn in_lab(
 }
 
 /// Builds the lab, measures, tears it down; prints the table with the figures line last.
-pub fn bench(polls: u32, interrupt: Interrupt) -> Result<u8, LabError> {
+pub fn bench(polls: u32, lab: Lab) -> Result<u8, LabError> {
     let banner = |run: &Run| {
         format!(
             "tiffin-lab bench: run {}, {polls} polls each; lab files in {}",
@@ -214,7 +222,7 @@ pub fn bench(polls: u32, interrupt: Interrupt) -> Result<u8, LabError> {
             run.dir.display()
         )
     };
-    let out = in_lab("bench", SETUP, interrupt, banner, |world, scenario| {
+    let out = in_lab("bench", SETUP, lab, banner, |world, scenario| {
         Ok(measure(world, scenario, polls)?.render())
     })?;
     print!("{out}");

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use super::LabError;
 use super::bench::failed;
-use super::interrupt::Interrupt;
 use super::procfs;
 use super::scenario::{MachineName, Scenario};
 use super::steps;
@@ -271,7 +270,7 @@ fn clock_ticks_per_s() -> u64 {
 }
 
 /// Builds the lab, measures, tears it down; prints the table with the figures line last.
-pub fn bench(args: &CapacityArgs, interrupt: Interrupt) -> Result<u8, LabError> {
+pub fn bench(args: &CapacityArgs, lab: super::bench::Lab) -> Result<u8, LabError> {
     let banner = |run: &Run| {
         format!(
             "tiffin-lab bench --capacity: run {}, {} clients, {} s per tool; lab files in {}",
@@ -281,13 +280,9 @@ pub fn bench(args: &CapacityArgs, interrupt: Interrupt) -> Result<u8, LabError> 
             run.dir.display()
         )
     };
-    let out = super::bench::in_lab(
-        "bench-capacity",
-        SETUP,
-        interrupt,
-        banner,
-        |world, scenario| Ok(measure(world, scenario, args)?.render()),
-    )?;
+    let out = super::bench::in_lab("bench-capacity", SETUP, lab, banner, |world, scenario| {
+        Ok(measure(world, scenario, args)?.render())
+    })?;
     print!("{out}");
     Ok(0)
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use super::LabError;
 use super::bench::failed;
-use super::interrupt::Interrupt;
 use super::scenario::{MachineName, Scenario};
 use super::steps;
 use super::world::{Run, World};
@@ -226,7 +225,7 @@ fn sh(world: &mut World, on: &MachineName, script: &str) -> Result<String, LabEr
 }
 
 /// Builds the lab, measures, tears it down; prints the table with the figures line last.
-pub fn bench(changes: u32, interrupt: Interrupt) -> Result<u8, LabError> {
+pub fn bench(changes: u32, lab: super::bench::Lab) -> Result<u8, LabError> {
     let banner = |run: &Run| {
         format!(
             "tiffin-lab bench --watch: run {}, {changes} changes; lab files in {}",
@@ -234,13 +233,9 @@ pub fn bench(changes: u32, interrupt: Interrupt) -> Result<u8, LabError> {
             run.dir.display()
         )
     };
-    let out = super::bench::in_lab(
-        "bench-watch",
-        SETUP,
-        interrupt,
-        banner,
-        |world, scenario| Ok(measure(world, scenario, changes)?.render()),
-    )?;
+    let out = super::bench::in_lab("bench-watch", SETUP, lab, banner, |world, scenario| {
+        Ok(measure(world, scenario, changes)?.render())
+    })?;
     print!("{out}");
     Ok(0)
 }

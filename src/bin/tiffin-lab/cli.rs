@@ -97,6 +97,10 @@ pub enum LabCommand {
         /// Measure watch mode instead: publish→report latency of a watching client (median of 11), and per idle check the bytes on the client's link and the server's sshd CPU; the server's memory per kept session; the client's RSS growth over 10,000 checks. Last line: watch_latency_ms=… watch_check_bytes=… watch_server_cpu_us=… watch_server_kib=… watch_rss_growth_kib=…
         #[arg(long)]
         watch: bool,
+        /// What runs as the machines' PID 1 while measuring: the lab's own init, or the real
+        /// systemd with the units the modules render (docs/lab.md)
+        #[arg(long, value_enum, default_value = "lab")]
+        init: super::scenario::Init,
     },
     /// Internal: pid 1 of a lab machine
     #[command(hide = true)]
@@ -128,9 +132,13 @@ pub fn run(cli: LabCli) -> Result<u8, LabError> {
             };
             run_and_judge(&[demo], &opts)
         }
-        LabCommand::Bench { capacity, .. } if capacity.capacity => bench_capacity(&capacity),
-        LabCommand::Bench { watch: true, .. } => bench_watch(),
-        LabCommand::Bench { polls, .. } => bench(polls),
+        LabCommand::Bench { capacity, init, .. } if capacity.capacity => {
+            bench_capacity(&capacity, init)
+        }
+        LabCommand::Bench {
+            watch: true, init, ..
+        } => bench_watch(init),
+        LabCommand::Bench { polls, init, .. } => bench(polls, init),
         LabCommand::Shell {
             machine,
             run,
@@ -170,30 +178,33 @@ fn load_scenarios(paths: &[PathBuf]) -> Result<Vec<Scenario>, LabError> {
     }
 }
 
-fn bench(polls: u32) -> Result<u8, LabError> {
+fn bench(polls: u32, init: super::scenario::Init) -> Result<u8, LabError> {
     preflight()?;
     if !std::path::Path::new("/usr/bin/time").is_file() {
         return Err(LabError::MissingTools(
             "/usr/bin/time (package time), for the client's peak RSS".into(),
         ));
     }
-    let interrupt = Interrupt::install()
-        .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
-    super::bench::bench(polls, interrupt)
+    super::bench::bench(polls, bench_lab(init)?)
 }
 
-fn bench_capacity(args: &super::bench_capacity::CapacityArgs) -> Result<u8, LabError> {
+fn bench_capacity(
+    args: &super::bench_capacity::CapacityArgs,
+    init: super::scenario::Init,
+) -> Result<u8, LabError> {
     preflight()?;
-    let interrupt = Interrupt::install()
-        .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
-    super::bench_capacity::bench(args, interrupt)
+    super::bench_capacity::bench(args, bench_lab(init)?)
 }
 
-fn bench_watch() -> Result<u8, LabError> {
+fn bench_watch(init: super::scenario::Init) -> Result<u8, LabError> {
     preflight()?;
+    super::bench_watch::bench(11, bench_lab(init)?)
+}
+
+fn bench_lab(init: super::scenario::Init) -> Result<super::bench::Lab, LabError> {
     let interrupt = Interrupt::install()
         .map_err(|e| LabError::io("installing the SIGINT/SIGTERM handler", e))?;
-    super::bench_watch::bench(11, interrupt)
+    Ok(super::bench::Lab { interrupt, init })
 }
 
 fn down(run: Option<&str>) -> Result<u8, LabError> {

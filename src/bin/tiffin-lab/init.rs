@@ -14,6 +14,8 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use super::scenario::Init;
+
 /// tiffin's default state directory, on the server and on clients.
 const STATE_DIR: &str = "/var/lib/tiffin";
 /// Directories that get a copy-on-write overlay: everything a system tool writes to. `/nix`
@@ -35,6 +37,9 @@ pub struct InitArgs {
     /// A directory of the host to show writable at the same path (the server's fleet repository)
     #[arg(long = "share-rw")]
     pub shares_rw: Vec<PathBuf>,
+    /// What becomes the machine's PID 1 once it is built
+    #[arg(long, value_enum, default_value = "lab")]
+    pub init: Init,
 }
 
 /// Builds the machine, reports on stdout ("ready" or "error: …"), then reaps forever.
@@ -44,6 +49,9 @@ pub fn main(args: &InitArgs) -> ! {
         Ok(()) => {
             let _ = writeln!(out, "ready");
             let _ = out.flush();
+            if args.init == Init::Systemd {
+                super::systemd_pid1::boot_when_asked();
+            }
         }
         Err(message) => {
             let _ = writeln!(out, "error: {message}");
@@ -82,6 +90,9 @@ fn build(args: &InitArgs) -> Result<(), String> {
     }
     drop(shares);
     nix::unistd::sethostname(&args.name).map_err(|e| format!("sethostname: {e}"))?;
+    if args.init == Init::Systemd {
+        super::systemd_pid1::prepare(&args.name)?;
+    }
     Ok(())
 }
 

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2, readlinkat};
 use nix::sys::signal::Signal;
 
+use super::cgroup;
 use super::procfs;
-use super::scenario::MachineName;
+use super::scenario::{Init, MachineName};
 
 /// The lab's network: 192.0.2.0/24 (TEST-NET-1), only ever inside the lab's namespaces.
 pub const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -66,6 +67,10 @@ pub struct MachineSpec {
     pub shares_rw: Vec<PathBuf>,
     /// The environment of every command run inside.
     pub env: Vec<(String, String)>,
+    /// Its PID 1: the lab's own init, or the real systemd (in cgroups of its own).
+    pub init: Init,
+    /// `init = systemd`: the cgroups it runs in (made by the caller, removed at stop).
+    pub cgroups: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -81,6 +86,8 @@ pub struct Machine {
     /// Namespace inodes, to find every process of the machine at teardown.
     pub net_ns: Option<u64>,
     pub mnt_ns: Option<u64>,
+    /// `init = systemd`: removed once its processes are gone.
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Machine {
@@ -102,6 +109,7 @@ impl Machine {
             env: spec.env,
             net_ns: None,
             mnt_ns: None,
+            cgroups: spec.cgroups.clone(),
         };
         let line = said
             .recv_timeout(Duration::from_secs(20))
@@ -189,6 +197,14 @@ impl Machine {
     /// Kills the machine: its pid 1 first (the kernel then kills every process of its pid
     /// namespace), then anything left in its namespaces. Idempotent.
     pub fn stop(&mut self) -> Vec<u32> {
+        let killed = self.stop_processes();
+        for problem in cgroup::remove(&std::mem::take(&mut self.cgroups)) {
+            tracing::warn!("machine {}: {problem}", self.name);
+        }
+        killed
+    }
+
+    fn stop_processes(&mut self) -> Vec<u32> {
         self.kill();
         if let Some(mut holder) = self.holder.take() {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -221,6 +237,7 @@ impl Machine {
         self.init_pid = 0;
         self.net_ns = None;
         self.mnt_ns = None;
+        self.cgroups.clear();
     }
 
     /// Processes still inside the machine's namespaces (entered without its pid namespace), killed by pid.
@@ -259,28 +276,49 @@ fn spawn_init(spec: &MachineSpec, lab_exe: &Path, log: &Path) -> Result<Child, S
     use std::os::unix::process::CommandExt;
     let log_file =
         std::fs::File::create(log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-    let mut cmd = Command::new("nsenter");
+    let mut cmd = match spec.init {
+        Init::Lab => Command::new("nsenter"),
+        // systemd: first into the machine's cgroups, so the new cgroup namespace starts there.
+        Init::Systemd => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#"n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 1; shift; n=$((n-1)); done; exec "$@""#)
+                .arg("sh")
+                .arg(spec.cgroups.len().to_string())
+                .args(&spec.cgroups)
+                .arg("nsenter");
+            c
+        }
+    };
     cmd.arg(format!("--net=/run/netns/{}", spec.netns))
         .arg("--")
-        .arg("unshare")
-        .args([
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--propagation",
-            "private",
-            "--kill-child",
-            "--",
-        ])
-        .arg(lab_exe)
-        .arg("machine-init")
-        .arg("--name")
-        .arg(spec.name.as_str())
-        .arg("--dir")
-        .arg(&spec.dir);
+        .arg("unshare");
+    if spec.init == Init::Systemd {
+        cmd.arg("--cgroup");
+    }
+    cmd.args([
+        "--mount",
+        "--uts",
+        "--ipc",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "--kill-child",
+        "--",
+    ])
+    .arg(lab_exe)
+    .arg("machine-init")
+    .arg("--name")
+    .arg(spec.name.as_str())
+    .arg("--dir")
+    .arg(&spec.dir)
+    .arg("--init")
+    .arg(match spec.init {
+        Init::Lab => "lab",
+        Init::Systemd => "systemd",
+    });
     for share in &spec.shares {
         cmd.arg("--share").arg(share);
     }

@@ -11,6 +11,8 @@ mod access;
 mod bench;
 mod bench_capacity;
 mod bench_watch;
+mod boot;
+mod cgroup;
 mod cli;
 mod exec;
 mod init;
@@ -21,6 +23,7 @@ mod runner;
 mod scenario;
 mod state;
 mod steps;
+mod systemd_pid1;
 mod watch_steps;
 mod world;
 

@@ -93,20 +93,43 @@ struct ScenarioFile {
     steps: Vec<toml::Spanned<Step>>,
 }
 
-/// `[lab]`: which machines exist besides the server.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[lab]`: which machines exist besides the server, and what runs as their PID 1.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabSection {
     #[serde(default = "default_clients")]
     pub clients: Vec<MachineName>,
+    #[serde(default)]
+    pub init: Init,
+    /// `init = "systemd"`: the `services.tiffin.client` options the clients' units are
+    /// rendered with (host, server and key come from the lab).
+    #[serde(default)]
+    pub client_module: toml::Table,
+    /// `init = "systemd"`: the `services.tiffin.server` options the server's units are rendered with.
+    #[serde(default)]
+    pub server_module: toml::Table,
 }
 
 impl Default for LabSection {
     fn default() -> Self {
         LabSection {
             clients: default_clients(),
+            init: Init::default(),
+            client_module: toml::Table::new(),
+            server_module: toml::Table::new(),
         }
     }
+}
+
+/// What a machine runs as its PID 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// The lab's own minimal init (`machine-init`): it builds the machine and reaps orphans.
+    #[default]
+    Lab,
+    /// The real systemd, booted with the units tiffin's NixOS modules render (docs/lab.md).
+    Systemd,
 }
 
 fn default_clients() -> Vec<MachineName> {

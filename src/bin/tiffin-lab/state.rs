@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
+use super::cgroup;
 use super::procfs;
 
 /// Where running and kept labs are recorded.
@@ -46,6 +47,9 @@ pub struct MachineState {
     /// The environment commands get inside the machine (PATH, TIFFIN_FLEET …).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// `init = "systemd"`: the cgroups the machine runs in, removed at teardown.
+    #[serde(default)]
+    pub cgroups: Vec<String>,
 }
 
 impl RunState {
@@ -190,6 +194,18 @@ pub fn destroy(state: &RunState) -> Vec<String> {
             procfs::signal(m.init_pid, Signal::SIGKILL);
         }
     }
+    // The machines' cgroups (init = "systemd"), recorded or found by the run's prefix.
+    let mut cgroups: Vec<std::path::PathBuf> = state
+        .machines
+        .iter()
+        .flat_map(|m| m.cgroups.iter().map(Into::into))
+        .collect();
+    for c in cgroup::leftovers(&format!("{}-", state.prefix())) {
+        if !cgroups.contains(&c) {
+            cgroups.push(c);
+        }
+    }
+    problems.extend(cgroup::remove(&cgroups));
     let mut names = state.netns.clone();
     for n in netns_with_prefix(&format!("{}-", state.prefix())) {
         if !names.contains(&n) {
@@ -225,6 +241,7 @@ pub fn down(only: Option<&str>) -> DownReport {
     }
     if only.is_none() {
         // Leftovers no record names (e.g. the record was lost with a reboot of /run).
+        down.unrecorded_cgroups();
         down.unrecorded_netns();
         down.unrecorded_run_dirs();
     }
@@ -280,6 +297,20 @@ impl Down {
             .any(|p| name.starts_with(p.as_str()))
     }
 
+    fn unrecorded_cgroups(&mut self) {
+        let left: Vec<_> = cgroup::leftovers(PREFIX)
+            .into_iter()
+            .filter(|c| {
+                !c.file_name()
+                    .is_some_and(|n| self.is_live(&n.to_string_lossy()))
+            })
+            .collect();
+        for c in &left {
+            self.report.removed.push(format!("cgroup {}", c.display()));
+        }
+        self.report.problems.extend(cgroup::remove(&left));
+    }
+
     fn unrecorded_netns(&mut self) {
         for n in netns_with_prefix(PREFIX) {
             if self.is_live(&n) {
@@ -332,6 +363,7 @@ mod tests {
                 init_pid: 100,
                 init_start: 5,
                 env: BTreeMap::from([("PATH".into(), "/bin".into())]),
+                cgroups: vec!["/sys/fs/cgroup/unified/tiffin-lab-3f9a2c-server".into()],
             }],
         };
         let text = toml::to_string(&s).unwrap();

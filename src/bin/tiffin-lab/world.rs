@@ -14,11 +14,13 @@ use tiffin::core::layout::ChrootPaths;
 use tiffin::core::names::HostName;
 
 use super::LabError;
+use super::boot;
+use super::cgroup;
 use super::exec::{self, ExecError, Finished, Running};
 use super::interrupt::Interrupt;
 use super::machine::{self, Machine, MachineSpec, SERVER_ADDRESS};
 use super::procfs;
-use super::scenario::{MachineName, Scenario};
+use super::scenario::{Init, LabSection, MachineName, Scenario};
 use super::state::{self, MachineState, PREFIX, RunState};
 
 /// The recording stand-in for nixos-rebuild, shipped inside the binary so `demo` works from anywhere.
@@ -38,6 +40,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a client's key and configuration live inside it.
 pub const CLIENT_CONFIG: &str = "/etc/tiffin/client.toml";
+/// `init = "systemd"`: the fleet repository, bound where the server's units see it.
+pub const UNIT_FLEET: &str = "/var/lib/tiffin-lab/fleet";
 pub const CLIENT_IDENTITY: &str = "/etc/tiffin/id_ed25519";
 pub const KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
 pub const SSHD_CONFIG: &str = "/etc/ssh/sshd_config";
@@ -247,6 +251,8 @@ pub struct World<'r> {
     netns: Vec<String>,
     pub machines: Vec<Machine>,
     pub clients: Vec<MachineName>,
+    /// The scenario's `[lab]`: what runs as each machine's PID 1, and the units' module options.
+    pub lab: LabSection,
     pub server_key: String,
     pub client_keys: BTreeMap<MachineName, String>,
     sshd: Option<Running>,
@@ -273,6 +279,7 @@ impl<'r> World<'r> {
             netns: Vec::new(),
             machines: Vec::new(),
             clients: scenario.clients().to_vec(),
+            lab: scenario.lab.clone(),
             server_key: String::new(),
             client_keys: BTreeMap::new(),
             sshd: None,
@@ -305,10 +312,66 @@ impl<'r> World<'r> {
         self.setup_server()?;
         self.setup_clients()?;
         self.setup_fleet(scenario)?;
+        if self.lab.init == Init::Systemd {
+            self.boot_systemd()?;
+        }
         Ok(())
     }
 
-    fn machine_names(&self) -> Vec<MachineName> {
+    /// `init = "systemd"`: each machine's units rendered from its module and installed, then
+    /// systemd booted on every machine.
+    fn boot_systemd(&mut self) -> StepResult {
+        let rebuild_bin = self.run.standin();
+        let fleet = self.fleet_dir.display().to_string();
+        let bind = format!("mkdir -p {UNIT_FLEET} && mount --bind {fleet} {UNIT_FLEET}");
+        self.exec_ok(&MachineName::server(), &["sh", "-c", &bind])?;
+        for m in self.machine_names() {
+            let module = boot::Module {
+                name: if m.is_server() { "server" } else { "client" },
+                options: self.module_options(&m),
+                tiffin_bin: &self.run.tiffin,
+                rebuild_bin: &rebuild_bin,
+            };
+            let rendered = boot::render(&module).map_err(|e| Failure::new(e).on(m.as_str()))?;
+            boot::install(self.machine(&m), &rendered)
+                .map_err(|e| Failure::new(e).on(m.as_str()))?;
+        }
+        for m in self.machine_names() {
+            self.check_interrupt()?;
+            boot::boot(self.machine(&m), &self.dir.join(m.as_str()))
+                .map_err(|e| Failure::new(e).on(m.as_str()))?;
+        }
+        Ok(())
+    }
+
+    /// The `services.tiffin.<module>` options a machine's units are rendered with: the
+    /// scenario's, with what the lab decides (enable; a client's host, server and pinned key).
+    fn module_options(&self, m: &MachineName) -> serde_json::Value {
+        let table = if m.is_server() {
+            &self.lab.server_module
+        } else {
+            &self.lab.client_module
+        };
+        let mut o = serde_json::to_value(table).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(obj) = o.as_object_mut() {
+            obj.insert("enable".into(), true.into());
+            // The metrics timer reads the lab's fleet repository unless the scenario names one
+            // (where units see it: the run directory is under /tmp, which PrivateTmp hides).
+            if let Some(serde_json::Value::Object(metrics)) = obj.get_mut("metrics") {
+                metrics
+                    .entry("fleet")
+                    .or_insert_with(|| UNIT_FLEET.into());
+            }
+            if !m.is_server() {
+                obj.insert("host".into(), m.as_str().into());
+                obj.insert("server".into(), SERVER_ADDRESS.to_string().into());
+                obj.insert("serverPublicKey".into(), self.server_key.trim().into());
+            }
+        }
+        o
+    }
+
+    pub fn machine_names(&self) -> Vec<MachineName> {
         let mut v = vec![MachineName::server()];
         v.extend(self.clients.iter().cloned());
         v
@@ -344,6 +407,7 @@ impl<'r> World<'r> {
                 init_pid: m.init_pid,
                 init_start: m.init_start,
                 env: m.env.iter().cloned().collect(),
+                cgroups: m.cgroups.iter().map(|c| c.display().to_string()).collect(),
             })
             .collect();
         self.run.state.save()
@@ -428,7 +492,17 @@ impl<'r> World<'r> {
                     self.fleet_dir.display().to_string(),
                 ));
                 shares_rw.push(self.fleet_dir.clone());
+                if self.lab.init == Init::Systemd {
+                    // The lab's sshd is its own process, not a unit: provision signals its pid.
+                    env.push(("TIFFIN_SSHD_RELOAD".to_owned(), "pidfile".to_owned()));
+                }
             }
+            let cgroups = match self.lab.init {
+                Init::Lab => Vec::new(),
+                Init::Systemd => {
+                    cgroup::create(&cgroup::dirs_for(&format!("{}-{}", self.run.prefix(), m)))
+                }
+            };
             let spec = MachineSpec {
                 address: self.address_of(&m),
                 netns: self.netns_of(&m),
@@ -437,6 +511,8 @@ impl<'r> World<'r> {
                 shares_rw,
                 env,
                 name: m.clone(),
+                init: self.lab.init,
+                cgroups,
             };
             let machine = Machine::start(spec, &self.run.lab_exe)
                 .map_err(|e| Failure::new(e).on(m.as_str()))?;
@@ -513,6 +589,16 @@ impl<'r> World<'r> {
                 // Every activation runs as on NixOS: in a unit of its own (the stand-in).
                 activation: "systemd-run".into(),
                 systemd_run: vec![systemd_run.clone()],
+            };
+            // On the real init, the real systemctl and systemd-run (in a unit of its own).
+            let config = match self.lab.init {
+                Init::Lab => config,
+                Init::Systemd => ClientToml {
+                    systemctl: vec!["systemctl".into()],
+                    activation: "auto".into(),
+                    systemd_run: vec!["systemd-run".into()],
+                    ..config
+                },
             };
             let text = format!(
                 "# Written by tiffin-lab for the lab machine {c}; see docs/formats.md.\n{}",
