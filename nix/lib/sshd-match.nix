@@ -16,7 +16,7 @@
   # Explicit per-account blocks: an explicit name cannot match an unrelated
   # account that shares the prefix, and each chroot path is literal.
   fixed = [
-    "ForceCommand internal-sftp -d /"
+    "ForceCommand internal-sftp -d / -P setstat,fsetstat,lsetstat"
     "AuthenticationMethods publickey"
     "PubkeyAuthentication yes"
     "PasswordAuthentication no"

@@ -247,8 +247,13 @@ pub async fn poll<R: Remote>(
     opts: &PollOptions,
 ) -> Result<Polled, PullError> {
     let mut poll = Poll::begin(remote, cfg, opts).await?;
-    if let Some(pause) = pause::active(&cfg.state_dir, poll.started)? {
-        return poll.hold(pause).await;
+    if let Some(e) = poll.unreadable.take() {
+        return poll.unreadable_state(e).await;
+    }
+    match pause::active(&cfg.state_dir, poll.started) {
+        Ok(Some(pause)) => return poll.hold(pause).await,
+        Ok(None) => {}
+        Err(e) => return poll.unreadable_state(e).await,
     }
     // A reapply trigger applies the applied release again; any trigger acts despite a backoff.
     if !poll.reapplying()
@@ -365,6 +370,8 @@ struct Poll<'a, R> {
     handled_before: Option<String>,
     /// Where activations run (in a unit of their own where systemd is the init).
     detach: activation::Detach,
+    /// `state.toml` could not be read: this poll only reports that, naming the file.
+    unreadable: Option<StateError>,
 }
 
 impl<'a, R: Remote> Poll<'a, R> {
@@ -375,7 +382,15 @@ impl<'a, R: Remote> Poll<'a, R> {
         opts: &'a PollOptions,
     ) -> Result<Poll<'a, R>, PullError> {
         let started = (opts.now)();
-        let mut state = State::load(&cfg.state_dir)?;
+        // A state that cannot be read is reported (below), not only printed: the server
+        // would otherwise only see the host go stale.
+        let (mut state, unreadable) = match State::load(&cfg.state_dir) {
+            Ok(state) => (state, None),
+            Err(e @ (StateError::Invalid { .. } | StateError::Io { .. })) => {
+                (State::default(), Some(e))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let text = remote
             .read(&remote_path(&[CURRENT_FILE]), CURRENT_LIMIT)
             .await
@@ -425,6 +440,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             trigger,
             handled_before,
             detach: activation::Detach::resolve(cfg.activation, &cfg.systemd_run),
+            unreadable,
         })
     }
 
@@ -462,6 +478,17 @@ impl<'a, R: Remote> Poll<'a, R> {
             return Ok(Polled::RebootDue { id: self.id, seq });
         }
         Ok(Polled::Unchanged { id: self.id, seq })
+    }
+
+    /// Local state that cannot be read (`state.toml`, `pause.toml`): a failed report naming
+    /// the file goes out; nothing is applied, and the file is left as it is for its admin.
+    async fn unreadable_state(mut self, e: StateError) -> Result<Polled, PullError> {
+        self.report.result = PullResult::Failed;
+        self.report.error = Some(e.to_string());
+        if let Err(upload) = self.upload().await {
+            tracing::warn!("{upload}");
+        }
+        Err(PullError::State(e))
     }
 
     /// Saves the state; a full disk says so.

@@ -165,7 +165,18 @@ pub struct Watcher<'a> {
     /// When a poll last ran for a deferred reboot whose window was open (a failed reboot
     /// command is retried once per `REBOOT_RETRY`, not at every check).
     last_reboot_try: Option<Instant>,
+    /// What the last poll left waiting: a release held back by `tiffin pause`.
+    holding: Holding,
     pub checks: u64,
+}
+
+/// Whether the last poll held a release back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    Nothing,
+    /// `tiffin pause` held it: the next check after the pause ended (`tiffin resume`, or its
+    /// end time) polls, rather than the next heartbeat.
+    Paused,
 }
 
 const REBOOT_RETRY: Duration = Duration::from_secs(60);
@@ -203,6 +214,7 @@ impl<'a> Watcher<'a> {
             last: None,
             last_poll: None,
             last_reboot_try: None,
+            holding: Holding::Nothing,
             checks: 0,
         }
     }
@@ -226,7 +238,8 @@ impl<'a> Watcher<'a> {
             .last_poll
             .is_none_or(|t| now.saturating_duration_since(t) >= self.heartbeat);
         let reboot = self.reboot_due(now);
-        if !due && !reboot && self.last.as_deref() == Some(&bytes[..]) {
+        let resumed = self.resumed();
+        if !due && !reboot && !resumed && self.last.as_deref() == Some(&bytes[..]) {
             return Ok(Checked::Idle);
         }
         if reboot {
@@ -244,11 +257,26 @@ impl<'a> Watcher<'a> {
         };
         self.last = Some(bytes);
         self.last_poll = Some(now);
+        self.holding = match &result {
+            Ok(Polled::Paused { .. }) => Holding::Paused,
+            _ => Holding::Nothing,
+        };
         Ok(Checked::Polled(result))
     }
 }
 
 impl Watcher<'_> {
+    /// The pause that held the last poll's release is over (resumed, or ended by itself):
+    /// the release is applied at this check. An unreadable pause file also polls, so the
+    /// poll reports it.
+    fn resumed(&self) -> bool {
+        self.holding == Holding::Paused
+            && !matches!(
+                super::pause::active(&self.cfg.state_dir, (self.opts.now)()),
+                Ok(Some(_))
+            )
+    }
+
     /// A reboot deferred to its window is owed and the window is open: the poll that settles
     /// it runs at this check, not only at the next heartbeat.
     fn reboot_due(&self, now: Instant) -> bool {

@@ -89,6 +89,42 @@ fn the_heartbeat_goes_out_once_per_poll_interval_not_per_check() {
 }
 
 #[test]
+fn a_release_held_by_a_pause_is_applied_at_the_first_check_after_resume() {
+    let mut f = Fixture::new();
+    let a = f.publish(&base_files());
+    let (cfg, opts) = (f.cfg.clone(), f.opts.clone());
+    let mut w = Watcher::new(&cfg, &opts, HOUR);
+    let t0 = Instant::now();
+    check(&mut w, &mut f.remote, t0);
+    let p = crate::client::pause::Pause::new((opts.now)(), HOUR, None).unwrap();
+    crate::client::pause::save(&cfg.state_dir, &p).unwrap();
+    let mut files = base_files();
+    files[3].1 = b"a = 2\n";
+    let b = f.publish(&files);
+    let held = check(&mut w, &mut f.remote, t0 + Duration::from_secs(1));
+    assert!(
+        matches!(held, Checked::Polled(Ok(Polled::Paused { .. }))),
+        "{held:?}"
+    );
+    let still = check(&mut w, &mut f.remote, t0 + Duration::from_secs(2));
+    assert!(matches!(still, Checked::Idle), "paused: {still:?}");
+    assert!(crate::client::pause::remove(&cfg.state_dir).unwrap());
+    // The next check, not the next heartbeat an hour later.
+    let resumed = check(&mut w, &mut f.remote, t0 + Duration::from_secs(3));
+    assert!(
+        matches!(resumed, Checked::Polled(Ok(Polled::Applied { ref id, .. })) if *id == b),
+        "{resumed:?}"
+    );
+    assert_ne!(a, b);
+    assert!(
+        f.report().paused_until.is_none(),
+        "status no longer says paused"
+    );
+    let after = check(&mut w, &mut f.remote, t0 + Duration::from_secs(4));
+    assert!(matches!(after, Checked::Idle), "{after:?}");
+}
+
+#[test]
 fn a_reapply_trigger_restores_a_removed_file_once() {
     let mut f = Fixture::new();
     let a = f.publish(&base_files());

@@ -11,4 +11,5 @@ pub mod narinfo;
 pub mod release;
 pub mod report;
 pub mod settings;
+pub mod untrusted;
 pub mod window;

@@ -13,9 +13,12 @@ use crate::core::names::{HostName, ReleaseId};
 use crate::core::release::{MANIFEST_FILE, ManifestHead};
 use crate::core::report::{PullResult, REBUILD_LOG_FILE, Report, STATUS_FILE};
 use crate::core::settings::{Interval, format_time, parse_time};
+use crate::core::untrusted::{FIELD_MAX, one_line};
 
 pub mod prometheus;
 pub mod story;
+#[cfg(test)]
+mod tests;
 
 /// A host is stale when it has not reported for this many poll intervals.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -250,7 +253,9 @@ pub fn host_status(
         result: Some(report.result),
         last_seen: Some(format_time(at)),
         error: joined(errors),
-        warning: warning.or_else(|| clock_warning(&report.last_seen, at)),
+        warning: warning
+            .or_else(|| dated_warning(paths, at))
+            .or_else(|| clock_warning(&report.last_seen, at)),
         ops,
         trigger_pending: published_trigger
             .filter(|t| report.trigger.as_deref() != Some(t.id.as_str()))
@@ -418,7 +423,36 @@ fn read_client_bytes(path: &Path, limit: u64) -> std::io::Result<(Vec<u8>, Syste
     }
     let mut bytes = Vec::new();
     file.take(limit).read_to_end(&mut bytes)?;
-    Ok((bytes, meta.modified()?))
+    Ok((bytes, received_at(&meta)?))
+}
+
+/// When the server received a client's file, by its own clock: the file's mtime, unless
+/// the change time (set by the server's kernel at every write, rename or setstat, never by
+/// the client) is earlier. An SFTP client can set its file's mtime (`put -p`, setstat) to
+/// any date; one in the future would keep a host from ever going stale.
+fn received_at(meta: &fs::Metadata) -> std::io::Result<SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let modified = meta.modified()?;
+    let changed = u64::try_from(meta.ctime()).ok().map(|s| {
+        SystemTime::UNIX_EPOCH + Duration::new(s, meta.ctime_nsec().clamp(0, 999_999_999) as u32)
+    });
+    Ok(changed.map_or(modified, |c| c.min(modified)))
+}
+
+/// A warning when the report's file claims a time the server did not see it at (its mtime
+/// set by the client, beyond the allowed skew past when it was received).
+fn dated_warning(paths: &ChrootPaths, received: SystemTime) -> Option<String> {
+    let modified = fs::symlink_metadata(paths.reports().join(STATUS_FILE))
+        .and_then(|m| m.modified())
+        .ok()?;
+    let ahead = modified.duration_since(received).ok()?;
+    (ahead > CLOCK_SKEW).then(|| {
+        format!(
+            "reports/{STATUS_FILE} is dated {} by its client (an SFTP client can set that); the server received it at {}, which status uses",
+            format_time(modified),
+            format_time(received)
+        )
+    })
 }
 
 fn read_head(release_dir: &Path) -> Result<ManifestHead, String> {
@@ -454,7 +488,11 @@ const HEADER: [&str; 7] = [
 
 /// The table for people; the STATE column is coloured when `colour` is set (a terminal, no NO_COLOR).
 pub fn render_table(rows: &[HostStatus], now: SystemTime, colour: bool) -> String {
-    let cells: Vec<[String; 7]> = rows.iter().map(|r| table_row(r, now)).collect();
+    // Cells quote what clients wrote: each is one harmless line (core::untrusted).
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| table_row(r, now).map(|c| one_line(&c, FIELD_MAX)))
+        .collect();
     let mut widths = HEADER.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {

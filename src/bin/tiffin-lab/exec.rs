@@ -105,7 +105,19 @@ impl Running {
     }
 
     /// Waits for the end, at most `timeout`; on timeout or interrupt, kills the whole process group.
-    pub fn wait(mut self, timeout: Duration, interrupt: &Interrupt) -> Result<Finished, ExecError> {
+    pub fn wait(self, timeout: Duration, interrupt: &Interrupt) -> Result<Finished, ExecError> {
+        let since = self.started;
+        self.wait_since(since, timeout, interrupt)
+    }
+
+    /// [`Running::wait`], with the timeout counted from `since` (a signal sent to a command
+    /// that ran for long: its stop timeout runs from the signal, not from its start).
+    pub fn wait_since(
+        mut self,
+        since: Instant,
+        timeout: Duration,
+        interrupt: &Interrupt,
+    ) -> Result<Finished, ExecError> {
         let mut nap = Duration::from_millis(1);
         loop {
             if let Some(status) = self.poll() {
@@ -120,7 +132,7 @@ impl Running {
                     output: self.output(),
                 });
             }
-            if self.started.elapsed() >= timeout {
+            if since.elapsed() >= timeout {
                 self.kill();
                 return Err(ExecError::TimedOut {
                     after: timeout,
@@ -249,6 +261,21 @@ mod tests {
         assert!(matches!(err, ExecError::TimedOut { .. }), "{err}");
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(err.output(), "started\n");
+    }
+
+    #[test]
+    fn a_stop_timeout_runs_from_the_signal_not_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 1"]);
+        let running = Running::spawn(cmd, &dir.path().join("log"), None).unwrap();
+        // Long after its start, a 2 s timeout counted from now still lets it finish.
+        std::thread::sleep(Duration::from_millis(600));
+        let signalled = Instant::now();
+        let done = running
+            .wait_since(signalled, Duration::from_millis(500), &Interrupt::default())
+            .unwrap();
+        assert_eq!(done.code(), 0);
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub fn stop(world: &mut World, on: Option<&OneOrMany>) -> StepResult {
                 .into());
         };
         let job = world.background.remove(i);
+        let signalled = std::time::Instant::now();
         let signal = format!("kill -TERM $(cat {WATCH_PID})");
         let sent = world.exec(&m, &["sh", "-c", &signal], None)?;
         if !sent.status.success() {
@@ -78,7 +79,8 @@ pub fn stop(world: &mut World, on: Option<&OneOrMany>) -> StepResult {
         let interrupt = world.interrupt();
         let done = job
             .running
-            .wait(STOP_TIMEOUT, &interrupt)
+            // From the SIGTERM: a watcher started minutes ago has its whole STOP_TIMEOUT.
+            .wait_since(signalled, STOP_TIMEOUT, &interrupt)
             .map_err(|e| super::world::exec_failure(e, m.as_str(), WATCH_COMMAND))?;
         if done.code() != 0 {
             return Err(Failure {

@@ -358,9 +358,7 @@ impl<'r> World<'r> {
             // The metrics timer reads the lab's fleet repository unless the scenario names one
             // (where units see it: the run directory is under /tmp, which PrivateTmp hides).
             if let Some(serde_json::Value::Object(metrics)) = obj.get_mut("metrics") {
-                metrics
-                    .entry("fleet")
-                    .or_insert_with(|| UNIT_FLEET.into());
+                metrics.entry("fleet").or_insert_with(|| UNIT_FLEET.into());
             }
             if !m.is_server() {
                 obj.insert("host".into(), m.as_str().into());

@@ -225,3 +225,33 @@ fn a_watcher_reboots_at_the_first_check_inside_the_window_not_at_its_next_heartb
     );
     assert_eq!(f.state().pending_reboot.unwrap().id, id);
 }
+
+#[test]
+fn an_unreadable_pause_or_state_file_is_reported_naming_it() {
+    for (file, garbage) in [
+        ("pause.toml", "until = [not a time\n"),
+        ("state.toml", "\u{0}\u{1}garbage = \n"),
+    ] {
+        let mut f = Fixture::new();
+        f.publish(&base_files());
+        f.poll().unwrap();
+        let path = f.cfg.state_dir.join(file);
+        std::fs::write(&path, garbage).unwrap();
+        let calls = f.calls();
+        let err = f.poll().unwrap_err();
+        assert!(matches!(err, PullError::State(_)), "{file}: {err}");
+        let r = f.report();
+        assert_eq!(r.result, PullResult::Failed, "{file}");
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains(&path.display().to_string()),
+            "{file}: {error}"
+        );
+        assert_eq!(f.calls(), calls, "{file}: nothing applied");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            garbage,
+            "{file}: left as it was"
+        );
+    }
+}

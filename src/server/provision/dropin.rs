@@ -23,9 +23,11 @@ pub enum Gone {
 }
 
 /// Settings every block carries: SFTP only, in the chroot, keys only, nothing forwarded.
-/// `internal-sftp -d /` starts the session at the chroot's root, whatever the home directory.
+/// `internal-sftp -d /` starts the session at the chroot's root, whatever the home directory;
+/// `-P setstat,fsetstat,lsetstat` refuses the requests that set a file's times or mode, which
+/// tiffin's client never sends: a client cannot date its report (`put -p`) to look fresh.
 pub const FIXED_LINES: &[&str] = &[
-    "ForceCommand internal-sftp -d /",
+    "ForceCommand internal-sftp -d / -P setstat,fsetstat,lsetstat",
     "AuthenticationMethods publickey",
     "PubkeyAuthentication yes",
     "PasswordAuthentication no",

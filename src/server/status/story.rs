@@ -8,6 +8,7 @@ use crate::core::layout::ChrootPaths;
 use crate::core::release::{MANIFEST_FILE, ManifestHead};
 use crate::core::report::{REBUILD_LOG_FILE, RebootReport};
 use crate::core::settings::parse_time;
+use crate::core::untrusted::{FIELD_MAX, one_line};
 
 /// How many lines of `reports/rebuild.log` the story shows.
 pub const LOG_LINES: usize = 20;
@@ -57,8 +58,9 @@ fn details(row: &HostStatus, paths: &ChrootPaths) -> Details {
 pub fn render(row: &HostStatus, paths: &ChrootPaths, now: SystemTime) -> String {
     let d = details(row, paths);
     let mut out = format!("{}: {}\n", row.host, row.state.as_str());
+    // Values quote what the client wrote: each is one harmless line (core::untrusted).
     let mut line = |key: &str, value: String| {
-        let _ = writeln!(out, "  {key:<12}{value}");
+        let _ = writeln!(out, "  {key:<12}{}", one_line(&value, FIELD_MAX));
     };
     line(
         "published",
@@ -170,12 +172,6 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
         lines.push(("reboot", format!("pending: {why}")));
     }
     if let Some(why) = &ops.boot_only {
-        // The client wrote it: one line, no terminal escapes, capped.
-        let why: String = why
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .take(300)
-            .collect();
         lines.push((
             "next boot",
             format!("the applied release runs after the next reboot: {why}, so it was applied with `boot`"),
@@ -253,11 +249,7 @@ fn log_tail(log: Option<Result<String, String>>) -> String {
             );
             for l in tail {
                 // The client wrote it: no terminal escapes reach the reader's terminal.
-                let clean: String = l
-                    .chars()
-                    .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-                    .collect();
-                let _ = writeln!(out, "  | {clean}");
+                let _ = writeln!(out, "  | {}", one_line(l, FIELD_MAX));
             }
             out
         }
