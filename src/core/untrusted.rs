@@ -15,8 +15,7 @@ pub const FIELD_MAX: usize = 300;
 /// so nothing reaches the terminal as a command; at most `max` characters, then `…`.
 pub fn one_line(text: &str, max: usize) -> String {
     let mut out = String::new();
-    let mut shown = 0;
-    for c in text.chars() {
+    for (shown, c) in text.chars().enumerate() {
         if shown >= max {
             out.push('…');
             break;
@@ -26,7 +25,6 @@ pub fn one_line(text: &str, max: usize) -> String {
         } else {
             out.push(c);
         }
-        shown += 1;
     }
     out
 }
