@@ -9,6 +9,7 @@ mod inhibit;
 pub mod leaving;
 #[cfg(test)]
 mod mem_remote;
+pub mod nar;
 pub mod pause;
 pub mod prebuilt;
 pub mod reboot;

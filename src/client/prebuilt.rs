@@ -119,6 +119,16 @@ pub enum PrebuiltError {
     },
     #[error("release {id}: {what}; nothing was applied")]
     Incomplete { id: ReleaseId, what: String },
+    #[error(
+        "release {id}: {file} does not hold the NAR of {path} its signed narinfo describes: {source}; refused before anything reached the Nix store (republish it on the server: tiffin verify --repair)"
+    )]
+    Nar {
+        id: ReleaseId,
+        file: String,
+        path: StorePath,
+        #[source]
+        source: Box<super::nar::NarError>,
+    },
     #[error("release {id}: {source}; nothing was applied")]
     Verify {
         id: ReleaseId,
@@ -187,13 +197,15 @@ pub struct Described<'a> {
 }
 
 /// The NARs to download: those of paths the local store does not hold, each once.
-pub fn choose<'a>(described: &[Described<'a>], valid: &BTreeSet<StorePath>) -> Vec<&'a FileEntry> {
+pub fn choose<'d, 'a>(
+    described: &'d [Described<'a>],
+    valid: &BTreeSet<StorePath>,
+) -> Vec<&'d Described<'a>> {
     let mut seen = BTreeSet::new();
     described
         .iter()
         .filter(|d| !valid.contains(&d.info.store_path))
         .filter(|d| seen.insert(d.nar.path.as_str()))
-        .map(|d| d.nar)
         .collect()
 }
 
@@ -335,12 +347,18 @@ impl Import<'_> {
             described.len(),
             valid.len(),
             chosen.len(),
-            chosen.iter().map(|n| n.size).sum::<u64>()
+            chosen.iter().map(|d| d.nar.size).sum::<u64>()
         );
-        for nar in chosen {
-            stream_nar(remote, id, nar, dir).await?;
+        for d in chosen {
+            let path = stream_nar(remote, id, d.nar, dir).await?;
+            super::nar::check(&path, &d.info).map_err(|source| PrebuiltError::Nar {
+                id: id.clone(),
+                file: d.nar.path.to_string(),
+                path: d.info.store_path.clone(),
+                source: Box::new(source),
+            })?;
             stats.downloaded_files += 1;
-            stats.downloaded_bytes = stats.downloaded_bytes.saturating_add(nar.size);
+            stats.downloaded_bytes = stats.downloaded_bytes.saturating_add(d.nar.size);
         }
         self.import(id, toplevel, key, dir)?;
         kept.keep_only(described.iter().map(|d| d.narinfo));
@@ -542,13 +560,13 @@ fn wanted(id: &ReleaseId, entry: &FileEntry) -> Wanted {
     }
 }
 
-/// One NAR streamed into `dir`, hashed as it lands and checked against the MANIFEST.
+/// One NAR streamed into `dir`, hashed as it lands and checked against the MANIFEST; its path.
 async fn stream_nar<R: Remote>(
     remote: &mut R,
     id: &ReleaseId,
     nar: &FileEntry,
     dir: &Path,
-) -> Result<(), PrebuiltError> {
+) -> Result<PathBuf, PrebuiltError> {
     let dest = dir.join(nar.path.strip_first().expect("cache/…").as_str());
     let io = |source| PrebuiltError::Io {
         id: id.clone(),
@@ -577,7 +595,8 @@ async fn stream_nar<R: Remote>(
     verify::landed(nar, out.written, &sha).map_err(|source| PrebuiltError::Verify {
         id: id.clone(),
         source,
-    })
+    })?;
+    Ok(dest)
 }
 
 struct Hashing {
@@ -737,7 +756,7 @@ mod tests {
 
     fn narinfo(hash: &str, name: &str, url: &str, file_hash: &str, size: u64) -> Vec<u8> {
         format!(
-            "StorePath: /nix/store/{hash}-{name}\nURL: {url}\nCompression: xz\nFileHash: sha256:{file_hash}\nFileSize: {size}\nNarHash: sha256:x\nNarSize: 1\nReferences: \n"
+            "StorePath: /nix/store/{hash}-{name}\nURL: {url}\nCompression: xz\nFileHash: sha256:{file_hash}\nFileSize: {size}\nNarHash: sha256:{file_hash}\nNarSize: 1\nReferences: \n"
         )
         .into_bytes()
     }
@@ -774,14 +793,14 @@ mod tests {
         let none = BTreeSet::new();
         let chosen: Vec<&str> = choose(&all, &none)
             .iter()
-            .map(|f| f.path.as_str())
+            .map(|d| d.nar.path.as_str())
             .collect();
         assert_eq!(chosen, ["cache/nar/dep.nar.xz", "cache/nar/top.nar.xz"]);
         let has_dep: BTreeSet<StorePath> =
             [format!("/nix/store/{DEP}-dep").parse().unwrap()].into();
         let chosen: Vec<&str> = choose(&all, &has_dep)
             .iter()
-            .map(|f| f.path.as_str())
+            .map(|d| d.nar.path.as_str())
             .collect();
         assert_eq!(chosen, ["cache/nar/top.nar.xz"]);
         let has_both: BTreeSet<StorePath> = all.iter().map(|d| d.info.store_path.clone()).collect();

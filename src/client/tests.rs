@@ -1059,14 +1059,9 @@ mod watch_tests;
 const PB_DEP: &str = "/nix/store/h53jn4wvi4jxxl9bg4mg78zilfmafzv7-dep";
 const PB_TOP: &str = "/nix/store/hkrmp39wm59gr305lrkzhw1yzgj6m9lq-nixos-system-client1";
 
-fn pb_narinfo(path: &str, url: &str, nar: &[u8]) -> Vec<u8> {
-    let digest = hex::decode(sha256_hex(nar)).unwrap();
-    format!(
-        "StorePath: {path}\nURL: {url}\nCompression: xz\nFileHash: sha256:{}\nFileSize: {}\nNarHash: sha256:x\nNarSize: 1\nReferences: \n",
-        crate::core::narinfo::nix_base32(&digest),
-        nar.len()
-    )
-    .into_bytes()
+/// A NAR's xz file and its narinfo, true to each other.
+fn pb_nar(path: &str, url: &str, nar: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    crate::client::nar::xz_with_narinfo(path, url, nar)
 }
 
 /// The client's nix commands as recording shell stand-ins: `invalid` lists what the store lacks.
@@ -1094,13 +1089,40 @@ fn prebuilt_client(f: &mut Fixture, invalid: &[&str]) -> PathBuf {
     calls
 }
 
-/// A prebuilt release: base files plus a cache of two paths; `tamper` breaks the top narinfo's FileHash.
-fn prebuilt_release(f: &mut Fixture, tamper: bool) -> ReleaseId {
-    let (dep_nar, top_nar) = (b"dep-nar".as_slice(), b"top-nar-bytes".as_slice());
-    let dep_ni = pb_narinfo(PB_DEP, "nar/dep.nar.xz", dep_nar);
-    let mut top_ni = pb_narinfo(PB_TOP, "nar/top.nar.xz", top_nar);
-    if tamper {
-        top_ni = pb_narinfo(PB_TOP, "nar/top.nar.xz", b"other bytes");
+/// How a test's prebuilt release is spoiled, as a server could.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    Nothing,
+    /// The top narinfo's FileHash disagrees with its NAR file.
+    FileHash,
+    /// The top NAR file is an xz bomb, and the narinfo's unsigned FileHash and FileSize are
+    /// rewritten to match it; the signed NarHash and NarSize stay true.
+    Bomb,
+}
+
+/// A prebuilt release: base files plus a cache of two paths, spoiled as `tamper` says.
+fn prebuilt_release(f: &mut Fixture, tamper: Tamper) -> ReleaseId {
+    let (dep_nar, dep_ni) = pb_nar(PB_DEP, "nar/dep.nar.xz", b"dep-nar");
+    let (mut top_nar, mut top_ni) = pb_nar(PB_TOP, "nar/top.nar.xz", b"top-nar-bytes");
+    match tamper {
+        Tamper::Nothing => {}
+        Tamper::FileHash => top_ni = pb_nar(PB_TOP, "nar/top.nar.xz", b"other bytes").1,
+        Tamper::Bomb => {
+            let (bomb, bomb_ni) = pb_nar(PB_TOP, "nar/top.nar.xz", &vec![0u8; 16 << 20]);
+            let file_lines = |ni: &[u8]| -> Vec<String> {
+                String::from_utf8_lossy(ni)
+                    .lines()
+                    .filter(|l| l.starts_with("File"))
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let (old, new) = (file_lines(&top_ni), file_lines(&bomb_ni));
+            let mut text = String::from_utf8(top_ni).unwrap();
+            for (o, n) in old.iter().zip(&new) {
+                text = text.replace(o, n);
+            }
+            (top_nar, top_ni) = (bomb, text.into_bytes());
+        }
     }
     let dep_name = format!("cache/{}.narinfo", &PB_DEP[11..43]);
     let top_name = format!("cache/{}.narinfo", &PB_TOP[11..43]);
@@ -1126,10 +1148,29 @@ fn prebuilt_release(f: &mut Fixture, tamper: bool) -> ReleaseId {
 }
 
 #[test]
+fn an_xz_bomb_behind_a_true_narinfo_is_refused_before_nix_sees_it() {
+    let mut f = Fixture::new();
+    let calls = prebuilt_client(&mut f, &[PB_TOP]);
+    prebuilt_release(&mut f, Tamper::Bomb);
+    let err = f.poll().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            PullError::Prebuilt(prebuilt::PrebuiltError::Nar { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("NarSize"), "{err}");
+    let nix = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(!nix.contains("import"), "nothing reached nix copy: {nix}");
+    assert_eq!(f.report().result, PullResult::Failed);
+}
+
+#[test]
 fn a_prebuilt_release_fetches_only_missing_nars_and_never_rebuilds() {
     let mut f = Fixture::new();
     let calls = prebuilt_client(&mut f, &[PB_TOP]);
-    let id = prebuilt_release(&mut f, false);
+    let id = prebuilt_release(&mut f, Tamper::Nothing);
     let err = f.poll().unwrap_err();
     let read: Vec<String> = f
         .remote
@@ -1182,12 +1223,12 @@ fn a_new_release_of_the_same_closure_downloads_no_narinfo_again() {
             .filter(|op| matches!(op, Op::Read(p) if p.ends_with(".narinfo")))
             .count()
     };
-    prebuilt_release(&mut f, false);
+    prebuilt_release(&mut f, Tamper::Nothing);
     let _ = f.poll();
     assert_eq!(narinfo_reads(&f), 2, "the first release: both narinfos");
     f.remote.log.clear();
     // The same closure in a newer release (another seq): its narinfos are kept from the first.
-    prebuilt_release(&mut f, false);
+    prebuilt_release(&mut f, Tamper::Nothing);
     let _ = f.poll();
     assert!(
         f.remote
@@ -1218,7 +1259,7 @@ fn a_new_release_of_the_same_closure_downloads_no_narinfo_again() {
 fn a_narinfo_that_disagrees_with_its_nar_is_refused_before_anything_is_applied() {
     let mut f = Fixture::new();
     let calls = prebuilt_client(&mut f, &[PB_TOP, PB_DEP]);
-    prebuilt_release(&mut f, true);
+    prebuilt_release(&mut f, Tamper::FileHash);
     let err = f.poll().unwrap_err();
     assert!(
         matches!(
@@ -1243,7 +1284,7 @@ fn a_prebuilt_release_without_a_cache_key_is_refused() {
     let mut f = Fixture::new();
     prebuilt_client(&mut f, &[PB_TOP]);
     f.cfg.prebuilt.cache_public_key = None;
-    prebuilt_release(&mut f, false);
+    prebuilt_release(&mut f, Tamper::Nothing);
     let err = f.poll().unwrap_err();
     assert!(err.to_string().contains("cache_public_key"), "{err}");
     assert_eq!(f.report().result, PullResult::Failed);

@@ -104,8 +104,18 @@ pub fn nix_base32(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// What tiffin reads of a `.narinfo`: which path it describes, which file holds the NAR and
-/// that file's hash and size. Nix itself checks `NarHash` and the signatures on import.
+/// How a cache's NAR file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// What `nix copy --to file://…` writes.
+    Xz,
+    None,
+}
+
+/// What tiffin reads of a `.narinfo`: which path it describes, which file holds the NAR,
+/// that file's hash and size, how it is compressed, and the NAR's own hash and size (which
+/// the fleet's key signs; the client unpacks a NAR and checks them before Nix sees it, and
+/// Nix checks them and the signatures again on import).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
     pub store_path: StorePath,
@@ -114,6 +124,10 @@ pub struct NarInfo {
     /// `sha256:<nix base-32>` of the file at `url`.
     pub file_hash: String,
     pub file_size: u64,
+    pub compression: Compression,
+    /// `sha256:<nix base-32>` of the NAR itself (uncompressed).
+    pub nar_hash: String,
+    pub nar_size: u64,
 }
 
 impl NarInfo {
@@ -152,11 +166,36 @@ impl NarInfo {
         let file_size = field("FileSize")?
             .parse()
             .map_err(|_| invalid("FileSize is not a number".into()))?;
+        // Nix's default when the line is missing is bzip2, which tiffin does not unpack.
+        let compression = match field("Compression").unwrap_or("bzip2") {
+            "xz" => Compression::Xz,
+            "none" => Compression::None,
+            other => {
+                return Err(invalid(format!(
+                    "Compression {other:?}: tiffin unpacks only xz (what `nix copy --to file://` writes) and none"
+                )));
+            }
+        };
+        let nar_hash = field("NarHash")?.to_owned();
+        let hash_ok = nar_hash
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 52 && h.bytes().all(|b| BASE32.contains(&b)));
+        if !hash_ok {
+            return Err(invalid(format!(
+                "NarHash {nar_hash:?} is not sha256:<52 base-32 characters>"
+            )));
+        }
+        let nar_size = field("NarSize")?
+            .parse()
+            .map_err(|_| invalid("NarSize is not a number".into()))?;
         Ok(NarInfo {
             store_path,
             url,
             file_hash,
             file_size,
+            compression,
+            nar_hash,
+            nar_size,
         })
     }
 
