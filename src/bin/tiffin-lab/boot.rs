@@ -147,7 +147,13 @@ pub fn install(m: &Machine, r: &Rendered) -> Result<(), String> {
         write(m, path, text, 0o555)?;
     }
     for (path, target) in &r.links {
-        link(m, path, target)?;
+        if Path::new(target).is_file() {
+            // A program (tiffin, the rebuild stand-in) is copied, not linked: the run
+            // directory may be under /tmp, which a unit with PrivateTmp= does not see.
+            copy(m, path, Path::new(target))?;
+        } else {
+            link(m, path, target)?;
+        }
     }
     if !r.polkit_rules.is_empty() {
         write(
@@ -196,6 +202,18 @@ fn write(m: &Machine, inside: &str, text: &str, mode: u32) -> Result<(), String>
     let _ = fs::remove_file(&host);
     fs::write(&host, text).map_err(io)?;
     fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(io)
+}
+
+/// A copy of the host's file `from` inside the machine, executable, parents made.
+fn copy(m: &Machine, inside: &str, from: &Path) -> Result<(), String> {
+    let host = m.path(inside);
+    let io = |e: std::io::Error| format!("copying {} to {inside}: {e}", from.display());
+    if let Some(parent) = host.parent() {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    let _ = fs::remove_file(&host);
+    fs::copy(from, &host).map_err(io)?;
+    fs::set_permissions(&host, fs::Permissions::from_mode(0o555)).map_err(io)
 }
 
 /// A symlink inside the machine, replacing whatever is there, parents made.
