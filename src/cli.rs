@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 
 use crate::command::error::{Error, Exit};
-use crate::command::{check, host, init, pause, provision, publish, pull, status, trigger, verify};
+use crate::command::{
+    check, confirm_boot, host, init, pause, provision, publish, pull, status, trigger, verify,
+};
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
 
@@ -18,7 +20,7 @@ const AFTER_HELP: &str = "Typical use:
   client:  tiffin pull            (from a systemd timer; see the NixOS module)
 
 Exit codes: 0 ok, 1 the operation failed, 2 bad usage or bad input,
-3 (status) a host is failed, rolled back, stale or unreadable.";
+3 (status) a host is failed, rolled back, quarantined, stale or unreadable.";
 
 #[derive(Debug, Parser)]
 #[command(name = "tiffin", version, about = ABOUT, after_help = AFTER_HELP, max_term_width = 100)]
@@ -68,13 +70,16 @@ pub enum Command {
     /// One poll of this host: check, download, verify, deploy files, rebuild, report (root)
     #[command(long_about = pull::LONG_ABOUT)]
     Pull(pull::Args),
+    /// At boot: confirm the release this boot runs, or go back to the previous one (root)
+    #[command(long_about = confirm_boot::LONG_ABOUT)]
+    ConfirmBoot(confirm_boot::Args),
     /// Hold this host's releases back for a while; pulls still report (root)
     #[command(long_about = pause::PAUSE_ABOUT)]
     Pause(pause::PauseArgs),
     /// End a pause of this host now; the next pull applies the current release (root)
     #[command(long_about = pause::RESUME_ABOUT)]
     Resume(pause::ResumeArgs),
-    /// Ask hosts to poll now, or to apply their release again (--reapply)
+    /// Ask hosts to poll now, reapply (--reapply), or retry a quarantined release (--retry)
     #[command(long_about = trigger::LONG_ABOUT)]
     Trigger(trigger::Args),
 }
@@ -89,6 +94,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Verify(args) => verify::run(args),
         Command::Provision(args) => provision::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::ConfirmBoot(args) => confirm_boot::run(args),
         Command::Pause(args) => pause::pause(args),
         Command::Resume(args) => pause::resume(args),
         Command::Trigger(args) => trigger::run(args),

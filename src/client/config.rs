@@ -198,6 +198,11 @@ struct RawConfig {
     nix_query_invalid: Option<Vec<String>>,
     nix_set_profile: Option<Vec<String>>,
     nix_gc_root: Option<Vec<String>>,
+    /// After an activation or a boot: how long to try reaching the server before rolling back.
+    #[serde(default = "default_confirm_timeout")]
+    confirm_timeout: Interval,
+    #[serde(default = "default_system_profile")]
+    system_profile: AbsPath,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -299,6 +304,8 @@ impl RawConfig {
             reboot_window: self.reboot_window,
             watch_interval: self.watch_interval,
             poll_interval: self.poll_interval,
+            confirm_timeout: self.confirm_timeout,
+            system_profile: self.system_profile.0,
         })
     }
 }
@@ -354,6 +361,14 @@ fn default_systemctl() -> Vec<String> {
 
 fn default_reboot_command() -> Vec<String> {
     vec!["systemctl".into(), "reboot".into()]
+}
+
+fn default_confirm_timeout() -> Interval {
+    Interval::secs(180)
+}
+
+fn default_system_profile() -> AbsPath {
+    AbsPath("/nix/var/nix/profiles/system".into())
 }
 
 fn default_identity() -> AbsPath {
@@ -418,6 +433,12 @@ pub struct ClientConfig {
     pub poll_interval: Interval,
     /// How prebuilt releases are imported and switched to.
     pub prebuilt: super::prebuilt::Settings,
+    /// How long to try reaching the server after an activation or a boot before rolling back
+    /// (a release's `[apply] confirm_timeout` wins).
+    pub confirm_timeout: Interval,
+    /// The system profile whose generations are the boot entries (`nixos-rebuild` and
+    /// `nix-env -p` set it); read to know which system a `boot` release boots.
+    pub system_profile: PathBuf,
 }
 
 /// A configuration that cannot be used, naming the file and the key.
@@ -475,7 +496,8 @@ impl ClientConfig {
              pinned server key: {fp}\n\
              state in {state}, files/ land under {root}\n\
              rebuild: {rebuild} (timeout {rt}; activation: {activation})\n\
-             timeouts: connect {ct}, i/o {it}; failed releases retried after {bi}, doubling up to {bm}\n",
+             timeouts: connect {ct}, i/o {it}; failed releases retried after {bi}, doubling up to {bm}\n\
+             after an activation or a boot: the server must be reached within {cf}, else the previous release comes back\n",
             host = self.host,
             user = self.user,
             server = self.server,
@@ -490,6 +512,7 @@ impl ClientConfig {
             it = self.io_timeout,
             bi = self.backoff_initial,
             bm = self.backoff_max,
+            cf = self.confirm_timeout,
         ) + &self
             .reboot_window
             .map(|w| format!("reboot window (where a release sets none): {w}, local time\n"))

@@ -46,7 +46,7 @@ pub fn reason(log_tail: &[u8]) -> String {
     }
 }
 
-impl<R: Remote> super::Poll<'_, R> {
+impl<R: Remote, C: super::transport::Connector> super::Poll<'_, R, C> {
     /// A `switch` or `test` refused by a switch inhibitor is applied again with `boot` (the
     /// profile and boot loader, no activation). Gives how it ended, the action that took
     /// effect, and why it is for the next boot only.

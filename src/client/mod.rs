@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod fetch;
 mod inhibit;
 pub mod leaving;
+pub mod lifeline;
 #[cfg(test)]
 mod mem_remote;
 pub mod nar;
@@ -37,7 +38,7 @@ use connect::ConnectError;
 use deploy::{DeployError, DeployOptions, DeployStats};
 use fetch::{FetchError, FetchStats, FetchedManifest, Store};
 use state::{Applied, State, StateError};
-use transport::{Remote, RemoteError};
+use transport::{Connector, Remote, RemoteError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -115,6 +116,19 @@ pub enum PullError {
     Reboot { message: String },
     #[error(transparent)]
     Prebuilt(#[from] prebuilt::PrebuiltError),
+    /// The server was not reached after activation: rolled back and quarantined.
+    #[error("{0}")]
+    Unconfirmed(Box<lifeline::CutOff>),
+    #[error(
+        "release #{seq} ({id}) is quarantined since {since}: {reason}. It is not applied again until a newer release is published or `tiffin trigger {host} --retry`"
+    )]
+    Quarantined {
+        id: ReleaseId,
+        seq: u64,
+        host: String,
+        since: String,
+        reason: String,
+    },
 }
 
 impl PullError {
@@ -242,12 +256,14 @@ fn remote_path(parts: &[&str]) -> String {
 }
 
 /// One poll against `remote`. State is updated and a report uploaded in every case that reached `/CURRENT`.
-pub async fn poll<R: Remote>(
+/// `fresh` opens the new session that confirms an activation (`remote` never does).
+pub async fn poll<R: Remote, C: Connector>(
     remote: &mut R,
+    fresh: &mut C,
     cfg: &ClientConfig,
     opts: &PollOptions,
 ) -> Result<Polled, PullError> {
-    let mut poll = Poll::begin(remote, cfg, opts).await?;
+    let mut poll = Poll::begin(remote, fresh, cfg, opts).await?;
     if let Some(e) = poll.unreadable.take() {
         return poll.unreadable_state(e).await;
     }
@@ -255,6 +271,9 @@ pub async fn poll<R: Remote>(
         Ok(Some(pause)) => return poll.hold(pause).await,
         Ok(None) => {}
         Err(e) => return poll.unreadable_state(e).await,
+    }
+    if let Some(q) = poll.holding_quarantine() {
+        return poll.quarantined(q).await;
     }
     // A reapply trigger applies the applied release again; any trigger acts despite a backoff.
     if !poll.reapplying()
@@ -346,16 +365,18 @@ impl std::fmt::Display for RollBack {
 #[derive(Debug)]
 struct Attempt {
     seq: u64,
-    /// The release's `[apply] reboot_window`.
-    reboot_window: Option<crate::core::window::RebootWindow>,
+    /// The release's `[apply]` (its reboot window, whether and how long to confirm).
+    apply: crate::core::settings::ApplyPolicy,
     fetch: FetchStats,
     deployed: DeployStats,
     outcome: Outcome,
 }
 
 /// One poll under way: the session, the configuration, the state and the report being built.
-struct Poll<'a, R> {
+struct Poll<'a, R, C> {
     remote: &'a mut R,
+    /// Opens the fresh sessions that confirm an activation.
+    fresh: &'a mut C,
     cfg: &'a ClientConfig,
     opts: &'a PollOptions,
     state: State,
@@ -373,15 +394,18 @@ struct Poll<'a, R> {
     detach: activation::Detach,
     /// `state.toml` could not be read: this poll only reports that, naming the file.
     unreadable: Option<StateError>,
+    /// The system that ran before this poll switched (where a boot rollback goes).
+    running: Option<PathBuf>,
 }
 
-impl<'a, R: Remote> Poll<'a, R> {
+impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
     /// Loads the state and reads `/CURRENT`.
     async fn begin(
         remote: &'a mut R,
+        fresh: &'a mut C,
         cfg: &'a ClientConfig,
         opts: &'a PollOptions,
-    ) -> Result<Poll<'a, R>, PullError> {
+    ) -> Result<Poll<'a, R, C>, PullError> {
         let started = (opts.now)();
         // A state that cannot be read is reported (below), not only printed: the server
         // would otherwise only see the host go stale.
@@ -398,6 +422,10 @@ impl<'a, R: Remote> Poll<'a, R> {
             .map_err(PullError::CurrentRead)?;
         let id = parse_current(&text)?;
         state.last_poll = Some(format_time(started));
+        // This process's own session reached the server: what waited for that is confirmed.
+        if let Some(said) = lifeline::settle_at_poll(&mut state, &opts.booted_system) {
+            tracing::info!("{said}");
+        }
         let handled_before = state.trigger.clone();
         let trigger = crate::core::current::trigger(&text)
             .filter(|t| handled_before.as_deref() != Some(t.id.as_str()));
@@ -428,9 +456,11 @@ impl<'a, R: Remote> Poll<'a, R> {
             pause_reason: None,
             trigger: state.trigger.clone(),
             boot_only: None,
+            quarantined: None,
         };
         Ok(Poll {
             remote,
+            fresh,
             cfg,
             opts,
             state,
@@ -442,7 +472,45 @@ impl<'a, R: Remote> Poll<'a, R> {
             handled_before,
             detach: activation::Detach::resolve(cfg.activation, &cfg.systemd_run),
             unreadable,
+            running: None,
         })
+    }
+
+    /// The quarantine that holds `/CURRENT`'s release back, unless a `retry` trigger lifts it
+    /// (then it is gone from the state, and the release is applied again).
+    fn holding_quarantine(&mut self) -> Option<state::Quarantine> {
+        let q = self.state.quarantine.as_ref().filter(|q| q.id == self.id)?;
+        let retry = self
+            .trigger
+            .as_ref()
+            .is_some_and(|t| t.kind == crate::core::current::TriggerKind::Retry);
+        if retry {
+            tracing::info!("retrying the quarantined release {}", q.id.short());
+            self.state.quarantine = None;
+            return None;
+        }
+        Some(q.clone())
+    }
+
+    /// `/CURRENT` names a release this host rolled back: nothing is applied; the report says
+    /// so, with the story, until a newer release or `tiffin trigger HOST --retry`.
+    async fn quarantined(mut self, q: state::Quarantine) -> Result<Polled, PullError> {
+        if let Err(e) = self.save_state() {
+            tracing::warn!("{e}");
+        }
+        let err = PullError::Quarantined {
+            id: q.id.clone(),
+            seq: q.seq,
+            host: self.cfg.host.to_string(),
+            since: q.since,
+            reason: q.reason,
+        };
+        self.report.seq = Some(q.seq);
+        self.report.result = PullResult::RolledBack;
+        self.report.quarantined = Some(q.id.to_string());
+        self.report.error = Some(err.to_string());
+        self.upload().await?;
+        Err(err)
     }
 
     /// A `reapply` trigger: deploy and rebuild the release even when it is the applied one.
@@ -536,7 +604,7 @@ impl<'a, R: Remote> Poll<'a, R> {
         let outcome = self.switch(&release.manifest, &mut deployed)?;
         Ok(Attempt {
             seq: release.manifest.seq,
-            reboot_window: release.manifest.apply.reboot_window,
+            apply: release.manifest.apply.clone(),
             fetch,
             deployed,
             outcome,
@@ -688,6 +756,7 @@ impl<'a, R: Remote> Poll<'a, R> {
             source: e,
         })?;
         let running = std::fs::read_link(&self.opts.system_link).ok();
+        self.running.clone_from(&running);
         let log = state_dir.join(REBUILD_LOG_FILE);
         let rebuilt = self.switch_system(manifest, manifest.apply.action, &log);
         let (rebuilt, action, boot_only) = self.boot_if_inhibited(manifest, rebuilt, &log);
@@ -904,7 +973,7 @@ impl<'a, R: Remote> Poll<'a, R> {
                     message,
                     rolled,
                 };
-                self.fail(rolled_back.result(), err).await
+                self.fail_after_activation(&rolled_back, err).await
             }
             Outcome::FilesAfterFailed {
                 message,
@@ -916,7 +985,7 @@ impl<'a, R: Remote> Poll<'a, R> {
                     message,
                     rolled,
                 };
-                self.fail(rolled_back.result(), err).await
+                self.fail_after_activation(&rolled_back, err).await
             }
         }
     }
@@ -928,25 +997,39 @@ impl<'a, R: Remote> Poll<'a, R> {
         boot_only: Option<String>,
     ) -> Result<Polled, PullError> {
         let id = self.id.clone();
-        let at = format_time((self.opts.now)());
+        let now = (self.opts.now)();
+        let at = format_time(now);
         if let Some(toplevel) = self.stored_manifest(&id).ok().and_then(|m| m.toplevel) {
             let timeout = self.cfg.rebuild_timeout.0;
             prebuilt::keep_roots(&self.cfg.prebuilt, &self.cfg.state_dir, &toplevel, timeout);
         }
+        let needs = needs(&attempt.apply, boot_only.is_some(), reboot);
+        let pending = self.pending(&attempt);
         self.state.applied = Some(Applied {
             id: id.clone(),
             seq: attempt.seq,
             at: at.clone(),
         });
         self.state.failure = None;
+        // A release applied ends any quarantine: a newer one came, or --retry lifted it.
+        self.state.quarantine = None;
+        self.state.unconfirmed = match needs {
+            lifeline::Needs::Nothing => None,
+            lifeline::Needs::Boot => Some(pending.record(state::Awaiting::Boot, now)),
+            _ => Some(pending.record(state::Awaiting::Activation, now)),
+        };
         self.timed_attempt();
         (self.report.applied_seq, self.report.applied_at) = (Some(attempt.seq), Some(at));
-        let reboot = self.reboot_now_or_later(reboot, attempt.reboot_window);
+        let reboot = self.reboot_now_or_later(reboot, attempt.apply.reboot_window);
         self.record_boot_only(boot_only);
         self.state.save(&self.cfg.state_dir)?;
         self.report.result = PullResult::Ok;
         self.report.applied = Some(id.to_string());
-        self.upload().await?;
+        if needs.now() {
+            self.confirm(&pending, needs, &attempt).await?;
+        } else {
+            self.upload().await?;
+        }
         self.store().prune(&[&id]);
         Ok(Polled::Applied {
             id,
@@ -955,6 +1038,141 @@ impl<'a, R: Remote> Poll<'a, R> {
             deployed: attempt.deployed,
             reboot,
         })
+    }
+
+    /// The release being applied, what ran before it and how long it has to be confirmed.
+    fn pending(&self, attempt: &Attempt) -> lifeline::Pending {
+        lifeline::Pending {
+            id: self.id.clone(),
+            seq: attempt.seq,
+            timeout: attempt
+                .apply
+                .confirm_timeout
+                .unwrap_or(self.cfg.confirm_timeout),
+            previous: self.state.applied.clone(),
+            previous_system: self.running.clone(),
+            system: lifeline::profile_system(&self.opts.system_profile),
+        }
+    }
+
+    /// The lifeline after an activation: the report goes out over a fresh session (the kept
+    /// one never counts). None within the timeout: roll back, quarantine, report when possible.
+    async fn confirm(
+        &mut self,
+        pending: &lifeline::Pending,
+        needs: lifeline::Needs,
+        attempt: &Attempt,
+    ) -> Result<(), PullError> {
+        let mut session = match lifeline::reach(self.fresh, pending.timeout.0).await {
+            Ok(session) => session,
+            Err(unreached) => {
+                let action = attempt.apply.action;
+                return Err(self.cut_off(pending, action, unreached).await);
+            }
+        };
+        tracing::info!(
+            "release #{} ({}) is confirmed: the server was reached over a fresh session",
+            pending.seq,
+            pending.id.short()
+        );
+        self.state.unconfirmed = needs
+            .boot()
+            .then(|| pending.record(state::Awaiting::Boot, (self.opts.now)()));
+        let saved = self.save_state();
+        let sent = self.send_report(&mut session).await;
+        self.fresh.close(session).await;
+        saved.and(sent)
+    }
+
+    /// The server could not be reached after activation: the previous release comes back,
+    /// this one is quarantined, and the report goes out as soon as a fresh session works.
+    async fn cut_off(
+        &mut self,
+        pending: &lifeline::Pending,
+        action: Action,
+        unreached: lifeline::Unreached,
+    ) -> PullError {
+        let previous = pending.previous.as_ref().map(|a| a.id.clone());
+        let rolled = self.roll_back(previous.as_ref(), action);
+        let err = PullError::Unconfirmed(Box::new(lifeline::CutOff {
+            id: pending.id.clone(),
+            seq: pending.seq,
+            host: self.cfg.host.to_string(),
+            timeout: pending.timeout,
+            attempts: unreached.attempts,
+            last: unreached.last.clone(),
+            rolled: rolled.to_string(),
+        }));
+        let reason = format!(
+            "rolled back: the server was unreachable after activation (no fresh session within {}, last: {})",
+            pending.timeout, unreached.last
+        );
+        let now = (self.opts.now)();
+        lifeline::quarantine(&mut self.state, &pending.id, pending.seq, &reason, now);
+        (
+            self.state.applied,
+            self.state.pending_reboot,
+            self.state.boot_only,
+        ) = (pending.previous.clone(), None, None);
+        if let Err(e) = self.save_state() {
+            tracing::warn!("{e}");
+        }
+        self.report.applied = pending.previous.as_ref().map(|a| a.id.to_string());
+        self.report.applied_seq = pending.previous.as_ref().map(|a| a.seq);
+        self.report.applied_at = pending.previous.as_ref().map(|a| a.at.clone());
+        (
+            self.report.reboot,
+            self.report.reboot_window,
+            self.report.boot_only,
+        ) = (None, None, None);
+        self.report.result = rolled.result();
+        self.report.quarantined = Some(pending.id.to_string());
+        self.report.error = Some(err.to_string());
+        tracing::error!("{err}");
+        match lifeline::reach(self.fresh, pending.timeout.0).await {
+            Ok(mut session) => {
+                if let Err(e) = self.send_report(&mut session).await {
+                    tracing::warn!("{e}");
+                }
+                self.fresh.close(session).await;
+            }
+            Err(u) => tracing::warn!(
+                "the report of the rollback waits for the next poll: the server is still unreachable ({})",
+                u.last
+            ),
+        }
+        err
+    }
+
+    /// A release that failed once activated. Rolled back, it is quarantined rather than
+    /// retried by backoff: trying it again would break the host again, on a timer. Not
+    /// rolled back (no previous release, or going back failed too), it backs off as usual.
+    async fn fail_after_activation(
+        mut self,
+        rolled_back: &RollBack,
+        e: PullError,
+    ) -> Result<Polled, PullError> {
+        if !matches!(rolled_back, RollBack::Done { .. }) {
+            return self.fail(rolled_back.result(), e).await;
+        }
+        let message = e.to_string();
+        let seq = self.report.seq.unwrap_or_default();
+        let now = (self.opts.now)();
+        lifeline::quarantine(&mut self.state, &self.id, seq, &message, now);
+        self.timed_attempt();
+        if let Err(save) = self.save_state() {
+            tracing::warn!("{save}");
+        }
+        self.report.result = PullResult::RolledBack;
+        self.report.quarantined = Some(self.id.to_string());
+        self.report.error = Some(format!(
+            "{message}. It is quarantined: not applied again until a newer release is published or `tiffin trigger {} --retry`",
+            self.cfg.host
+        ));
+        if let Err(upload) = self.upload().await {
+            tracing::warn!("{upload}");
+        }
+        Err(e)
     }
 
     /// A failure before the rebuild: nothing changed on this machine.
@@ -1012,8 +1230,19 @@ impl<'a, R: Remote> Poll<'a, R> {
         Err(e)
     }
 
-    /// Uploads the log, if any, then the report, both atomically.
+    /// Uploads the log, if any, then the report, both atomically, over the kept session.
     async fn upload(&mut self) -> Result<(), PullError> {
+        self.finish_report();
+        send(self.remote, &self.report, self.log.as_deref()).await
+    }
+
+    /// The same over another session (a fresh one, which confirms an activation).
+    async fn send_report<S: Remote>(&mut self, session: &mut S) -> Result<(), PullError> {
+        self.finish_report();
+        send(session, &self.report, self.log.as_deref()).await
+    }
+
+    fn finish_report(&mut self) {
         let finished = format_time((self.opts.now)());
         // Read at the end: the rebuild may just have switched it.
         self.report.system = std::fs::read_link(&self.opts.system_link)
@@ -1021,20 +1250,46 @@ impl<'a, R: Remote> Poll<'a, R> {
             .map(|p| p.display().to_string());
         self.report.finished = Some(finished.clone());
         self.report.last_seen = finished;
-        if let Some(log) = &self.log {
-            self.remote
-                .write_atomic(&remote_path(&[REPORTS_DIR, REBUILD_LOG_FILE]), log)
-                .await
-                .map_err(PullError::Report)?;
-        }
-        self.remote
-            .write_atomic(
-                &remote_path(&[REPORTS_DIR, STATUS_FILE]),
-                self.report.render().as_bytes(),
-            )
-            .await
-            .map_err(PullError::Report)
     }
+}
+
+/// What an apply leaves to confirm: `boot_only` says a switch inhibitor turned it into `boot`.
+fn needs(
+    apply: &crate::core::settings::ApplyPolicy,
+    boot_only: bool,
+    reboot: bool,
+) -> lifeline::Needs {
+    if !apply.confirm.is_on() {
+        return lifeline::Needs::Nothing;
+    }
+    match apply.action {
+        _ if boot_only => lifeline::Needs::Boot,
+        Action::Switch | Action::Test if reboot => lifeline::Needs::ActivationThenBoot,
+        Action::Switch | Action::Test => lifeline::Needs::Activation,
+        Action::Boot => lifeline::Needs::Boot,
+        Action::Build => lifeline::Needs::Nothing,
+    }
+}
+
+/// Writes the log, if any, then the report, both atomically.
+async fn send<S: Remote>(
+    session: &mut S,
+    report: &Report,
+    log: Option<&[u8]>,
+) -> Result<(), PullError> {
+    if let Some(log) = log {
+        session
+            .write_atomic(&remote_path(&[REPORTS_DIR, REBUILD_LOG_FILE]), log)
+            .await
+            .map_err(PullError::Report)?;
+    }
+    session
+        .write_atomic(
+            &remote_path(&[REPORTS_DIR, STATUS_FILE]),
+            report.render().as_bytes(),
+        )
+        .await
+        .map_err(PullError::Report)
 }
 
 /// `state_dir/current` → `releases/<id>`, swapped by rename.

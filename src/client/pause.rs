@@ -135,7 +135,7 @@ pub fn active(state_dir: &Path, now: SystemTime) -> Result<Option<Pause>, StateE
     Ok(Some(pause))
 }
 
-impl<R: super::transport::Remote> super::Poll<'_, R> {
+impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_, R, C> {
     /// While paused: the heartbeat goes out, carrying the pause, and nothing is applied (nor
     /// a deferred reboot made).
     pub(super) async fn hold(mut self, pause: Pause) -> Result<super::Polled, super::PullError> {

@@ -84,6 +84,53 @@ pub struct State {
     /// reported until the host runs it (after a reboot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_only: Option<BootOnly>,
+    /// The applied release is not confirmed yet: the host has not reached the server over a
+    /// fresh session since activating it (or since booting it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<Unconfirmed>,
+    /// A release that was rolled back: not applied again until a newer one or `--retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
+}
+
+/// What confirms the applied release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Awaiting {
+    /// A fresh session after the activation (this process; a crash leaves it for the next poll).
+    Activation,
+    /// A fresh session once the host has booted `system` (`tiffin confirm-boot`, or any poll).
+    Boot,
+}
+
+/// A release waiting for its confirmation, and what to go back to without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unconfirmed {
+    pub id: ReleaseId,
+    pub seq: u64,
+    pub awaiting: Awaiting,
+    pub since: String,
+    /// The system the release boots (the profile's generation after the apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<PathBuf>,
+    /// The release and the system that ran before it: where a rollback goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Applied>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_system: Option<PathBuf>,
+    /// The release's `[apply] confirm_timeout`, or the client's.
+    pub timeout: crate::core::settings::Interval,
+}
+
+/// A release that was rolled back, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quarantine {
+    pub id: ReleaseId,
+    pub seq: u64,
+    pub since: String,
+    pub reason: String,
 }
 
 /// A release applied for the next boot only, and why.

@@ -34,8 +34,11 @@ fn advance(secs: u64) {
     CLOCK.with(|c| c.set(c.get() + secs));
 }
 
+/// On a paused clock: the lifeline's waits (minutes) pass at once.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
         .build()
         .unwrap()
         .block_on(f)
@@ -49,6 +52,11 @@ struct Fixture {
     seq: u64,
     opts: PollOptions,
     apply: ApplyPolicy,
+    /// Fresh sessions (the confirmation's) that fail before one works; `usize::MAX`: all.
+    unreachable: usize,
+    /// What the last poll's fresh sessions did, and how many connected.
+    fresh_log: Vec<Op>,
+    fresh_sessions: usize,
 }
 
 impl Fixture {
@@ -92,6 +100,9 @@ backoff_max = "1h"
                 local_minute: utc_minute,
             },
             apply: ApplyPolicy::default(),
+            unreachable: 0,
+            fresh_log: Vec::new(),
+            fresh_sessions: 0,
         }
     }
 
@@ -152,7 +163,11 @@ backoff_max = "1h"
 
     fn poll(&mut self) -> Result<Polled, PullError> {
         self.remote.log.clear();
-        block_on(poll(&mut self.remote, &self.cfg, &self.opts))
+        let mut fresh = super::mem_remote::Fresh::of(&self.remote, self.unreachable);
+        let polled = block_on(poll(&mut self.remote, &mut fresh, &self.cfg, &self.opts));
+        self.fresh_log = fresh.merge_into(&mut self.remote);
+        self.fresh_sessions = fresh.sessions;
+        polled
     }
 
     fn report(&self) -> Report {
@@ -167,6 +182,18 @@ backoff_max = "1h"
     fn calls(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("calls")).unwrap_or_default()
     }
+}
+
+/// One watcher check over `remote` as the kept session, with fresh sessions to a copy of it.
+fn check_once(
+    w: &mut super::watch::Watcher<'_>,
+    remote: &mut MemRemote,
+    at: std::time::Instant,
+) -> Result<super::watch::Checked, RemoteError> {
+    let mut fresh = super::mem_remote::Fresh::of(remote, 0);
+    let checked = block_on(w.check(remote, &mut fresh, at));
+    fresh.merge_into(remote);
+    checked
 }
 
 fn base_files() -> Vec<(&'static str, &'static [u8], u32)> {
@@ -1051,6 +1078,7 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
 }
 
 mod files;
+mod lifeline;
 mod ops;
 #[path = "watch_tests.rs"]
 mod watch_tests;

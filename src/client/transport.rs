@@ -61,3 +61,13 @@ pub trait Remote {
     /// Replaces `path` atomically: a reader sees the old or the new bytes, never a mix.
     async fn write_atomic(&mut self, path: &str, bytes: &[u8]) -> Result<(), RemoteError>;
 }
+
+/// Opens sessions to the chroot: SSH in real use, the in-memory chroot in tests. The watcher
+/// keeps one; a confirmation after an activation always opens a new one.
+#[allow(async_fn_in_trait)] // used with concrete types on one thread
+pub trait Connector {
+    type Session: Remote;
+    async fn connect(&mut self) -> Result<Self::Session, super::PullError>;
+    /// Ends a session its user is done with (lost, confirmed, or stopping).
+    async fn close(&mut self, session: Self::Session);
+}

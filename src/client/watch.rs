@@ -110,14 +110,7 @@ impl Stop {
     }
 }
 
-/// Opens sessions to the chroot: SSH in real use, the in-memory chroot in tests.
-#[allow(async_fn_in_trait)] // used with concrete types on one thread
-pub trait Connector {
-    type Session: Remote;
-    async fn connect(&mut self) -> Result<Self::Session, PullError>;
-    /// Ends a session the watcher is done with (lost, or stopping).
-    async fn close(&mut self, session: Self::Session);
-}
+pub use super::transport::Connector;
 
 /// SSH sessions, each checking the pinned host key and authenticating afresh.
 pub struct SshConnector<'a> {
@@ -220,9 +213,11 @@ impl<'a> Watcher<'a> {
     }
 
     /// One check over `remote`; `Err` means the session is lost (nothing was recorded).
-    pub async fn check<R: Remote>(
+    /// `fresh` opens the new session that confirms an activation (the kept one never does).
+    pub async fn check<R: Remote, C: Connector>(
         &mut self,
         remote: &mut R,
+        fresh: &mut C,
         now: Instant,
     ) -> Result<Checked, RemoteError> {
         self.checks += 1;
@@ -251,7 +246,7 @@ impl<'a> Watcher<'a> {
             Err(StateError::Busy { .. }) => return Ok(Checked::Busy),
             Err(e) => return Ok(Checked::Polled(Err(e.into()))),
         };
-        let result = match poll(remote, self.cfg, self.opts).await {
+        let result = match poll(remote, fresh, self.cfg, self.opts).await {
             Err(e) if poll_lost(&e) => return Err(link_error(e, self.cfg)),
             result => result,
         };
@@ -386,7 +381,7 @@ pub async fn watch<C: Connector>(
             }
         };
         link.up(cfg, &opts.pace);
-        let ended = over_session(&mut watcher, &mut session, opts, &started_as).await;
+        let ended = over_session(&mut watcher, &mut session, connector, opts, &started_as).await;
         connector.close(session).await;
         match ended {
             Err(lost) => {
@@ -401,15 +396,16 @@ pub async fn watch<C: Connector>(
 }
 
 /// Checks over one session until it is lost (`Err`) or the watcher ends (`Ok`).
-async fn over_session<R: Remote>(
+async fn over_session<R: Remote, C: Connector>(
     watcher: &mut Watcher<'_>,
     session: &mut R,
+    fresh: &mut C,
     opts: &WatchOptions<'_>,
     started_as: &[Option<PathBuf>],
 ) -> Result<Ended, RemoteError> {
     let mut unreadable = false;
     loop {
-        let checked = watcher.check(session, Instant::now()).await?;
+        let checked = watcher.check(session, fresh, Instant::now()).await?;
         if let Checked::Unreadable(e) = &checked {
             // Once per stretch, not once per check.
             if !std::mem::replace(&mut unreadable, true) {

@@ -26,7 +26,7 @@ fn rebuilds(f: &Fixture) -> usize {
 
 /// One check with the fixture's remote, at `at`.
 fn check(w: &mut Watcher<'_>, remote: &mut MemRemote, at: Instant) -> Checked {
-    block_on(w.check(remote, at)).unwrap()
+    check_once(w, remote, at).unwrap()
 }
 
 #[test]
@@ -332,7 +332,7 @@ fn a_session_lost_during_the_poll_is_not_counted_as_seen() {
     let mut w = Watcher::new(&cfg, &opts, HOUR);
     let t0 = Instant::now();
     let mut session = block_on(mem.connect()).unwrap();
-    let lost = block_on(w.check(&mut session, t0)).unwrap_err();
+    let lost = block_on(w.check(&mut session, &mut mem, t0)).unwrap_err();
     assert_eq!(
         lost,
         RemoteError::Lost {
@@ -342,7 +342,7 @@ fn a_session_lost_during_the_poll_is_not_counted_as_seen() {
     );
     assert!(f.state().applied.is_none());
     let mut session = block_on(mem.connect()).unwrap();
-    let c = block_on(w.check(&mut session, t0 + Duration::from_secs(1))).unwrap();
+    let c = block_on(w.check(&mut session, &mut mem, t0 + Duration::from_secs(1))).unwrap();
     assert!(
         matches!(c, Checked::Polled(Ok(Polled::Applied { ref id, .. })) if *id == a),
         "{c:?}"
@@ -365,8 +365,8 @@ fn a_dropped_session_reconnects_and_applies_what_was_published_meanwhile() {
     let b = f.publish_with_seq(&files, 2);
     let then = f.remote.files["/CURRENT"].clone();
     let a = f.publish_with_seq(&base_files(), 1);
-    // Reads of /CURRENT: check 1, its poll, then check 2 is cut.
-    let mut mem = Mem::cutting(&mut f, 3, then);
+    // Reads of /CURRENT: check 1, its poll, the poll's confirmation, then check 2 is cut.
+    let mut mem = Mem::cutting(&mut f, 4, then);
     let (chroot, script) = (mem.chroot.clone(), mem.script.clone());
     let opts = WatchOptions {
         poll: &f.opts,
@@ -381,15 +381,16 @@ fn a_dropped_session_reconnects_and_applies_what_was_published_meanwhile() {
         .unwrap()
         .block_on(watch(&mut mem, &f.cfg, &opts));
     assert_eq!(ended, Ended::Checks(4));
-    assert_eq!(script.borrow().connects, 2);
+    // Two kept sessions, and a fresh one to confirm each apply.
+    assert_eq!(script.borrow().connects, 4);
     let applied = f.state().applied.unwrap();
     assert_eq!((applied.id, applied.seq), (b.clone(), 2));
     assert_ne!(a, b);
     assert_eq!(rebuilds(&f), 2);
     assert_eq!(
         current_reads(&chroot.borrow()),
-        5,
-        "a, its poll, b, its poll, idle"
+        7,
+        "a, its poll, its confirmation, b, its poll, its confirmation, idle"
     );
 }
 

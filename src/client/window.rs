@@ -43,7 +43,7 @@ pub fn pending_reboot_open(state_dir: &std::path::Path, opts: &super::PollOption
         .is_some_and(|p| p.window.contains((opts.local_minute)((opts.now)())))
 }
 
-impl<R: super::transport::Remote> super::Poll<'_, R> {
+impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_, R, C> {
     /// On a poll with nothing new: whether a deferred reboot is due now. A reboot no longer
     /// needed (the host was rebooted since) is forgotten; one still waiting is reported.
     pub(super) fn settle_pending_reboot(&mut self) -> bool {

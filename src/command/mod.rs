@@ -1,6 +1,7 @@
 //! One module per `tiffin` command: its arguments, its run, its printing and exit status; the work itself is below, in the domain modules.
 
 pub mod check;
+pub mod confirm_boot;
 pub mod error;
 pub mod host;
 pub mod init;

@@ -20,9 +20,18 @@ state_dir/current at the release, runs the rebuild command on state_dir/current/
 and uploads reports/status.toml and reports/rebuild.log. An unchanged release costs
 one read of /CURRENT and one report upload.
 
-A release that failed is retried with exponential backoff (backoff_initial doubling up
-to backoff_max); a newer release is tried at once. Exit codes: 0 applied or unchanged,
-1 failed (the previous system keeps running), 2 bad configuration.
+After activating a release (switch, test), the report goes out over a new SSH
+connection: the kept one never counts. If no new connection reaches the server within
+confirm_timeout (client.toml or the release's [apply], default 3m), the previous release
+is rolled back and the new one quarantined: it is not applied again until a newer release
+is published or `tiffin trigger HOST --retry` (a failed health check quarantines too). A
+release applied with boot is confirmed after the reboot (`tiffin confirm-boot`).
+[apply] confirm = false turns this off.
+
+A release that failed otherwise is retried with exponential backoff (backoff_initial
+doubling up to backoff_max); a newer release is tried at once. Exit codes: 0 applied or
+unchanged, 1 failed or quarantined (the previous system keeps running), 2 bad
+configuration.
 
 A second line in /CURRENT is a trigger from `tiffin trigger` on the server: `pull` polls
 now despite a backoff, `reapply` deploys files/ again and reruns the rebuild even though
@@ -80,6 +89,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     let opts = PollOptions {
         retry_now: args.now,
         allow_downgrade: args.allow_downgrade,
+        system_profile: cfg.system_profile.clone(),
         ..PollOptions::default()
     };
     match poll_over_ssh(&cfg, &opts)? {
@@ -152,7 +162,8 @@ fn poll_over_ssh(cfg: &ClientConfig, opts: &PollOptions) -> Result<Polled, PullE
         .map_err(PullError::Runtime)?;
     runtime.block_on(async {
         let mut remote = SshRemote::connect(cfg).await?;
-        let result = poll(&mut remote, cfg, opts).await;
+        // The activation is confirmed over a session of its own, never this one.
+        let result = poll(&mut remote, &mut SshConnector { cfg }, cfg, opts).await;
         let wire = remote.wire();
         tracing::debug!(
             "sftp requests: {}, bytes out: {}, bytes in: {}",
@@ -183,7 +194,10 @@ fn watch(args: &Args, cfg: &ClientConfig) -> Result<Exit, Error> {
     if let Some(ms) = args.check_interval_ms {
         pace.interval = std::time::Duration::from_millis(ms);
     }
-    let poll = PollOptions::default();
+    let poll = PollOptions {
+        system_profile: cfg.system_profile.clone(),
+        ..PollOptions::default()
+    };
     let opts = WatchOptions {
         poll: &poll,
         pace,

@@ -18,7 +18,11 @@ until it has.
 
 Without --reapply the client polls now, even if a failed release is backing off. With
 --reapply it also deploys files/ again (a file deleted or edited on the client is
-restored) and reruns the rebuild, even though the release is already applied.
+restored) and reruns the rebuild, even though the release is already applied. With
+--retry it applies a quarantined release again: one the host rolled back because its
+health check failed or because the server could not be reached after activating or
+booting it (`tiffin status` shows the host as quarantined). Without --retry such a
+release is not tried again until a newer one is published.
 
 A remote administrator with a shell on the host can do the same for one host:
 `ssh HOST systemctl start tiffin-pull`.";
@@ -34,18 +38,21 @@ pub struct Args {
     #[arg(long)]
     pub all: bool,
     /// Deploy files/ again and rerun the rebuild even if the release is already applied
-    #[arg(long)]
+    #[arg(long, conflicts_with = "retry")]
     pub reapply: bool,
+    /// Apply a quarantined release again (one the host rolled back)
+    #[arg(long)]
+    pub retry: bool,
 }
 
 pub fn run(args: &Args) -> Result<Exit, Error> {
     let fleet = args.fleet.load()?;
     let selected = fleet.select(&args.hosts)?;
     let chroot_root = args.fleet.chroot_root(&fleet);
-    let kind = if args.reapply {
-        TriggerKind::Reapply
-    } else {
-        TriggerKind::Pull
+    let kind = match (args.reapply, args.retry) {
+        (true, _) => TriggerKind::Reapply,
+        (_, true) => TriggerKind::Retry,
+        _ => TriggerKind::Pull,
     };
     let _lock = publish::lock_chroot_root(&chroot_root)
         .map_err(|e| Error::Failed(format!("chroot root {}: {e}", chroot_root.display())))?;

@@ -1,7 +1,7 @@
 //! `/CURRENT` in a host's chroot: line 1 the release id, an optional line 2 the last trigger.
 //!
 //! Old clients read line 1 only, so a trigger line never breaks them. The trigger line is
-//! `trigger <id> <pull|reapply>`; its id is unique per trigger, and a client acts on a
+//! `trigger <id> <pull|reapply|retry>`; its id is unique per trigger, and a client acts on a
 //! trigger whose id differs from the one it handled last.
 
 use std::fmt;
@@ -14,6 +14,8 @@ pub enum TriggerKind {
     Pull,
     /// Deploy `files/` again and rerun the rebuild, even when the release is already applied.
     Reapply,
+    /// Apply a quarantined release again (one that was rolled back).
+    Retry,
 }
 
 impl TriggerKind {
@@ -21,6 +23,7 @@ impl TriggerKind {
         match self {
             TriggerKind::Pull => "pull",
             TriggerKind::Reapply => "reapply",
+            TriggerKind::Retry => "retry",
         }
     }
 }
@@ -46,6 +49,7 @@ impl Trigger {
         let kind = match words.next()? {
             "pull" => TriggerKind::Pull,
             "reapply" => TriggerKind::Reapply,
+            "retry" => TriggerKind::Retry,
             _ => return None,
         };
         let valid_id = !id.is_empty()

@@ -416,6 +416,7 @@ mod tests {
                             } else {
                                 Build::Client
                             },
+                            ..ApplyPolicy::default()
                         },
                         files: kept,
                         toplevel: toplevel.map(|t| format!("/nix/store/{t}").parse().unwrap()),

@@ -99,6 +99,11 @@ pub struct Report {
     /// `system.switch.inhibitors`, named here) refused switching to it, so it went in with `boot`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_only: Option<String>,
+    /// A release this host rolled back (its health check failed, or the server could not be
+    /// reached after activating or booting it): it is not applied again until a newer release
+    /// or `tiffin trigger HOST --retry`. `error` says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 /// A reboot the client owes.

@@ -71,6 +71,47 @@ pub struct ApplyPolicy {
     /// Where the system is built; left out of the MANIFEST for `client`, so older ids stay the same.
     #[serde(default, skip_serializing_if = "Build::is_client")]
     pub build: Build,
+    /// Whether the host confirms a release by reaching the server over a fresh session after
+    /// activating it (and after booting it), and rolls back when it cannot; left out of the
+    /// MANIFEST when on, so older ids stay the same.
+    #[serde(default, skip_serializing_if = "Confirm::is_on")]
+    pub confirm: Confirm,
+    /// How long the host tries to reach the server after an activation or a boot before it
+    /// rolls back; unset: the client's `confirm_timeout` (default 3 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_timeout: Option<Interval>,
+}
+
+/// `[apply] confirm`: written `true` or `false`, kept as an enum so no call site reads a bare bool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Confirm {
+    /// Reach the server over a fresh session after activation; roll back when it cannot.
+    #[default]
+    On,
+    /// Trust the activation (a host that often has no network, or one being moved).
+    Off,
+}
+
+impl Confirm {
+    pub fn is_on(&self) -> bool {
+        *self == Confirm::On
+    }
+}
+
+impl Serialize for Confirm {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(self.is_on())
+    }
+}
+
+impl<'de> Deserialize<'de> for Confirm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(if bool::deserialize(d)? {
+            Confirm::On
+        } else {
+            Confirm::Off
+        })
+    }
 }
 
 /// Where a host's system is built: by the client (`nixos-rebuild`) or once on the server,
@@ -99,6 +140,8 @@ pub struct ApplyOverrides {
     pub allow_leaving: Option<bool>,
     pub reboot_window: Option<crate::core::window::RebootWindow>,
     pub build: Option<Build>,
+    pub confirm: Option<Confirm>,
+    pub confirm_timeout: Option<Interval>,
 }
 
 impl ApplyPolicy {
@@ -113,6 +156,8 @@ impl ApplyPolicy {
             allow_leaving: o.allow_leaving.unwrap_or(self.allow_leaving),
             reboot_window: o.reboot_window.or(self.reboot_window),
             build: o.build.unwrap_or(self.build),
+            confirm: o.confirm.unwrap_or(self.confirm),
+            confirm_timeout: o.confirm_timeout.or(self.confirm_timeout),
         }
     }
 }

@@ -38,11 +38,15 @@ pub enum State {
     Paused,
     /// A prebuilt host applied its release but runs another system than the published toplevel.
     Drifted,
+    /// The host rolled the published release back (a failed health check, or the server was
+    /// unreachable after activating or booting it) and holds it back until a newer release or
+    /// `tiffin trigger HOST --retry`.
+    Quarantined,
 }
 
 impl State {
     /// Every state, in the order of the enum: what the metrics export one series for.
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 10] = [
         State::UpToDate,
         State::Pending,
         State::Failed,
@@ -52,6 +56,7 @@ impl State {
         State::Unreadable,
         State::Paused,
         State::Drifted,
+        State::Quarantined,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,13 +70,19 @@ impl State {
             State::Unreadable => "unreadable",
             State::Paused => "paused",
             State::Drifted => "drifted",
+            State::Quarantined => "quarantined",
         }
     }
     /// States that make `tiffin status` exit 3, for monitoring.
     pub fn is_alarming(self) -> bool {
         matches!(
             self,
-            State::Failed | State::RolledBack | State::Stale | State::Unreadable | State::Drifted
+            State::Failed
+                | State::RolledBack
+                | State::Stale
+                | State::Unreadable
+                | State::Drifted
+                | State::Quarantined
         )
     }
 
@@ -83,7 +94,8 @@ impl State {
             | State::RolledBack
             | State::Stale
             | State::Unreadable
-            | State::Drifted => "\x1b[31m",
+            | State::Drifted
+            | State::Quarantined => "\x1b[31m",
         }
     }
 }
@@ -142,6 +154,9 @@ pub struct HostOps {
     /// Why the applied release runs only after the next boot (a switch inhibitor).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_only: Option<String>,
+    /// The release the host rolled back and holds back (`error` says why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 impl HostOps {
@@ -155,6 +170,7 @@ impl HostOps {
             paused_until: report.paused_until.clone(),
             pause_reason: report.pause_reason.clone(),
             boot_only: report.boot_only.clone(),
+            quarantined: report.quarantined.clone(),
         }
     }
 
@@ -265,6 +281,13 @@ pub fn host_status(
 
 /// The state a readable, fresh, unpaused report adds up to against what is published.
 fn reported_state(report: &Report, published: Option<&Published>, applied: Option<&str>) -> State {
+    // Held back by the host: it says which release, and it is the one published.
+    if report.quarantined.is_some()
+        && report.quarantined == report.release
+        && published.is_some_and(|p| report.release.as_deref() == Some(p.id.as_str()))
+    {
+        return State::Quarantined;
+    }
     match report.result {
         PullResult::Failed => State::Failed,
         PullResult::RolledBack => State::RolledBack,

@@ -6,10 +6,10 @@ use std::process::{Command as Std, Stdio};
 use crate::TestFleet;
 use crate::status::{report, report_received_at};
 
-const HOSTS: [&str; 9] = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+const HOSTS: [&str; 10] = [
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
 ];
-const STATES: [&str; 9] = [
+const STATES: [&str; 10] = [
     "up-to-date",
     "pending",
     "failed",
@@ -19,6 +19,7 @@ const STATES: [&str; 9] = [
     "unreadable",
     "paused",
     "drifted",
+    "quarantined",
 ];
 const SYSTEM: &str = "/nix/store/00000000000000000000000000000000-nixos-system-25.05";
 
@@ -105,6 +106,16 @@ fn fleet_in_every_state() -> TestFleet {
         "india",
         &format!(
             "host = \"india\"\nrelease = \"{india}\"\nseq = 1\nresult = \"ok\"\napplied = \"{india}\"\nlast_seen = \"2026-11-24T11:59:00Z\"\nsystem = \"{SYSTEM}\"\nversion = \"0.1.0\"\napplied_seq = 1\n"
+        ),
+    );
+    // Rolled back because the server was unreachable after activation, and held back.
+    report(
+        &fleet,
+        "juliet",
+        &format!(
+            "host = \"juliet\"\nrelease = \"{}\"\nseq = 1\nresult = \"rolled-back\"\napplied = \"{old}\"\napplied_seq = 0\nlast_seen = \"2026-11-24T11:59:00Z\"\nerror = \"release #1 is quarantined since 2026-11-24T11:40:00Z: rolled back: the server was unreachable after activation (no fresh session within 3m, last: connection refused). It is not applied again until a newer release is published or `tiffin trigger juliet --retry`\"\nversion = \"0.1.0\"\nquarantined = \"{}\"\n",
+            cur("juliet"),
+            cur("juliet")
         ),
     );
     fleet

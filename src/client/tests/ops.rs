@@ -196,7 +196,7 @@ fn a_watcher_reboots_at_the_first_check_inside_the_window_not_at_its_next_heartb
     let (cfg, opts) = (f.cfg.clone(), f.opts.clone());
     let mut w = Watcher::new(&cfg, &opts, Duration::from_secs(3600));
     let t0 = Instant::now();
-    let first = block_on(w.check(&mut f.remote, t0)).unwrap();
+    let first = check_once(&mut w, &mut f.remote, t0).unwrap();
     assert!(
         matches!(
             first,
@@ -205,20 +205,20 @@ fn a_watcher_reboots_at_the_first_check_inside_the_window_not_at_its_next_heartb
         "{first:?}"
     );
     let at = |s: u64| t0 + Duration::from_secs(s);
-    let outside = block_on(w.check(&mut f.remote, at(5))).unwrap();
+    let outside = check_once(&mut w, &mut f.remote, at(5)).unwrap();
     assert!(matches!(outside, Checked::Idle), "08:00: {outside:?}");
 
     advance(17 * 3600 + 20 * 60); // 01:20 the next day, the heartbeat not due yet
-    let inside = block_on(w.check(&mut f.remote, at(10))).unwrap();
+    let inside = check_once(&mut w, &mut f.remote, at(10)).unwrap();
     assert!(
         matches!(inside, Checked::Polled(Ok(Polled::RebootDue { id: ref due, .. })) if *due == id),
         "{inside:?}"
     );
     // The reboot command did not take (the lab's booted system is unchanged): tried again
     // a minute later, not at every check.
-    let soon = block_on(w.check(&mut f.remote, at(15))).unwrap();
+    let soon = check_once(&mut w, &mut f.remote, at(15)).unwrap();
     assert!(matches!(soon, Checked::Idle), "{soon:?}");
-    let later = block_on(w.check(&mut f.remote, at(75))).unwrap();
+    let later = check_once(&mut w, &mut f.remote, at(75)).unwrap();
     assert!(
         matches!(later, Checked::Polled(Ok(Polled::RebootDue { .. }))),
         "{later:?}"

@@ -197,6 +197,18 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
             format!("until {until}{reason} (`tiffin resume` on the host ends it)"),
         ));
     }
+    if row.state == State::Quarantined
+        && let Some(id) = &ops.quarantined
+    {
+        lines.push((
+            "quarantined",
+            format!(
+                "release {} was rolled back on the host and is held back (see error) until a newer release is published or `tiffin trigger {} --retry`",
+                short(id),
+                row.host
+            ),
+        ));
+    }
     if let Some(id) = &row.trigger_pending {
         lines.push((
             "pending",

@@ -37,6 +37,7 @@ fn report(host: &str, s: &[String; 10]) -> Report {
         pause_reason: Some(s[8].clone()),
         trigger: Some(s[9].clone()),
         boot_only: Some(s[6].clone()),
+        quarantined: Some(s[0].clone()),
     }
 }
 
