@@ -4,8 +4,9 @@
 # run it with `nix-instantiate --eval --strict --json` and feed the result to
 # `tiffin pull --validate --config FILE.json`.
 #
-# Input: { host, server, port, user, identityFile, serverPublicKey, settings }
-#   (user may be null: the binary then uses "<user_prefix><host>").
+# Input: { host, server, port, user, identityFile, serverPublicKey,
+#   confirmTimeout, settings } (user may be null: the binary then uses
+#   "<user_prefix><host>"; confirmTimeout may be null: the binary's default).
 # Output: an attribute set; null values are left out.
 {
   host,
@@ -14,11 +15,12 @@
   user ? null,
   identityFile,
   serverPublicKey,
+  confirmTimeout ? null,
   settings ? {},
 }: let
   # Keys the dedicated options own; setting them in `settings` as well would
   # leave two sources of truth, so it is refused.
-  owned = ["host" "server" "user" "identity" "server_key"];
+  owned = ["host" "server" "user" "identity" "server_key" "confirm_timeout"];
   clashes = builtins.filter (k: builtins.hasAttr k settings) owned;
 
   # host[:port]; an IPv6 literal needs brackets before the port.
@@ -34,6 +36,7 @@
     identity = identityFile;
     server_key = serverPublicKey;
     user = user;
+    confirm_timeout = confirmTimeout;
   };
 
   nonNull = attrs:
@@ -51,7 +54,7 @@ in
   then
     throw ''
       services.tiffin.client.settings sets ${builtins.concatStringsSep ", " clashes}, which the dedicated options own
-      (host, server/port, user, identityFile, serverPublicKey): set those options instead.''
+      (host, server/port, user, identityFile, serverPublicKey, confirm.timeout): set those options instead.''
   else if builtins.match "[a-z][a-z0-9-]*" host == null
   then throw "services.tiffin.client.host: \"${host}\" is not a tiffin host name (a lowercase letter, then lowercase letters, digits or '-')"
   else if builtins.match "ssh-[a-z0-9-]+ [A-Za-z0-9+/=]+( .*)?|ecdsa-[a-z0-9-]+ [A-Za-z0-9+/=]+( .*)?" serverPublicKey == null

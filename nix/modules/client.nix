@@ -13,6 +13,7 @@
   # static checks feed to `tiffin pull --validate`, so both agree on the keys.
   clientSettings = import ../lib/client-settings.nix {
     inherit (cfg) host server port user identityFile serverPublicKey;
+    confirmTimeout = cfg.confirm.timeout;
     settings =
       cfg.settings
       // lib.optionalAttrs (cfg.cachePublicKey != null) {cache_public_key = cfg.cachePublicKey;};
@@ -195,6 +196,65 @@ in {
       '';
     };
 
+    confirm.enable = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = ''
+        Whether to run `tiffin confirm-boot` at every boot, from
+        `tiffin-confirm-boot.service` (after `network-online.target`). It
+        matters only after a release tiffin applied with `boot` (the
+        release's `[apply] action = "boot"`, a kernel change with
+        `reboot = "if-needed"`, or a switch inhibitor): that release is not
+        confirmed until this host has booted into it and reached the server.
+
+        At each boot the unit compares {file}`/run/booted-system` with the
+        system such a release left pending. Nothing pending, or another
+        system booted: it says so and exits at once. The pending system
+        booted: it tries a fresh SSH connection to the server (and a read of
+        its `CURRENT`) again and again for up to {option}`services.tiffin.client.confirm.timeout`.
+        One that works confirms the release. None: tiffin quarantines the
+        release (docs/client.md), puts the previous release's files back and
+        makes the previous system the boot default with
+        `nix-env -p /nix/var/nix/profiles/system --set <previous>` and
+        `<previous>/bin/switch-to-configuration boot`, which writes the
+        default boot entry the same way for GRUB and for systemd-boot (the
+        failed generation stays in the menu, no longer the default), then
+        reboots once (`systemctl reboot`). Never a loop: the quarantined
+        generation is not booted again automatically, and when setting the
+        boot default fails, tiffin does not reboot.
+
+        tiffin does not use systemd-boot's boot counting, and a generation
+        that never boots far enough to start this unit (a kernel panic, a
+        hang or crash before `multi-user.target`'s units start) is not
+        covered: for that, pick the previous generation in the boot
+        loader's menu, or use systemd-boot's boot counting.
+
+        A laptop that often boots away from any network would roll a good
+        release back: give it a longer {option}`services.tiffin.client.confirm.timeout`, or
+        `[apply] confirm = false` in its `host.toml`. With `false` here there
+        is no unit: a pending boot is confirmed by the next `tiffin pull`
+        that reaches the server, and never rolled back.
+      '';
+    };
+
+    confirm.timeout = lib.mkOption {
+      type = lib.types.nullOr (lib.types.strMatching "[0-9]+ *[a-zA-Z]+( *[0-9]+ *[a-zA-Z]+)*");
+      default = null;
+      example = "10m";
+      description = ''
+        How long tiffin keeps trying to reach the server over a fresh SSH
+        connection before it rolls a release back: after it activated one
+        (`switch`, `test`), and at the first boot into one it applied with
+        `boot` (`tiffin-confirm-boot.service`, see {option}`services.tiffin.client.confirm.enable`).
+        At boot it counts from the start of the unit, which comes after
+        `network-online.target` (on a host without a network, only when its
+        wait-online service gives up). It becomes `confirm_timeout` in
+        {file}`/etc/tiffin/client.toml`, written like `"90s"`, `"10m"` or
+        `"1h 30m"`; `null` leaves tiffin's default, 3 minutes. A release's
+        `[apply] confirm_timeout` (fleet.toml, host.toml) overrides it.
+      '';
+    };
+
     cachePublicKey = lib.mkOption {
       type = lib.types.nullOr (lib.types.strMatching "[^:]+:[A-Za-z0-9+/]{43}=");
       default = null;
@@ -218,8 +278,9 @@ in {
       description = ''
         Further keys of {file}`/etc/tiffin/client.toml` (tiffin's
         `docs/formats.md`, "Client"), such as `state_dir`, `root`, `rebuild`
-        or the timeouts. `host`, `server`, `user`, `identity` and `server_key`
-        come from the options above and cannot be set here.
+        or the timeouts. `host`, `server`, `user`, `identity`, `server_key`
+        and `confirm_timeout` come from the options above and cannot be set
+        here.
       '';
     };
   };
@@ -296,6 +357,47 @@ in {
         RestartSec = "5s";
         KillMode = "mixed";
         TimeoutStopSec = cfg.timeout;
+      };
+    };
+
+    # Confirms, at boot, a release applied with `boot` (see confirm.enable):
+    # tiffin confirm-boot. It may set the boot default (nix-env,
+    # switch-to-configuration boot) and reboot, so it has the pull's PATH and
+    # environment (systemctl comes with NixOS's default unit PATH).
+    #
+    # Type=exec: multi-user.target (and graphical.target, the login screen)
+    # is ordered after every unit it wants, and waits for it to be "started";
+    # for exec that is when tiffin was executed, not when it ends, so no boot
+    # waits up to the confirm timeout for the server. RemainAfterExit: it
+    # stays active after it ran, so a later switch (which starts the active
+    # targets again, and with them every inactive unit they want) does not
+    # run it again.
+    #
+    # A switch never stops or restarts it (restartIfChanged = false,
+    # X-StopOnRemoval = false): it may be the one setting the boot default.
+    # The switch that first adds the unit starts it, like any new unit of
+    # multi-user.target; that is harmless: tiffin confirm-boot does nothing
+    # unless /run/booted-system is the system a `boot` release left pending,
+    # and the switch does not wait for it (Type=exec).
+    #
+    # tiffin-pull.service and tiffin-watch.service are deliberately NOT
+    # ordered after it (nor do they require it): a pull that reaches the
+    # server confirms a pending boot too, and must not wait for this unit, or
+    # fail with it.
+    systemd.services.tiffin-confirm-boot = lib.mkIf cfg.confirm.enable {
+      description = "tiffin: confirm the boot into a release, or boot the previous one";
+      wantedBy = ["multi-user.target"];
+      wants = ["network-online.target"];
+      after = ["network-online.target" "tiffin-key.service"];
+      requires = ["tiffin-key.service"];
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      environment = pullEnvironment;
+      path = pullPath;
+      serviceConfig = {
+        Type = "exec";
+        RemainAfterExit = true;
+        ExecStart = "${lib.getExe cfg.package} confirm-boot --config /etc/tiffin/client.toml";
       };
     };
 

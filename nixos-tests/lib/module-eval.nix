@@ -103,6 +103,25 @@
       };
     }
   ];
+  # The boot confirmation: off, and with a timeout of its own.
+  withConfirm = confirm:
+    eval [
+      (repo + "/nix/modules/client.nix")
+      {
+        services.tiffin.client = {
+          enable = true;
+          server = "fleet.example.org";
+          serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
+          inherit confirm;
+        };
+      }
+    ];
+  noConfirm = withConfirm {enable = false;};
+  confirmTimeout = withConfirm {timeout = "90s";};
+  # client.toml as the module writes it (the stub's TOML generator writes JSON;
+  # static-check evaluates this file with --read-write-mode, so it is written).
+  clientToml = cfg: builtins.fromJSON (builtins.readFile cfg.environment.etc."tiffin/client.toml".source);
+  evaluates = cfg: (builtins.tryEval (builtins.deepSeq (clientToml cfg) true)).success;
   undocumented = opts: lib.filter (o: (o.description or null) == null) (lib.collect lib.isOption opts);
   c = client.config;
   s = server.config;
@@ -154,4 +173,21 @@ in {
   metricsTmpfiles = metrics.config.systemd.tmpfiles.settings."10-tiffin-metrics";
   nodeExporter = metrics.config.services.prometheus.exporters.node;
   serverWithoutMetrics = builtins.attrNames s.systemd.services;
+  # tiffin-confirm-boot.service: on by default, off with confirm.enable = false;
+  # confirm.timeout reaches client.toml as confirm_timeout.
+  confirmService = removeAttrs c.systemd.services.tiffin-confirm-boot ["path" "environment"];
+  confirmSharesPull = c.systemd.services.tiffin-confirm-boot.path == c.systemd.services.tiffin-pull.path && c.systemd.services.tiffin-confirm-boot.environment == c.systemd.services.tiffin-pull.environment;
+  watchingUnits = builtins.attrNames w.systemd.services;
+  noConfirmUnits = builtins.attrNames noConfirm.config.systemd.services;
+  clientToml = clientToml c;
+  noConfirmToml = clientToml noConfirm.config;
+  confirmTimeoutToml = clientToml confirmTimeout.config;
+  # Not a duration, or confirm_timeout in settings as well as confirm.timeout: refused.
+  badConfirmTimeout = evaluates (withConfirm {timeout = "soon";}).config;
+  confirmTimeoutTwice =
+    evaluates
+    (confirmTimeout.extendModules {
+      modules = [{services.tiffin.client.settings.confirm_timeout = "5m";}];
+    })
+    .config;
 }

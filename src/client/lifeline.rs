@@ -190,6 +190,39 @@ pub fn quarantine(
     state.failure = None;
 }
 
+/// No session at all: a rollback decided without the server runs through this, and every
+/// request it would make fails at once (its report goes over a fresh session, when one works).
+pub struct Offline;
+
+impl Remote for Offline {
+    async fn read(&mut self, path: &str, _: u64) -> Result<Vec<u8>, super::RemoteError> {
+        Err(offline(path))
+    }
+    async fn read_files(
+        &mut self,
+        _: &[super::transport::Wanted],
+    ) -> Result<Vec<Vec<u8>>, super::RemoteError> {
+        Err(offline("files"))
+    }
+    async fn read_into(
+        &mut self,
+        file: &super::transport::Wanted,
+        _: &mut dyn std::io::Write,
+    ) -> Result<(), super::transport::StreamError> {
+        Err(offline(&file.path).into())
+    }
+    async fn write_atomic(&mut self, path: &str, _: &[u8]) -> Result<(), super::RemoteError> {
+        Err(offline(path))
+    }
+}
+
+fn offline(path: &str) -> super::RemoteError {
+    super::RemoteError::Other {
+        path: path.to_owned(),
+        message: "no session to the server".into(),
+    }
+}
+
 /// How `tiffin confirm-boot` ended.
 #[derive(Debug)]
 pub enum BootCheck {

@@ -290,6 +290,64 @@ pub async fn poll<R: Remote, C: Connector>(
     }
 }
 
+/// An activation a process left unconfirmed (it was killed or crashed while confirming), whose
+/// time is over, on a host that cannot reach the server now: rolled back and quarantined here,
+/// as that process would have, so a host cut off by its release does not stay so. `None`
+/// when nothing is overdue. The caller holds the state lock.
+pub async fn recover_overdue<C: Connector>(
+    fresh: &mut C,
+    cfg: &ClientConfig,
+    opts: &PollOptions,
+    unreachable: &str,
+) -> Option<PullError> {
+    let state = State::load(&cfg.state_dir).ok()?;
+    let u = state
+        .unconfirmed
+        .clone()
+        .filter(|u| u.awaiting == state::Awaiting::Activation)?;
+    let since = crate::core::settings::parse_time(&u.since)?;
+    if (opts.now)() < since + u.timeout.0 {
+        return None;
+    }
+    let started = (opts.now)();
+    let mut offline = lifeline::Offline;
+    let mut poll = Poll {
+        report: first_report(cfg, &state, &u.id, started),
+        remote: &mut offline,
+        fresh,
+        cfg,
+        opts,
+        state,
+        id: u.id.clone(),
+        started,
+        log: None,
+        trigger: None,
+        handled_before: None,
+        detach: activation::Detach::resolve(cfg.activation, &cfg.systemd_run),
+        unreadable: None,
+        running: None,
+    };
+    poll.report.seq = Some(u.seq);
+    let action = poll
+        .stored_manifest(&u.id)
+        .map_or(Action::Switch, |m| m.apply.action);
+    let pending = lifeline::Pending {
+        id: u.id,
+        seq: u.seq,
+        timeout: u.timeout,
+        previous: u.previous,
+        previous_system: u.previous_system,
+        system: u.system,
+    };
+    let unreached = lifeline::Unreached {
+        attempts: 0,
+        last: format!(
+            "the confirmation was cut short (tiffin ended) and the server is unreachable now: {unreachable}"
+        ),
+    };
+    Some(poll.cut_off(&pending, action, unreached).await)
+}
+
 /// How applying a release ended once its files were deployed.
 #[derive(Debug)]
 enum Outcome {
@@ -433,31 +491,7 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
             tracing::info!("handling {t}");
             state.trigger = Some(t.id.clone());
         }
-        let report = Report {
-            host: cfg.host.to_string(),
-            release: Some(id.to_string()),
-            seq: None,
-            result: PullResult::Unchanged,
-            applied: state.applied.as_ref().map(|a| a.id.to_string()),
-            started: Some(format_time(started)),
-            finished: None,
-            last_seen: String::new(),
-            system: None,
-            error: None,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            restart_failed: Vec::new(),
-            applied_seq: state.applied.as_ref().map(|a| a.seq),
-            applied_at: state.applied.as_ref().map(|a| a.at.clone()),
-            last_apply_seconds: state.last_apply_seconds,
-            next_retry: None,
-            reboot: None,
-            reboot_window: None,
-            paused_until: None,
-            pause_reason: None,
-            trigger: state.trigger.clone(),
-            boot_only: None,
-            quarantined: None,
-        };
+        let report = first_report(cfg, &state, &id, started);
         Ok(Poll {
             remote,
             fresh,
@@ -1250,6 +1284,35 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
             .map(|p| p.display().to_string());
         self.report.finished = Some(finished.clone());
         self.report.last_seen = finished;
+    }
+}
+
+/// The report a poll starts from: what the host runs, before this poll changes anything.
+fn first_report(cfg: &ClientConfig, state: &State, id: &ReleaseId, started: SystemTime) -> Report {
+    Report {
+        host: cfg.host.to_string(),
+        release: Some(id.to_string()),
+        seq: None,
+        result: PullResult::Unchanged,
+        applied: state.applied.as_ref().map(|a| a.id.to_string()),
+        started: Some(format_time(started)),
+        finished: None,
+        last_seen: String::new(),
+        system: None,
+        error: None,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        restart_failed: Vec::new(),
+        applied_seq: state.applied.as_ref().map(|a| a.seq),
+        applied_at: state.applied.as_ref().map(|a| a.at.clone()),
+        last_apply_seconds: state.last_apply_seconds,
+        next_retry: None,
+        reboot: None,
+        reboot_window: None,
+        paused_until: None,
+        pause_reason: None,
+        trigger: state.trigger.clone(),
+        boot_only: None,
+        quarantined: None,
     }
 }
 

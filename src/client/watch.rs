@@ -373,6 +373,7 @@ pub async fn watch<C: Connector>(
         let mut session = match attempt {
             Ok(session) => session,
             Err(e) => {
+                recover(connector, cfg, opts.poll, &e).await;
                 let delay = link.down(&e, &opts.pace);
                 if opts.stop.sleep(delay).await {
                     return Ended::Stopped;
@@ -392,6 +393,22 @@ pub async fn watch<C: Connector>(
             }
             Ok(ended) => return ended,
         }
+    }
+}
+
+/// The server is unreachable: an activation a killed watcher left unconfirmed, past its
+/// time, is rolled back now (under the lock, which a one-shot pull may hold instead).
+async fn recover<C: Connector>(
+    connector: &mut C,
+    cfg: &ClientConfig,
+    opts: &PollOptions,
+    e: &PullError,
+) {
+    let Ok(_lock) = state::lock(&cfg.state_dir) else {
+        return;
+    };
+    if let Some(rolled) = super::recover_overdue(connector, cfg, opts, &e.to_string()).await {
+        tracing::error!("{rolled}");
     }
 }
 

@@ -161,7 +161,16 @@ fn poll_over_ssh(cfg: &ClientConfig, opts: &PollOptions) -> Result<Polled, PullE
         .build()
         .map_err(PullError::Runtime)?;
     runtime.block_on(async {
-        let mut remote = SshRemote::connect(cfg).await?;
+        let mut remote = match SshRemote::connect(cfg).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                let e = PullError::from(e);
+                // An activation a killed pull left unconfirmed, and no server now: roll it back.
+                let (fresh, why) = (&mut SshConnector { cfg }, e.to_string());
+                let overdue = crate::client::recover_overdue(fresh, cfg, opts, &why).await;
+                return Err(overdue.unwrap_or(e));
+            }
+        };
         // The activation is confirmed over a session of its own, never this one.
         let result = poll(&mut remote, &mut SshConnector { cfg }, cfg, opts).await;
         let wire = remote.wire();

@@ -372,3 +372,80 @@ fn confirm_boot_with_the_server_confirms_and_on_another_system_does_nothing() {
     assert_eq!(f.state().unconfirmed, None);
     assert_eq!(f.state().applied.unwrap().id, second);
 }
+
+#[test]
+fn an_activation_left_unconfirmed_by_a_killed_pull_is_rolled_back_once_overdue() {
+    let mut f = Fixture::new();
+    let (first, second) = second_release(&mut f);
+    // What a pull killed mid-confirmation leaves: the release applied, and unconfirmed.
+    f.apply.confirm = Confirm::Off;
+    let _ = second;
+    let third = f.publish(&[("config/flake.nix", b"{ killed = 1; }\n", 0o644)]);
+    f.poll().unwrap();
+    let mut state = f.state();
+    let confirmed_first = state.applied.clone().unwrap();
+    assert_eq!(confirmed_first.id, third);
+    state.applied = Some(state::Applied {
+        id: third.clone(),
+        ..confirmed_first
+    });
+    state.unconfirmed = Some(state::Unconfirmed {
+        id: third.clone(),
+        seq: 3,
+        awaiting: Awaiting::Activation,
+        since: crate::core::settings::format_time(clock()),
+        system: None,
+        previous: Some(state::Applied {
+            id: first.clone(),
+            seq: 1,
+            at: "2026-11-24T00:00:00Z".into(),
+        }),
+        previous_system: None,
+        timeout: Interval::secs(180),
+    });
+    state.save(&f.cfg.state_dir).unwrap();
+    let mut never = super::mem_remote::Fresh::of(&f.remote, usize::MAX);
+    // Within its time: not yet.
+    advance(60);
+    let early = block_on(recover_overdue(&mut never, &f.cfg, &f.opts, "refused"));
+    assert!(early.is_none(), "{early:?}");
+    advance(180);
+    let rolled = block_on(recover_overdue(&mut never, &f.cfg, &f.opts, "refused")).unwrap();
+    assert!(
+        rolled
+            .to_string()
+            .contains("the confirmation was cut short"),
+        "{rolled}"
+    );
+    let state = f.state();
+    assert_eq!(state.applied.unwrap().id, first);
+    assert_eq!(state.quarantine.unwrap().id, third);
+    assert_eq!(state.unconfirmed, None);
+    // Nothing is overdue any more.
+    assert!(block_on(recover_overdue(&mut never, &f.cfg, &f.opts, "refused")).is_none());
+}
+
+#[test]
+fn a_watcher_needs_a_fresh_session_too_its_kept_one_never_confirms() {
+    let mut f = Fixture::new();
+    let (first, second) = second_release(&mut f);
+    let (cfg, opts) = (f.cfg.clone(), f.opts.clone());
+    let mut w = super::watch::Watcher::new(&cfg, &opts, Duration::from_secs(3600));
+    // The kept session works throughout; no new one does.
+    let mut never = super::mem_remote::Fresh::of(&f.remote, usize::MAX);
+    let checked = block_on(w.check(&mut f.remote, &mut never, std::time::Instant::now())).unwrap();
+    assert!(
+        matches!(
+            checked,
+            super::watch::Checked::Polled(Err(PullError::Unconfirmed(_)))
+        ),
+        "{checked:?}"
+    );
+    assert_eq!(
+        never.attempts, 30,
+        "15 to confirm, 15 to report the rollback"
+    );
+    let state = f.state();
+    assert_eq!(state.applied.unwrap().id, first);
+    assert_eq!(state.quarantine.unwrap().id, second);
+}
