@@ -41,28 +41,34 @@ pub struct CutOff {
     pub rolled: String,
 }
 
-/// Opens fresh sessions until one reads `/CURRENT`, for at most `within`; each attempt is
-/// bounded by the time left, so a server that never answers costs `within`, not more.
+/// Opens fresh sessions until one reads `/CURRENT`, for at most `within`: attempts at once,
+/// then after 1, 2, 4, 8 and every 15 s, the last one at the deadline itself. Each attempt is
+/// bounded by the time left (at least `LAST_ATTEMPT`), so a server that never answers costs
+/// `within` and a few seconds, not more.
 pub async fn reach<C: Connector>(fresh: &mut C, within: Duration) -> Result<C::Session, Unreached> {
     let deadline = tokio::time::Instant::now() + within;
     let mut attempts = 0u32;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         attempts += 1;
-        let last = match tokio::time::timeout(left, attempt(fresh)).await {
+        let budget = left.max(LAST_ATTEMPT);
+        let last = match tokio::time::timeout(budget, attempt(fresh)).await {
             Ok(Ok(session)) => return Ok(session),
             Ok(Err(e)) => e,
-            Err(_) => format!("no answer within {}", Interval(within)),
+            Err(_) => format!("no answer within {}", Interval(budget)),
         };
         tracing::warn!("reaching the server over a fresh session (attempt {attempts}): {last}");
-        let wait = RETRY_DELAYS[(attempts as usize - 1).min(RETRY_DELAYS.len() - 1)];
-        let wait = Duration::from_secs(wait);
-        if tokio::time::Instant::now() + wait >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return Err(Unreached { attempts, last });
         }
-        tokio::time::sleep(wait).await;
+        let wait = RETRY_DELAYS[(attempts as usize - 1).min(RETRY_DELAYS.len() - 1)];
+        tokio::time::sleep(Duration::from_secs(wait).min(deadline - now)).await;
     }
 }
+
+/// The least time one attempt gets, also the one at the deadline.
+const LAST_ATTEMPT: Duration = Duration::from_secs(2);
 
 /// One new session and one read of `/CURRENT` over it.
 async fn attempt<C: Connector>(fresh: &mut C) -> Result<C::Session, String> {

@@ -1213,7 +1213,6 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         self.report.result = rolled.result();
         self.report.quarantined = Some(pending.id.to_string());
         self.report.error = Some(err.to_string());
-        tracing::error!("{err}");
         match lifeline::reach(self.fresh, pending.timeout.0).await {
             Ok(mut session) => {
                 if let Err(e) = self.send_report(&mut session).await {

@@ -29,6 +29,10 @@ pub const NIXOS_REBUILD_STANDIN: &str = include_str!("../../../vm-scenarios/bin/
 pub const SYSTEMCTL_STANDIN: &str = include_str!("../../../vm-scenarios/bin/systemctl");
 /// The stand-in for systemd-run (an activation in a unit of its own), shipped the same way.
 pub const SYSTEMD_RUN_STANDIN: &str = include_str!("../../../vm-scenarios/bin/systemd-run");
+/// The stand-in for nix-env (`-p PROFILE --set PATH`, the boot default), at `$TIFFIN_LAB_BIN/nix-env`.
+pub const NIX_ENV_STANDIN: &str = include_str!("../../../vm-scenarios/bin/nix-env");
+/// The stand-in for a reboot (boots the profile's system, starts `tiffin confirm-boot`), at `$TIFFIN_LAB_BIN/reboot`.
+pub const REBOOT_STANDIN: &str = include_str!("../../../vm-scenarios/bin/reboot");
 /// Sets up prebuilt releases (stand-in system flake, signing key), at `$TIFFIN_LAB_BIN/prebuilt-fleet`.
 pub const PREBUILT_FLEET: &str = include_str!("../../../vm-scenarios/bin/prebuilt-fleet");
 /// Nix inside the machines: no sandbox (no user namespaces needed), no binary cache to reach.
@@ -150,6 +154,8 @@ impl Run {
             (self.systemctl_standin(), SYSTEMCTL_STANDIN),
             (self.systemd_run_standin(), SYSTEMD_RUN_STANDIN),
             (bin.join("prebuilt-fleet"), PREBUILT_FLEET),
+            (bin.join("nix-env"), NIX_ENV_STANDIN),
+            (bin.join("reboot"), REBOOT_STANDIN),
         ] {
             tiffin::core::durable::write_atomic(
                 &path,

@@ -93,8 +93,8 @@ fn without_a_fresh_session_within_the_timeout_the_previous_release_comes_back() 
 fn the_rollback_is_reported_as_soon_as_a_fresh_session_works() {
     let mut f = Fixture::new();
     let (first, second) = second_release(&mut f);
-    // Attempts at 0, 1, 3, 7, 15, 30, 45 … 165 s: 15 in the 3 minutes; the next one works.
-    f.unreachable = 15;
+    // Attempts at 0, 1, 3, 7, 15, 30, 45 … 165 and 180 s: 16 in the 3 minutes; the next works.
+    f.unreachable = 16;
     f.poll().unwrap_err();
     assert_eq!(f.fresh_sessions, 1, "one session: the rollback's report");
     let report = f.report();
@@ -201,11 +201,11 @@ fn a_release_timeout_overrides_the_clients() {
     let (_, _) = second_release(&mut f);
     f.apply.confirm_timeout = Some(Interval::secs(10));
     let third = f.publish(&[("config/flake.nix", b"{ t = 10; }\n", 0o644)]);
-    // Attempts at 0, 1, 3 and 7 s; the next would be at 15 s, past 10 s.
-    f.unreachable = 4;
+    // Attempts at 0, 1, 3 and 7 s, and the last at the deadline, 10 s.
+    f.unreachable = 5;
     let err = f.poll().unwrap_err().to_string();
     assert!(
-        err.contains("no fresh session within 10s (4 attempt(s)"),
+        err.contains("no fresh session within 10s (5 attempt(s)"),
         "{err}"
     );
     assert_eq!(f.state().quarantine.unwrap().id, third);
@@ -442,8 +442,8 @@ fn a_watcher_needs_a_fresh_session_too_its_kept_one_never_confirms() {
         "{checked:?}"
     );
     assert_eq!(
-        never.attempts, 30,
-        "15 to confirm, 15 to report the rollback"
+        never.attempts, 32,
+        "16 to confirm, 16 to report the rollback"
     );
     let state = f.state();
     assert_eq!(state.applied.unwrap().id, first);
