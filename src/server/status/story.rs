@@ -197,6 +197,17 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
             format!("until {until}{reason} (`tiffin resume` on the host ends it)"),
         ));
     }
+    if let Some(signed) = &ops.signed {
+        lines.push((
+            "signed",
+            format!(
+                "#{} by {} until {}",
+                signed.seq,
+                signed.signers.join(", "),
+                signed.expires
+            ),
+        ));
+    }
     if row.state == State::Quarantined
         && let Some(id) = &ops.quarantined
     {
