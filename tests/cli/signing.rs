@@ -173,3 +173,30 @@ fn sign_help_teaches() {
     assert_eq!(code, 0, "{out}");
     insta::assert_snapshot!("sign_help", out);
 }
+
+#[test]
+fn check_validates_the_trust_section() {
+    let (fleet, _) = signed_fleet(1, 1);
+    let toml = fs::read_to_string(fleet.root().join("fleet.toml")).unwrap();
+    fleet.write(
+        "fleet.toml",
+        &toml.replace("threshold = 1", "threshold = 3"),
+    );
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("fleet.toml") && out.contains("[trust]"),
+        "{out}"
+    );
+    let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 rsa";
+    fleet.write(
+        "fleet.toml",
+        &format!("{toml}").replace(
+            "threshold = 1\nkeys = [",
+            &format!("threshold = 1\nkeys = [\"{rsa}\", "),
+        ),
+    );
+    let (code, out) = fleet.output(&["check"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("fleet.toml"), "{out}");
+}
