@@ -191,7 +191,7 @@ fn check_validates_the_trust_section() {
     let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 rsa";
     fleet.write(
         "fleet.toml",
-        &format!("{toml}").replace(
+        &toml.replace(
             "threshold = 1\nkeys = [",
             &format!("threshold = 1\nkeys = [\"{rsa}\", "),
         ),
