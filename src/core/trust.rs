@@ -528,7 +528,25 @@ fn counts<'r>(
             key.comment()
         )
     })?;
+    if !user_present(sig) {
+        return Err(format!(
+            "by {fingerprint} ({}) was made by a FIDO token without a touch (user presence): refused, as `ssh-keygen -Y verify` refuses it",
+            key.comment()
+        ));
+    }
     Ok(key)
+}
+
+/// A FIDO signature's flags byte (after the 64-byte ed25519 signature) must have user
+/// presence (0x01): a key made with `no-touch-required` would let any program on the admin's
+/// machine sign. Other keys have no such flag.
+fn user_present(sig: &SshSig) -> bool {
+    if sig.algorithm() != ssh_key::Algorithm::SkEd25519 {
+        return true;
+    }
+    sig.signature_bytes()
+        .get(64)
+        .is_some_and(|flags| flags & 0x01 == 0x01)
 }
 
 /// A statement for `host` and `release`, signed by root's threshold, not expired at `now`

@@ -347,6 +347,12 @@ fn activate(
     let staging = paths.staging();
     ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
     crate::server::signing::install_statement(paths, &host, approval, group)?;
+    // Signed and published: nothing of it is left to sign.
+    let _ = fs::remove_file(
+        opts.state_dir
+            .join(crate::server::signing::TO_SIGN_DIR)
+            .join(format!("{host}.MANIFEST")),
+    );
     let stager = Stager {
         paths,
         host: &host,

@@ -88,6 +88,10 @@ fn a_release_waits_for_its_signatures_and_publish_installs_them() {
         "{current}"
     );
     assert!(chroot.join("STATEMENT").is_file() && chroot.join("STATEMENT.sig").is_file());
+    assert!(
+        !Path::new(&to_sign(&fleet)).exists(),
+        "nothing left to sign once published"
+    );
 
     let (_, story) = fleet.output(&["status", "alpha"]);
     assert!(story.contains("signed      #1 by SHA256:"), "{story}");
