@@ -36,8 +36,12 @@ fn main() {
         keys[..2]
             .iter()
             .map(|k| {
-                k.sign(STATEMENT_NAMESPACE, ssh_key::HashAlg::Sha512, statement.as_bytes())
-                    .unwrap()
+                k.sign(
+                    STATEMENT_NAMESPACE,
+                    ssh_key::HashAlg::Sha512,
+                    statement.as_bytes(),
+                )
+                .unwrap()
             })
             .collect(),
     )
@@ -48,8 +52,15 @@ fn main() {
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let start = Instant::now();
-        check_statement(&root, statement.as_bytes(), sigs.as_bytes(), &host, &release, now)
-            .expect("verifies");
+        check_statement(
+            &root,
+            statement.as_bytes(),
+            sigs.as_bytes(),
+            &host,
+            &release,
+            now,
+        )
+        .expect("verifies");
         times.push(start.elapsed());
     }
     times.sort();

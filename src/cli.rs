@@ -47,7 +47,7 @@ pub enum Command {
         long_about = "Validate the whole fleet repository: fleet.toml, every host.toml and public key, host names, configuration.nix, and every symlink a publish would follow.\n\nEvery problem is listed with its path. Exits 2 if there is any error; warnings alone exit 0."
     )]
     Check(check::Args),
-    /// Sign what the hosts of a signed fleet may apply, with your SSH key (admin's machine)
+    /// Sign what the hosts of a signed fleet may apply, with your SSH key (admin)
     #[command(long_about = sign::LONG_ABOUT)]
     Sign(sign::Args),
     /// Make OpenSSH serve every host: accounts, chroots, keys, sshd drop-in (root)

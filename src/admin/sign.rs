@@ -48,7 +48,9 @@ impl Signer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    #[error("fleet.toml has no [trust] section: add the admins' keys and a threshold first (docs/signing.md)")]
+    #[error(
+        "fleet.toml has no [trust] section: add the admins' keys and a threshold first (docs/signing.md)"
+    )]
     NoTrust,
     #[error("{path}: {source}")]
     Io {
@@ -246,7 +248,12 @@ fn check_against_checkout(
         differences,
     };
     let problems = |p: Vec<crate::core::diag::Problem>| {
-        differs(p.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))
+        differs(
+            p.iter()
+                .map(|p| format!("  {p}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
     };
     let mut sources = host_tree::resolve_host_tree(&fleet.root, &host.name).map_err(problems)?;
     host_tree::common::attach_meta(&host.name, &mut sources, &host.files).map_err(problems)?;
@@ -271,14 +278,20 @@ fn file_differences(ours: &[FileEntry], theirs: &[&FileEntry]) -> Vec<String> {
     let mut lines = Vec::new();
     for f in theirs {
         match ours.iter().find(|o| o.path == f.path) {
-            None => lines.push(format!("  {}: in the release, not in this checkout", f.path)),
+            None => lines.push(format!(
+                "  {}: in the release, not in this checkout",
+                f.path
+            )),
             Some(o) if o != *f => lines.push(format!("  {}: another content or setting", f.path)),
             Some(_) => {}
         }
     }
     for o in ours {
         if !theirs.iter().any(|f| f.path == o.path) {
-            lines.push(format!("  {}: in this checkout, not in the release", o.path));
+            lines.push(format!(
+                "  {}: in this checkout, not in the release",
+                o.path
+            ));
         }
     }
     lines

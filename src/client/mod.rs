@@ -706,7 +706,11 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
                 source,
             })?;
         self.report.seq = Some(manifest.seq);
-        if let Some(a) = self.state.signed.as_ref().filter(|_| self.cfg.trust.is_some())
+        if let Some(a) = self
+            .state
+            .signed
+            .as_ref()
+            .filter(|_| self.cfg.trust.is_some())
             && a.seq != manifest.seq
         {
             let (manifest, signed) = (manifest.seq, a.seq);

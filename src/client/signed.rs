@@ -4,9 +4,9 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::config::ClientConfig;
+use super::remote_path;
 use super::state::{Accepted, State};
 use super::transport::{Remote, RemoteError};
-use super::remote_path;
 use crate::core::hash::sha256_hex;
 use crate::core::layout::{STATEMENT_FILE, STATEMENT_SIG_FILE, TRUST_DIR};
 use crate::core::names::ReleaseId;
@@ -81,7 +81,11 @@ pub async fn check<R: Remote>(
     let hash = crate::core::current::statement(current)
         .ok_or_else(|| SignedError::Unsigned { id: id.clone() })?;
     // Verified before (the same bytes): a no-change poll reads nothing more.
-    if let Some(a) = state.signed.as_ref().filter(|a| a.sha256 == hash && &a.release == id) {
+    if let Some(a) = state
+        .signed
+        .as_ref()
+        .filter(|a| a.sha256 == hash && &a.release == id)
+    {
         return not_expired(a.clone(), now);
     }
     let bytes = remote
@@ -93,7 +97,10 @@ pub async fn check<R: Remote>(
         return Err(SignedError::Mismatch { id, expected, got });
     }
     let sigs = remote
-        .read(&remote_path(&[STATEMENT_SIG_FILE]), MAX_SIGNATURE_BYTES as u64)
+        .read(
+            &remote_path(&[STATEMENT_SIG_FILE]),
+            MAX_SIGNATURE_BYTES as u64,
+        )
         .await?;
     let mut root = current_root(cfg, pinned);
     if let Ok(s) = Statement::parse(&bytes)
@@ -105,8 +112,8 @@ pub async fn check<R: Remote>(
         id: id.clone(),
         source,
     };
-    let (statement, signers) =
-        trust::check_statement(&root, &bytes, &sigs, &cfg.host, id, now).map_err(|e| match e {
+    let (statement, signers) = trust::check_statement(&root, &bytes, &sigs, &cfg.host, id, now)
+        .map_err(|e| match e {
             trust::TrustError::Expired { expires } => SignedError::Expired {
                 id: id.clone(),
                 expires,
@@ -117,7 +124,11 @@ pub async fn check<R: Remote>(
         && (statement.seq < applied.seq || (statement.seq == applied.seq && &applied.id != id))
     {
         let (id, seq, applied_seq) = (id.clone(), statement.seq, applied.seq);
-        return Err(SignedError::Rollback { id, seq, applied_seq });
+        return Err(SignedError::Rollback {
+            id,
+            seq,
+            applied_seq,
+        });
     }
     Ok(Accepted {
         sha256: hash,

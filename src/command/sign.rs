@@ -76,7 +76,9 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     let expires = crate::core::clock::now() + lifetime.0;
     for target in &args.targets {
         let signed = if args.cosign || args.renew {
-            let host: HostName = target.parse().map_err(|e| Error::Usage(format!("{target}: {e}")))?;
+            let host: HostName = target
+                .parse()
+                .map_err(|e| Error::Usage(format!("{target}: {e}")))?;
             if args.cosign {
                 sign::cosign(&fleet, &host, &signer)
             } else {
@@ -92,7 +94,11 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
 
 fn said(s: &Signed) {
     let more = if (s.signatures as u32) < s.threshold {
-        format!("; {} more needed (`tiffin sign --cosign {}`)", s.threshold - s.signatures as u32, s.host)
+        format!(
+            "; {} more needed (`tiffin sign --cosign {}`)",
+            s.threshold - s.signatures as u32,
+            s.host
+        )
     } else {
         "; publish it: `tiffin publish` on the server".into()
     };

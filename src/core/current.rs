@@ -98,8 +98,11 @@ pub fn statement(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);
     text.lines().skip(1).find_map(|l| {
         let hex = l.strip_prefix("statement ")?.trim();
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then(|| hex.to_owned())
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| hex.to_owned())
     })
 }
 

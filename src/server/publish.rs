@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -221,7 +221,12 @@ fn publish_signed(
     let paths = ChrootPaths::new(&opts.chroot_root, &host.name);
     if opts.mode == Mode::Write {
         let rotations = signing::rotations(&fleet.root, trust)?;
-        signing::ship_rotations(&paths, &host.name, &rotations, host_group(fleet, &host.name))?;
+        signing::ship_rotations(
+            &paths,
+            &host.name,
+            &rotations,
+            host_group(fleet, &host.name),
+        )?;
     }
     let next = match prepared {
         Prepared::Unchanged { id, seq } => {
@@ -230,36 +235,67 @@ fn publish_signed(
         Prepared::Next(next) => next,
     };
     let staged = signing::staged_like(&paths, &next.manifest);
+    let approval = match &staged {
+        Some((id, _)) => signing::approval(fleet, trust, &host.name, id, opts.now)
+            .or_else(signing::still_signing)?,
+        None => None,
+    };
     if let Some((id, seq)) = &staged
-        && let Some(approval) = signing::approval(fleet, trust, &host.name, id, opts.now)?
+        && let Some(approval) = approval
     {
         if opts.mode == Mode::DryRun {
             let (id, seq, change) = (id.clone(), *seq, next.change);
             let mode = Mode::DryRun;
-            return Ok(Outcome::Published { id, seq, change, pruned: 0, mode });
+            return Ok(Outcome::Published {
+                id,
+                seq,
+                change,
+                pruned: 0,
+                mode,
+            });
         }
-        return activate(fleet, (&paths, &host.name), opts, (id.clone(), *seq), &approval, next.change);
+        return activate(
+            fleet,
+            (&paths, &host.name),
+            opts,
+            (id.clone(), *seq),
+            &approval,
+            next.change,
+        );
     }
-    if let Some((id, seq)) = staged {
-        let to_sign = match opts.mode {
-            Mode::Write => Some(signing::leave_to_sign(&opts.state_dir, &paths, &host.name, &id)?),
-            Mode::DryRun => None,
-        };
-        let (change, mode) = (next.change, opts.mode);
-        return Ok(Outcome::AwaitingSignature { id, seq, change, to_sign, mode });
-    }
-    if opts.mode == Mode::DryRun {
-        let (id, seq, change) = (next.manifest.id(), next.manifest.seq, next.change);
-        let mode = Mode::DryRun;
-        return Ok(Outcome::AwaitingSignature { id, seq, change, to_sign: None, mode });
-    }
-    let Outcome::Published { id, seq, change, .. } = install(fleet, *next, opts, Gate::Stage)?
-    else {
-        unreachable!("install returns Published");
+    stage_to_sign(fleet, (&paths, &host.name), opts, staged, *next)
+}
+
+/// No statement for the release yet: it is staged once (publishing again finds it) and its
+/// MANIFEST left for the admins to sign.
+fn stage_to_sign(
+    fleet: &Fleet,
+    (paths, host): (&ChrootPaths, &HostName),
+    opts: &PublishOptions,
+    staged: Option<(ReleaseId, u64)>,
+    next: Next,
+) -> Result<Outcome, PublishError> {
+    use crate::server::signing;
+    let (change, mode) = (next.change, opts.mode);
+    let (id, seq) = match (staged, mode) {
+        (Some(staged), _) => staged,
+        (None, Mode::DryRun) => (next.manifest.id(), next.manifest.seq),
+        (None, Mode::Write) => match install(fleet, next, opts, Gate::Stage)? {
+            Outcome::Published { id, seq, .. } => (id, seq),
+            _ => unreachable!("install returns Published"),
+        },
     };
-    let to_sign = signing::leave_to_sign(&opts.state_dir, &paths, &host.name, &id)?;
-    let mode = Mode::Write;
-    Ok(Outcome::AwaitingSignature { id, seq, change, to_sign: Some(to_sign), mode })
+    let to_sign = match mode {
+        Mode::Write => Some(signing::leave_to_sign(&opts.state_dir, paths, host, &id)?),
+        Mode::DryRun => None,
+    };
+    Ok(Outcome::AwaitingSignature {
+        id,
+        seq,
+        change,
+        to_sign,
+        mode,
+    })
 }
 
 /// The release is current already: a statement for it that is not the installed one (a new
@@ -281,8 +317,15 @@ fn renew(
     }
     if opts.mode == Mode::Write {
         let group = host_group(fleet, &host);
+        let staging = paths.staging();
+        ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
         signing::install_statement(paths, &host, &approval, group)?;
-        let stager = Stager { paths, host: &host, group, fault: opts.fault };
+        let stager = Stager {
+            paths,
+            host: &host,
+            group,
+            fault: opts.fault,
+        };
         stager.swap_current(&id, Some(&approval.sha256))?;
     }
     let expires = approval.statement.expires.clone();
@@ -301,8 +344,15 @@ fn activate(
 ) -> Result<Outcome, PublishError> {
     let host = host.clone();
     let group = host_group(fleet, &host);
+    let staging = paths.staging();
+    ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
     crate::server::signing::install_statement(paths, &host, approval, group)?;
-    let stager = Stager { paths, host: &host, group, fault: opts.fault };
+    let stager = Stager {
+        paths,
+        host: &host,
+        group,
+        fault: opts.fault,
+    };
     stager.swap_current(&id, Some(&approval.sha256))?;
     let pruned = prune(paths, &id, opts.keep_releases).map_err(io_error(
         &host,
@@ -310,7 +360,13 @@ fn activate(
         &paths.releases(),
     ))?;
     let mode = Mode::Write;
-    Ok(Outcome::Published { id, seq, change, pruned, mode })
+    Ok(Outcome::Published {
+        id,
+        seq,
+        change,
+        pruned,
+        mode,
+    })
 }
 
 /// Resolves and hashes the host's directory and compares it with the current release.
@@ -681,20 +737,7 @@ fn copy_hashing(src: &Path, dest: &Path, group: Option<u32>) -> std::io::Result<
     Ok(Copied { sha256, size })
 }
 
-/// Creates `dir` (one level) with `mode` and, as root, owner root and the host's group.
-pub fn ensure_dir(dir: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
-    match fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => {
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
-            if let Some(gid) = group {
-                std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(e),
-    }
-}
+pub use crate::core::durable::ensure_dir;
 
 fn ensure_dir_all(base: &Path, dir: &Path, group: Option<u32>) -> std::io::Result<()> {
     if dir == base || dir.is_dir() {

@@ -95,6 +95,18 @@ pub fn approval(
     }))
 }
 
+/// A statement that is only short of signatures (every one it has is good) is one the admins
+/// are still signing: the release waits, as without a statement; anything else is refused.
+pub fn still_signing(e: SigningError) -> Result<Option<Approval>, SigningError> {
+    match e {
+        SigningError::Refused {
+            source: trust::TrustError::Threshold { ref rejected, .. },
+            ..
+        } if rejected.is_empty() => Ok(None),
+        e => Err(e),
+    }
+}
+
 fn read_optional(host: &HostName, path: &Path) -> Result<Option<Vec<u8>>, SigningError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
@@ -182,12 +194,20 @@ pub fn installed_statement(paths: &ChrootPaths) -> Option<String> {
     fs::read(paths.statement()).ok().map(|b| sha256_hex(&b))
 }
 
+/// One rotation of the root of trust: version n's canonical bytes and their signatures.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub version: u64,
+    pub root: Vec<u8>,
+    pub signatures: Vec<u8>,
+}
+
 /// The rotations a host pinned to an older root needs: `trust/root-<n>.toml` and `.sig` for
 /// every version after the first up to the fleet's, each verified against the one before.
 pub fn rotations(
     fleet_root: &Path,
     settings: &TrustSettings,
-) -> Result<Vec<(u64, Vec<u8>, Vec<u8>)>, SigningError> {
+) -> Result<Vec<Rotation>, SigningError> {
     let mut out = Vec::new();
     let (first, _) = root_files(fleet_root, 1);
     let Ok(text) = fs::read_to_string(&first) else {
@@ -209,7 +229,11 @@ pub fn rotations(
         let next = fs::read(&toml).unwrap_or_default();
         let sigs = fs::read(&sig).unwrap_or_default();
         current = trust::check_rotation(&current, &next, &sigs).map_err(bad)?;
-        out.push((n, next, sigs));
+        out.push(Rotation {
+            version: n,
+            root: next,
+            signatures: sigs,
+        });
     }
     Ok(out)
 }
@@ -218,7 +242,7 @@ pub fn rotations(
 pub fn ship_rotations(
     paths: &ChrootPaths,
     host: &HostName,
-    rotations: &[(u64, Vec<u8>, Vec<u8>)],
+    rotations: &[Rotation],
     group: Option<u32>,
 ) -> Result<(), SigningError> {
     if rotations.is_empty() {
@@ -229,10 +253,15 @@ pub fn ship_rotations(
         move |source| SigningError::Io { host, path, source }
     };
     let dir = paths.trust();
-    crate::server::publish::ensure_dir(&dir, SERVER_DIR_MODE, group).map_err(io(&dir))?;
+    durable::ensure_dir(&dir, SERVER_DIR_MODE, group).map_err(io(&dir))?;
     let owner = group.map_or(durable::Owner::Caller, durable::Owner::RootGroup);
-    for (n, toml, sig) in rotations {
-        for (name, bytes) in [(format!("root-{n}.sig"), sig), (format!("root-{n}.toml"), toml)] {
+    for r in rotations {
+        let n = r.version;
+        let files = [
+            (format!("root-{n}.sig"), &r.signatures),
+            (format!("root-{n}.toml"), &r.root),
+        ];
+        for (name, bytes) in files {
             let path = dir.join(name);
             if fs::read(&path).ok().as_ref() == Some(bytes) {
                 continue;

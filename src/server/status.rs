@@ -259,7 +259,7 @@ fn signed_status(
         &published.id,
         now,
     );
-    let keep = matches!(row.state, State::Unreadable | State::Stale | State::NeverSeen);
+    let keep = matches!(row.state, State::Unreadable | State::Stale);
     let bad = |row: &mut HostStatus, state: State, why: String| {
         if !keep {
             row.state = state;

@@ -70,7 +70,10 @@ fn a_release_waits_for_its_signatures_and_publish_installs_them() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 of 2 signature(s); 1 more needed"), "{out}");
     let (_, out) = fleet.output(&["publish"]);
-    assert!(out.contains("waiting for the admins' signatures"), "one is not enough: {out}");
+    assert!(
+        out.contains("waiting for the admins' signatures"),
+        "one is not enough: {out}"
+    );
 
     let (code, out) = sign(&fleet, &keys[1], &["--cosign", "alpha"]);
     assert_eq!(code, 0, "{out}");
@@ -80,7 +83,10 @@ fn a_release_waits_for_its_signatures_and_publish_installs_them() {
     assert!(out.contains("published release #1"), "{out}");
     let chroot = fleet.chroots().join("alpha");
     let current = fs::read_to_string(chroot.join("CURRENT")).unwrap();
-    assert!(current.lines().any(|l| l.starts_with("statement ")), "{current}");
+    assert!(
+        current.lines().any(|l| l.starts_with("statement ")),
+        "{current}"
+    );
     assert!(chroot.join("STATEMENT").is_file() && chroot.join("STATEMENT.sig").is_file());
 
     let (_, story) = fleet.output(&["status", "alpha"]);
@@ -93,11 +99,17 @@ fn a_release_waits_for_its_signatures_and_publish_installs_them() {
 fn sign_refuses_a_release_that_is_not_what_the_checkout_holds() {
     let (fleet, keys) = signed_fleet(1, 1);
     fleet.tiffin(&["publish"]).assert().success();
-    fleet.write("hosts/alpha/configuration.nix", "{ ... }: { changed = true; }\n");
+    fleet.write(
+        "hosts/alpha/configuration.nix",
+        "{ ... }: { changed = true; }\n",
+    );
     let (code, out) = sign(&fleet, &keys[0], &[&to_sign(&fleet)]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("is not what this checkout holds"), "{out}");
-    assert!(out.contains("config/configuration.nix: another content"), "{out}");
+    assert!(
+        out.contains("config/configuration.nix: another content"),
+        "{out}"
+    );
     assert!(!fleet.root().join("signed/alpha.statement").exists());
 }
 
@@ -108,7 +120,9 @@ fn a_statement_forged_on_the_server_makes_the_host_unverifiable() {
     sign(&fleet, &keys[0], &[&to_sign(&fleet)]);
     fleet.tiffin(&["publish"]).assert().success();
     let path = fleet.chroots().join("alpha/STATEMENT");
-    let forged = fs::read_to_string(&path).unwrap().replace("seq = 1", "seq = 9");
+    let forged = fs::read_to_string(&path)
+        .unwrap()
+        .replace("seq = 1", "seq = 9");
     fs::write(&path, forged).unwrap();
     let (code, out) = fleet.output(&["status", "alpha"]);
     assert_eq!(code, 3, "{out}");
@@ -136,7 +150,13 @@ fn an_expired_statement_shows_and_renewing_it_makes_no_new_release() {
     let (code, out) = later(&["status", "alpha"]);
     assert_eq!(code, 3, "{out}");
     assert!(out.starts_with("alpha: expired"), "{out}");
-    let (code, out) = later(&["sign", "--key", keys[0].to_str().unwrap(), "--renew", "alpha"]);
+    let (code, out) = later(&[
+        "sign",
+        "--key",
+        keys[0].to_str().unwrap(),
+        "--renew",
+        "alpha",
+    ]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = later(&["publish"]);
     assert_eq!(code, 0, "{out}");
@@ -144,4 +164,12 @@ fn an_expired_statement_shows_and_renewing_it_makes_no_new_release() {
     assert_eq!(first_line(&fleet), release, "the same release");
     let (code, out) = later(&["status", "alpha"]);
     assert!(!out.starts_with("alpha: expired"), "{code}: {out}");
+}
+
+#[test]
+fn sign_help_teaches() {
+    let fleet = TestFleet::bare();
+    let (code, out) = fleet.output(&["sign", "--help"]);
+    assert_eq!(code, 0, "{out}");
+    insta::assert_snapshot!("sign_help", out);
 }

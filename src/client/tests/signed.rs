@@ -38,7 +38,14 @@ fn signed_fixture() -> Fixture {
 }
 
 /// Signs `id` for `host` with `keys`, installs STATEMENT(.sig) and CURRENT's statement line.
-fn approve(f: &mut Fixture, id: &ReleaseId, host: &str, seq: u64, expires: &str, keys: &[&ssh_key::PrivateKey]) {
+fn approve(
+    f: &mut Fixture,
+    id: &ReleaseId,
+    host: &str,
+    seq: u64,
+    expires: &str,
+    keys: &[&ssh_key::PrivateKey],
+) {
     let statement = Statement {
         host: host.parse().unwrap(),
         release: id.clone(),
@@ -48,10 +55,13 @@ fn approve(f: &mut Fixture, id: &ReleaseId, host: &str, seq: u64, expires: &str,
     }
     .render();
     f.remote.put("/STATEMENT", statement.as_bytes());
-    f.remote
-        .put("/STATEMENT.sig", sign(keys, STATEMENT_NAMESPACE, statement.as_bytes()));
+    f.remote.put(
+        "/STATEMENT.sig",
+        sign(keys, STATEMENT_NAMESPACE, statement.as_bytes()),
+    );
     let line = crate::core::hash::sha256_hex(statement.as_bytes());
-    f.remote.put("/CURRENT", format!("{id}\nstatement {line}\n"));
+    f.remote
+        .put("/CURRENT", format!("{id}\nstatement {line}\n"));
 }
 
 const LATER: &str = "2027-06-01T00:00:00Z";
@@ -77,7 +87,10 @@ fn an_unsigned_release_is_never_applied_by_a_signed_host() {
     let err = f.poll().unwrap_err().to_string();
     assert!(err.contains("is not signed"), "{err}");
     assert_eq!(f.calls(), "", "nothing rebuilt");
-    assert!(!f.root().join("etc/app/secret").exists(), "nothing deployed");
+    assert!(
+        !f.root().join("etc/app/secret").exists(),
+        "nothing deployed"
+    );
     assert_eq!(f.report().result, PullResult::Failed);
 }
 
@@ -102,7 +115,8 @@ fn a_forged_release_a_foreign_key_another_host_or_an_expiry_are_refused() {
             let forged = f.publish_with_seq(&files, 1);
             let text = String::from_utf8(f.remote.files["/STATEMENT"].clone()).unwrap();
             let hash = crate::core::hash::sha256_hex(text.as_bytes());
-            f.remote.put("/CURRENT", format!("{forged}\nstatement {hash}\n"));
+            f.remote
+                .put("/CURRENT", format!("{forged}\nstatement {hash}\n"));
         }
         let err = f.poll().unwrap_err().to_string();
         let expected = match case {
@@ -111,7 +125,10 @@ fn a_forged_release_a_foreign_key_another_host_or_an_expiry_are_refused() {
         };
         assert!(err.contains(expected), "{case}: {err}");
         assert_eq!(f.calls(), "", "{case}: nothing rebuilt");
-        assert!(!f.root().join("etc/app/secret").exists(), "{case}: nothing deployed");
+        assert!(
+            !f.root().join("etc/app/secret").exists(),
+            "{case}: nothing deployed"
+        );
     }
 }
 
@@ -155,8 +172,10 @@ fn a_rotation_signed_by_both_thresholds_is_followed_and_a_lone_one_is_not() {
     for (signers, adopted) in [(vec![&old, &new], true), (vec![&new], false)] {
         let mut f = signed_fixture();
         f.remote.put("/trust/root-2.toml", next.as_bytes());
-        f.remote
-            .put("/trust/root-2.sig", sign(&signers, ROOT_NAMESPACE, next.as_bytes()));
+        f.remote.put(
+            "/trust/root-2.sig",
+            sign(&signers, ROOT_NAMESPACE, next.as_bytes()),
+        );
         let id = f.publish(&base_files());
         let statement = Statement {
             host: "client1".parse().unwrap(),
@@ -167,13 +186,19 @@ fn a_rotation_signed_by_both_thresholds_is_followed_and_a_lone_one_is_not() {
         }
         .render();
         f.remote.put("/STATEMENT", statement.as_bytes());
-        f.remote
-            .put("/STATEMENT.sig", sign(&[&new], STATEMENT_NAMESPACE, statement.as_bytes()));
+        f.remote.put(
+            "/STATEMENT.sig",
+            sign(&[&new], STATEMENT_NAMESPACE, statement.as_bytes()),
+        );
         let line = crate::core::hash::sha256_hex(statement.as_bytes());
-        f.remote.put("/CURRENT", format!("{id}\nstatement {line}\n"));
+        f.remote
+            .put("/CURRENT", format!("{id}\nstatement {line}\n"));
         let polled = f.poll();
         assert_eq!(polled.is_ok(), adopted, "{polled:?}");
-        let kept = f.cfg.state_dir.join(crate::client::signed::ADOPTED_ROOT_FILE);
+        let kept = f
+            .cfg
+            .state_dir
+            .join(crate::client::signed::ADOPTED_ROOT_FILE);
         assert_eq!(kept.exists(), adopted);
     }
 }
