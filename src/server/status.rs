@@ -250,6 +250,22 @@ fn signed_status(
     };
     let statement = std::fs::read(paths.statement()).unwrap_or_default();
     let sigs = std::fs::read(paths.statement_sig()).unwrap_or_default();
+    // What the host checks first: CURRENT names this very statement.
+    let line = std::fs::read(paths.current())
+        .ok()
+        .and_then(|b| crate::core::current::statement(&b));
+    if line.as_deref() != Some(crate::core::hash::sha256_hex(&statement).as_str()) {
+        if !matches!(row.state, State::Unreadable | State::Stale) {
+            row.state = State::Unverifiable;
+        }
+        let why = "CURRENT names no signed statement, or another one than STATEMENT: the host will refuse the release as unsigned";
+        row.error = Some(
+            row.error
+                .take()
+                .map_or(why.into(), |e| format!("{why}; {e}")),
+        );
+        return;
+    }
     let root = trust.root();
     let checked = crate::core::trust::check_statement(
         &root,
@@ -286,14 +302,24 @@ fn signed_status(
                 signers: signers.0,
             });
         }
-        Err(crate::core::trust::TrustError::Expired { expires }) => bad(
-            row,
-            State::Expired,
-            format!(
-                "the signed statement expired at {expires}: the host applies nothing new until it is renewed (`tiffin sign --renew {}`)",
-                row.host
-            ),
-        ),
+        Err(crate::core::trust::TrustError::Expired { expires }) => {
+            // The metrics keep the expiry (and seq) of an expired statement.
+            if let Ok(st) = crate::core::trust::Statement::parse(&statement) {
+                row.ops.signed = Some(SignedStatus {
+                    seq: st.seq,
+                    expires: st.expires,
+                    signers: Vec::new(),
+                });
+            }
+            bad(
+                row,
+                State::Expired,
+                format!(
+                    "the signed statement expired at {expires}: the host applies nothing new until it is renewed (`tiffin sign --renew {}`)",
+                    row.host
+                ),
+            )
+        }
         Err(e) => bad(
             row,
             State::Unverifiable,

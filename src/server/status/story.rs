@@ -200,12 +200,15 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
     if let Some(signed) = &ops.signed {
         lines.push((
             "signed",
-            format!(
-                "#{} by {} until {}",
-                signed.seq,
-                signed.signers.join(", "),
-                signed.expires
-            ),
+            match signed.signers.is_empty() {
+                true => format!("#{} until {}", signed.seq, signed.expires),
+                false => format!(
+                    "#{} by {} until {}",
+                    signed.seq,
+                    signed.signers.join(", "),
+                    signed.expires
+                ),
+            },
         ));
     }
     if row.state == State::Quarantined
