@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::command::error::{Error, Exit};
 use crate::command::{
-    check, confirm_boot, host, init, pause, provision, publish, pull, status, trigger, verify,
+    check, confirm_boot, host, init, pause, provision, publish, pull, sign, status, trigger, verify,
 };
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -47,6 +47,9 @@ pub enum Command {
         long_about = "Validate the whole fleet repository: fleet.toml, every host.toml and public key, host names, configuration.nix, and every symlink a publish would follow.\n\nEvery problem is listed with its path. Exits 2 if there is any error; warnings alone exit 0."
     )]
     Check(check::Args),
+    /// Sign what the hosts of a signed fleet may apply, with your SSH key (admin)
+    #[command(long_about = sign::LONG_ABOUT)]
+    Sign(sign::Args),
     /// Make OpenSSH serve every host: accounts, chroots, keys, sshd drop-in (root)
     #[command(
         long_about = "Make OpenSSH serve every host of the fleet (run as root on the server).\n\nFor each host: a system account <user_prefix><host> with its own group, a nologin shell and the password field '*' (no password, but not locked: sshd refuses key logins to locked accounts); the chroot <chroot_root>/<host> with releases/ and reports/, whose owners and modes are repaired when wrong; the host's key in <authorized_keys_dir>/<account>, marked `restrict`; and one `Match User` block per account in the sshd drop-in (SFTP only, chrooted, no forwarding, no TTY).\n\nThe plan is printed first, one line per change, with the drop-in's diff; --dry-run stops there. The new drop-in is checked with `sshd -t` before sshd is reloaded; if sshd refuses it, the previous drop-in stays. A second run prints \"nothing to do\". tiffin never edits sshd_config itself: if it lacks the Include for the drop-in, the line to add is printed.\n\nTIFFIN_SSHD_RELOAD=auto|systemd|pidfile|pidfile:/PATH|none chooses how sshd is reloaded (auto: systemctl when systemd runs, else SIGHUP to the pid in sshd's PidFile)."
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Init(args) => init::run(args),
         Command::Host(cmd) => host::run(cmd),
         Command::Check(args) => check::run(args),
+        Command::Sign(args) => sign::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Status(args) => status::run(args),
         Command::Verify(args) => verify::run(args),

@@ -14,6 +14,7 @@
   clientSettings = import ../lib/client-settings.nix {
     inherit (cfg) host server port user identityFile serverPublicKey;
     confirmTimeout = cfg.confirm.timeout;
+    inherit (cfg) trust;
     settings =
       cfg.settings
       // lib.optionalAttrs (cfg.cachePublicKey != null) {cache_public_key = cfg.cachePublicKey;};
@@ -268,6 +269,81 @@ in {
       '';
     };
 
+    trust = lib.mkOption {
+      type = lib.types.nullOr (lib.types.submodule {
+        options = {
+          version = lib.mkOption {
+            type = lib.types.ints.positive;
+            example = 1;
+            description = ''
+              The root's version, fleet.toml's `[trust] version`: raised by
+              one at each rotation of the admins' keys. The host never accepts
+              a root of a lower version than the one it holds.
+            '';
+          };
+          threshold = lib.mkOption {
+            type = lib.types.ints.positive;
+            example = 2;
+            description = ''
+              How many distinct keys of {option}`keys` must have signed a
+              release's statement (k of n) before this host applies it. At
+              most the number of keys.
+            '';
+          };
+          keys = lib.mkOption {
+            type = lib.types.nonEmptyListOf (lib.types.strMatching "(ssh-ed25519|sk-ssh-ed25519@openssh[.]com) [A-Za-z0-9+/=]+( .*)?");
+            example = [
+              "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0F/EMgr0VKJtAWiIm+AEip+1wxUFWA08fWuUB5qDC alice@laptop"
+              "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA6dkD320lyE5ol4Pk3CL/IH+GrQZirQhq8MA2n4psgmAAAABHNzaDo= bob@yubikey"
+            ];
+            description = ''
+              The admins' public keys, one OpenSSH public key line each
+              (`ssh-ed25519 AAAA… alice@laptop`), as in fleet.toml's `[trust]
+              keys`. Only `ssh-ed25519` and FIDO `sk-ssh-ed25519@openssh.com`
+              keys are accepted; the comment is kept for the reader.
+            '';
+          };
+        };
+      });
+      default = null;
+      example = lib.literalExpression ''
+        {
+          version = 1;
+          threshold = 2;
+          keys = [
+            "ssh-ed25519 AAAA… alice@laptop"
+            "sk-ssh-ed25519@openssh.com AAAA… bob@yubikey"
+            "ssh-ed25519 AAAA… ci"
+          ];
+        }
+      '';
+      description = ''
+        The fleet's root of trust this host is pinned to: the `[trust]` table
+        of {file}`/etc/tiffin/client.toml` (version, threshold and the admins'
+        keys; tiffin's docs/signing.md). It is written at enrollment, in the
+        configuration the host is installed with, and each signed release
+        carries it on. The fleet template's {file}`common/tiffin.nix` sets it
+        from the `[trust]` section of the fleet's {file}`fleet.toml` (its
+        version, threshold and keys; `expiry` and `warn_before` are for the
+        admins' tools), so it is rarely set by hand.
+
+        With it, the host applies only a release whose statement (this host's
+        name, the release id, a seq and an expiry) is signed by
+        {option}`threshold` distinct keys of the root, and refuses, reporting
+        why and applying nothing: a release with no statement (an unsigned
+        release), a statement for another host or release, signed by too few
+        of the keys, past its expiry (the host keeps what it runs and reports
+        `expired`), or older than the release it runs (a rollback); and a new
+        root (a rotation of the keys) not signed by the threshold of both the
+        old and the new keys. A root it adopted through a rotation is kept in
+        its state directory (`trust-root.toml`); the host never goes back to a
+        lower version.
+
+        `null` (the default): releases are trusted as the server serves them,
+        as in a fleet without signing.
+      '';
+    };
+
     settings = lib.mkOption {
       type = lib.types.submodule {freeformType = settingsFormat.type;};
       default = {};
@@ -278,9 +354,9 @@ in {
       description = ''
         Further keys of {file}`/etc/tiffin/client.toml` (tiffin's
         `docs/formats.md`, "Client"), such as `state_dir`, `root`, `rebuild`
-        or the timeouts. `host`, `server`, `user`, `identity`, `server_key`
-        and `confirm_timeout` come from the options above and cannot be set
-        here.
+        or the timeouts. `host`, `server`, `user`, `identity`, `server_key`,
+        `confirm_timeout` and `trust` come from the options above and cannot
+        be set here.
       '';
     };
   };

@@ -117,6 +117,29 @@
       }
     ];
   noConfirm = withConfirm {enable = false;};
+  # Signed releases: the root of trust this host is pinned to.
+  withTrust = trust:
+    eval [
+      (repo + "/nix/modules/client.nix")
+      {
+        services.tiffin.client = {
+          enable = true;
+          server = "fleet.example.org";
+          serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
+          inherit trust;
+        };
+      }
+    ];
+  trustKeys = [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0F/EMgr0VKJtAWiIm+AEip+1wxUFWA08fWuUB5qDC alice@laptop"
+    "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA6dkD320lyE5ol4Pk3CL/IH+GrQZirQhq8MA2n4psgmAAAABHNzaDo= bob@yubikey"
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q ci"
+  ];
+  trusted = withTrust {
+    version = 2;
+    threshold = 2;
+    keys = trustKeys;
+  };
   confirmTimeout = withConfirm {timeout = "90s";};
   # client.toml as the module writes it (the stub's TOML generator writes JSON;
   # static-check evaluates this file with --read-write-mode, so it is written).
@@ -184,6 +207,76 @@ in {
   confirmTimeoutToml = clientToml confirmTimeout.config;
   # Not a duration, or confirm_timeout in settings as well as confirm.timeout: refused.
   badConfirmTimeout = evaluates (withConfirm {timeout = "soon";}).config;
+  # services.tiffin.client.trust: client.toml's [trust] (version, threshold,
+  # keys), nothing when null; refused: settings.trust beside it, a key type
+  # tiffin does not accept, a threshold of 0 or above the number of keys.
+  trustOption = c.services.tiffin.client.trust;
+  trustToml = clientToml trusted.config;
+  trustKeys = trustKeys;
+  trustUnits = builtins.attrNames trusted.config.systemd.services;
+  trustTwice =
+    evaluates
+    (trusted.extendModules {
+      modules = [{services.tiffin.client.settings.trust = {version = 1;};}];
+    })
+    .config;
+  trustRsaKey =
+    evaluates
+    (withTrust {
+      version = 1;
+      threshold = 1;
+      keys = ["ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 rsa@laptop"];
+    })
+    .config;
+  trustEcdsaSk =
+    evaluates
+    (withTrust {
+      version = 1;
+      threshold = 1;
+      keys = ["sk-ecdsa-sha2-nistp256@openssh.com AAAAInNrLWVjZHNh carol@token"];
+    })
+    .config;
+  trustNoKeys =
+    evaluates
+    (withTrust {
+      version = 1;
+      threshold = 1;
+      keys = [];
+    })
+    .config;
+  trustThresholdZero =
+    evaluates
+    (withTrust {
+      version = 1;
+      threshold = 0;
+      keys = trustKeys;
+    })
+    .config;
+  trustThresholdAbove =
+    evaluates
+    (withTrust {
+      version = 1;
+      threshold = 4;
+      keys = trustKeys;
+    })
+    .config;
+  trustVersionZero =
+    evaluates
+    (withTrust {
+      version = 0;
+      threshold = 1;
+      keys = trustKeys;
+    })
+    .config;
+  trustExtraKey =
+    evaluates
+    (withTrust {
+      version = 1;
+      threshold = 1;
+      keys = trustKeys;
+      expiry = "30d";
+    })
+    .config;
   confirmTimeoutTwice =
     evaluates
     (confirmTimeout.extendModules {

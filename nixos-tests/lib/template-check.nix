@@ -49,7 +49,7 @@ in {
     lib.mapAttrs (_: system: let
       c = system.config.services.tiffin.client;
     in {
-      inherit (c) enable host server port serverPublicKey interval user;
+      inherit (c) enable host server port serverPublicKey interval user trust;
       package = c.package.name;
       sshd = {inherit (system.config.services.openssh.settings) PasswordAuthentication KbdInteractiveAuthentication;};
       timer = system.config.systemd.timers.tiffin-pull or null;

@@ -442,7 +442,7 @@
 
   expectStatus = what: s: let
     hosts = s.hosts or (fail "${what}: `hosts` is required");
-    states = ["up-to-date" "pending" "failed" "rolled-back" "quarantined" "stale" "never-seen" "paused" "drifted"];
+    states = ["up-to-date" "pending" "failed" "rolled-back" "quarantined" "stale" "never-seen" "paused" "drifted" "expired" "unverifiable"];
   in
     ''
       out = server.succeed("tiffin status --json --fleet ${fleetDir} || test $? -eq 3")

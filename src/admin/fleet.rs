@@ -14,6 +14,7 @@ use crate::core::settings::{ApplyOverrides, ApplyPolicy, Interval};
 pub mod files;
 pub mod prebuilt;
 pub mod rules;
+pub mod trust;
 
 pub const FLEET_FILE: &str = "fleet.toml";
 pub const HOST_FILE: &str = "host.toml";
@@ -152,6 +153,9 @@ pub struct FleetConfig {
     pub server: ServerSettings,
     #[serde(default)]
     pub defaults: HostDefaults,
+    /// Signed releases: hosts apply only what the threshold of these keys signed (docs/signing.md).
+    #[serde(default)]
+    pub trust: Option<trust::TrustSettings>,
 }
 
 /// `hosts/<name>/host.toml` as written.
@@ -215,6 +219,7 @@ impl Fleet {
             }
         };
         problems.extend(rules::problems(&config.server));
+        problems.extend(config.trust.iter().flat_map(trust::TrustSettings::problems));
         client_settings_problems(&config, &mut problems);
         problems.extend(template_problems(root));
         let mut hosts = BTreeMap::new();

@@ -2,3 +2,4 @@
 
 pub mod fleet;
 pub mod host_tree;
+pub mod sign;

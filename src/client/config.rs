@@ -203,6 +203,8 @@ struct RawConfig {
     confirm_timeout: Interval,
     #[serde(default = "default_system_profile")]
     system_profile: AbsPath,
+    /// `[trust]`: version, threshold and keys of the fleet's root of trust.
+    trust: Option<crate::core::trust::TrustRoot>,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -246,6 +248,9 @@ impl RawConfig {
     /// The rules between keys, and the defaults that depend on other keys.
     fn validate(self, path: &Path) -> Result<ClientConfig, ConfigError> {
         let prebuilt = self.prebuilt_settings(path)?;
+        if let Some(Err(e)) = self.trust.as_ref().map(|t| t.validate()) {
+            return Err(invalid(path, Some("trust"), e.to_string()));
+        }
         let user = match self.user {
             Some(u) if valid_account_name(&u) => u,
             Some(u) => {
@@ -306,6 +311,7 @@ impl RawConfig {
             poll_interval: self.poll_interval,
             confirm_timeout: self.confirm_timeout,
             system_profile: self.system_profile.0,
+            trust: self.trust,
         })
     }
 }
@@ -439,6 +445,9 @@ pub struct ClientConfig {
     /// The system profile whose generations are the boot entries (`nixos-rebuild` and
     /// `nix-env -p` set it); read to know which system a `boot` release boots.
     pub system_profile: PathBuf,
+    /// The fleet's root of trust, pinned at enrollment: with it, only releases its admins
+    /// signed are applied (docs/signing.md); without it, releases are trusted as served.
+    pub trust: Option<crate::core::trust::TrustRoot>,
 }
 
 /// A configuration that cannot be used, naming the file and the key.

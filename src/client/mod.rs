@@ -16,6 +16,7 @@ pub mod prebuilt;
 pub mod reboot;
 pub mod rebuild;
 pub mod restart;
+pub mod signed;
 pub mod state;
 pub mod transport;
 pub mod verify;
@@ -116,6 +117,8 @@ pub enum PullError {
     Reboot { message: String },
     #[error(transparent)]
     Prebuilt(#[from] prebuilt::PrebuiltError),
+    #[error(transparent)]
+    Signed(#[from] signed::SignedError),
     /// The server was not reached after activation: rolled back and quarantined.
     #[error("{0}")]
     Unconfirmed(Box<lifeline::CutOff>),
@@ -267,6 +270,9 @@ pub async fn poll<R: Remote, C: Connector>(
     if let Some(e) = poll.unreadable.take() {
         return poll.unreadable_state(e).await;
     }
+    if let Err(e) = poll.check_signed().await {
+        return poll.refused(e).await;
+    }
     match pause::active(&cfg.state_dir, poll.started) {
         Ok(Some(pause)) => return poll.hold(pause).await,
         Ok(None) => {}
@@ -326,6 +332,7 @@ pub async fn recover_overdue<C: Connector>(
         detach: activation::Detach::resolve(cfg.activation, &cfg.systemd_run),
         unreadable: None,
         running: None,
+        current: Vec::new(),
     };
     poll.report.seq = Some(u.seq);
     let action = poll
@@ -454,6 +461,8 @@ struct Poll<'a, R, C> {
     unreadable: Option<StateError>,
     /// The system that ran before this poll switched (where a boot rollback goes).
     running: Option<PathBuf>,
+    /// `/CURRENT`'s bytes (its statement line, for signed fleets).
+    current: Vec<u8>,
 }
 
 impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
@@ -507,7 +516,43 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
             detach: activation::Detach::resolve(cfg.activation, &cfg.systemd_run),
             unreadable,
             running: None,
+            current: text,
         })
+    }
+
+    /// A signed fleet: `/CURRENT`'s release must come with a valid statement; the verified one
+    /// is kept in the state and named in the report.
+    async fn check_signed(&mut self) -> Result<(), signed::SignedError> {
+        let Some(pinned) = &self.cfg.trust else {
+            return Ok(());
+        };
+        let now = (self.opts.now)();
+        let current = (self.current.as_slice(), &self.id);
+        let accepted =
+            signed::check(self.remote, self.cfg, pinned, &self.state, current, now).await?;
+        self.report.signed_seq = Some(accepted.seq);
+        self.report.signed_expires = Some(accepted.expires.clone());
+        self.report.signers.clone_from(&accepted.signers);
+        self.state.signed = Some(accepted);
+        Ok(())
+    }
+
+    /// A release this host may not apply (unsigned, forged, expired, a rollback): nothing of
+    /// it is applied, and the report says why. A lost link reports nothing, as ever.
+    async fn refused(mut self, e: signed::SignedError) -> Result<Polled, PullError> {
+        if let signed::SignedError::Remote(e) = e {
+            return Err(PullError::Remote(e));
+        }
+        if let Err(save) = self.save_state() {
+            tracing::warn!("{save}");
+        }
+        let err = PullError::Signed(e);
+        self.report.result = PullResult::Failed;
+        self.report.error = Some(err.to_string());
+        if let Err(upload) = self.upload().await {
+            tracing::warn!("{upload}");
+        }
+        Err(err)
     }
 
     /// The quarantine that holds `/CURRENT`'s release back, unless a `retry` trigger lifts it
@@ -661,6 +706,16 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
                 source,
             })?;
         self.report.seq = Some(manifest.seq);
+        if let Some(a) = self
+            .state
+            .signed
+            .as_ref()
+            .filter(|_| self.cfg.trust.is_some())
+            && a.seq != manifest.seq
+        {
+            let (manifest, signed) = (manifest.seq, a.seq);
+            return Err(signed::SignedError::SeqMismatch { manifest, signed }.into());
+        }
         if let Some(applied) = &self.state.applied
             && manifest.seq <= applied.seq
             && !self.opts.allow_downgrade
@@ -1312,6 +1367,9 @@ fn first_report(cfg: &ClientConfig, state: &State, id: &ReleaseId, started: Syst
         trigger: state.trigger.clone(),
         boot_only: None,
         quarantined: None,
+        signed_seq: None,
+        signed_expires: None,
+        signers: Vec::new(),
     }
 }
 

@@ -91,6 +91,22 @@ pub struct State {
     /// A release that was rolled back: not applied again until a newer one or `--retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<Quarantine>,
+    /// The last signed statement this host verified (signed fleets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Accepted>,
+}
+
+/// A signed statement the host verified: which release, until when, by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accepted {
+    /// sha256 of the statement's bytes (`CURRENT`'s statement line names it).
+    pub sha256: String,
+    pub release: ReleaseId,
+    pub seq: u64,
+    pub expires: String,
+    pub root: u64,
+    pub signers: Vec<String>,
 }
 
 /// What confirms the applied release.

@@ -1080,6 +1080,7 @@ fn a_heartbeat_goes_out_when_the_state_cannot_be_saved() {
 mod files;
 mod lifeline;
 mod ops;
+mod signed;
 #[path = "watch_tests.rs"]
 mod watch_tests;
 // ---- prebuilt releases (`toplevel` in the MANIFEST) --------------------------------------

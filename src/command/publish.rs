@@ -97,5 +97,29 @@ fn describe(outcome: &Outcome) -> String {
             };
             format!("{verb} release #{seq} {} ({change}){pruned}", id.short())
         }
+        Outcome::AwaitingSignature {
+            id,
+            seq,
+            change,
+            to_sign,
+            mode,
+        } => {
+            let verb = match mode {
+                Mode::DryRun => "would stage",
+                Mode::Write => "staged",
+            };
+            let to_sign = to_sign
+                .as_ref()
+                .map(|p| format!(": sign {} (`tiffin sign`), then publish again", p.display()))
+                .unwrap_or_default();
+            format!(
+                "{verb} release #{seq} {} ({change}), waiting for the admins' signatures{to_sign}; the hosts keep their current release",
+                id.short()
+            )
+        }
+        Outcome::Renewed { id, seq, expires } => format!(
+            "release #{seq} {} re-signed: its statement now expires {expires}",
+            id.short()
+        ),
     }
 }

@@ -124,7 +124,13 @@ fn repair_host(
                 "{host}: repaired: published release #{seq} {} with fresh copies from the fleet repository",
                 id.short()
             ),
-            Outcome::Unchanged { .. } => unreachable!("When::Always always publishes"),
+            Outcome::AwaitingSignature { id, seq, .. } => println!(
+                "{host}: a fresh copy is staged as release #{seq} {}: the hosts get it once the admins sign it (`tiffin sign`) and it is published again",
+                id.short()
+            ),
+            Outcome::Unchanged { .. } | Outcome::Renewed { .. } => {
+                unreachable!("When::Always always publishes")
+            }
         }
     }
     // Damaged releases that are no longer current are never served again: remove them.

@@ -85,18 +85,37 @@ pub fn first_line(bytes: &[u8]) -> String {
     text.lines().next().unwrap_or_default().trim().to_owned()
 }
 
-/// The trigger on line 2 of `CURRENT`, if there is a valid one.
+/// The trigger (line 2 of `CURRENT`), if there is a valid one.
 pub fn trigger(bytes: &[u8]) -> Option<Trigger> {
     let text = String::from_utf8_lossy(bytes);
-    text.lines().nth(1).and_then(Trigger::parse_line)
+    text.lines().skip(1).find_map(Trigger::parse_line)
 }
 
-/// `CURRENT`'s text: the release id, then the trigger line if any.
-pub fn render(id: &str, trigger: Option<&Trigger>) -> String {
-    match trigger {
-        Some(t) => format!("{id}\n{t}\n"),
-        None => format!("{id}\n"),
+/// The sha256 of the signed statement that goes with the release (`statement <hex>`, after
+/// the trigger): a client reads `STATEMENT` again only when it changed, so a no-change poll of
+/// a signed host costs what an unsigned one does. Old clients ignore the line.
+pub fn statement(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines().skip(1).find_map(|l| {
+        let hex = l.strip_prefix("statement ")?.trim();
+        (hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| hex.to_owned())
+    })
+}
+
+/// `CURRENT`'s text: the release id, then the trigger line and the statement line if any.
+pub fn render(id: &str, trigger: Option<&Trigger>, statement: Option<&str>) -> String {
+    let mut text = format!("{id}\n");
+    if let Some(t) = trigger {
+        text.push_str(&format!("{t}\n"));
     }
+    if let Some(s) = statement {
+        text.push_str(&format!("statement {s}\n"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -111,6 +130,7 @@ mod tests {
                 id: "1700000000-3".into(),
                 kind: TriggerKind::Reapply,
             }),
+            None,
         );
         assert_eq!(text, "abc\ntrigger 1700000000-3 reapply\n");
         assert_eq!(first_line(text.as_bytes()), "abc");
@@ -121,6 +141,24 @@ mod tests {
         );
         assert_eq!(first_line(b"  abc  \n"), "abc");
         assert_eq!(trigger(b"abc\n"), None);
+    }
+
+    #[test]
+    fn the_statement_line_follows_the_trigger_and_old_clients_ignore_it() {
+        let hash = "a".repeat(64);
+        let text = render("abc", None, Some(&hash));
+        assert_eq!(text, format!("abc\nstatement {hash}\n"));
+        assert_eq!(statement(text.as_bytes()), Some(hash.clone()));
+        assert_eq!(trigger(text.as_bytes()), None, "not a trigger");
+        let t = Trigger {
+            id: "1-1".into(),
+            kind: TriggerKind::Pull,
+        };
+        let both = render("abc", Some(&t), Some(&hash));
+        assert_eq!(trigger(both.as_bytes()), Some(t));
+        assert_eq!(statement(both.as_bytes()), Some(hash));
+        assert_eq!(statement(b"abc\nstatement XYZ\n"), None);
+        assert!(both.len() <= 256, "within the client's CURRENT limit");
     }
 
     #[test]

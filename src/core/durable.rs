@@ -125,6 +125,22 @@ pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// Creates `dir` (one level) with `mode` and, as root, owner root and the host's group.
+pub fn ensure_dir(dir: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+            if let Some(gid) = group {
+                std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,12 @@ use std::path::{Path, PathBuf};
 use crate::core::names::{HostName, ReleaseId};
 use crate::core::release::{MANIFEST_FILE, Manifest};
 
+/// The signed statement that lets the host apply the release `CURRENT` names (signed fleets).
+pub const STATEMENT_FILE: &str = "STATEMENT";
+/// The admins' signatures over `STATEMENT`: armored SSHSIG blocks, one per signer.
+pub const STATEMENT_SIG_FILE: &str = "STATEMENT.sig";
+/// Every root of trust after the first (`root-<n>.toml` + `.sig`), for hosts pinned to an older one.
+pub const TRUST_DIR: &str = "trust";
 pub const CURRENT_FILE: &str = "CURRENT";
 pub const RELEASES_DIR: &str = "releases";
 pub const REPORTS_DIR: &str = "reports";
@@ -35,6 +41,15 @@ impl ChrootPaths {
     }
     pub fn release(&self, id: &ReleaseId) -> PathBuf {
         self.releases().join(id.as_str())
+    }
+    pub fn statement(&self) -> PathBuf {
+        self.root.join(STATEMENT_FILE)
+    }
+    pub fn statement_sig(&self) -> PathBuf {
+        self.root.join(STATEMENT_SIG_FILE)
+    }
+    pub fn trust(&self) -> PathBuf {
+        self.root.join(TRUST_DIR)
     }
     pub fn staging(&self) -> PathBuf {
         self.root.join(STAGING_DIR)

@@ -11,5 +11,6 @@ pub mod narinfo;
 pub mod release;
 pub mod report;
 pub mod settings;
+pub mod trust;
 pub mod untrusted;
 pub mod window;

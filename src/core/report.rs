@@ -104,6 +104,14 @@ pub struct Report {
     /// or `tiffin trigger HOST --retry`. `error` says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// Signed fleets: the statement the host verified for `release`: its seq, its expiry and
+    /// the fingerprints of the keys that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<String>,
 }
 
 /// A reboot the client owes.

@@ -3,6 +3,7 @@
 pub mod prebuilt;
 pub mod provision;
 pub mod publish;
+pub mod signing;
 pub mod status;
 pub mod trigger;
 pub mod verify;

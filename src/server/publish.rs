@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -44,6 +44,8 @@ pub enum PublishError {
     Injected { host: HostName, fault: Fault },
     #[error(transparent)]
     Prebuilt(#[from] crate::server::prebuilt::PrebuiltError),
+    #[error(transparent)]
+    Signing(#[from] crate::server::signing::SigningError),
 }
 
 /// Points where tests make publishing fail, to prove a failure leaves the previous state.
@@ -100,6 +102,30 @@ pub enum Outcome {
         pruned: usize,
         mode: Mode,
     },
+    /// A signed fleet: the release is in `releases/` but `CURRENT` still names the previous
+    /// one until the repository holds the admins' statement for it (`tiffin sign`).
+    AwaitingSignature {
+        id: ReleaseId,
+        seq: u64,
+        change: Change,
+        /// The MANIFEST to sign (`<state_dir>/to-sign/<host>.MANIFEST`).
+        to_sign: Option<PathBuf>,
+        mode: Mode,
+    },
+    /// A signed fleet: the same release, a new statement (a renewed expiry).
+    Renewed {
+        id: ReleaseId,
+        seq: u64,
+        expires: String,
+    },
+}
+
+/// Whether a written release becomes current.
+enum Gate<'a> {
+    /// `CURRENT` names it; a signed fleet's statement goes with it.
+    Swap(Option<&'a crate::server::signing::Approval>),
+    /// It waits in `releases/` for its statement.
+    Stage,
 }
 
 /// How a new release differs from the previous one, counted in files.
@@ -161,7 +187,11 @@ pub fn publish_host(
     host: &Host,
     opts: &PublishOptions,
 ) -> Result<Outcome, PublishError> {
-    let next = match prepare(fleet, host, opts)? {
+    let prepared = prepare(fleet, host, opts)?;
+    if let Some(trust) = &fleet.config.trust {
+        return publish_signed(fleet, trust, host, opts, prepared);
+    }
+    let next = match prepared {
         Prepared::Unchanged { id, seq } => return Ok(Outcome::Unchanged { id, seq }),
         Prepared::Next(next) => next,
     };
@@ -173,8 +203,176 @@ pub fn publish_host(
             pruned: 0,
             mode: Mode::DryRun,
         }),
-        Mode::Write => install(fleet, *next, opts),
+        Mode::Write => install(fleet, *next, opts, Gate::Swap(None)),
     }
+}
+
+/// A signed fleet's host: a release becomes current only with a statement for it that
+/// verifies; without one it is staged (once) and left to sign; a new statement for the
+/// current release renews it.
+fn publish_signed(
+    fleet: &Fleet,
+    trust: &crate::admin::fleet::trust::TrustSettings,
+    host: &Host,
+    opts: &PublishOptions,
+    prepared: Prepared,
+) -> Result<Outcome, PublishError> {
+    use crate::server::signing;
+    let paths = ChrootPaths::new(&opts.chroot_root, &host.name);
+    if opts.mode == Mode::Write {
+        let rotations = signing::rotations(&fleet.root, trust)?;
+        signing::ship_rotations(
+            &paths,
+            &host.name,
+            &rotations,
+            host_group(fleet, &host.name),
+        )?;
+    }
+    let next = match prepared {
+        Prepared::Unchanged { id, seq } => {
+            return renew(fleet, trust, (&paths, &host.name), opts, (id, seq));
+        }
+        Prepared::Next(next) => next,
+    };
+    let staged = signing::staged_like(&paths, &next.manifest);
+    let approval = match &staged {
+        Some((id, _)) => signing::approval(fleet, trust, &host.name, id, opts.now)
+            .or_else(signing::still_signing)?,
+        None => None,
+    };
+    if let Some((id, seq)) = &staged
+        && let Some(approval) = approval
+    {
+        if opts.mode == Mode::DryRun {
+            let (id, seq, change) = (id.clone(), *seq, next.change);
+            let mode = Mode::DryRun;
+            return Ok(Outcome::Published {
+                id,
+                seq,
+                change,
+                pruned: 0,
+                mode,
+            });
+        }
+        return activate(
+            fleet,
+            (&paths, &host.name),
+            opts,
+            (id.clone(), *seq),
+            &approval,
+            next.change,
+        );
+    }
+    stage_to_sign(fleet, (&paths, &host.name), opts, staged, *next)
+}
+
+/// No statement for the release yet: it is staged once (publishing again finds it) and its
+/// MANIFEST left for the admins to sign.
+fn stage_to_sign(
+    fleet: &Fleet,
+    (paths, host): (&ChrootPaths, &HostName),
+    opts: &PublishOptions,
+    staged: Option<(ReleaseId, u64)>,
+    next: Next,
+) -> Result<Outcome, PublishError> {
+    use crate::server::signing;
+    let (change, mode) = (next.change, opts.mode);
+    let (id, seq) = match (staged, mode) {
+        (Some(staged), _) => staged,
+        (None, Mode::DryRun) => (next.manifest.id(), next.manifest.seq),
+        (None, Mode::Write) => match install(fleet, next, opts, Gate::Stage)? {
+            Outcome::Published { id, seq, .. } => (id, seq),
+            _ => unreachable!("install returns Published"),
+        },
+    };
+    let to_sign = match mode {
+        Mode::Write => Some(signing::leave_to_sign(&opts.state_dir, paths, host, &id)?),
+        Mode::DryRun => None,
+    };
+    Ok(Outcome::AwaitingSignature {
+        id,
+        seq,
+        change,
+        to_sign,
+        mode,
+    })
+}
+
+/// The release is current already: a statement for it that is not the installed one (a new
+/// expiry) is installed with `CURRENT`'s statement line; the release itself is untouched.
+fn renew(
+    fleet: &Fleet,
+    trust: &crate::admin::fleet::trust::TrustSettings,
+    (paths, host): (&ChrootPaths, &HostName),
+    opts: &PublishOptions,
+    (id, seq): (ReleaseId, u64),
+) -> Result<Outcome, PublishError> {
+    use crate::server::signing;
+    let host = host.clone();
+    let Some(approval) = signing::approval(fleet, trust, &host, &id, opts.now)? else {
+        return Ok(Outcome::Unchanged { id, seq });
+    };
+    if signing::installed_statement(paths).as_deref() == Some(approval.sha256.as_str()) {
+        return Ok(Outcome::Unchanged { id, seq });
+    }
+    if opts.mode == Mode::Write {
+        let group = host_group(fleet, &host);
+        let staging = paths.staging();
+        ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
+        signing::install_statement(paths, &host, &approval, group)?;
+        let stager = Stager {
+            paths,
+            host: &host,
+            group,
+            fault: opts.fault,
+        };
+        stager.swap_current(&id, Some(&approval.sha256))?;
+    }
+    let expires = approval.statement.expires.clone();
+    Ok(Outcome::Renewed { id, seq, expires })
+}
+
+/// A staged release whose statement verifies: the statement goes into the chroot, then
+/// `CURRENT` names the release.
+fn activate(
+    fleet: &Fleet,
+    (paths, host): (&ChrootPaths, &HostName),
+    opts: &PublishOptions,
+    (id, seq): (ReleaseId, u64),
+    approval: &crate::server::signing::Approval,
+    change: Change,
+) -> Result<Outcome, PublishError> {
+    let host = host.clone();
+    let group = host_group(fleet, &host);
+    let staging = paths.staging();
+    ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
+    crate::server::signing::install_statement(paths, &host, approval, group)?;
+    // Signed and published: nothing of it is left to sign.
+    let _ = fs::remove_file(
+        opts.state_dir
+            .join(crate::server::signing::TO_SIGN_DIR)
+            .join(format!("{host}.MANIFEST")),
+    );
+    let stager = Stager {
+        paths,
+        host: &host,
+        group,
+        fault: opts.fault,
+    };
+    stager.swap_current(&id, Some(&approval.sha256))?;
+    let pruned = prune(paths, &id, opts.keep_releases).map_err(io_error(
+        &host,
+        "pruning",
+        &paths.releases(),
+    ))?;
+    let mode = Mode::Write;
+    Ok(Outcome::Published {
+        id,
+        seq,
+        change,
+        pruned,
+        mode,
+    })
 }
 
 /// Resolves and hashes the host's directory and compares it with the current release.
@@ -306,7 +504,12 @@ fn read_current_release(
 }
 
 /// Writes the release, swaps `CURRENT`, prunes old releases.
-fn install(fleet: &Fleet, next: Next, opts: &PublishOptions) -> Result<Outcome, PublishError> {
+fn install(
+    fleet: &Fleet,
+    next: Next,
+    opts: &PublishOptions,
+    gate: Gate,
+) -> Result<Outcome, PublishError> {
     let name = next.manifest.host.clone();
     let stager = Stager {
         paths: &next.paths,
@@ -317,7 +520,7 @@ fn install(fleet: &Fleet, next: Next, opts: &PublishOptions) -> Result<Outcome, 
     stager.prepare_dirs(&opts.chroot_root)?;
     // Reserved before anything is published: a failure later leaves a gap, never a reused seq.
     SeqRecord::new(&opts.state_dir, &name).reserve(next.manifest.seq)?;
-    let result = stager.stage_and_swap(&next);
+    let result = stager.stage_and_swap(&next, &gate);
     let _ = fs::remove_dir_all(next.paths.staging());
     let (id, seq) = result?;
     let pruned = prune(&next.paths, &id, opts.keep_releases).map_err(io_error(
@@ -375,7 +578,7 @@ impl Stager<'_> {
         ensure_dir(&staging, 0o700, None).map_err(self.io("creating", &staging))
     }
 
-    fn stage_and_swap(&self, next: &Next) -> Result<(ReleaseId, u64), PublishError> {
+    fn stage_and_swap(&self, next: &Next, gate: &Gate) -> Result<(ReleaseId, u64), PublishError> {
         let mut manifest = next.manifest.clone();
         let tmp = self
             .paths
@@ -390,7 +593,9 @@ impl Stager<'_> {
         let releases = self.paths.releases();
         durable::sync_dir(&releases).map_err(self.io("syncing", &releases))?;
         self.inject(Fault::BeforeCurrentSwap)?;
-        self.swap_current(&id)?;
+        if let Gate::Swap(approval) = gate {
+            self.swap_current(&id, approval.map(|a| a.sha256.as_str()))?;
+        }
         Ok((id, manifest.seq))
     }
 
@@ -476,7 +681,8 @@ impl Stager<'_> {
         Ok(ReleaseId::of_bytes(text.as_bytes()))
     }
 
-    fn swap_current(&self, id: &ReleaseId) -> Result<(), PublishError> {
+    /// `statement`: the sha256 of the signed statement installed with the release.
+    fn swap_current(&self, id: &ReleaseId, statement: Option<&str>) -> Result<(), PublishError> {
         let tmp = self.paths.staging().join(CURRENT_FILE);
         // A crash between writing and renaming leaves it behind; it was never visible to anyone.
         let _ = fs::remove_file(&tmp);
@@ -484,9 +690,10 @@ impl Stager<'_> {
         let kept = fs::read(self.paths.current())
             .ok()
             .and_then(|b| crate::core::current::trigger(&b));
+        let text = crate::core::current::render(id.as_str(), kept.as_ref(), statement);
         durable::create_synced(
             &tmp,
-            crate::core::current::render(id.as_str(), kept.as_ref()).as_bytes(),
+            text.as_bytes(),
             SERVER_FILE_MODE,
             owner_of(self.group),
         )
@@ -536,20 +743,7 @@ fn copy_hashing(src: &Path, dest: &Path, group: Option<u32>) -> std::io::Result<
     Ok(Copied { sha256, size })
 }
 
-/// Creates `dir` (one level) with `mode` and, as root, owner root and the host's group.
-pub fn ensure_dir(dir: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
-    match fs::DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => {
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
-            if let Some(gid) = group {
-                std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(e),
-    }
-}
+pub use crate::core::durable::ensure_dir;
 
 fn ensure_dir_all(base: &Path, dir: &Path, group: Option<u32>) -> std::io::Result<()> {
     if dir == base || dir.is_dir() {

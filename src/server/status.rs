@@ -42,11 +42,17 @@ pub enum State {
     /// unreachable after activating or booting it) and holds it back until a newer release or
     /// `tiffin trigger HOST --retry`.
     Quarantined,
+    /// A signed fleet: the statement of the published release has expired; the host keeps
+    /// what it runs and applies nothing new until the admins renew it.
+    Expired,
+    /// A signed fleet: the published release has no statement that verifies under the
+    /// fleet's root of trust; the host will refuse it.
+    Unverifiable,
 }
 
 impl State {
     /// Every state, in the order of the enum: what the metrics export one series for.
-    pub const ALL: [State; 10] = [
+    pub const ALL: [State; 12] = [
         State::UpToDate,
         State::Pending,
         State::Failed,
@@ -57,6 +63,8 @@ impl State {
         State::Paused,
         State::Drifted,
         State::Quarantined,
+        State::Expired,
+        State::Unverifiable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +79,8 @@ impl State {
             State::Paused => "paused",
             State::Drifted => "drifted",
             State::Quarantined => "quarantined",
+            State::Expired => "expired",
+            State::Unverifiable => "unverifiable",
         }
     }
     /// States that make `tiffin status` exit 3, for monitoring.
@@ -83,6 +93,8 @@ impl State {
                 | State::Unreadable
                 | State::Drifted
                 | State::Quarantined
+                | State::Expired
+                | State::Unverifiable
         )
     }
 
@@ -95,7 +107,9 @@ impl State {
             | State::Stale
             | State::Unreadable
             | State::Drifted
-            | State::Quarantined => "\x1b[31m",
+            | State::Quarantined
+            | State::Expired
+            | State::Unverifiable => "\x1b[31m",
         }
     }
 }
@@ -157,6 +171,18 @@ pub struct HostOps {
     /// The release the host rolled back and holds back (`error` says why).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// Signed fleets: the published release's statement, as the server verified it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedStatus>,
+}
+
+/// The statement in a host's chroot, verified by the server against the fleet's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignedStatus {
+    pub seq: u64,
+    pub expires: String,
+    /// Fingerprints of the admin keys that signed it.
+    pub signers: Vec<String>,
 }
 
 impl HostOps {
@@ -171,6 +197,7 @@ impl HostOps {
             pause_reason: report.pause_reason.clone(),
             boot_only: report.boot_only.clone(),
             quarantined: report.quarantined.clone(),
+            signed: None,
         }
     }
 
@@ -197,11 +224,108 @@ pub fn collect(
                 .hosts
                 .get(name)
                 .map_or(fleet.config.defaults.poll_interval, |h| h.poll_interval);
-            host_status(name, &ChrootPaths::new(chroot_root, name), interval, now)
+            let paths = ChrootPaths::new(chroot_root, name);
+            let mut row = host_status(name, &paths, interval, now);
+            if let Some(trust) = &fleet.config.trust {
+                signed_status(&mut row, trust, &paths, now);
+            }
+            row
         })
         .collect();
     rows.sort_by(|a, b| a.host.cmp(&b.host));
     rows
+}
+
+/// A signed fleet: the published release's statement in the chroot, verified here with the
+/// fleet's root (what the host will do with it): expired or unverifiable is the host's state
+/// (unless it cannot be read or went stale), and an expiry within `warn_before` is a warning.
+fn signed_status(
+    row: &mut HostStatus,
+    trust: &crate::admin::fleet::trust::TrustSettings,
+    paths: &ChrootPaths,
+    now: SystemTime,
+) {
+    let Some(published) = &row.published else {
+        return;
+    };
+    let statement = std::fs::read(paths.statement()).unwrap_or_default();
+    let sigs = std::fs::read(paths.statement_sig()).unwrap_or_default();
+    // What the host checks first: CURRENT names this very statement.
+    let line = std::fs::read(paths.current())
+        .ok()
+        .and_then(|b| crate::core::current::statement(&b));
+    if line.as_deref() != Some(crate::core::hash::sha256_hex(&statement).as_str()) {
+        if !matches!(row.state, State::Unreadable | State::Stale) {
+            row.state = State::Unverifiable;
+        }
+        let why = "CURRENT names no signed statement, or another one than STATEMENT: the host will refuse the release as unsigned";
+        row.error = Some(
+            row.error
+                .take()
+                .map_or(why.into(), |e| format!("{why}; {e}")),
+        );
+        return;
+    }
+    let root = trust.root();
+    let checked = crate::core::trust::check_statement(
+        &root,
+        &statement,
+        &sigs,
+        &row.host,
+        &published.id,
+        now,
+    );
+    let keep = matches!(row.state, State::Unreadable | State::Stale);
+    let bad = |row: &mut HostStatus, state: State, why: String| {
+        if !keep {
+            row.state = state;
+        }
+        row.error = Some(match row.error.take() {
+            Some(e) => format!("{why}; {e}"),
+            None => why,
+        });
+    };
+    match checked {
+        Ok((s, signers)) => {
+            let left = s.expires_at().duration_since(now).unwrap_or_default();
+            if left < trust.warn_before.0 && row.warning.is_none() {
+                row.warning = Some(format!(
+                    "the signed statement expires {} (in {}): renew it (`tiffin sign --renew {}`)",
+                    s.expires,
+                    Interval(std::time::Duration::from_secs(left.as_secs())),
+                    row.host
+                ));
+            }
+            row.ops.signed = Some(SignedStatus {
+                seq: s.seq,
+                expires: s.expires,
+                signers: signers.0,
+            });
+        }
+        Err(crate::core::trust::TrustError::Expired { expires }) => {
+            // The metrics keep the expiry (and seq) of an expired statement.
+            if let Ok(st) = crate::core::trust::Statement::parse(&statement) {
+                row.ops.signed = Some(SignedStatus {
+                    seq: st.seq,
+                    expires: st.expires,
+                    signers: Vec::new(),
+                });
+            }
+            bad(
+                row,
+                State::Expired,
+                format!(
+                    "the signed statement expired at {expires}: the host applies nothing new until it is renewed (`tiffin sign --renew {}`)",
+                    row.host
+                ),
+            )
+        }
+        Err(e) => bad(
+            row,
+            State::Unverifiable,
+            format!("the published release's signed statement does not verify: {e}"),
+        ),
+    }
 }
 
 /// One host's row: its published release, its report, and the state they add up to.

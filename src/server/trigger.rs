@@ -85,7 +85,9 @@ pub fn trigger_host(
     let tmp = staging.join("CURRENT.trigger");
     // A crash between writing and renaming leaves it behind; it was never visible to anyone.
     let _ = fs::remove_file(&tmp);
-    let text = current::render(&release, Some(&trigger));
+    // The statement line (signed fleets) stays: it goes with the release, not the trigger.
+    let statement = current::statement(&bytes);
+    let text = current::render(&release, Some(&trigger), statement.as_deref());
     durable::create_synced(&tmp, text.as_bytes(), SERVER_FILE_MODE, owner)
         .map_err(io("writing", &tmp))?;
     fs::rename(&tmp, &path).map_err(io("swapping", &path))?;

@@ -8,6 +8,7 @@ mod prebuilt;
 mod provision;
 mod publish;
 mod pull;
+mod signing;
 mod status;
 mod trigger;
 

@@ -5,6 +5,11 @@
 # works both in the fleet repository and in a published release, where
 # `tiffin publish` copies what the link points to.
 #
+# A fleet with a [trust] section in fleet.toml signs its releases (tiffin's
+# docs/signing.md): every host is pinned to that root of trust (its version,
+# threshold and admin keys) and from then on applies only what the admins
+# signed for it.
+#
 # A host changes any of it in its own configuration.nix, e.g.
 #   services.tiffin.client.interval = "hourly";
 # (needed when its host.toml sets its own poll_interval), or leaves tiffin
@@ -22,6 +27,11 @@
   fail = msg: assert lib.assertMsg false msg; null;
   missing = key:
     fail "common/tiffin.nix: fleet.toml has no [server] ${key}; set it (see the comments in fleet.toml), then publish again";
+  # The pin: version, threshold and keys only (expiry and warn_before are for
+  # `tiffin sign` and `tiffin status`, on the admins' side).
+  trust = fleet.trust or null;
+  missingTrust = key:
+    fail "common/tiffin.nix: fleet.toml's [trust] has no ${key}; set it (tiffin's docs/signing.md), then publish again";
 
   # poll_interval ("15m", "1h", "90s", "1h 30m") as a systemd calendar
   # expression that fires evenly: a divisor of a minute, an hour or a day.
@@ -85,5 +95,11 @@ in {
     settings.poll_interval = lib.mkDefault pollInterval;
     # The account is <user_prefix><host>; tiffin's own default prefix is "tiffin-".
     user = lib.mkIf (server ? user_prefix) (lib.mkDefault "${server.user_prefix}${config.services.tiffin.client.host}");
+    # Signed releases: without [trust], releases are trusted as served.
+    trust = lib.mkIf (trust != null) (lib.mkDefault {
+      version = trust.version or (missingTrust "version");
+      threshold = trust.threshold or (missingTrust "threshold");
+      keys = trust.keys or (missingTrust "keys");
+    });
   };
 }

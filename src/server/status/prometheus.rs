@@ -78,7 +78,7 @@ pub(super) fn applied_seq(r: &HostStatus) -> Option<u64> {
 /// A per-host gauge: name, help, and the host's value (none: no sample for that host).
 type PerHost = (&'static str, &'static str, fn(&HostStatus) -> Option<u64>);
 
-const PER_HOST: [PerHost; 8] = [
+const PER_HOST: [PerHost; 10] = [
     (
         "tiffin_host_published_seq",
         "The seq of the release CURRENT names for the host.",
@@ -122,6 +122,16 @@ const PER_HOST: [PerHost; 8] = [
         "tiffin_host_next_retry_timestamp_seconds",
         "When a host backing off a failed release tries it again (Unix time).",
         |r| r.ops.next_retry.as_deref().and_then(unix_seconds),
+    ),
+    (
+        "tiffin_host_signed_seq",
+        "Signed fleets: the seq of the published release's statement, verified by the server.",
+        |r| r.ops.signed.as_ref().map(|s| s.seq),
+    ),
+    (
+        "tiffin_host_signed_expiry_timestamp_seconds",
+        "Signed fleets: when the published release's statement expires (Unix time); the host applies nothing new after it.",
+        |r| r.ops.signed.as_ref().and_then(|s| unix_seconds(&s.expires)),
     ),
 ];
 

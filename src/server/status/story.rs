@@ -197,6 +197,20 @@ fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
             format!("until {until}{reason} (`tiffin resume` on the host ends it)"),
         ));
     }
+    if let Some(signed) = &ops.signed {
+        lines.push((
+            "signed",
+            match signed.signers.is_empty() {
+                true => format!("#{} until {}", signed.seq, signed.expires),
+                false => format!(
+                    "#{} by {} until {}",
+                    signed.seq,
+                    signed.signers.join(", "),
+                    signed.expires
+                ),
+            },
+        ));
+    }
     if row.state == State::Quarantined
         && let Some(id) = &ops.quarantined
     {

@@ -38,6 +38,9 @@ fn report(host: &str, s: &[String; 10]) -> Report {
         trigger: Some(s[9].clone()),
         boot_only: Some(s[6].clone()),
         quarantined: Some(s[0].clone()),
+        signed_seq: Some(4),
+        signed_expires: Some(s[2].clone()),
+        signers: vec![s[7].clone()],
     }
 }
 
