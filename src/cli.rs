@@ -20,7 +20,8 @@ const AFTER_HELP: &str = "Typical use:
   client:  tiffin pull            (from a systemd timer; see the NixOS module)
 
 Exit codes: 0 ok, 1 the operation failed, 2 bad usage or bad input,
-3 (status) a host is failed, rolled back, quarantined, stale or unreadable.";
+3 (status) a host is failed, rolled back, quarantined, expired, unverifiable,
+stale, unreadable or drifted.";
 
 #[derive(Debug, Parser)]
 #[command(name = "tiffin", version, about = ABOUT, after_help = AFTER_HELP, max_term_width = 100)]
@@ -62,7 +63,7 @@ pub enum Command {
     Publish(publish::Args),
     /// One row per host: published and applied release, result, last seen, state
     #[command(
-        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted), paused (`tiffin pause` holds it; it still reports), drifted (a host built on the server, [apply] build = \"server\", runs another system than the published toplevel).\nExits 3 when any host is failed, rolled-back, stale, unreadable or drifted, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log).\n\nOne HOST alone tells its story: published and applied releases with seq and time, the last result and error, the running system, a pending reboot, a pause, the next retry, and the tail of its reports/rebuild.log.\n\n--format prometheus prints the same as metrics (tiffin_host_state{host,state} and friends, see docs/operations.md); --output FILE writes atomically, for node_exporter's textfile collector."
+        long_about = "One row per host: published release, applied release, result, last seen, state.\n\nStates: up-to-date, pending (a newer release waits), failed, rolled-back, stale (no report received for 3 poll intervals, by the server's clock), never-seen, unreadable (its CURRENT, release or report cannot be read or trusted), paused (`tiffin pause` holds it; it still reports), drifted (a host built on the server, [apply] build = \"server\", runs another system than the published toplevel), quarantined (the host rolled the published release back and holds it back until a newer one or `tiffin trigger HOST --retry`), expired and unverifiable (a signed fleet: the published release's statement has expired, or does not verify).\nExits 3 when any host is failed, rolled-back, quarantined, expired, unverifiable, stale, unreadable or drifted, so it can drive monitoring. NOTE shows the error, or a warning (the client's clock is off, reports/ holds more than the report and its log).\n\nOne HOST alone tells its story: published and applied releases with seq and time, the last result and error, the running system, a pending reboot, a pause, the next retry, and the tail of its reports/rebuild.log.\n\n--format prometheus prints the same as metrics (tiffin_host_state{host,state} and friends, see docs/operations.md); --output FILE writes atomically, for node_exporter's textfile collector."
     )]
     Status(status::Args),
     /// Re-hash every stored release against its MANIFEST; --repair replaces damaged ones
