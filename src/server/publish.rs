@@ -316,20 +316,31 @@ fn renew(
         return Ok(Outcome::Unchanged { id, seq });
     }
     if opts.mode == Mode::Write {
-        let group = host_group(fleet, &host);
-        let staging = paths.staging();
-        ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
-        signing::install_statement(paths, &host, &approval, group)?;
-        let stager = Stager {
-            paths,
-            host: &host,
-            group,
-            fault: opts.fault,
-        };
-        stager.swap_current(&id, Some(&approval.sha256))?;
+        install_and_swap(fleet, (paths, &host), opts, &id, &approval)?;
     }
     let expires = approval.statement.expires.clone();
     Ok(Outcome::Renewed { id, seq, expires })
+}
+
+/// The statement into the chroot first, then `CURRENT` naming the release and the statement.
+fn install_and_swap(
+    fleet: &Fleet,
+    (paths, host): (&ChrootPaths, &HostName),
+    opts: &PublishOptions,
+    id: &ReleaseId,
+    approval: &crate::server::signing::Approval,
+) -> Result<(), PublishError> {
+    let group = host_group(fleet, host);
+    let staging = paths.staging();
+    ensure_dir(&staging, 0o700, None).map_err(io_error(host, "creating", &staging))?;
+    crate::server::signing::install_statement(paths, host, approval, group)?;
+    let stager = Stager {
+        paths,
+        host,
+        group,
+        fault: opts.fault,
+    };
+    stager.swap_current(id, Some(&approval.sha256))
 }
 
 /// A staged release whose statement verifies: the statement goes into the chroot, then
@@ -343,23 +354,13 @@ fn activate(
     change: Change,
 ) -> Result<Outcome, PublishError> {
     let host = host.clone();
-    let group = host_group(fleet, &host);
-    let staging = paths.staging();
-    ensure_dir(&staging, 0o700, None).map_err(io_error(&host, "creating", &staging))?;
-    crate::server::signing::install_statement(paths, &host, approval, group)?;
+    install_and_swap(fleet, (paths, &host), opts, &id, approval)?;
     // Signed and published: nothing of it is left to sign.
     let _ = fs::remove_file(
         opts.state_dir
             .join(crate::server::signing::TO_SIGN_DIR)
             .join(format!("{host}.MANIFEST")),
     );
-    let stager = Stager {
-        paths,
-        host: &host,
-        group,
-        fault: opts.fault,
-    };
-    stager.swap_current(&id, Some(&approval.sha256))?;
     let pruned = prune(paths, &id, opts.keep_releases).map_err(io_error(
         &host,
         "pruning",
