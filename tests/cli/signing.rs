@@ -93,6 +93,11 @@ fn a_release_waits_for_its_signatures_and_publish_installs_them() {
         "nothing left to sign once published"
     );
 
+    let (_, table) = fleet.output(&["status"]);
+    assert!(
+        table.contains("signed #1 by 2 key(s) until 2026-12-24T12:00:00Z"),
+        "{table}"
+    );
     let (_, story) = fleet.output(&["status", "alpha"]);
     assert!(story.contains("signed      #1 by SHA256:"), "{story}");
     let (_, json) = fleet.output(&["status", "--json"]);

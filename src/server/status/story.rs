@@ -252,13 +252,24 @@ pub(super) fn note(row: &HostStatus) -> Option<String> {
             .unwrap_or_default();
         return Some(format!("paused until {until}{reason}"));
     }
-    match ops.reboot? {
-        RebootReport::Pending => Some(match ops.reboot_window {
+    let reboot = ops.reboot.map(|r| match r {
+        RebootReport::Pending => match ops.reboot_window {
             Some(w) => format!("reboot pending (window {w})"),
             None => "reboot pending".to_owned(),
-        }),
-        RebootReport::Needed => Some("reboot needed (applied for the next boot)".to_owned()),
-    }
+        },
+        RebootReport::Needed => "reboot needed (applied for the next boot)".to_owned(),
+    });
+    // A signed fleet's table names each host's statement; `status HOST` has the fingerprints.
+    reboot.or_else(|| {
+        ops.signed.as_ref().map(|s| {
+            format!(
+                "signed #{} by {} key(s) until {}",
+                s.seq,
+                s.signers.len(),
+                s.expires
+            )
+        })
+    })
 }
 
 fn log_tail(log: Option<Result<String, String>>) -> String {
