@@ -28,6 +28,36 @@ fn help_teaches() {
 }
 
 #[test]
+fn confirm_boot_help_teaches() {
+    let out = tiffin().args(["confirm-boot", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!("confirm_boot_help", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn confirm_boot_with_nothing_pending_says_so_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    let state = dir.path().join("state");
+    fs::write(
+        &config,
+        format!(
+            "host = \"web-1\"\nserver = \"192.0.2.1\"\nserver_key = \"{}\"\nstate_dir = \"{}\"\n",
+            crate::KEYS[0],
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = tiffin()
+        .args(["confirm-boot", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web-1: no boot to confirm\n");
+}
+
+#[test]
 fn validate_prints_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("client.toml");
