@@ -54,7 +54,10 @@ fn confirm_boot_with_nothing_pending_says_so_and_exits_0() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "web-1: no boot to confirm\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "web-1: no boot to confirm\n"
+    );
 }
 
 #[test]
