@@ -255,16 +255,8 @@ fn signed_status(
         .ok()
         .and_then(|b| crate::core::current::statement(&b));
     if line.as_deref() != Some(crate::core::hash::sha256_hex(&statement).as_str()) {
-        if !matches!(row.state, State::Unreadable | State::Stale) {
-            row.state = State::Unverifiable;
-        }
         let why = "CURRENT names no signed statement, or another one than STATEMENT: the host will refuse the release as unsigned";
-        row.error = Some(
-            row.error
-                .take()
-                .map_or(why.into(), |e| format!("{why}; {e}")),
-        );
-        return;
+        return flag(row, State::Unverifiable, why.into());
     }
     let root = trust.root();
     let checked = crate::core::trust::check_statement(
@@ -275,33 +267,8 @@ fn signed_status(
         &published.id,
         now,
     );
-    let keep = matches!(row.state, State::Unreadable | State::Stale);
-    let bad = |row: &mut HostStatus, state: State, why: String| {
-        if !keep {
-            row.state = state;
-        }
-        row.error = Some(match row.error.take() {
-            Some(e) => format!("{why}; {e}"),
-            None => why,
-        });
-    };
     match checked {
-        Ok((s, signers)) => {
-            let left = s.expires_at().duration_since(now).unwrap_or_default();
-            if left < trust.warn_before.0 && row.warning.is_none() {
-                row.warning = Some(format!(
-                    "the signed statement expires {} (in {}): renew it (`tiffin sign --renew {}`)",
-                    s.expires,
-                    Interval(std::time::Duration::from_secs(left.as_secs())),
-                    row.host
-                ));
-            }
-            row.ops.signed = Some(SignedStatus {
-                seq: s.seq,
-                expires: s.expires,
-                signers: signers.0,
-            });
-        }
+        Ok((s, signers)) => signed_ok(row, trust, (s, signers), now),
         Err(crate::core::trust::TrustError::Expired { expires }) => {
             // The metrics keep the expiry (and seq) of an expired statement.
             if let Ok(st) = crate::core::trust::Statement::parse(&statement) {
@@ -311,21 +278,53 @@ fn signed_status(
                     signers: Vec::new(),
                 });
             }
-            bad(
-                row,
-                State::Expired,
-                format!(
-                    "the signed statement expired at {expires}: the host applies nothing new until it is renewed (`tiffin sign --renew {}`)",
-                    row.host
-                ),
-            )
+            let why = format!(
+                "the signed statement expired at {expires}: the host applies nothing new until it is renewed (`tiffin sign --renew {}`)",
+                row.host
+            );
+            flag(row, State::Expired, why);
         }
-        Err(e) => bad(
+        Err(e) => flag(
             row,
             State::Unverifiable,
             format!("the published release's signed statement does not verify: {e}"),
         ),
     }
+}
+
+/// A verified statement: named in the row, and a warning when it expires soon.
+fn signed_ok(
+    row: &mut HostStatus,
+    trust: &crate::admin::fleet::trust::TrustSettings,
+    (s, signers): (crate::core::trust::Statement, crate::core::trust::Signers),
+    now: SystemTime,
+) {
+    let left = s.expires_at().duration_since(now).unwrap_or_default();
+    if left < trust.warn_before.0 && row.warning.is_none() {
+        row.warning = Some(format!(
+            "the signed statement expires {} (in {}): renew it (`tiffin sign --renew {}`)",
+            s.expires,
+            Interval(std::time::Duration::from_secs(left.as_secs())),
+            row.host
+        ));
+    }
+    row.ops.signed = Some(SignedStatus {
+        seq: s.seq,
+        expires: s.expires,
+        signers: signers.0,
+    });
+}
+
+/// A statement the host will refuse: the row's state (unless the host's own state is unknown
+/// or stale, which say more) and the reason first in its error.
+fn flag(row: &mut HostStatus, state: State, why: String) {
+    if !matches!(row.state, State::Unreadable | State::Stale) {
+        row.state = state;
+    }
+    row.error = Some(match row.error.take() {
+        Some(e) => format!("{why}; {e}"),
+        None => why,
+    });
 }
 
 /// One host's row: its published release, its report, and the state they add up to.
