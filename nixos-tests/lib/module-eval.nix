@@ -104,32 +104,24 @@
     }
   ];
   # The boot confirmation: off, and with a timeout of its own.
-  withConfirm = confirm:
+  # A client with one more option set.
+  withClient = extra:
     eval [
       (repo + "/nix/modules/client.nix")
       {
-        services.tiffin.client = {
-          enable = true;
-          server = "fleet.example.org";
-          serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
-          inherit confirm;
-        };
+        services.tiffin.client =
+          {
+            enable = true;
+            server = "fleet.example.org";
+            serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
+          }
+          // extra;
       }
     ];
+  withConfirm = confirm: withClient {inherit confirm;};
   noConfirm = withConfirm {enable = false;};
   # Signed releases: the root of trust this host is pinned to.
-  withTrust = trust:
-    eval [
-      (repo + "/nix/modules/client.nix")
-      {
-        services.tiffin.client = {
-          enable = true;
-          server = "fleet.example.org";
-          serverPublicKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMGQC1aCaZX2zZqN9X6F3k//2aO41CBiBRm3y87h9W3Q x";
-          inherit trust;
-        };
-      }
-    ];
+  withTrust = trust: withClient {inherit trust;};
   trustKeys = [
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv0F/EMgr0VKJtAWiIm+AEip+1wxUFWA08fWuUB5qDC alice@laptop"
     "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIA6dkD320lyE5ol4Pk3CL/IH+GrQZirQhq8MA2n4psgmAAAABHNzaDo= bob@yubikey"

@@ -98,18 +98,12 @@ impl State {
         )
     }
 
+    /// Red for what alarms (the same list as the exit status), green when up to date.
     fn colour(self) -> &'static str {
         match self {
+            _ if self.is_alarming() => "\x1b[31m",
             State::UpToDate => "\x1b[32m",
-            State::Pending | State::NeverSeen | State::Paused => "\x1b[33m",
-            State::Failed
-            | State::RolledBack
-            | State::Stale
-            | State::Unreadable
-            | State::Drifted
-            | State::Quarantined
-            | State::Expired
-            | State::Unverifiable => "\x1b[31m",
+            _ => "\x1b[33m",
         }
     }
 }
