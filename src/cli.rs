@@ -4,7 +4,8 @@ use clap::{Parser, Subcommand};
 
 use crate::command::error::{Error, Exit};
 use crate::command::{
-    check, confirm_boot, host, init, pause, provision, publish, pull, sign, status, trigger, verify,
+    check, confirm_boot, host, init, pause, provision, publish, pull, rollout, sign, status,
+    trigger, verify,
 };
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -21,7 +22,7 @@ const AFTER_HELP: &str = "Typical use:
 
 Exit codes: 0 ok, 1 the operation failed, 2 bad usage or bad input,
 3 (status) a host is failed, rolled back, quarantined, expired, unverifiable,
-stale, unreadable or drifted.";
+stale, unreadable or drifted, or the rollout is halted or reverted.";
 
 #[derive(Debug, Parser)]
 #[command(name = "tiffin", version, about = ABOUT, after_help = AFTER_HELP, max_term_width = 100)]
@@ -86,6 +87,9 @@ pub enum Command {
     /// Ask hosts to poll now, reapply (--reapply), or retry a quarantined release (--retry)
     #[command(long_about = trigger::LONG_ABOUT)]
     Trigger(trigger::Args),
+    /// Roll a publish out in waves: step (from a timer), status, pause, resume, cancel, revert
+    #[command(long_about = rollout::LONG_ABOUT)]
+    Rollout(rollout::Args),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Pause(args) => pause::pause(args),
         Command::Resume(args) => pause::resume(args),
         Command::Trigger(args) => trigger::run(args),
+        Command::Rollout(args) => rollout::run(args),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::core::settings::{ApplyOverrides, ApplyPolicy, Interval};
 
 pub mod files;
 pub mod prebuilt;
+pub mod rollout;
 pub mod rules;
 pub mod trust;
 
@@ -156,6 +157,12 @@ pub struct FleetConfig {
     /// Signed releases: hosts apply only what the threshold of these keys signed (docs/signing.md).
     #[serde(default)]
     pub trust: Option<trust::TrustSettings>,
+    /// A publish goes out in waves, each gated on the last one's health (docs/rollouts.md).
+    #[serde(default)]
+    pub rollout: Option<rollout::RolloutSettings>,
+    /// Settings of the hosts tagged with each name (e.g. `max_rebooting`).
+    #[serde(default)]
+    pub groups: BTreeMap<rollout::GroupName, rollout::GroupSettings>,
 }
 
 /// `hosts/<name>/host.toml` as written.
@@ -169,6 +176,9 @@ struct HostFile {
     /// `[files."etc/grafana/secret"]`: owner, group, stage, restart, reload.
     #[serde(default)]
     files: BTreeMap<String, files::RawFileMeta>,
+    /// The groups the host belongs to (rollout waves, reboot limits).
+    #[serde(default)]
+    tags: Vec<rollout::GroupName>,
 }
 
 /// A host as the fleet defines it, defaults applied.
@@ -181,6 +191,8 @@ pub struct Host {
     pub apply: ApplyPolicy,
     /// Settings of files of `files/` (or `common/files/`) by their path on the client.
     pub files: BTreeMap<crate::core::names::RelPath, crate::core::release::FileMeta>,
+    /// Its groups (host.toml `tags`).
+    pub tags: std::collections::BTreeSet<rollout::GroupName>,
 }
 
 /// The loaded fleet repository.
@@ -233,6 +245,13 @@ impl Fleet {
             }
         }
         problems.extend(prebuilt::problems(&config.server, &hosts));
+        if let Some(r) = &config.rollout {
+            let tags = hosts
+                .values()
+                .flat_map(|h| h.tags.iter().cloned())
+                .collect();
+            problems.extend(r.problems(&tags));
+        }
         Ok(Fleet {
             root: root.to_owned(),
             config,
@@ -409,9 +428,32 @@ fn load_host(
         poll_interval: parsed
             .poll_interval
             .unwrap_or(config.defaults.poll_interval),
-        apply: config.defaults.apply.overridden_by(&parsed.apply),
+        apply: with_slot(
+            config.defaults.apply.overridden_by(&parsed.apply),
+            config,
+            &parsed.tags,
+        ),
         files: file_metas,
+        tags: parsed.tags.into_iter().collect(),
     })
+}
+
+/// A host in a group with `max_rebooting` waits for a slot before it reboots.
+fn with_slot(
+    mut apply: ApplyPolicy,
+    config: &FleetConfig,
+    tags: &[rollout::GroupName],
+) -> ApplyPolicy {
+    let limited = tags.iter().any(|t| {
+        config
+            .groups
+            .get(t)
+            .is_some_and(|g| g.max_rebooting.is_some())
+    });
+    if limited {
+        apply.reboot_slot = crate::core::settings::RebootSlot::Wait;
+    }
+    apply
 }
 
 /// A host.toml poll_interval other than fleet.toml's reaches `tiffin status` only, unless the

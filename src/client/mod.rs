@@ -1109,7 +1109,10 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         };
         self.timed_attempt();
         (self.report.applied_seq, self.report.applied_at) = (Some(attempt.seq), Some(at));
-        let reboot = self.reboot_now_or_later(reboot, attempt.apply.reboot_window);
+        let reboot = self.reboot_now_or_later(
+            reboot,
+            (attempt.apply.reboot_window, attempt.apply.reboot_slot),
+        );
         self.record_boot_only(boot_only);
         self.state.save(&self.cfg.state_dir)?;
         self.report.result = PullResult::Ok;
@@ -1370,6 +1373,7 @@ fn first_report(cfg: &ClientConfig, state: &State, id: &ReleaseId, started: Syst
         signed_seq: None,
         signed_expires: None,
         signers: Vec::new(),
+        reboot_slot: None,
     }
 }
 

@@ -147,7 +147,7 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
         self.report.pause_reason = pause.reason.as_ref().map(|r| r.as_str().to_owned());
         if let Some(pending) = &self.state.pending_reboot {
             self.report.reboot = Some(crate::core::report::RebootReport::Pending);
-            self.report.reboot_window = Some(pending.window);
+            self.report.reboot_window = pending.window;
         }
         let saved = self.save_state();
         if let Err(e) = &saved {

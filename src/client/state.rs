@@ -165,7 +165,15 @@ pub struct PendingReboot {
     /// The release whose system needs it.
     pub id: ReleaseId,
     pub since: String,
-    pub window: crate::core::window::RebootWindow,
+    /// The window it waits for; none: it waits for a reboot slot only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::core::window::RebootWindow>,
+    /// Whether it also waits for a slot the server grants (`max_rebooting`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::core::settings::RebootSlot::is_free"
+    )]
+    pub slot: crate::core::settings::RebootSlot,
 }
 
 /// Exponential backoff: `initial`, doubling per failure, at most `max`.

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::core::settings::RebootSlot;
 use crate::core::window::RebootWindow;
 
 /// Minutes after local midnight at `t`, in the client's time zone (`TZ`, else `/etc/localtime`).
@@ -40,7 +41,10 @@ pub fn pending_reboot_open(state_dir: &std::path::Path, opts: &super::PollOption
     super::state::State::load(state_dir)
         .ok()
         .and_then(|s| s.pending_reboot)
-        .is_some_and(|p| p.window.contains((opts.local_minute)((opts.now)())))
+        .is_some_and(|p| {
+            p.window
+                .is_none_or(|w| w.contains((opts.local_minute)((opts.now)())))
+        })
 }
 
 impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_, R, C> {
@@ -57,11 +61,33 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
             return false;
         }
         self.report.reboot = Some(crate::core::report::RebootReport::Pending);
-        self.report.reboot_window = Some(pending.window);
+        self.report.reboot_window = pending.window;
         // Kept until a boot makes it unneeded, so a reboot that fails is tried again.
-        pending
+        let open = pending
             .window
-            .contains((self.opts.local_minute)(self.started))
+            .is_none_or(|w| w.contains((self.opts.local_minute)(self.started)));
+        open && self.slot_allows(pending.slot)
+    }
+
+    /// Inside the window: a host that waits for a reboot slot reboots only on a `reboot`
+    /// trigger this poll handles (the server's grant), and asks in its report otherwise.
+    fn slot_allows(&mut self, slot: RebootSlot) -> bool {
+        use crate::core::report::RebootSlotReport;
+        if slot.is_free() {
+            return true;
+        }
+        let granted = self
+            .trigger
+            .as_ref()
+            .is_some_and(|t| t.kind == crate::core::current::TriggerKind::Reboot);
+        if granted {
+            tracing::info!("the server granted a reboot slot: rebooting");
+            self.report.reboot_slot = Some(RebootSlotReport::Granted);
+        } else {
+            tracing::info!("the reboot is due and waits for a reboot slot from the server");
+            self.report.reboot_slot = Some(RebootSlotReport::Wanted);
+        }
+        granted
     }
 
     /// After applying a release: `true` to reboot now; outside the window the reboot is
@@ -69,7 +95,7 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
     pub(super) fn reboot_now_or_later(
         &mut self,
         needed: bool,
-        release_window: Option<RebootWindow>,
+        (release_window, slot): (Option<RebootWindow>, RebootSlot),
     ) -> bool {
         self.state.pending_reboot = None;
         if !needed {
@@ -78,7 +104,18 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
         let now = (self.opts.now)();
         let window = release_window.or(self.cfg.reboot_window);
         match decide(window, (self.opts.local_minute)(now)) {
-            RebootWhen::Now => true,
+            RebootWhen::Now if self.slot_allows(slot) => true,
+            RebootWhen::Now => {
+                self.state.pending_reboot = Some(super::state::PendingReboot {
+                    id: self.id.clone(),
+                    since: crate::core::settings::format_time(now),
+                    window,
+                    slot,
+                });
+                self.report.reboot = Some(crate::core::report::RebootReport::Pending);
+                self.report.reboot_window = window;
+                false
+            }
             RebootWhen::Deferred { window, opens_in } => {
                 tracing::info!(
                     "the new system needs a reboot; it waits for the reboot window {window} (local time), which opens in {}",
@@ -87,7 +124,8 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
                 self.state.pending_reboot = Some(super::state::PendingReboot {
                     id: self.id.clone(),
                     since: crate::core::settings::format_time(now),
-                    window,
+                    window: Some(window),
+                    slot,
                 });
                 self.report.reboot = Some(crate::core::report::RebootReport::Pending);
                 self.report.reboot_window = Some(window);

@@ -7,6 +7,7 @@ use super::FleetArgs;
 use crate::command::error::{Error, Exit};
 use crate::core::clock::now;
 use crate::core::layout::ChrootPaths;
+use crate::server::rollout::{self, exec};
 use crate::server::status;
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +57,13 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
                 && std::env::var_os("NO_COLOR").is_none(),
         },
     };
-    let text = match format {
+    let state_dir = args.fleet.state_dir(&fleet);
+    let overview = exec::overview(&fleet, &chroot_root, &state_dir, now).map_err(|e| {
+        Error::Failed(format!(
+            "the rollout's record cannot be read, so no state is shown: {e}"
+        ))
+    })?;
+    let mut text = match format {
         Format::Json => status::render_json(&rows),
         Format::Prometheus => status::prometheus::render(&rows, now),
         Format::Table { .. } if args.hosts.len() == 1 && rows.len() == 1 => {
@@ -65,6 +72,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         }
         Format::Table { colour } => status::render_table(&rows, now, colour),
     };
+    text.push_str(&rollout_text(format, &args.hosts, &overview, now));
     match &args.output {
         None => print!("{text}"),
         // World-readable like every textfile node_exporter reads: it holds no secret.
@@ -76,9 +84,57 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         )
         .map_err(|e| Error::Failed(format!("cannot write {}: {e}", path.display())))?,
     }
-    Ok(if rows.iter().any(|r| r.state.is_alarming()) {
+    let halted = overview
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.phase.is_alarming());
+    Ok(if halted || rows.iter().any(|r| r.state.is_alarming()) {
         Exit::Alarm
     } else {
         Exit::Ok
     })
+}
+
+/// The rollout after the hosts: its metrics; under the table, its summary while it holds
+/// hosts back or halted; in one host's story, whether the rollout holds it back.
+fn rollout_text(
+    format: Format,
+    hosts: &[String],
+    overview: &exec::Overview,
+    now: std::time::SystemTime,
+) -> String {
+    let held = overview.slots.held.len();
+    let lines: Vec<String> = match (format, &overview.rollout) {
+        (Format::Json, _) => return String::new(),
+        (Format::Prometheus, r) => {
+            return rollout::metrics::render(r.as_ref(), &overview.views, held, now);
+        }
+        (Format::Table { .. }, Some(r)) if hosts.len() == 1 => hosts[0]
+            .parse()
+            .ok()
+            .and_then(|h| rollout::held_back(r, &h))
+            .into_iter()
+            .collect(),
+        (Format::Table { .. }, Some(r)) if r.phase.is_open() || r.phase.is_alarming() => {
+            let mut lines = vec![String::new()];
+            lines.extend(rollout::summary(r, &overview.views, now));
+            lines
+        }
+        _ => Vec::new(),
+    };
+    let mut text: String = lines
+        .iter()
+        .map(|l| format!("{}\n", crate::core::untrusted::one_line(l, 4096)))
+        .collect();
+    if matches!(format, Format::Table { .. }) {
+        for (host, slot) in &overview.slots.held {
+            if hosts.is_empty() || hosts.iter().any(|h| h == host.as_str()) {
+                text.push_str(&format!(
+                    "reboot slot: {host} since {}\n",
+                    crate::core::settings::format_time(slot.granted.0)
+                ));
+            }
+        }
+    }
+    text
 }

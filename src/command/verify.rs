@@ -64,6 +64,7 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
                 when: When::Always,
                 keep_releases: fleet.config.server.keep_releases,
                 now: now(),
+                hold: crate::server::publish::Hold::Swap,
                 fault: None,
             };
             repair_host(&fleet, host, &paths, &checks, &opts)?;
@@ -128,8 +129,8 @@ fn repair_host(
                 "{host}: a fresh copy is staged as release #{seq} {}: the hosts get it once the admins sign it (`tiffin sign`) and it is published again",
                 id.short()
             ),
-            Outcome::Unchanged { .. } | Outcome::Renewed { .. } => {
-                unreachable!("When::Always always publishes")
+            Outcome::Unchanged { .. } | Outcome::Renewed { .. } | Outcome::Held { .. } => {
+                unreachable!("When::Always with Hold::Swap always publishes")
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `/CURRENT` in a host's chroot: line 1 the release id, an optional line 2 the last trigger.
 //!
 //! Old clients read line 1 only, so a trigger line never breaks them. The trigger line is
-//! `trigger <id> <pull|reapply|retry>`; its id is unique per trigger, and a client acts on a
+//! `trigger <id> <pull|reapply|retry|reboot>`; its id is unique per trigger, and a client acts on a
 //! trigger whose id differs from the one it handled last.
 
 use std::fmt;
@@ -16,6 +16,8 @@ pub enum TriggerKind {
     Reapply,
     /// Apply a quarantined release again (one that was rolled back).
     Retry,
+    /// A reboot slot (`max_rebooting`): the host may reboot now, inside its window.
+    Reboot,
 }
 
 impl TriggerKind {
@@ -24,6 +26,7 @@ impl TriggerKind {
             TriggerKind::Pull => "pull",
             TriggerKind::Reapply => "reapply",
             TriggerKind::Retry => "retry",
+            TriggerKind::Reboot => "reboot",
         }
     }
 }
@@ -50,6 +53,7 @@ impl Trigger {
             "pull" => TriggerKind::Pull,
             "reapply" => TriggerKind::Reapply,
             "retry" => TriggerKind::Retry,
+            "reboot" => TriggerKind::Reboot,
             _ => return None,
         };
         let valid_id = !id.is_empty()

@@ -112,6 +112,20 @@ pub struct Report {
     pub signed_expires: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signers: Vec<String>,
+    /// A reboot limited by `max_rebooting` (fleet.toml `[groups]`): `wanted` while the host
+    /// waits for a slot inside its window, `granted` when it reboots on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_slot: Option<RebootSlotReport>,
+}
+
+/// Where a host stands with its reboot slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootSlotReport {
+    /// Its reboot is due and waits for the server to grant a slot.
+    Wanted,
+    /// It reboots now, on the slot the server granted.
+    Granted,
 }
 
 /// A reboot the client owes.

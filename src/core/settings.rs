@@ -80,6 +80,28 @@ pub struct ApplyPolicy {
     /// rolls back; unset: the client's `confirm_timeout` (default 3 min).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm_timeout: Option<Interval>,
+    /// Whether a needed reboot waits for a slot the server grants (the host is in a group with
+    /// `max_rebooting`); set by the fleet from the host's tags, left out of the MANIFEST when
+    /// free, so older ids stay the same.
+    #[serde(default, skip_serializing_if = "RebootSlot::is_free")]
+    pub reboot_slot: RebootSlot,
+}
+
+/// `[apply] reboot_slot`: whether a reboot is the host's own decision or waits for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootSlot {
+    /// Reboot when due (inside the window).
+    #[default]
+    Free,
+    /// Ask in the report when due, and reboot when the server grants a slot (a `reboot` trigger).
+    Wait,
+}
+
+impl RebootSlot {
+    pub fn is_free(&self) -> bool {
+        *self == RebootSlot::Free
+    }
 }
 
 /// `[apply] confirm`: written `true` or `false`, kept as an enum so no call site reads a bare bool.
@@ -158,6 +180,7 @@ impl ApplyPolicy {
             build: o.build.unwrap_or(self.build),
             confirm: o.confirm.unwrap_or(self.confirm),
             confirm_timeout: o.confirm_timeout.or(self.confirm_timeout),
+            reboot_slot: self.reboot_slot,
         }
     }
 }

@@ -42,6 +42,18 @@ pub enum PublishError {
     },
     #[error("host {host}: injected fault ({0:?})", .fault)]
     Injected { host: HostName, fault: Fault },
+    #[error(
+        "host {host}: the rollout's release {id} is not in {} any more (pruned, or removed by hand): publish again to start a new rollout", dir.display()
+    )]
+    HeldMissing {
+        host: HostName,
+        id: String,
+        dir: PathBuf,
+    },
+    #[error(
+        "host {host}: the rollout's release {id} has no signed statement that verifies in the repository any more: sign it again (`tiffin sign`); the host keeps its current release"
+    )]
+    HeldUnsigned { host: HostName, id: String },
     #[error(transparent)]
     Prebuilt(#[from] crate::server::prebuilt::PrebuiltError),
     #[error(transparent)]
@@ -84,8 +96,19 @@ pub struct PublishOptions {
     pub when: When,
     pub keep_releases: usize,
     pub now: SystemTime,
+    /// Whether a new release becomes current now or waits for its rollout wave.
+    pub hold: Hold,
     /// Test hook; `None` in real use.
     pub fault: Option<Fault>,
+}
+
+/// What a publish does with a host's new release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// `CURRENT` names it at once (no rollout, or `--all-at-once`).
+    Swap,
+    /// It waits in `releases/` until its rollout wave releases it (`server::rollout`).
+    Rollout,
 }
 
 /// What publishing did (or, with `--dry-run`, would do) for one host.
@@ -110,6 +133,14 @@ pub enum Outcome {
         change: Change,
         /// The MANIFEST to sign (`<state_dir>/to-sign/<host>.MANIFEST`).
         to_sign: Option<PathBuf>,
+        mode: Mode,
+    },
+    /// A rollout: the release (signed, on a signed fleet) is in `releases/`; `CURRENT` names
+    /// it when the host's wave starts.
+    Held {
+        id: ReleaseId,
+        seq: u64,
+        change: Change,
         mode: Mode,
     },
     /// A signed fleet: the same release, a new statement (a renewed expiry).
@@ -195,16 +226,43 @@ pub fn publish_host(
         Prepared::Unchanged { id, seq } => return Ok(Outcome::Unchanged { id, seq }),
         Prepared::Next(next) => next,
     };
-    match opts.mode {
-        Mode::DryRun => Ok(Outcome::Published {
+    match (opts.mode, opts.hold) {
+        (Mode::DryRun, Hold::Swap) => Ok(Outcome::Published {
             id: next.manifest.id(),
             seq: next.manifest.seq,
             change: next.change,
             pruned: 0,
             mode: Mode::DryRun,
         }),
-        Mode::Write => install(fleet, *next, opts, Gate::Swap(None)),
+        (Mode::Write, Hold::Swap) => install(fleet, *next, opts, Gate::Swap(None)),
+        (mode, Hold::Rollout) => hold(fleet, *next, opts, mode),
     }
+}
+
+/// A rollout's release: written once and left in `releases/` (publishing the same tree
+/// again finds it); its wave makes it current.
+fn hold(
+    fleet: &Fleet,
+    next: Next,
+    opts: &PublishOptions,
+    mode: Mode,
+) -> Result<Outcome, PublishError> {
+    let change = next.change;
+    let held = crate::server::signing::staged_like(&next.paths, &next.manifest);
+    let (id, seq) = match (held, mode) {
+        (Some(held), _) => held,
+        (None, Mode::DryRun) => (next.manifest.id(), next.manifest.seq),
+        (None, Mode::Write) => match install(fleet, next, opts, Gate::Stage)? {
+            Outcome::Published { id, seq, .. } => (id, seq),
+            _ => unreachable!("install returns Published"),
+        },
+    };
+    Ok(Outcome::Held {
+        id,
+        seq,
+        change,
+        mode,
+    })
 }
 
 /// A signed fleet's host: a release becomes current only with a statement for it that
@@ -243,6 +301,15 @@ fn publish_signed(
     if let Some((id, seq)) = &staged
         && let Some(approval) = approval
     {
+        if opts.hold == Hold::Rollout {
+            let (id, seq, change, mode) = (id.clone(), *seq, next.change, opts.mode);
+            return Ok(Outcome::Held {
+                id,
+                seq,
+                change,
+                mode,
+            });
+        }
         if opts.mode == Mode::DryRun {
             let (id, seq, change) = (id.clone(), *seq, next.change);
             let mode = Mode::DryRun;
@@ -374,6 +441,121 @@ fn activate(
         pruned,
         mode,
     })
+}
+
+/// What releasing a rollout's held release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// `CURRENT` names it now.
+    Now,
+    /// `CURRENT` named it already.
+    Already,
+    /// `CURRENT` names a newer release (a later publish): left alone.
+    Superseded,
+}
+
+/// A rollout's wave reaches the host: `CURRENT` names its held release (with its statement on
+/// a signed fleet), unless it names it already or a newer one.
+pub fn release_held(
+    fleet: &Fleet,
+    host: &HostName,
+    (id, seq): (&ReleaseId, u64),
+    opts: &PublishOptions,
+) -> Result<Released, PublishError> {
+    let paths = ChrootPaths::new(&opts.chroot_root, host);
+    let current = paths
+        .read_current()
+        .map_err(io_error(host, "reading", &paths.current()))?;
+    if current.as_ref() == Some(id) {
+        return Ok(Released::Already);
+    }
+    if current.is_some_and(|c| seq_of(&paths, &c).is_some_and(|s| s > seq)) {
+        return Ok(Released::Superseded);
+    }
+    if !paths.release(id).join(MANIFEST_FILE).is_file() {
+        let dir = paths.release(id);
+        let (host, id) = (host.clone(), id.to_string());
+        return Err(PublishError::HeldMissing { host, id, dir });
+    }
+    match &fleet.config.trust {
+        Some(trust) => {
+            let approval = crate::server::signing::approval(fleet, trust, host, id, opts.now)?
+                .ok_or_else(|| PublishError::HeldUnsigned {
+                    host: host.clone(),
+                    id: id.to_string(),
+                })?;
+            install_and_swap(fleet, (&paths, host), opts, id, &approval)?;
+            let to_sign = opts.state_dir.join(crate::server::signing::TO_SIGN_DIR);
+            let _ = fs::remove_file(to_sign.join(format!("{host}.MANIFEST")));
+        }
+        None => {
+            let group = host_group(fleet, host);
+            let staging = paths.staging();
+            ensure_dir(&staging, 0o700, None).map_err(io_error(host, "creating", &staging))?;
+            let stager = Stager {
+                paths: &paths,
+                host,
+                group,
+                fault: opts.fault,
+            };
+            stager.swap_current(id, None)?;
+        }
+    }
+    prune(&paths, id, opts.keep_releases).map_err(io_error(host, "pruning", &paths.releases()))?;
+    Ok(Released::Now)
+}
+
+/// The seq of a stored release, if its MANIFEST can be read.
+fn seq_of(paths: &ChrootPaths, id: &ReleaseId) -> Option<u64> {
+    let bytes = fs::read(paths.release(id).join(MANIFEST_FILE)).ok()?;
+    ManifestHead::parse(&bytes).ok().map(|h| h.seq)
+}
+
+/// A rollout's revert: the stored release `from` published again as a new, higher seq (the
+/// host's seq guard never sees a lower one), its files hard-linked, and made current.
+pub fn republish(
+    fleet: &Fleet,
+    host: &HostName,
+    from: &ReleaseId,
+    opts: &PublishOptions,
+) -> Result<(ReleaseId, u64), PublishError> {
+    let paths = ChrootPaths::new(&opts.chroot_root, host);
+    let source = paths.release(from);
+    let bytes = fs::read(source.join(MANIFEST_FILE)).map_err(|_| PublishError::HeldMissing {
+        host: host.clone(),
+        id: from.to_string(),
+        dir: source.clone(),
+    })?;
+    let mut manifest =
+        Manifest::parse_verified(&bytes, from).map_err(|e| PublishError::BrokenCurrent {
+            host: host.clone(),
+            id: from.to_string(),
+            message: e.to_string(),
+        })?;
+    let current_seq = paths
+        .read_current()
+        .ok()
+        .flatten()
+        .and_then(|c| seq_of(&paths, &c))
+        .unwrap_or(0);
+    let recorded = SeqRecord::new(&opts.state_dir, host).read()?;
+    manifest.seq = current_seq.max(recorded) + 1;
+    manifest.created = format_time(opts.now);
+    let stager = Stager {
+        paths: &paths,
+        host,
+        group: host_group(fleet, host),
+        fault: opts.fault,
+    };
+    stager.prepare_dirs(&opts.chroot_root)?;
+    SeqRecord::new(&opts.state_dir, host).reserve(manifest.seq)?;
+    let result = stager
+        .link_release(&source, &manifest)
+        .and_then(|id| stager.swap_current(&id, None).map(|()| id));
+    let _ = fs::remove_dir_all(paths.staging());
+    let id = result?;
+    prune(&paths, &id, opts.keep_releases).map_err(io_error(host, "pruning", &paths.releases()))?;
+    Ok((id, manifest.seq))
 }
 
 /// Resolves and hashes the host's directory and compares it with the current release.
@@ -598,6 +780,35 @@ impl Stager<'_> {
             self.swap_current(&id, approval.map(|a| a.sha256.as_str()))?;
         }
         Ok((id, manifest.seq))
+    }
+
+    /// A release whose files are those of the stored release `source` (hard-linked: releases
+    /// are immutable), under `manifest`, renamed into `releases/`.
+    fn link_release(&self, source: &Path, manifest: &Manifest) -> Result<ReleaseId, PublishError> {
+        let tmp = self
+            .paths
+            .staging()
+            .join(format!("release-{}", manifest.seq));
+        ensure_dir(&tmp, SERVER_DIR_MODE, self.group).map_err(self.io("creating", &tmp))?;
+        for file in &manifest.files {
+            let (old, dest) = (file.path.under(source), file.path.under(&tmp));
+            if let Some(parent) = dest.parent() {
+                ensure_dir_all(&tmp, parent, self.group).map_err(self.io("creating", parent))?;
+            }
+            let intact = sha256_file(&old)
+                .is_ok_and(|(sha, size)| sha == file.sha256.as_str() && size == file.size);
+            if !intact {
+                let e = std::io::Error::other("no longer matches its MANIFEST (`tiffin verify`)");
+                return Err(self.io("linking", &old)(e));
+            }
+            fs::hard_link(&old, &dest).map_err(self.io("linking", &dest))?;
+        }
+        let id = self.write_manifest(&tmp, manifest)?;
+        let final_dir = self.paths.release(&id);
+        fs::rename(&tmp, &final_dir).map_err(self.io("renaming into place", &final_dir))?;
+        let releases = self.paths.releases();
+        durable::sync_dir(&releases).map_err(self.io("syncing", &releases))?;
+        Ok(id)
     }
 
     /// Copies (or hard-links, when unchanged since the previous release) every file into `tmp`.

@@ -140,6 +140,9 @@ pub struct HostStatus {
     /// A trigger (`tiffin trigger`) in CURRENT the host has not reported handling yet: its id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger_pending: Option<String>,
+    /// When the server received the report, to the nanosecond (the rollout's stale-report rule).
+    #[serde(skip)]
+    pub received: Option<SystemTime>,
 }
 
 /// The operational details of a host's report; each absent from the JSON when unknown.
@@ -168,6 +171,9 @@ pub struct HostOps {
     /// Signed fleets: the published release's statement, as the server verified it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedStatus>,
+    /// The host waits for a reboot slot, or reboots on one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_slot: Option<crate::core::report::RebootSlotReport>,
 }
 
 /// The statement in a host's chroot, verified by the server against the fleet's root.
@@ -192,6 +198,7 @@ impl HostOps {
             boot_only: report.boot_only.clone(),
             quarantined: report.quarantined.clone(),
             signed: None,
+            reboot_slot: report.reboot_slot,
         }
     }
 
@@ -353,6 +360,7 @@ pub fn host_status(
             warning,
             ops: HostOps::default(),
             trigger_pending: published_trigger.map(|t| t.id),
+            received: None,
         };
     };
     if report.host != name.as_str() {
@@ -393,6 +401,7 @@ pub fn host_status(
         trigger_pending: published_trigger
             .filter(|t| report.trigger.as_deref() != Some(t.id.as_str()))
             .map(|t| t.id),
+        received: Some(at),
     }
 }
 

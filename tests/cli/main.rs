@@ -8,6 +8,7 @@ mod prebuilt;
 mod provision;
 mod publish;
 mod pull;
+mod rollout;
 mod signing;
 mod status;
 mod trigger;
@@ -85,7 +86,7 @@ impl TestFleet {
             .env_remove("RUST_LOG");
         if matches!(
             args.first(),
-            Some(&"publish" | &"status" | &"verify" | &"trigger")
+            Some(&"publish" | &"status" | &"verify" | &"trigger" | &"rollout")
         ) {
             cmd.arg("--chroot-root").arg(self.chroots());
             cmd.arg("--state-dir").arg(self.state_dir());

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use tiffin::admin::fleet::Fleet;
 use tiffin::core::release::Manifest;
-use tiffin::server::publish::{Fault, Mode, PublishOptions, When, publish_host};
+use tiffin::server::publish::{Fault, Hold, Mode, PublishOptions, When, publish_host};
 
 use crate::{TestFleet, list};
 
@@ -246,6 +246,7 @@ fn injected_failures_leave_the_previous_release() {
             when: When::Changed,
             keep_releases: 5,
             now: SystemTime::now(),
+            hold: Hold::Swap,
             fault: Some(fault),
         };
         let err = publish_host(&loaded, host, &opts).unwrap_err();
@@ -265,6 +266,7 @@ fn injected_failures_leave_the_previous_release() {
         when: When::Changed,
         keep_releases: 5,
         now: SystemTime::now(),
+        hold: Hold::Swap,
         fault: Some(Fault::BeforeCurrentSwap),
     };
     publish_host(&loaded, host, &opts).unwrap_err();

@@ -8,18 +8,23 @@ use crate::core::report::PullResult;
 use crate::core::settings::parse_time;
 
 /// One metric family: its name, type and help, then its samples.
-struct Family<'a> {
+pub(crate) struct Family<'a> {
     out: &'a mut String,
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, help: &str) -> Family<'a> {
+    pub(crate) fn new(out: &'a mut String, name: &str, help: &str) -> Family<'a> {
         // Every family here is a gauge: each value is a current state, none only ever grows.
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         Family { out }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    pub(crate) fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');

@@ -41,6 +41,7 @@ fn report(host: &str, s: &[String; 10]) -> Report {
         signed_seq: Some(4),
         signed_expires: Some(s[2].clone()),
         signers: vec![s[7].clone()],
+        reboot_slot: None,
     }
 }
 
