@@ -35,7 +35,7 @@
   shellExpanded = s: builtins.match ".*[$`\\].*" s != null;
   endsHeredoc = s: builtins.match "[[:space:]]*EOL[[:space:]]*" s != null;
 in {
-  imports = [./server-metrics.nix];
+  imports = [./server-metrics.nix ./server-rollout.nix];
 
   meta.maintainers = [];
 

@@ -56,6 +56,10 @@
           fleet = "/srv/fleet";
           interval = "30s";
         };
+        rollout = {
+          enable = true;
+          fleet = "/srv/fleet";
+        };
       };
     }
   ];
@@ -187,6 +191,8 @@ in {
   metricsTimer = metrics.config.systemd.timers.tiffin-metrics;
   metricsTmpfiles = metrics.config.systemd.tmpfiles.settings."10-tiffin-metrics";
   nodeExporter = metrics.config.services.prometheus.exporters.node;
+  rolloutService = metrics.config.systemd.services.tiffin-rollout;
+  rolloutTimer = metrics.config.systemd.timers.tiffin-rollout;
   serverWithoutMetrics = builtins.attrNames s.systemd.services;
   # tiffin-confirm-boot.service: on by default, off with confirm.enable = false;
   # confirm.timeout reaches client.toml as confirm_timeout.

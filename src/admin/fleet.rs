@@ -725,6 +725,7 @@ fn write_host_dir(
         "# {name}: settings for this host. Keys not set here come from [defaults] in fleet.toml.\n\
          public_key = \"{key}\"\n\
          # poll_interval = \"15m\"\n\
+         # tags = [\"canary\"]   # its groups: rollout waves, reboot limits ([rollout], [groups] in fleet.toml)\n\
          \n\
          [apply]\n\
          # action = \"switch\"   # switch | boot | test | build\n\

@@ -255,3 +255,69 @@ fn an_unreadable_pause_or_state_file_is_reported_naming_it() {
         );
     }
 }
+
+#[test]
+fn a_host_with_a_reboot_limit_asks_for_a_slot_and_reboots_only_on_the_grant() {
+    use crate::core::report::RebootSlotReport;
+    let mut f = needs_reboot(window("07:00-09:00"));
+    f.apply.reboot_slot = crate::core::settings::RebootSlot::Wait;
+    let id = f.publish(&base_files());
+    let Polled::Applied { reboot, .. } = f.poll().unwrap() else {
+        panic!("applied")
+    };
+    assert!(!reboot, "inside the window, but no slot granted yet");
+    let r = f.report();
+    assert_eq!(
+        (r.reboot, r.reboot_slot),
+        (Some(RebootReport::Pending), Some(RebootSlotReport::Wanted))
+    );
+    // Still no grant: it keeps asking, and does not reboot.
+    advance(60);
+    assert_eq!(
+        f.poll().unwrap(),
+        Polled::Unchanged {
+            id: id.clone(),
+            seq: 1
+        }
+    );
+    assert_eq!(f.report().reboot_slot, Some(RebootSlotReport::Wanted));
+    // Another trigger is no grant.
+    f.remote
+        .put("/CURRENT", format!("{id}\ntrigger 1800000000-1 pull\n"));
+    advance(60);
+    assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
+    // The server's grant: a `reboot` trigger. The reboot is due now, and said so.
+    f.remote
+        .put("/CURRENT", format!("{id}\ntrigger 1800000000-2 reboot\n"));
+    advance(60);
+    assert_eq!(
+        f.poll().unwrap(),
+        Polled::RebootDue {
+            id: id.clone(),
+            seq: 1
+        }
+    );
+    let r = f.report();
+    assert_eq!(r.reboot_slot, Some(RebootSlotReport::Granted));
+    assert_eq!(r.trigger.as_deref(), Some("1800000000-2"));
+    // Rebooted: the next report owes nothing, and the server takes the slot back.
+    let dir = f._dir.path().to_owned();
+    f.opts.booted_system = super::reboot::fake_system(&dir, "booted-new", "kernel-2");
+    advance(60);
+    assert_eq!(f.poll().unwrap(), Polled::Unchanged { id, seq: 1 });
+    let r = f.report();
+    assert_eq!((r.reboot, r.reboot_slot), (None, None));
+}
+
+#[test]
+fn outside_its_window_a_host_with_a_reboot_limit_does_not_ask_yet() {
+    let mut f = needs_reboot(window("01:00-05:00"));
+    f.apply.reboot_slot = crate::core::settings::RebootSlot::Wait;
+    f.publish(&base_files());
+    f.poll().unwrap();
+    let r = f.report();
+    assert_eq!(
+        (r.reboot, r.reboot_slot),
+        (Some(RebootReport::Pending), None)
+    );
+}
