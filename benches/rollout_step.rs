@@ -89,11 +89,12 @@ fn main() {
     let tmp = tempfile::TempDir::new().unwrap();
     let fleet = tmp.path().join("fleet");
     let chroots = tmp.path().join("chroots");
+    let state = tmp.path().join("state");
     let extra = [
         "--chroot-root",
         chroots.to_str().unwrap(),
         "--state-dir",
-        tmp.path().join("state").to_str().unwrap(),
+        state.to_str().unwrap(),
     ];
     write_fleet(&fleet, hosts);
     let (took, _) = tiffin(&fleet, &["publish"], &extra);

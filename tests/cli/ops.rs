@@ -422,7 +422,7 @@ fn the_documented_alert_rules_pass_promtool_and_fire_when_they_should() {
     }
 }
 
-/// Host a waits for its release, b too but is paused, c failed, d stopped reporting.
+/// Host a waits for its release, b too but is paused, c failed, d stopped reporting; the rollout halts at 2m.
 const RULE_TESTS: &str = r#"
 rule_files: [rules.yml]
 evaluation_interval: 1m
@@ -438,7 +438,17 @@ tests:
       - {series: 'tiffin_host_state{host="c",state="failed"}', values: '1x90'}
       - {series: 'tiffin_host_state{host="d",state="stale"}', values: '0 0 1x88'}
       - {series: 'tiffin_status_timestamp_seconds', values: '0x90'}
+      - {series: 'tiffin_rollout_phase{phase="running"}', values: '1 1 0x88'}
+      - {series: 'tiffin_rollout_phase{phase="halted"}', values: '0 0 1x88'}
     alert_rule_test:
+      - {eval_time: 1m, alertname: TiffinRolloutHalted, exp_alerts: []}
+      - eval_time: 3m
+        alertname: TiffinRolloutHalted
+        exp_alerts:
+          - exp_labels: {severity: warning, phase: halted}
+            exp_annotations:
+              summary: "tiffin: the rollout is halted"
+              description: "`tiffin rollout status` on the server says which hosts failed and why; then `tiffin rollout resume`, `revert` or `cancel` (docs/rollouts.md)."
       - {eval_time: 59m, alertname: TiffinReleaseNotApplied, exp_alerts: []}
       - eval_time: 61m
         alertname: TiffinReleaseNotApplied

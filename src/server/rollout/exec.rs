@@ -167,9 +167,13 @@ fn carry(
         }
     }
     for action in actions {
+        let (Action::Release(h) | Action::Revert(h)) = &action;
+        let Some(target) = rollout.targets.get(h) else {
+            continue;
+        };
         let result = match &action {
-            Action::Release(h) => release(fleet, opts, h, rollout.targets.get(h)),
-            Action::Revert(h) => revert(fleet, opts, h, rollout.targets.get(h)),
+            Action::Release(_) => release(fleet, opts, h, target),
+            Action::Revert(_) => revert(fleet, opts, h, target),
         };
         match result {
             Ok(Some(event)) => done.events.push(event),
@@ -187,15 +191,9 @@ fn release(
     fleet: &Fleet,
     opts: &PublishOptions,
     host: &HostName,
-    target: Option<&Target>,
+    target: &Target,
 ) -> Result<Option<String>, RolloutError> {
-    let Some(target) = target else {
-        return Ok(None);
-    };
-    let id: ReleaseId = target
-        .release
-        .parse()
-        .map_err(|e: crate::core::names::NameError| RolloutError::Refused(e.to_string()))?;
+    let id = release_id(&target.release)?;
     match publish::release_held(fleet, host, (&id, target.seq), opts)? {
         Released::Now => {
             trigger(fleet, opts, host, TriggerKind::Pull)?;
@@ -207,6 +205,13 @@ fn release(
         }
         Released::Already | Released::Superseded => Ok(None),
     }
+}
+
+/// A release id from the record (which a person may have edited).
+fn release_id(text: &str) -> Result<ReleaseId, RolloutError> {
+    text.parse().map_err(|e: crate::core::names::NameError| {
+        RolloutError::Refused(format!("the rollout's record: {e}"))
+    })
 }
 
 fn trigger(
@@ -228,11 +233,8 @@ fn revert(
     fleet: &Fleet,
     opts: &PublishOptions,
     host: &HostName,
-    target: Option<&Target>,
+    target: &Target,
 ) -> Result<Option<String>, RolloutError> {
-    let Some(target) = target else {
-        return Ok(None);
-    };
     let paths = ChrootPaths::new(&opts.chroot_root, host);
     let current = paths.read_current().ok().flatten();
     if current.as_ref().map(ReleaseId::as_str) != Some(target.release.as_str()) {
@@ -248,9 +250,7 @@ fn revert(
             "{host}: a signed fleet's server cannot sign a revert: revert the change in the repository, `tiffin sign` the hosts' new MANIFESTs, then `tiffin publish --all-at-once {host}`"
         )));
     }
-    let from: ReleaseId = previous
-        .parse()
-        .map_err(|e: crate::core::names::NameError| RolloutError::Refused(e.to_string()))?;
+    let from = release_id(previous)?;
     let (id, seq) = publish::republish(fleet, host, &from, opts)?;
     trigger(fleet, opts, host, TriggerKind::Pull)?;
     Ok(Some(format!(

@@ -56,6 +56,11 @@ fn rollout(policy: &RolloutSettings, hosts: &[&str]) -> Rollout {
 }
 
 /// A host that reported at `at` running the old release (a heartbeat).
+/// The rollout of `hosts` after its first step at `at` (the first wave started).
+fn started(policy: &RolloutSettings, hosts: &[&str], at: SystemTime) -> Rollout {
+    advance(&rollout(policy, hosts), policy, &BTreeMap::new(), at).rollout
+}
+
 fn heartbeat(at: SystemTime) -> HostView {
     HostView {
         report_at: Some(at),
@@ -121,13 +126,7 @@ fn the_first_step_starts_the_canary_wave_and_only_it() {
 #[test]
 fn a_healthy_wave_starts_the_next_and_the_last_one_finishes() {
     let p = policy(&["canary", "100%"]);
-    let r = advance(
-        &rollout(&p, &["client1", "client2"]),
-        &p,
-        &BTreeMap::new(),
-        t(0),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2"], t(0));
     let v = views(&[
         ("client1", applied("client1", t(1))),
         ("client2", heartbeat(t(1))),
@@ -147,13 +146,7 @@ fn a_healthy_wave_starts_the_next_and_the_last_one_finishes() {
 #[test]
 fn a_report_received_before_the_wave_started_does_not_count() {
     let p = policy(&["canary", "100%"]);
-    let r = advance(
-        &rollout(&p, &["client1", "client2"]),
-        &p,
-        &BTreeMap::new(),
-        t(10),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2"], t(10));
     // client1 "reported" the new release a minute before its wave started (a forged or an
     // old report): not done; it is waited for.
     let v = views(&[("client1", applied("client1", t(9)))]);
@@ -179,13 +172,7 @@ fn a_report_received_before_the_wave_started_does_not_count() {
 fn soak_holds_the_next_wave_until_the_hosts_stayed_healthy() {
     let mut p = policy(&["canary", "100%"]);
     p.soak = Some(Interval::secs(600));
-    let r = advance(
-        &rollout(&p, &["client1", "client2"]),
-        &p,
-        &BTreeMap::new(),
-        t(0),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2"], t(0));
     let v = views(&[("client1", applied("client1", t(1)))]);
     let s = advance(&r, &p, &v, t(2));
     assert!(s.actions.is_empty());
@@ -203,13 +190,7 @@ fn soak_holds_the_next_wave_until_the_hosts_stayed_healthy() {
 #[test]
 fn one_failure_over_max_failures_halts_and_names_the_host() {
     let p = policy(&["canary", "100%"]);
-    let r = advance(
-        &rollout(&p, &["client1", "client2", "client3"]),
-        &p,
-        &BTreeMap::new(),
-        t(0),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2", "client3"], t(0));
     let v = views(&[("client1", rolled_back("client1", t(1)))]);
     let s = advance(&r, &p, &v, t(2));
     assert_eq!(s.rollout.phase, Phase::Halted);
@@ -231,7 +212,7 @@ fn one_failure_over_max_failures_halts_and_names_the_host() {
 fn the_failure_threshold_as_a_count_and_as_a_share() {
     let hosts = ["client1", "client2", "client3", "client4", "client5"];
     let failed_two = |p: &RolloutSettings| {
-        let r = advance(&rollout(p, &hosts), p, &BTreeMap::new(), t(0)).rollout;
+        let r = started(p, &hosts, t(0));
         let v = views(&[
             ("client1", rolled_back("client1", t(1))),
             ("client2", rolled_back("client2", t(1))),
@@ -256,13 +237,7 @@ fn the_failure_threshold_as_a_count_and_as_a_share() {
 #[test]
 fn absent_hosts_do_not_block_and_waiting_ones_fail_at_the_timeout() {
     let p = policy(&["100%"]);
-    let r = advance(
-        &rollout(&p, &["client1", "client2", "client3"]),
-        &p,
-        &BTreeMap::new(),
-        t(0),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2", "client3"], t(0));
     // client2 was last heard of long ago (a laptop switched off), client3 never reported.
     let never = HostView {
         report_at: None,
@@ -339,7 +314,7 @@ fn on_failure_revert_reverts_every_host_that_took_the_release() {
     p.on_failure = OnFailure::Revert;
     p.max_failures = FailureLimit::Count(0);
     let hosts = ["client1", "client2", "client3", "client4"];
-    let r = advance(&rollout(&p, &hosts), &p, &BTreeMap::new(), t(0)).rollout;
+    let r = started(&p, &hosts, t(0));
     let v = views(&[("client1", applied("client1", t(1)))]);
     let r = advance(&r, &p, &v, t(2)).rollout;
     assert_eq!(r.wave, 1);
@@ -356,13 +331,7 @@ fn on_failure_revert_reverts_every_host_that_took_the_release() {
 #[test]
 fn pause_resume_cancel_and_revert_by_hand() {
     let p = policy(&["canary", "100%"]);
-    let r = advance(
-        &rollout(&p, &["client1", "client2"]),
-        &p,
-        &BTreeMap::new(),
-        t(0),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2"], t(0));
     let none = BTreeMap::new();
     let paused = command(&r, Command::Pause, &none, t(1), "alice").unwrap();
     assert_eq!(paused.rollout.phase, Phase::Paused);
@@ -398,13 +367,7 @@ fn pause_resume_cancel_and_revert_by_hand() {
 #[test]
 fn status_says_a_host_is_held_back_until_its_wave() {
     let p = policy(&["canary", "50%", "100%"]);
-    let r = advance(
-        &rollout(&p, &["client1", "client2", "client3", "client4"]),
-        &p,
-        &BTreeMap::new(),
-        t(0),
-    )
-    .rollout;
+    let r = started(&p, &["client1", "client2", "client3", "client4"], t(0));
     assert_eq!(held_back(&r, &h("client1")), None, "its wave started");
     assert_eq!(
         held_back(&r, &h("client4")).as_deref(),
