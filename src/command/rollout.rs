@@ -126,15 +126,19 @@ pub fn print_done(done: &Done) {
 fn status(args: &FleetArgs) -> Result<Exit, Error> {
     let fleet = args.load()?;
     let opts = options(args, &fleet);
-    let Some(rollout) = exec::load(&opts.state_dir).map_err(|e| Error::Failed(e.to_string()))?
-    else {
-        println!("no rollout yet: a `tiffin publish` with [rollout] in fleet.toml starts one");
-        return Ok(Exit::Ok);
-    };
-    let hosts: Vec<_> = rollout.targets.keys().cloned().collect();
-    let views = exec::views(&fleet, &hosts, &opts.chroot_root, opts.now);
-    for line in ro::summary(&rollout, &views, opts.now) {
-        println!("{}", crate::core::untrusted::one_line(&line, 4096));
+    let rollout = exec::load(&opts.state_dir).map_err(|e| Error::Failed(e.to_string()))?;
+    match &rollout {
+        // Reboot slots need no rollout ([groups] max_rebooting alone): shown either way.
+        None => {
+            println!("no rollout yet: a `tiffin publish` with [rollout] in fleet.toml starts one")
+        }
+        Some(rollout) => {
+            let hosts: Vec<_> = rollout.targets.keys().cloned().collect();
+            let views = exec::views(&fleet, &hosts, &opts.chroot_root, opts.now);
+            for line in ro::summary(rollout, &views, opts.now) {
+                println!("{}", crate::core::untrusted::one_line(&line, 4096));
+            }
+        }
     }
     for (host, held) in exec::held_slots(&opts.state_dir).held {
         println!(
@@ -142,7 +146,7 @@ fn status(args: &FleetArgs) -> Result<Exit, Error> {
             crate::core::settings::format_time(held.granted.0)
         );
     }
-    Ok(if rollout.phase.is_alarming() {
+    Ok(if rollout.is_some_and(|r| r.phase.is_alarming()) {
         Exit::Alarm
     } else {
         Exit::Ok

@@ -234,3 +234,44 @@ fn revert_moves_the_hosts_that_took_the_release_back_as_a_higher_seq() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("reverted, wave 1 of 2"), "{out}");
 }
+
+#[test]
+fn rollout_status_shows_the_reboot_slots_also_without_a_rollout() {
+    let fleet = TestFleet::with_hosts(&["alpha", "bravo"]);
+    for host in ["alpha", "bravo"] {
+        let host_toml = fleet.root().join(format!("hosts/{host}/host.toml"));
+        let text = fs::read_to_string(&host_toml).unwrap();
+        fs::write(&host_toml, format!("tags = [\"office\"]\n{text}")).unwrap();
+    }
+    let fleet_toml = fleet.root().join("fleet.toml");
+    let text = fs::read_to_string(&fleet_toml).unwrap();
+    fs::write(
+        &fleet_toml,
+        format!("{text}\n[groups.office]\nmax_rebooting = 1\n"),
+    )
+    .unwrap();
+    fleet.tiffin(&["publish"]).assert().success();
+    for host in ["alpha", "bravo"] {
+        let id = fleet.current(host).lines().next().unwrap().to_owned();
+        let body = format!(
+            "host = \"{host}\"\nrelease = \"{id}\"\nseq = 1\nresult = \"ok\"\napplied = \"{id}\"\nlast_seen = \"{}\"\nversion = \"0.3.0\"\nreboot = \"pending\"\nreboot_slot = \"wanted\"\n",
+            time(10)
+        );
+        report_received_at(&fleet, host, &body, at(10));
+    }
+    let step = fleet
+        .tiffin(&["rollout", "step"])
+        .env("TIFFIN_NOW", time(20))
+        .output()
+        .unwrap();
+    let step = String::from_utf8_lossy(&step.stdout).into_owned();
+    assert_eq!(
+        step, "rollout: alpha: reboot slot granted\n",
+        "one slot: {step}"
+    );
+    let (code, out) = fleet.output(&["rollout", "status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("no rollout yet"), "{out}");
+    assert_eq!(out.matches("reboot slot: ").count(), 1, "{out}");
+    assert!(out.contains("reboot slot: alpha since "), "{out}");
+}
