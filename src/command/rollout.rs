@@ -52,7 +52,7 @@ pub enum Action {
     Pause(FleetOnly),
     /// Go on after a pause or a halt; the current wave's failures so far are accepted
     Resume(FleetOnly),
-    /// End the rollout: hosts not reached keep their release until the next publish
+    /// End the rollout (or acknowledge a reverted one): hosts not reached keep their release
     Cancel(FleetOnly),
     /// Halt, and move the hosts that took the release back to their previous one (a new seq)
     Revert(FleetOnly),

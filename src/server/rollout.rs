@@ -410,7 +410,10 @@ pub fn command(
             return refuse("only a paused or halted one resumes");
         }
         Command::Resume => resume(&mut step, views, now),
-        Command::Cancel if !phase.is_open() => return refuse("it is over already"),
+        // A reverted rollout stays an alarm until someone acknowledges it by cancelling it.
+        Command::Cancel if !phase.is_open() && phase != Phase::Reverted => {
+            return refuse("it is over already");
+        }
         Command::Cancel => {
             step.rollout.phase = Phase::Cancelled;
             step.rollout.reason = Some(format!("cancelled by {by}"));

@@ -362,6 +362,10 @@ fn pause_resume_cancel_and_revert_by_hand() {
     let reverted = command(&r, Command::Revert, &none, t(1), "dave").unwrap();
     assert_eq!(releases(&reverted), vec!["revert client1"]);
     assert_eq!(reverted.rollout.phase, Phase::Reverted);
+    // Reverted stays an alarm until an admin acknowledges it with cancel.
+    let acknowledged = command(&reverted.rollout, Command::Cancel, &none, t(2), "dave").unwrap();
+    assert_eq!(acknowledged.rollout.phase, Phase::Cancelled);
+    assert!(!acknowledged.rollout.phase.is_alarming());
 }
 
 #[test]
