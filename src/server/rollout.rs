@@ -271,28 +271,30 @@ pub fn advance(
         start_wave(&mut step, i, now);
         return step;
     };
-    let verdicts = verdicts(rollout, wave, views, now);
     let clock = wave.resumed.map_or(started, |r| r.max(started));
     let timed_out = now.duration_since(clock.0).unwrap_or_default() >= policy.wave_timeout.0;
-    let mut failed: Vec<String> = Vec::new();
-    let mut waiting = 0;
-    for (host, verdict) in &verdicts {
-        match verdict {
-            Verdict::Failed(why) if !wave.accepted.contains(host) => {
-                failed.push(format!("{host} {why}"));
-            }
-            Verdict::Waiting(_) if timed_out => failed.push(format!(
-                "{host} did not report the release within wave_timeout ({})",
-                policy.wave_timeout
-            )),
-            Verdict::Waiting(_) => waiting += 1,
-            _ => {}
-        }
-    }
-    if failed.len() > policy.max_failures.allowed(wave.hosts.len()) {
-        halt(&mut step, policy, &failed);
+    let tally = tally(
+        wave,
+        &verdicts(rollout, wave, views, now),
+        timed_out,
+        policy,
+    );
+    if tally.failed.len() > policy.max_failures.allowed(wave.hosts.len()) {
+        halt(&mut step, policy, &tally.failed);
         return step;
     }
+    // A wave whose every host is absent has tried nothing: it waits, and halts at its timeout.
+    let untried = tally.done == 0 && wave.accepted.is_empty();
+    if untried && timed_out {
+        let why = format!(
+            "no host of the wave reported the release within wave_timeout ({}): all {} absent, nothing has tried it",
+            policy.wave_timeout,
+            wave.hosts.len()
+        );
+        halt(&mut step, policy, &[why]);
+        return step;
+    }
+    let waiting = tally.waiting + usize::from(untried);
     let current = &mut step.rollout.waves[i];
     if waiting > 0 {
         current.settled = None;
@@ -336,6 +338,41 @@ fn names(hosts: &[HostName]) -> String {
         .map(HostName::as_str)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A wave's hosts counted: the failures (with why), how many are waited for, how many done.
+struct Tally {
+    failed: Vec<String>,
+    waiting: usize,
+    done: usize,
+}
+
+fn tally(
+    wave: &Wave,
+    verdicts: &[(HostName, Verdict)],
+    timed_out: bool,
+    policy: &RolloutSettings,
+) -> Tally {
+    let mut t = Tally {
+        failed: Vec::new(),
+        waiting: 0,
+        done: 0,
+    };
+    for (host, verdict) in verdicts {
+        match verdict {
+            Verdict::Failed(why) if !wave.accepted.contains(host) => {
+                t.failed.push(format!("{host} {why}"));
+            }
+            Verdict::Waiting(_) if timed_out => t.failed.push(format!(
+                "{host} did not report the release within wave_timeout ({})",
+                policy.wave_timeout
+            )),
+            Verdict::Waiting(_) => t.waiting += 1,
+            Verdict::Done => t.done += 1,
+            _ => {}
+        }
+    }
+    t
 }
 
 /// Too many failures: no further wave; with `on_failure = "revert"` the hosts that took the
@@ -429,13 +466,15 @@ pub fn command(
     Ok(step)
 }
 
-/// Running again; the hosts of the current wave that failed so far no longer count.
+/// Running again; the hosts of the current wave that failed (or were absent) so far no
+/// longer count.
 fn resume(step: &mut Step, views: &BTreeMap<HostName, HostView>, now: SystemTime) {
     let i = step.rollout.wave;
     let failed: Vec<HostName> = match step.rollout.waves.get(i) {
         Some(w) => verdicts(&step.rollout, w, views, now)
             .into_iter()
-            .filter(|(_, v)| matches!(v, Verdict::Failed(_)))
+            // Absent hosts too: a wave nobody could try goes on once an admin says so.
+            .filter(|(_, v)| matches!(v, Verdict::Failed(_) | Verdict::Absent(_)))
             .map(|(h, _)| h)
             .collect(),
         None => Vec::new(),

@@ -134,9 +134,16 @@ pub fn step(fleet: &Fleet, opts: &PublishOptions) -> Result<Done, RolloutError> 
         done.rollout = Some(rollout);
         return Ok(done);
     };
-    let views = views(fleet, &hosts_of(&rollout), &opts.chroot_root, opts.now);
+    // Only the wave going out is judged: a step reads no other host's report.
+    let wave_hosts = rollout
+        .waves
+        .get(rollout.wave)
+        .map(|w| w.hosts.clone())
+        .unwrap_or_default();
+    let views = views(fleet, &wave_hosts, &opts.chroot_root, opts.now);
     let step = super::advance(&rollout, policy, &views, opts.now);
-    carry(fleet, opts, step, &mut done)?;
+    let changed = step.rollout != rollout;
+    carry(fleet, opts, (step, changed), &views, &mut done)?;
     Ok(done)
 }
 
@@ -144,25 +151,39 @@ fn hosts_of(rollout: &Rollout) -> Vec<HostName> {
     rollout.targets.keys().cloned().collect()
 }
 
-/// Saves the step's rollout, then does its actions; hosts of started waves that do not have
-/// their release yet (a step that failed half-way) get it now.
+/// Saves the step's rollout (when it changed), then does its actions; hosts of the wave going
+/// out whose `CURRENT` is older than their release (a step that failed half-way) get it now.
 fn carry(
     fleet: &Fleet,
     opts: &PublishOptions,
-    step: Step,
+    (step, changed): (Step, bool),
+    views: &BTreeMap<HostName, HostView>,
     done: &mut Done,
 ) -> Result<(), RolloutError> {
-    save(&opts.state_dir, &step.rollout)?;
+    if changed {
+        save(&opts.state_dir, &step.rollout)?;
+    }
     done.events.extend(step.events);
     let rollout = step.rollout;
     let mut actions = step.actions;
-    if rollout.phase == Phase::Running {
-        for wave in rollout.waves.iter().filter(|w| w.started.is_some()) {
-            for host in &wave.hosts {
-                let action = Action::Release(host.clone());
-                if !actions.contains(&action) {
-                    actions.push(action);
-                }
+    let listed: std::collections::BTreeSet<HostName> = actions
+        .iter()
+        .map(|(Action::Release(h) | Action::Revert(h))| h.clone())
+        .collect();
+    let current = rollout
+        .waves
+        .get(rollout.wave)
+        .filter(|w| w.started.is_some());
+    if rollout.phase == Phase::Running
+        && let Some(wave) = current
+    {
+        for host in wave.hosts.iter().filter(|h| !listed.contains(*h)) {
+            let seq = rollout.targets.get(host).map_or(0, |t| t.seq);
+            let behind = views
+                .get(host)
+                .is_none_or(|v| v.published_seq.is_none_or(|s| s < seq));
+            if behind {
+                actions.push(Action::Release(host.clone()));
             }
         }
     }
@@ -309,7 +330,7 @@ pub fn start(
     let rollout = super::plan(policy, targets, &tags, opts.now);
     let views = views(fleet, &hosts_of(&rollout), &opts.chroot_root, opts.now);
     let step = super::advance(&rollout, policy, &views, opts.now);
-    carry(fleet, opts, step, &mut done)?;
+    carry(fleet, opts, (step, true), &views, &mut done)?;
     Ok(done)
 }
 
@@ -326,7 +347,7 @@ pub fn command(
     let step =
         super::command(&rollout, cmd, &views, opts.now, by).map_err(RolloutError::Refused)?;
     let mut done = Done::default();
-    carry(fleet, opts, step, &mut done)?;
+    carry(fleet, opts, (step, true), &views, &mut done)?;
     Ok(done)
 }
 

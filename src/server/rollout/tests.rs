@@ -273,6 +273,37 @@ fn absent_hosts_do_not_block_and_waiting_ones_fail_at_the_timeout() {
 }
 
 #[test]
+fn a_wave_whose_hosts_are_all_absent_proves_nothing_and_halts_at_its_timeout() {
+    let p = policy(&["canary", "100%"]);
+    let r = started(&p, &["client1", "client2"], t(0));
+    // The canary is a laptop that is off: nothing has tried the release.
+    let v = views(&[
+        ("client1", heartbeat(t(0) - MIN * 120)),
+        ("client2", heartbeat(t(1))),
+    ]);
+    let s = advance(&r, &p, &v, t(30));
+    assert!(s.actions.is_empty(), "not healthy: nobody tried it");
+    assert_eq!(s.rollout.phase, Phase::Running);
+    let s = advance(&r, &p, &v, t(60));
+    assert_eq!(s.rollout.phase, Phase::Halted);
+    assert!(
+        s.rollout
+            .reason
+            .clone()
+            .unwrap()
+            .contains("all 1 absent, nothing has tried it"),
+        "{:?}",
+        s.rollout.reason
+    );
+    // An admin who resumes lets it go on without the canary.
+    let resumed = command(&s.rollout, Command::Resume, &v, t(61), "erin").unwrap();
+    assert_eq!(
+        releases(&advance(&resumed.rollout, &p, &v, t(62))),
+        vec!["release client2"]
+    );
+}
+
+#[test]
 fn a_paused_host_or_one_moved_on_by_a_newer_publish_is_absent() {
     let target = Target {
         release: "new".into(),
