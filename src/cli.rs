@@ -4,7 +4,8 @@ use clap::{Parser, Subcommand};
 
 use crate::command::error::{Error, Exit};
 use crate::command::{
-    check, confirm_boot, host, init, pause, provision, publish, pull, sign, status, trigger, verify,
+    check, confirm_boot, host, init, pause, provision, publish, pull, reboot, sign, status,
+    trigger, verify,
 };
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -86,6 +87,9 @@ pub enum Command {
     /// Ask hosts to poll now, reapply (--reapply), or retry a quarantined release (--retry)
     #[command(long_about = trigger::LONG_ABOUT)]
     Trigger(trigger::Args),
+    /// The restart this computer waits for; --postpone holds it back (the person at it)
+    #[command(long_about = reboot::LONG_ABOUT)]
+    Reboot(reboot::Args),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Pause(args) => pause::pause(args),
         Command::Resume(args) => pause::resume(args),
         Command::Trigger(args) => trigger::run(args),
+        Command::Reboot(args) => reboot::run(args),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod pause;
 pub mod provision;
 pub mod publish;
 pub mod pull;
+pub mod reboot;
 pub mod sign;
 pub mod status;
 pub mod trigger;

@@ -47,6 +47,9 @@ pub enum Reboot {
     Never,
     /// Reboot when the new system's kernel, initrd or kernel modules differ from the booted ones.
     IfNeeded,
+    /// As `if-needed`, but the person at the computer is told first and may postpone the
+    /// restart until `reboot_deadline` after the release was applied (docs/workstations.md).
+    Ask,
 }
 
 /// How a client applies a release; part of the MANIFEST, so changing it makes a new release.
@@ -80,6 +83,10 @@ pub struct ApplyPolicy {
     /// rolls back; unset: the client's `confirm_timeout` (default 3 min).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirm_timeout: Option<Interval>,
+    /// `reboot = "ask"`: how long after the release was applied the user may keep postponing
+    /// the restart; unset: three days. Left out of the MANIFEST when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_deadline: Option<Interval>,
 }
 
 /// `[apply] confirm`: written `true` or `false`, kept as an enum so no call site reads a bare bool.
@@ -142,6 +149,7 @@ pub struct ApplyOverrides {
     pub build: Option<Build>,
     pub confirm: Option<Confirm>,
     pub confirm_timeout: Option<Interval>,
+    pub reboot_deadline: Option<Interval>,
 }
 
 impl ApplyPolicy {
@@ -158,6 +166,7 @@ impl ApplyPolicy {
             build: o.build.unwrap_or(self.build),
             confirm: o.confirm.unwrap_or(self.confirm),
             confirm_timeout: o.confirm_timeout.or(self.confirm_timeout),
+            reboot_deadline: o.reboot_deadline.or(self.reboot_deadline),
         }
     }
 }
