@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::command::error::{Error, Exit};
 use crate::command::{
-    check, confirm_boot, host, init, pause, provision, publish, pull, reboot, sign, status,
+    check, confirm_boot, host, init, notify, pause, provision, publish, pull, reboot, sign, status,
     trigger, verify,
 };
 
@@ -90,6 +90,9 @@ pub enum Command {
     /// The restart this computer waits for; --postpone holds it back (the person at it)
     #[command(long_about = reboot::LONG_ABOUT)]
     Reboot(reboot::Args),
+    /// Desktop notifications to the people logged in (started by pull; internal)
+    #[command(hide = true)]
+    Notify(notify::Args),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Resume(args) => pause::resume(args),
         Command::Trigger(args) => trigger::run(args),
         Command::Reboot(args) => reboot::run(args),
+        Command::Notify(args) => notify::run(args),
     }
 }
 

@@ -1213,6 +1213,9 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         );
         let now = (self.opts.now)();
         lifeline::quarantine(&mut self.state, &pending.id, pending.seq, &reason, now);
+        self.tell(notify::Event::Held {
+            why: notify::Held::Quarantined,
+        });
         (
             self.state.applied,
             self.state.pending_reboot,
@@ -1263,6 +1266,9 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         let seq = self.report.seq.unwrap_or_default();
         let now = (self.opts.now)();
         lifeline::quarantine(&mut self.state, &self.id, seq, &message, now);
+        self.tell(notify::Event::Held {
+            why: notify::Held::Quarantined,
+        });
         self.timed_attempt();
         if let Err(save) = self.save_state() {
             tracing::warn!("{save}");
@@ -1320,6 +1326,9 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         let (now, seq) = ((self.opts.now)(), self.report.seq);
         self.state
             .record_failure(&self.id, seq, &message, now, backoff);
+        if self.state.failure.as_ref().is_some_and(|f| f.failures == 1) {
+            self.tell(notify::Event::Failed);
+        }
         self.timed_attempt();
         self.report.next_retry = self.state.failure.as_ref().map(|f| f.next_retry.clone());
         // The report still goes out when the state cannot be saved (a full disk).

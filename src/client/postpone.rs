@@ -69,6 +69,9 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
     /// After applying a release that needs a restart: `true` to restart now. A restart the
     /// user is told about is recorded and decided by the policy; any other goes the old way.
     pub(super) fn restart_after_apply(&mut self, needed: bool, apply: &ApplyPolicy) -> bool {
+        // Called after every successful apply: the place to say it was applied.
+        let seq = self.report.seq.unwrap_or_default();
+        self.tell(super::notify::Event::Applied { seq });
         let earlier = self.state.restart.take();
         if !needed || !announced(apply, self.cfg.notify) {
             forget(&self.cfg.state_dir);
@@ -110,9 +113,13 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
         let decision = restart_policy::decide(&facts);
         if let Decision::Warn { restart_at } = decision {
             r.warned_at = Some(format_time(now));
-            let at = format_time(restart_at);
+            let at = super::notify::local_time(restart_at, false);
             tracing::info!("the computer restarts at {at}: the person at it is warned now");
-            self.tell(super::notify::Event::RestartSoon { at });
+            let postpone = match facts.deadline_at().is_some_and(|d| d > now) {
+                true => super::notify::Postpone::Offered,
+                false => super::notify::Postpone::NotOffered,
+            };
+            self.tell(super::notify::Event::RestartSoon { at, postpone });
         }
         self.report_restart(&r, &facts, decision);
         self.state.restart = Some(r);
@@ -141,10 +148,12 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
         };
     }
 
+    /// The deadline as the person reads it.
     fn restart_deadline(&self) -> Option<String> {
         let r = self.state.restart.as_ref()?;
         let now = (self.opts.now)();
-        r.facts(None, now, 0).deadline_at().map(format_time)
+        let deadline = r.facts(None, now, 0).deadline_at()?;
+        Some(super::notify::local_time(deadline, true))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod confirm_boot;
 pub mod error;
 pub mod host;
 pub mod init;
+pub mod notify;
 pub mod pause;
 pub mod provision;
 pub mod publish;
