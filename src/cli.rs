@@ -4,8 +4,8 @@ use clap::{Parser, Subcommand};
 
 use crate::command::error::{Error, Exit};
 use crate::command::{
-    check, confirm_boot, host, init, pause, provision, publish, pull, rollout, sign, status,
-    trigger, verify,
+    check, confirm_boot, host, init, notify, pause, provision, publish, pull, reboot, rollout,
+    sign, status, trigger, verify,
 };
 
 const ABOUT: &str = "Keep a fleet of NixOS machines up to date by pull.
@@ -90,6 +90,12 @@ pub enum Command {
     /// Roll a publish out in waves: step (from a timer), status, pause, resume, cancel, revert
     #[command(long_about = rollout::LONG_ABOUT)]
     Rollout(rollout::Args),
+    /// The restart this computer waits for; --postpone holds it back (the person at it)
+    #[command(long_about = reboot::LONG_ABOUT)]
+    Reboot(reboot::Args),
+    /// Desktop notifications to the people logged in (started by pull; internal)
+    #[command(hide = true)]
+    Notify(notify::Args),
 }
 
 pub fn run(cli: Cli) -> Result<Exit, Error> {
@@ -108,6 +114,8 @@ pub fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Resume(args) => pause::resume(args),
         Command::Trigger(args) => trigger::run(args),
         Command::Rollout(args) => rollout::run(args),
+        Command::Reboot(args) => reboot::run(args),
+        Command::Notify(args) => notify::run(args),
     }
 }
 

@@ -17,7 +17,13 @@
     inherit (cfg) trust;
     settings =
       cfg.settings
-      // lib.optionalAttrs (cfg.cachePublicKey != null) {cache_public_key = cfg.cachePublicKey;};
+      // lib.optionalAttrs (cfg.cachePublicKey != null) {cache_public_key = cfg.cachePublicKey;}
+      // lib.optionalAttrs cfg.notify.enable {notify = "desktop";}
+      // lib.optionalAttrs (cfg.defer.metered || cfg.defer.onBatteryBelow != null) {
+        defer =
+          lib.optionalAttrs cfg.defer.metered {metered = "defer";}
+          // lib.optionalAttrs (cfg.defer.onBatteryBelow != null) {on_battery_below = cfg.defer.onBatteryBelow;};
+      };
   };
   configFile = settingsFormat.generate "tiffin-client.toml" clientSettings;
   stateDir = cfg.settings.state_dir or "/var/lib/tiffin";
@@ -57,6 +63,20 @@
     polkit.addRule(function(action, subject) {
       if (action.id == "org.freedesktop.systemd1.manage-units" &&
           action.lookup("unit") == "tiffin-pull.service" &&
+          action.lookup("verb") == "start" &&
+          (${lib.concatMapStringsSep " || " (g: "subject.isInGroup(${builtins.toJSON g})") triggerGroups})) {
+        return polkit.Result.YES;
+      }
+    });
+  '';
+  # With notifications: the same groups may postpone a restart (`tiffin reboot
+  # --postpone`, the notification's button), which starts only an instance of
+  # tiffin-postpone@.service named by a number of seconds.
+  postponeRule = ''
+    // tiffin: members of ${lib.concatStringsSep ", " triggerGroups} may postpone a restart (tiffin-postpone@SECONDSs.service).
+    polkit.addRule(function(action, subject) {
+      if (action.id == "org.freedesktop.systemd1.manage-units" &&
+          /^tiffin-postpone@[0-9]{1,7}s\.service$/.test(action.lookup("unit")) &&
           action.lookup("verb") == "start" &&
           (${lib.concatMapStringsSep " || " (g: "subject.isInGroup(${builtins.toJSON g})") triggerGroups})) {
         return polkit.Result.YES;
@@ -194,6 +214,38 @@ in {
         verb on that unit, nothing else), and a desktop entry "Update this
         computer now" runs `systemctl start tiffin-pull.service`. Empty: no
         rule, no entry.
+      '';
+    };
+
+    notify.enable = lib.mkEnableOption ''
+      desktop notifications (freedesktop, on each logged-in graphical user's
+      session bus, found through logind) for an applied update, a restart
+      needed (with its deadline under `reboot = "ask"`), a failed update, a
+      pause or quarantine, and a warning ten minutes before tiffin restarts the
+      computer. With {option}`allowTrigger.groups`, their members may postpone
+      a restart (`tiffin reboot --postpone`, the notification's button): a
+      polkit rule lets them start `tiffin-postpone@SECONDSs.service`. See
+      tiffin's docs/workstations.md'';
+
+    defer.metered = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        While NetworkManager says the connection is metered (yes or guess-yes),
+        the client still checks and reports but does not download or rebuild a
+        new release ("deferred: metered"). `tiffin pull --now`, the button and
+        `tiffin trigger` take it anyway.
+      '';
+    };
+
+    defer.onBatteryBelow = lib.mkOption {
+      type = lib.types.nullOr (lib.types.ints.between 1 100);
+      default = null;
+      example = 40;
+      description = ''
+        While UPower says the computer runs on battery below this charge
+        (percent), a new release waits as with {option}`defer.metered`
+        ("deferred: on battery"). `null`: never.
       '';
     };
 
@@ -367,7 +419,16 @@ in {
 
     security.polkit = lib.mkIf (triggerGroups != []) {
       enable = true;
-      extraConfig = polkitRule;
+      extraConfig = polkitRule + lib.optionalString cfg.notify.enable postponeRule;
+    };
+
+    # `tiffin reboot --postpone`, run as root for a user polkit lets start it.
+    systemd.services."tiffin-postpone@" = lib.mkIf cfg.notify.enable {
+      description = "tiffin: postpone this computer's restart by %i";
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} reboot --postpone %i --config /etc/tiffin/client.toml";
+      };
     };
 
     systemd.tmpfiles.settings."10-tiffin-client".${stateDir}.d = {

@@ -137,6 +137,13 @@
     keys = trustKeys;
   };
   confirmTimeout = withConfirm {timeout = "90s";};
+  # A workstation (docs/workstations.md): notifications, deferral, the postpone rule.
+  workstation = withClient {
+    notify.enable = true;
+    defer.metered = true;
+    defer.onBatteryBelow = 40;
+    allowTrigger.groups = ["users"];
+  };
   # client.toml as the module writes it (the stub's TOML generator writes JSON;
   # static-check evaluates this file with --read-write-mode, so it is written).
   clientToml = cfg: builtins.fromJSON (builtins.readFile cfg.environment.etc."tiffin/client.toml".source);
@@ -275,6 +282,11 @@ in {
       expiry = "30d";
     })
     .config;
+  workstationToml = clientToml workstation.config;
+  workstationPolkit = workstation.config.security.polkit.extraConfig;
+  workstationPostpone = workstation.config.systemd.services."tiffin-postpone@".serviceConfig;
+  plainUnits = builtins.attrNames c.systemd.services;
+  badBattery = evaluates (withClient {defer.onBatteryBelow = 0;}).config;
   confirmTimeoutTwice =
     evaluates
     (confirmTimeout.extendModules {

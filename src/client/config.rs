@@ -205,6 +205,12 @@ struct RawConfig {
     system_profile: AbsPath,
     /// `[trust]`: version, threshold and keys of the fleet's root of trust.
     trust: Option<crate::core::trust::TrustRoot>,
+    /// Desktop notifications to the people logged in (workstations).
+    #[serde(default)]
+    notify: super::notify::Notify,
+    /// Whether a metered connection or a low battery defers downloading a new release.
+    #[serde(default)]
+    defer: super::conditions::Deferral,
 }
 
 fn invalid(path: &Path, key: Option<&str>, message: String) -> ConfigError {
@@ -312,6 +318,8 @@ impl RawConfig {
             confirm_timeout: self.confirm_timeout,
             system_profile: self.system_profile.0,
             trust: self.trust,
+            notify: self.notify,
+            defer: self.defer,
         })
     }
 }
@@ -448,6 +456,8 @@ pub struct ClientConfig {
     /// The fleet's root of trust, pinned at enrollment: with it, only releases its admins
     /// signed are applied (docs/signing.md); without it, releases are trusted as served.
     pub trust: Option<crate::core::trust::TrustRoot>,
+    pub notify: super::notify::Notify,
+    pub defer: super::conditions::Deferral,
 }
 
 /// A configuration that cannot be used, naming the file and the key.

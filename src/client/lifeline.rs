@@ -323,6 +323,7 @@ pub async fn confirm_boot<C: Connector>(
     let to = restore_previous(cfg, opts, &u);
     state.applied = u.previous.clone();
     (state.pending_reboot, state.boot_only) = (None, None);
+    state.restart = None;
     quarantine(&mut state, &u.id, u.seq, &reason, (opts.now)());
     // Saved before the boot loader is touched: whatever happens next, this release is never
     // booted again automatically.

@@ -1,6 +1,7 @@
 //! `tiffin pull`: one poll of a client (connect, fetch, verify, deploy, rebuild, report).
 
 pub mod activation;
+pub mod conditions;
 pub mod config;
 pub mod connect;
 pub mod deploy;
@@ -11,11 +12,14 @@ pub mod lifeline;
 #[cfg(test)]
 mod mem_remote;
 pub mod nar;
+pub mod notify;
 pub mod pause;
+pub mod postpone;
 pub mod prebuilt;
 pub mod reboot;
 pub mod rebuild;
 pub mod restart;
+pub mod restart_policy;
 pub mod signed;
 pub mod state;
 pub mod transport;
@@ -211,6 +215,11 @@ pub enum Polled {
         id: ReleaseId,
         seq: u64,
     },
+    /// A new release waits: metered or on battery (`[defer]`); the report went out.
+    Deferred {
+        id: ReleaseId,
+        why: crate::core::report::Deferred,
+    },
 }
 
 /// Everything a poll needs besides the transport.
@@ -228,6 +237,8 @@ pub struct PollOptions {
     pub now: fn() -> SystemTime,
     /// Minutes after local midnight, for the reboot window.
     pub local_minute: fn(SystemTime) -> u16,
+    /// Where metered and on-battery are read (`[defer]`).
+    pub conditions: conditions::Source,
 }
 
 impl Default for PollOptions {
@@ -245,6 +256,7 @@ impl Default for PollOptions {
             system_profile: "/nix/var/nix/profiles/system".into(),
             now: crate::core::clock::now,
             local_minute: window::local_minute,
+            conditions: conditions::Source::SystemBus,
         }
     }
 }
@@ -286,6 +298,9 @@ pub async fn poll<R: Remote, C: Connector>(
         && let Some(seq) = poll.unchanged()
     {
         return poll.heartbeat(seq).await;
+    }
+    if let Some(why) = poll.deferring().await {
+        return poll.defer(why).await;
     }
     if poll.trigger.is_none() {
         poll.refuse_while_backing_off().await?;
@@ -612,7 +627,7 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
     /// Nothing to apply: any old failure is over, and the report says the host is alive.
     async fn heartbeat(mut self, seq: u64) -> Result<Polled, PullError> {
         self.state.failure = None;
-        let reboot_due = self.settle_pending_reboot();
+        let reboot_due = self.settle_pending_reboot() || self.settle_restart();
         self.report_boot_only();
         // The report needs no local disk: it goes out even when the state cannot be saved.
         let saved = self.save_state();
@@ -880,7 +895,7 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
             });
         }
         let reboot = match boot_only {
-            Some(_) => manifest.apply.reboot == Reboot::IfNeeded,
+            Some(_) => manifest.apply.reboot != Reboot::Never,
             None => self.reboot_needed(manifest),
         };
         Ok(Outcome::Applied { reboot, boot_only })
@@ -984,7 +999,7 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
     }
 
     fn reboot_needed(&self, manifest: &Manifest) -> bool {
-        manifest.apply.reboot == Reboot::IfNeeded
+        manifest.apply.reboot != Reboot::Never
             && matches!(manifest.apply.action, Action::Switch | Action::Boot)
             && reboot::needed(&self.opts.booted_system, &self.opts.system_profile)
     }
@@ -1109,10 +1124,7 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         };
         self.timed_attempt();
         (self.report.applied_seq, self.report.applied_at) = (Some(attempt.seq), Some(at));
-        let reboot = self.reboot_now_or_later(
-            reboot,
-            (attempt.apply.reboot_window, attempt.apply.reboot_slot),
-        );
+        let reboot = self.restart_after_apply(reboot, &attempt.apply);
         self.record_boot_only(boot_only);
         self.state.save(&self.cfg.state_dir)?;
         self.report.result = PullResult::Ok;
@@ -1201,11 +1213,15 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         );
         let now = (self.opts.now)();
         lifeline::quarantine(&mut self.state, &pending.id, pending.seq, &reason, now);
+        self.tell(notify::Event::Held {
+            why: notify::Held::Quarantined,
+        });
         (
             self.state.applied,
             self.state.pending_reboot,
             self.state.boot_only,
         ) = (pending.previous.clone(), None, None);
+        self.state.restart = None;
         if let Err(e) = self.save_state() {
             tracing::warn!("{e}");
         }
@@ -1250,6 +1266,9 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         let seq = self.report.seq.unwrap_or_default();
         let now = (self.opts.now)();
         lifeline::quarantine(&mut self.state, &self.id, seq, &message, now);
+        self.tell(notify::Event::Held {
+            why: notify::Held::Quarantined,
+        });
         self.timed_attempt();
         if let Err(save) = self.save_state() {
             tracing::warn!("{save}");
@@ -1307,6 +1326,9 @@ impl<'a, R: Remote, C: Connector> Poll<'a, R, C> {
         let (now, seq) = ((self.opts.now)(), self.report.seq);
         self.state
             .record_failure(&self.id, seq, &message, now, backoff);
+        if self.state.failure.as_ref().is_some_and(|f| f.failures == 1) {
+            self.tell(notify::Event::Failed);
+        }
         self.timed_attempt();
         self.report.next_retry = self.state.failure.as_ref().map(|f| f.next_retry.clone());
         // The report still goes out when the state cannot be saved (a full disk).
@@ -1374,6 +1396,10 @@ fn first_report(cfg: &ClientConfig, state: &State, id: &ReleaseId, started: Syst
         signed_expires: None,
         signers: Vec::new(),
         reboot_slot: None,
+        reboot_deadline: None,
+        reboot_postponed_until: None,
+        reboot_at: None,
+        deferred: None,
     }
 }
 

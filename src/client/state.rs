@@ -94,6 +94,10 @@ pub struct State {
     /// The last signed statement this host verified (signed fleets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<Accepted>,
+    /// A restart the person at the computer is told about and may postpone (`reboot = "ask"`,
+    /// or notifications on); `pending_reboot` is the silent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<super::restart_policy::PendingRestart>,
 }
 
 /// A signed statement the host verified: which release, until when, by whom.

@@ -98,6 +98,7 @@ backoff_max = "1h"
                 system_profile: "/nonexistent/profiles/system".into(),
                 now: clock,
                 local_minute: utc_minute,
+                conditions: super::conditions::Source::Fixed(Default::default()),
             },
             apply: ApplyPolicy::default(),
             unreachable: 0,
@@ -1083,6 +1084,7 @@ mod ops;
 mod signed;
 #[path = "watch_tests.rs"]
 mod watch_tests;
+mod workstation;
 // ---- prebuilt releases (`toplevel` in the MANIFEST) --------------------------------------
 
 const PB_DEP: &str = "/nix/store/h53jn4wvi4jxxl9bg4mg78zilfmafzv7-dep";

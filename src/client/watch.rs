@@ -278,7 +278,9 @@ impl Watcher<'_> {
         let tried_lately = self
             .last_reboot_try
             .is_some_and(|t| now.saturating_duration_since(t) < REBOOT_RETRY);
-        !tried_lately && super::window::pending_reboot_open(&self.cfg.state_dir, self.opts)
+        !tried_lately
+            && (super::window::pending_reboot_open(&self.cfg.state_dir, self.opts)
+                || super::postpone::restart_due(&self.cfg.state_dir, self.opts))
     }
 }
 
@@ -512,6 +514,14 @@ fn said(cfg: &ClientConfig, result: Result<Polled, PullError>) {
                 id.short()
             );
             reboot_now(cfg, "the reboot window is open");
+        }
+        Ok(Polled::Deferred { id, why }) => {
+            tracing::info!(
+                "{}: release {} deferred ({})",
+                cfg.host,
+                id.short(),
+                why.as_str()
+            );
         }
         Err(e) => tracing::error!("{e}"),
     }

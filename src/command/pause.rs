@@ -48,6 +48,12 @@ pub fn pause(args: &PauseArgs) -> Result<Exit, Error> {
     let pause = Pause::new(now(), args.length.0, args.reason.clone()).map_err(Error::Usage)?;
     state::prepare_state_dir(&cfg.state_dir).map_err(PullError::from)?;
     pause::save(&cfg.state_dir, &pause).map_err(PullError::from)?;
+    crate::client::notify::announce(
+        cfg.notify,
+        &crate::client::notify::Event::Held {
+            why: crate::client::notify::Held::Paused,
+        },
+    );
     println!(
         "{}: paused until {}{}; pulls report but apply nothing until then (`tiffin resume` ends it early)",
         cfg.host,

@@ -139,6 +139,14 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
             );
             self::reboot(&cfg)?;
         }
+        Polled::Deferred { id, why } => {
+            println!(
+                "{}: release {} deferred ({}): checked and reported, not downloaded (`tiffin pull --now` takes it anyway)",
+                cfg.host,
+                id.short(),
+                why.as_str()
+            );
+        }
     }
     Ok(Exit::Ok)
 }

@@ -116,6 +116,19 @@ pub struct Report {
     /// waits for a slot inside its window, `granted` when it reboots on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot_slot: Option<RebootSlotReport>,
+    /// `reboot = "ask"`: until when the user may postpone the restart (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_deadline: Option<String>,
+    /// The user postponed the restart until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_postponed_until: Option<String>,
+    /// The person at the computer was warned: it restarts at the first poll from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_at: Option<String>,
+    /// A newer release waits: the host checked, but a metered connection or a low battery
+    /// deferred downloading it (not a failure; `tiffin pull --now` or a trigger overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferred>,
 }
 
 /// Where a host stands with its reboot slot.
@@ -126,6 +139,25 @@ pub enum RebootSlotReport {
     Wanted,
     /// It reboots now, on the slot the server granted.
     Granted,
+}
+
+/// Why a client deferred downloading a new release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Deferred {
+    /// NetworkManager says the connection is metered.
+    Metered,
+    /// UPower says the computer runs on battery, below the client's threshold.
+    OnBattery,
+}
+
+impl Deferred {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deferred::Metered => "metered",
+            Deferred::OnBattery => "on battery",
+        }
+    }
 }
 
 /// A reboot the client owes.

@@ -47,6 +47,9 @@ pub enum Reboot {
     Never,
     /// Reboot when the new system's kernel, initrd or kernel modules differ from the booted ones.
     IfNeeded,
+    /// As `if-needed`, but the person at the computer is told first and may postpone the
+    /// restart until `reboot_deadline` after the release was applied (docs/workstations.md).
+    Ask,
 }
 
 /// How a client applies a release; part of the MANIFEST, so changing it makes a new release.
@@ -85,6 +88,10 @@ pub struct ApplyPolicy {
     /// free, so older ids stay the same.
     #[serde(default, skip_serializing_if = "RebootSlot::is_free")]
     pub reboot_slot: RebootSlot,
+    /// `reboot = "ask"`: how long after the release was applied the user may keep postponing
+    /// the restart; unset: three days. Left out of the MANIFEST when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_deadline: Option<Interval>,
 }
 
 /// `[apply] reboot_slot`: whether a reboot is the host's own decision or waits for a slot.
@@ -164,6 +171,7 @@ pub struct ApplyOverrides {
     pub build: Option<Build>,
     pub confirm: Option<Confirm>,
     pub confirm_timeout: Option<Interval>,
+    pub reboot_deadline: Option<Interval>,
 }
 
 impl ApplyPolicy {
@@ -181,6 +189,7 @@ impl ApplyPolicy {
             confirm: o.confirm.unwrap_or(self.confirm),
             confirm_timeout: o.confirm_timeout.or(self.confirm_timeout),
             reboot_slot: self.reboot_slot,
+            reboot_deadline: o.reboot_deadline.or(self.reboot_deadline),
         }
     }
 }

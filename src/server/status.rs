@@ -19,6 +19,7 @@ pub mod prometheus;
 pub mod story;
 #[cfg(test)]
 mod tests;
+mod workstation;
 
 /// A host is stale when it has not reported for this many poll intervals.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -174,6 +175,16 @@ pub struct HostOps {
     /// The host waits for a reboot slot, or reboots on one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reboot_slot: Option<crate::core::report::RebootSlotReport>,
+    /// `reboot = "ask"`: the restart's deadline, the user's postponement, the announced time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_deadline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_postponed_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_at: Option<String>,
+    /// The host deferred a new release (metered, on battery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<crate::core::report::Deferred>,
 }
 
 /// The statement in a host's chroot, verified by the server against the fleet's root.
@@ -199,6 +210,10 @@ impl HostOps {
             quarantined: report.quarantined.clone(),
             signed: None,
             reboot_slot: report.reboot_slot,
+            reboot_deadline: report.reboot_deadline.clone(),
+            reboot_postponed_until: report.reboot_postponed_until.clone(),
+            reboot_at: report.reboot_at.clone(),
+            deferred: report.deferred,
         }
     }
 

@@ -105,6 +105,9 @@ pub enum LabCommand {
     /// Internal: pid 1 of a lab machine
     #[command(hide = true)]
     MachineInit(InitArgs),
+    /// Internal: a D-Bus stand-in (NetworkManager, UPower, a recording notification server)
+    #[command(hide = true)]
+    DbusStandin(super::dbus_standins::StandinArgs),
 }
 
 /// The demo: the quickstart as a scenario.
@@ -114,6 +117,7 @@ const DEMO: &str = include_str!("demo.toml");
 pub fn run(cli: LabCli) -> Result<u8, LabError> {
     match cli.command {
         LabCommand::MachineInit(args) => init::main(&args),
+        LabCommand::DbusStandin(args) => super::dbus_standins::main(&args).map_err(LabError::Usage),
         LabCommand::Run { paths, keep } => {
             let scenarios = load_scenarios(&paths)?;
             preflight()?;

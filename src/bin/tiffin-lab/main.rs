@@ -14,6 +14,7 @@ mod bench_watch;
 mod boot;
 mod cgroup;
 mod cli;
+mod dbus_standins;
 mod exec;
 mod init;
 mod interrupt;

@@ -162,8 +162,9 @@ fn timing(row: &HostStatus, d: &Details) -> Option<String> {
 /// Reboot, pause and retry, each when it applies.
 fn ops_lines(row: &HostStatus) -> Vec<(&'static str, String)> {
     let ops = &row.ops;
-    let mut lines = Vec::new();
-    if ops.reboot == Some(RebootReport::Pending) {
+    // An announced restart and a deferral have lines of their own.
+    let mut lines = super::workstation::lines(ops);
+    if ops.reboot == Some(RebootReport::Pending) && lines.iter().all(|(k, _)| *k != "restart") {
         let why = match (ops.reboot_window, row.state) {
             (_, State::Paused) => "waits for the pause to end".to_owned(),
             (Some(w), _) => format!("waits for the reboot window {w} (the client's local time)"),
@@ -251,6 +252,9 @@ pub(super) fn note(row: &HostStatus) -> Option<String> {
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
         return Some(format!("paused until {until}{reason}"));
+    }
+    if let Some(note) = super::workstation::note(ops) {
+        return Some(note);
     }
     let reboot = ops.reboot.map(|r| match r {
         RebootReport::Pending => match ops.reboot_window {

@@ -42,6 +42,10 @@ fn report(host: &str, s: &[String; 10]) -> Report {
         signed_expires: Some(s[2].clone()),
         signers: vec![s[7].clone()],
         reboot_slot: None,
+        reboot_deadline: Some(s[4].clone()),
+        reboot_postponed_until: Some(s[5].clone()),
+        reboot_at: Some(s[3].clone()),
+        deferred: Some(crate::core::report::Deferred::Metered),
     }
 }
 
@@ -186,4 +190,19 @@ fn a_report_dated_in_the_future_by_its_client_still_goes_stale() {
         warning.contains("is dated 2099-01-01T00:00:00Z by its client"),
         "{warning}"
     );
+}
+
+#[test]
+fn a_hostile_postponement_shows_as_one_harmless_line() {
+    let s: [String; 10] = std::array::from_fn(|i| format!("x{i}\x1b]52;c;cm0=\x07\nforged"));
+    let mut r = report("client1", &s);
+    (r.reboot, r.error) = (Some(RebootReport::Pending), None);
+    let text = r.render().into_bytes();
+    let (table, stories) = rendered(&[text.clone(), Vec::new(), text]);
+    assert!(
+        stories[0].contains("restart postponed by the user until x5"),
+        "{}",
+        stories[0]
+    );
+    assert_harmless(&table, &stories).unwrap();
 }
