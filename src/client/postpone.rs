@@ -88,6 +88,7 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
                 .reboot_deadline
                 .unwrap_or(Interval(restart_policy::DEFAULT_DEADLINE)),
             warned_at: None,
+            slot: apply.reboot_slot,
         });
         self.tell(super::notify::Event::RestartNeeded {
             deadline: self.restart_deadline(),
@@ -122,8 +123,10 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
             self.tell(super::notify::Event::RestartSoon { at, postpone });
         }
         self.report_restart(&r, &facts, decision);
+        let slot = r.slot;
         self.state.restart = Some(r);
-        decision == Decision::Restart
+        // Due by the person's policy; a host in a group with max_rebooting also waits for its slot.
+        decision == Decision::Restart && self.slot_allows(slot)
     }
 
     /// The report's account of the restart: pending, its window, deadline and postponement.

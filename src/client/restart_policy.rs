@@ -191,6 +191,12 @@ pub struct PendingRestart {
     /// When the person was last warned that the computer restarts in ten minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warned_at: Option<String>,
+    /// Whether the restart also waits for a slot the server grants (`max_rebooting`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::core::settings::RebootSlot::is_free"
+    )]
+    pub slot: crate::core::settings::RebootSlot,
 }
 
 /// `postpone.toml`: when the user asked, and until when the restart waits.

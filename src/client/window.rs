@@ -71,7 +71,7 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
 
     /// Inside the window: a host that waits for a reboot slot reboots only on a `reboot`
     /// trigger this poll handles (the server's grant), and asks in its report otherwise.
-    fn slot_allows(&mut self, slot: RebootSlot) -> bool {
+    pub(super) fn slot_allows(&mut self, slot: RebootSlot) -> bool {
         use crate::core::report::RebootSlotReport;
         if slot.is_free() {
             return true;

@@ -167,3 +167,23 @@ fn on_battery_below_the_threshold_defers_and_plugged_in_applies() {
     defers(&mut f, battery(false, 20.0));
     assert!(matches!(f.poll().unwrap(), Polled::Applied { .. }));
 }
+
+#[test]
+fn an_asked_restart_in_a_group_with_max_rebooting_also_waits_for_its_slot() {
+    let mut f = asks();
+    f.apply.reboot_slot = crate::core::settings::RebootSlot::Wait;
+    let id = f.publish(&base_files());
+    f.poll().unwrap();
+    advance(17 * 3600 + 30 * 60); // 01:30: warned
+    assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
+    advance(600); // 01:40: due by the person's policy, but no slot granted yet
+    assert!(matches!(f.poll().unwrap(), Polled::Unchanged { .. }));
+    assert_eq!(
+        f.report().reboot_slot,
+        Some(crate::core::report::RebootSlotReport::Wanted)
+    );
+    f.remote
+        .put("/CURRENT", format!("{id}\ntrigger 1800000000-1 reboot\n"));
+    advance(60);
+    assert_eq!(f.poll().unwrap(), Polled::RebootDue { id, seq: 1 });
+}
