@@ -58,11 +58,16 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         },
     };
     let state_dir = args.fleet.state_dir(&fleet);
-    let overview = exec::overview(&fleet, &chroot_root, &state_dir, now).map_err(|e| {
-        Error::Failed(format!(
-            "the rollout's record cannot be read, so no state is shown: {e}"
-        ))
-    })?;
+    // The hosts' state is shown (and the metrics written) even when the rollout's record is
+    // unreadable; that is an alarm of its own, said on stderr.
+    let (overview, record_broken) = match exec::overview(&fleet, &chroot_root, &state_dir, now) {
+        Ok(o) => (o, false),
+        Err(e) => {
+            eprintln!("error: the rollout's record cannot be read: {e}");
+            (exec::Overview::default(), true)
+        }
+    };
+
     let mut text = match format {
         Format::Json => status::render_json(&rows),
         Format::Prometheus => status::prometheus::render(&rows, now),
@@ -84,10 +89,11 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
         )
         .map_err(|e| Error::Failed(format!("cannot write {}: {e}", path.display())))?,
     }
-    let halted = overview
-        .rollout
-        .as_ref()
-        .is_some_and(|r| r.phase.is_alarming());
+    let halted = record_broken
+        || overview
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.phase.is_alarming());
     Ok(if halted || rows.iter().any(|r| r.state.is_alarming()) {
         Exit::Alarm
     } else {

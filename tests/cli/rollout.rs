@@ -275,3 +275,28 @@ fn rollout_status_shows_the_reboot_slots_also_without_a_rollout() {
     assert_eq!(out.matches("reboot slot: ").count(), 1, "{out}");
     assert!(out.contains("reboot slot: alpha since "), "{out}");
 }
+
+#[test]
+fn an_unreadable_rollout_record_is_an_alarm_but_status_still_shows_the_hosts() {
+    let fleet = fleet("waves = [\"canary\", \"100%\"]\n");
+    fleet.tiffin(&["publish"]).assert().success();
+    let record = fleet.state_dir().join("rollout.toml");
+    fs::write(&record, "garbage = [\n").unwrap();
+    let (code, out) = fleet.output(&["status"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("alpha ") && out.contains("charlie "), "{out}");
+    assert!(
+        out.contains(
+            "error: the rollout's record cannot be read: [TMP]/state/rollout.toml: line 1"
+        ),
+        "{out}"
+    );
+    let (code, out) = fleet.output(&["rollout", "step"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("The record is left as it is"), "{out}");
+    assert_eq!(
+        fs::read_to_string(&record).unwrap(),
+        "garbage = [\n",
+        "left as it was"
+    );
+}

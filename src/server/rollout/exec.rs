@@ -424,6 +424,7 @@ pub fn held_slots(state_dir: &Path) -> Slots {
 }
 
 /// The rollout as `tiffin status` shows it: the record, its hosts' views, the slots held.
+#[derive(Default)]
 pub struct Overview {
     pub rollout: Option<Rollout>,
     pub views: BTreeMap<HostName, HostView>,
