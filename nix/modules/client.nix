@@ -57,12 +57,13 @@
   '';
 
   triggerGroups = cfg.allowTrigger.groups;
-  # The user's button: polkit lets these groups start (only start) the one-shot unit.
+  # The user's button: polkit lets these groups start (only start) the one-shot
+  # unit, or the button's own (tiffin-update-now.service, the same pull with --now).
   polkitRule = ''
-    // tiffin: members of ${lib.concatStringsSep ", " triggerGroups} may start tiffin-pull.service without a password.
+    // tiffin: members of ${lib.concatStringsSep ", " triggerGroups} may start tiffin-pull.service and tiffin-update-now.service without a password.
     polkit.addRule(function(action, subject) {
       if (action.id == "org.freedesktop.systemd1.manage-units" &&
-          action.lookup("unit") == "tiffin-pull.service" &&
+          (action.lookup("unit") == "tiffin-pull.service" || action.lookup("unit") == "tiffin-update-now.service") &&
           action.lookup("verb") == "start" &&
           (${lib.concatMapStringsSep " || " (g: "subject.isInGroup(${builtins.toJSON g})") triggerGroups})) {
         return polkit.Result.YES;
@@ -87,11 +88,16 @@
     name = "tiffin-update-now";
     desktopName = "Update this computer now";
     comment = "Fetch and apply this computer's configuration from the tiffin server now";
-    exec = "${config.systemd.package}/bin/systemctl start --no-block tiffin-pull.service";
+    exec = "${config.systemd.package}/bin/systemctl start --no-block tiffin-update-now.service";
     icon = "system-software-update";
     categories = ["System" "Settings"];
     terminal = false;
   };
+  # systemd.special(7): a unit ordered after and wanted by the sleep targets
+  # starts once the system has resumed (suspend.target is reached only when
+  # systemd-suspend.service returns, after the wake-up). Independent of
+  # powerManagement's post-resume.target.
+  sleepTargets = ["suspend.target" "hibernate.target" "hybrid-sleep.target" "suspend-then-hibernate.target"];
   # The unit file the watcher compares after each apply: when a switch changed
   # it (a new tiffin, new options), the watcher exits and systemd starts the new one.
   watchUnitFile = "/etc/systemd/system/tiffin-watch.service";
@@ -210,10 +216,14 @@ in {
       example = ["users"];
       description = ''
         Groups whose members may start `tiffin-pull.service` (one poll, now)
-        without a password: a polkit rule allows exactly that (the `start`
-        verb on that unit, nothing else), and a desktop entry "Update this
-        computer now" runs `systemctl start tiffin-pull.service`. Empty: no
-        rule, no entry.
+        and `tiffin-update-now.service` without a password: a polkit rule
+        allows exactly that (the `start` verb on those units, nothing else),
+        and a desktop entry "Update this computer now" runs `systemctl start
+        tiffin-update-now.service`: `tiffin pull --now --retry-for 1m`, which
+        takes a release deferred by {option}`defer.metered` or
+        {option}`defer.onBatteryBelow` anyway, retries a failed one at once,
+        and waits for a pull already running instead of failing. Empty: no
+        rule, no entry, no unit.
       '';
     };
 
@@ -246,6 +256,33 @@ in {
         While UPower says the computer runs on battery below this charge
         (percent), a new release waits as with {option}`defer.metered`
         ("deferred: on battery"). `null`: never.
+      '';
+    };
+
+    resume.enable = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = ''
+        Whether to pull as soon as the server answers after a suspend or
+        hibernation: `tiffin-resume.service`, ordered after and wanted by
+        `suspend.target`, `hibernate.target`, `hybrid-sleep.target` and
+        `suspend-then-hibernate.target`, runs `tiffin pull --retry-for`
+        {option}`resume.retryFor`. It does not wait for
+        `network-online.target` (which a resume does not restart): it tries
+        again after 1 s, 2 s, 4 s, then every 5 s until the server answers or
+        the time is up, and then leaves it to the timer. A failure to reach
+        the server never counts against a release. A computer that never
+        sleeps never runs it.
+      '';
+    };
+
+    resume.retryFor = lib.mkOption {
+      type = lib.types.strMatching "[0-9]+(s|m|min|h)";
+      default = "5m";
+      example = "15m";
+      description = ''
+        How long `tiffin-resume.service` keeps trying to reach the server
+        after a resume.
       '';
     };
 
@@ -469,6 +506,45 @@ in {
       };
 
       startAt = cfg.interval;
+    };
+
+    # After a resume: pull once the server answers (see resume.enable). A pull
+    # that switches must not be stopped or restarted by the switch, as
+    # tiffin-pull's. It shares the state lock with the timer's pull and the
+    # watcher: --retry-for waits for a pull already running, then finds the
+    # release unchanged or applies it.
+    systemd.services.tiffin-resume = lib.mkIf cfg.resume.enable {
+      description = "tiffin: pull as soon as the server answers after a resume";
+      wantedBy = sleepTargets;
+      after = sleepTargets ++ ["tiffin-key.service"];
+      requires = ["tiffin-key.service"];
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      environment = pullEnvironment;
+      path = pullPath;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} pull --retry-for ${cfg.resume.retryFor} --config /etc/tiffin/client.toml";
+        TimeoutStartSec = cfg.timeout;
+      };
+    };
+
+    # The user's button (the desktop entry; polkit lets allowTrigger.groups
+    # start it): a pull with --now, which takes a deferred release anyway.
+    systemd.services.tiffin-update-now = lib.mkIf (triggerGroups != []) {
+      description = "tiffin: update this computer now (the user's button)";
+      wants = ["network-online.target"];
+      after = ["network-online.target" "tiffin-key.service"];
+      requires = ["tiffin-key.service"];
+      restartIfChanged = false;
+      unitConfig.X-StopOnRemoval = false;
+      environment = pullEnvironment;
+      path = pullPath;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${lib.getExe cfg.package} pull --now --retry-for 1m --config /etc/tiffin/client.toml";
+        TimeoutStartSec = cfg.timeout;
+      };
     };
 
     # Watch mode. The apply it runs switches the system: a switch must never

@@ -287,6 +287,14 @@ in {
   workstationPostpone = workstation.config.systemd.services."tiffin-postpone@".serviceConfig;
   plainUnits = builtins.attrNames c.systemd.services;
   badBattery = evaluates (withClient {defer.onBatteryBelow = 0;}).config;
+  # After a resume (resume.enable, on by default) and the user's button (with allowTrigger.groups).
+  resumeService = removeAttrs c.systemd.services.tiffin-resume ["path" "environment"];
+  resumeSharesPull = c.systemd.services.tiffin-resume.path == c.systemd.services.tiffin-pull.path && c.systemd.services.tiffin-resume.environment == c.systemd.services.tiffin-pull.environment;
+  resumeLonger = (withClient {resume.retryFor = "15m";}).config.systemd.services.tiffin-resume.serviceConfig.ExecStart;
+  noResumeUnits = builtins.attrNames (withClient {resume.enable = false;}).config.systemd.services;
+  badRetryFor = (builtins.tryEval (builtins.deepSeq (withClient {resume.retryFor = "5m; rm -rf /";}).config.systemd.services.tiffin-resume.serviceConfig.ExecStart true)).success;
+  updateNowService = removeAttrs w.systemd.services.tiffin-update-now ["path" "environment"];
+  updateNowSharesPull = w.systemd.services.tiffin-update-now.path == w.systemd.services.tiffin-pull.path && w.systemd.services.tiffin-update-now.environment == w.systemd.services.tiffin-pull.environment;
   confirmTimeoutTwice =
     evaluates
     (confirmTimeout.extendModules {

@@ -20,6 +20,7 @@ pub mod reboot;
 pub mod rebuild;
 pub mod restart;
 pub mod restart_policy;
+pub mod resume;
 pub mod signed;
 pub mod state;
 pub mod transport;

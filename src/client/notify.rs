@@ -117,21 +117,40 @@ impl<R: super::transport::Remote, C: super::transport::Connector> super::Poll<'_
     }
 }
 
-/// Tells the people at the computer (a detached helper), when notifications are on.
+/// How long a pull waits for one notification to be on the screens before it goes on (the
+/// next notification would otherwise race it, and show first).
+const SHOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells the people at the computer (a helper), when notifications are on. Waits, at most
+/// [`SHOWN_WAIT`] per user, until the notification is shown, so that two notifications of
+/// one poll arrive in their order; a helper slower than that is left to finish on its own.
 pub fn announce(notify: Notify, event: &Event) {
     if !notify.is_on() {
         return;
     }
     let message = event.message();
     tracing::info!("telling the people at this computer: {}", message.summary);
-    if let Err(e) = spawn_helper(&message) {
-        tracing::warn!("cannot start the notifier: {e}");
+    match spawn_helper(&message) {
+        Ok(child) => wait_a_while(child, SHOWN_WAIT.saturating_mul(2)),
+        Err(e) => tracing::warn!("cannot start the notifier: {e}"),
     }
 }
 
-/// Runs `tiffin notify` (this binary) detached: it finds the sessions and notifies each
-/// user as that user.
-fn spawn_helper(message: &Message) -> std::io::Result<()> {
+/// Waits for `child` to exit, at most `limit`; it is not killed after that.
+fn wait_a_while(mut child: std::process::Child, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        match child.try_wait() {
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(Some(_)) | Err(_) => return,
+        }
+    }
+    tracing::info!("the notifier is still running; going on without it");
+}
+
+/// Runs `tiffin notify` (this binary) in a process group of its own: it finds the sessions
+/// and notifies each user as that user.
+fn spawn_helper(message: &Message) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
@@ -144,7 +163,6 @@ fn spawn_helper(message: &Message) -> std::io::Result<()> {
         .stdout(std::process::Stdio::null())
         .process_group(0)
         .spawn()
-        .map(drop)
 }
 
 /// A time as the person at the computer reads it: local, to the minute ("Thu 10 Dec 10:00").
@@ -210,15 +228,39 @@ const MAX_SESSIONS: usize = 64;
 
 /// `tiffin notify` as root: one child per graphical user, with that user's uid and group,
 /// since the session bus lets only its owner in (EXTERNAL authentication checks the uid).
+/// Each child says on its stdout when the notification is shown; it is waited for that
+/// long (at most [`SHOWN_WAIT`]), so notifications arrive in the order they were sent.
 pub fn notify_sessions(users: &[SessionUser], message: &Message) {
     for user in users {
-        if let Err(e) = spawn_as(user.uid, message) {
-            tracing::warn!("cannot notify uid {}: {e}", user.uid);
+        match spawn_as(user.uid, message) {
+            Ok(child) => wait_until_shown(child),
+            Err(e) => tracing::warn!("cannot notify uid {}: {e}", user.uid),
         }
     }
 }
 
-fn spawn_as(uid: u32, message: &Message) -> std::io::Result<()> {
+/// The line the user's child prints once the notification server took the notification.
+pub const SHOWN: &str = "shown";
+
+/// Reads the child's first line (or its end), at most [`SHOWN_WAIT`]; the child goes on
+/// (it may wait for the Postpone button).
+fn wait_until_shown(mut child: std::process::Child) {
+    use std::io::BufRead;
+    let Some(stdout) = child.stdout.take() else {
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    if rx.recv_timeout(SHOWN_WAIT).is_err() {
+        tracing::info!("a notification was not confirmed within {SHOWN_WAIT:?}; going on");
+    }
+}
+
+fn spawn_as(uid: u32, message: &Message) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
@@ -242,9 +284,9 @@ fn spawn_as(uid: u32, message: &Message) -> std::io::Result<()> {
             format!("unix:path=/run/user/{uid}/bus"),
         )
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .process_group(0)
         .spawn()
-        .map(drop)
 }
 
 /// How long a notification that offers to postpone waits for its button.
@@ -268,6 +310,12 @@ pub async fn show_as_user(message: &Message) -> zbus::Result<()> {
     let mut actions = proxy.receive_signal("ActionInvoked").await?;
     let mut closed = proxy.receive_signal("NotificationClosed").await?;
     let id = notify_call(&proxy, message).await?;
+    // The parent waits for this line before the next notification (their order).
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{SHOWN}").and_then(|()| out.flush());
+    }
     if message.postpone == Postpone::NotOffered {
         return Ok(());
     }

@@ -1,12 +1,16 @@
 //! `tiffin pull`: load the client configuration, take the lock, run one poll over SSH and say what it did.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::client::config::ClientConfig;
 use crate::client::connect::SshRemote;
+use crate::client::resume::{self, Retrying};
 use crate::client::watch::{self, Pace, SshConnector, Stop, WatchOptions};
 use crate::client::{PollOptions, Polled, PullError, poll, rebuild, state};
 use crate::command::error::{Error, Exit};
+use crate::core::durable::Lock;
+use crate::core::settings::Interval;
 
 pub const LONG_ABOUT: &str =
     "One poll of this host, normally run by the systemd timer of the NixOS module.
@@ -36,6 +40,12 @@ configuration.
 A second line in /CURRENT is a trigger from `tiffin trigger` on the server: `pull` polls
 now despite a backoff, `reapply` deploys files/ again and reruns the rebuild even though
 the release is applied. Each trigger is handled once and named in the report.
+
+With --retry-for DURATION, a pull that cannot reach the server (no network yet after a
+resume, no answer) or finds another pull running tries again after 1s, 2s, 4s, then every
+5s, until DURATION is spent; such a failure never counts against a release. The NixOS
+module runs `tiffin pull --retry-for 5m` as tiffin-resume.service after every suspend or
+hibernation, and the user's button runs `tiffin pull --now --retry-for 1m`.
 
 With --watch, the client keeps one SSH session open and reads /CURRENT every
 watch_interval (client.toml, default 5s): a new release or trigger is applied within one
@@ -67,6 +77,9 @@ pub struct Args {
     /// With --watch: exit after an apply when PATH resolves to another file than at start (repeatable; the NixOS unit passes its own unit file, so a switch that updates tiffin hands over to the new version)
     #[arg(long, value_name = "PATH", requires = "watch")]
     pub exit_on_change: Vec<PathBuf>,
+    /// Keep trying, quickly (1 s doubling to 5 s), while the server cannot be reached or another pull holds the lock, for up to DURATION, like "5m" (the NixOS module's tiffin-resume.service after a suspend, and the user's button)
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["validate", "watch"])]
+    pub retry_for: Option<Interval>,
     /// With --watch: stop after N checks, printing memory and descriptors after 10 and N (for the bench)
     #[arg(long, value_name = "N", requires = "watch", hide = true)]
     pub checks: Option<u64>,
@@ -85,14 +98,18 @@ pub fn run(args: &Args) -> Result<Exit, Error> {
     if args.watch {
         return watch(args, &cfg);
     }
-    let _lock = state::lock(&cfg.state_dir).map_err(PullError::from)?;
     let opts = PollOptions {
         retry_now: args.now,
         allow_downgrade: args.allow_downgrade,
         system_profile: cfg.system_profile.clone(),
         ..PollOptions::default()
     };
-    match poll_over_ssh(&cfg, &opts)? {
+    // Held until the reboot below, like the poll.
+    let (_lock, polled) = match args.retry_for {
+        Some(budget) => retrying(&cfg, &opts, budget)?,
+        None => locked_poll(&cfg, &opts)?,
+    };
+    match polled {
         Polled::Unchanged { id, seq } => {
             println!("{}: unchanged (release #{seq} {})", cfg.host, id.short());
         }
@@ -159,6 +176,45 @@ fn validate(args: &Args, cfg: &ClientConfig) {
             "note: the identity {} cannot be read here ({e}); pull will need it",
             cfg.identity.display()
         );
+    }
+}
+
+/// The lock, then one poll.
+fn locked_poll(cfg: &ClientConfig, opts: &PollOptions) -> Result<(Lock, Polled), PullError> {
+    let lock = state::lock(&cfg.state_dir)?;
+    Ok((lock, poll_over_ssh(cfg, opts)?))
+}
+
+/// `--retry-for`: attempts until one reaches the server and gets the lock, or the budget is
+/// spent. A laptop just resumed has no network for a while; the timer is too slow a fallback.
+fn retrying(
+    cfg: &ClientConfig,
+    opts: &PollOptions,
+    budget: Interval,
+) -> Result<(Lock, Polled), PullError> {
+    let started = std::time::Instant::now();
+    let mut retries = Retrying::new(budget.0);
+    loop {
+        let e = match locked_poll(cfg, opts) {
+            Err(e) if resume::worth_retrying(&e) => e,
+            done => return done,
+        };
+        let Some(wait) = retries.next_wait(started.elapsed()) else {
+            tracing::warn!(
+                "{}: gave up after {} attempt(s) in {}: the timer tries again",
+                cfg.host,
+                retries.failed(),
+                humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()))
+            );
+            return Err(e);
+        };
+        tracing::warn!(
+            "{}: {}; trying again in {}",
+            cfg.host,
+            resume::why_waiting(&e),
+            humantime::format_duration(wait)
+        );
+        std::thread::sleep(wait);
     }
 }
 

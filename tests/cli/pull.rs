@@ -190,6 +190,50 @@ fn a_concurrent_pull_exits_at_once() {
     assert!(t.elapsed() < std::time::Duration::from_secs(5));
 }
 
+#[test]
+fn retry_for_tries_again_quickly_then_gives_up_at_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = dir.path().join("client.toml");
+    fs::write(
+        &config,
+        format!(
+            "host = \"client1\"\nserver = \"192.0.2.1\"\nserver_key = \"{SERVER_KEY}\"\nstate_dir = \"{}\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    fs::create_dir(&state).unwrap();
+    let lock = fs::File::create(state.join("lock")).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let t = std::time::Instant::now();
+    let out = tiffin()
+        .args(["pull", "--retry-for", "4s", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Attempts at 0 s, 1 s and 3 s; the next would start at 7 s, past the budget.
+    assert_eq!(
+        stderr.matches("another tiffin pull is running").count(),
+        3,
+        "{stderr}"
+    );
+    assert!(stderr.contains("; trying again in 1s"), "{stderr}");
+    assert!(stderr.contains("; trying again in 2s"), "{stderr}");
+    assert!(!stderr.contains("trying again in 4s"), "{stderr}");
+    assert!(
+        stderr.contains("client1: gave up after 3 attempt(s) in 3s: the timer tries again"),
+        "{stderr}"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(3) && took < std::time::Duration::from_secs(6),
+        "{took:?}"
+    );
+}
+
 /// The real-server checks with OpenSSH's sshd provisioned by `tiffin provision`:
 /// tests/cli/pull_e2e.sh says step by step what it proves (unchanged poll = 8 SFTP requests,
 /// delta, modes, backoff, lock, mitm refusal) and prints the poll/delta/RSS figures.

@@ -1,4 +1,4 @@
-//! Stand-ins for a workstation's D-Bus services (NetworkManager's `Metered`, UPower's `OnBattery` and `Percentage`, a notification server that records what it shows), with their real names, paths and property types.
+//! Stand-ins for a workstation's D-Bus services (NetworkManager's `Metered`, UPower's `OnBattery` and `Percentage`, logind's sessions, a notification server that records what it shows), with their real names, paths and property types.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -10,7 +10,7 @@ use zbus::zvariant::OwnedValue;
 /// Which service to stand in for, and what it says.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StandinArgs {
-    /// network-manager, upower or notifications
+    /// network-manager, upower, logind or notifications
     #[arg(value_enum)]
     pub service: Service,
     /// The bus to serve on [default: the system bus; notifications: the session bus]
@@ -31,13 +31,103 @@ pub struct StandinArgs {
     /// notifications: press the action with this key on every notification that offers it
     #[arg(long, value_name = "KEY")]
     pub press: Option<String>,
+    /// logind: a session, as UID:TYPE:CLASS (e.g. 1000:wayland:user); repeatable
+    #[arg(long, value_name = "UID:TYPE:CLASS")]
+    pub session: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Service {
     NetworkManager,
     Upower,
+    Logind,
     Notifications,
+}
+
+/// A session logind lists: `ListSessions`' (id, uid, user, seat, path) and the session
+/// object's `Type` and `Class`.
+#[derive(Debug, Clone)]
+struct SessionSpec {
+    id: String,
+    uid: u32,
+    kind: String,
+    class: String,
+}
+
+fn sessions(specs: &[String]) -> Result<Vec<SessionSpec>, String> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(n, spec)| {
+            let parts: Vec<&str> = spec.split(':').collect();
+            let [uid, kind, class] = parts[..] else {
+                return Err(format!("--session {spec}: expected UID:TYPE:CLASS"));
+            };
+            let uid = uid
+                .parse()
+                .map_err(|_| format!("--session {spec}: {uid} is not a uid"))?;
+            Ok(SessionSpec {
+                id: (n + 1).to_string(),
+                uid,
+                kind: kind.to_owned(),
+                class: class.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn session_path(id: &str) -> String {
+    format!("/org/freedesktop/login1/session/_3{id}")
+}
+
+type ListedSession = (String, u32, String, String, zbus::zvariant::OwnedObjectPath);
+
+struct Login1 {
+    sessions: Vec<SessionSpec>,
+}
+
+#[zbus::interface(name = "org.freedesktop.login1.Manager")]
+impl Login1 {
+    fn list_sessions(&self) -> zbus::fdo::Result<Vec<ListedSession>> {
+        self.sessions
+            .iter()
+            .map(|s| {
+                let path = zbus::zvariant::OwnedObjectPath::try_from(session_path(&s.id))
+                    .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))?;
+                Ok((
+                    s.id.clone(),
+                    s.uid,
+                    format!("uid{}", s.uid),
+                    "seat0".into(),
+                    path,
+                ))
+            })
+            .collect()
+    }
+}
+
+struct Session {
+    spec: SessionSpec,
+}
+
+#[zbus::interface(name = "org.freedesktop.login1.Session")]
+impl Session {
+    #[zbus(property)]
+    fn id(&self) -> String {
+        self.spec.id.clone()
+    }
+    #[zbus(property, name = "Type")]
+    fn kind(&self) -> String {
+        self.spec.kind.clone()
+    }
+    #[zbus(property)]
+    fn class(&self) -> String {
+        self.spec.class.clone()
+    }
+    #[zbus(property)]
+    fn active(&self) -> bool {
+        true
+    }
 }
 
 struct NetworkManager {
@@ -157,6 +247,7 @@ pub fn main(args: &StandinArgs) -> Result<u8, String> {
 }
 
 async fn serve(args: &StandinArgs) -> zbus::Result<()> {
+    let listed = sessions(&args.session).map_err(zbus::Error::Failure)?;
     let builder = match (&args.address, args.service) {
         (Some(a), _) => zbus::connection::Builder::address(a.as_str())?,
         (None, Service::Notifications) => zbus::connection::Builder::session()?,
@@ -183,6 +274,18 @@ async fn serve(args: &StandinArgs) -> zbus::Result<()> {
                     percentage: args.percentage,
                 },
             )?,
+        Service::Logind => {
+            let mut b = builder.name("org.freedesktop.login1")?.serve_at(
+                "/org/freedesktop/login1",
+                Login1 {
+                    sessions: listed.clone(),
+                },
+            )?;
+            for spec in listed {
+                b = b.serve_at(session_path(&spec.id), Session { spec })?;
+            }
+            b
+        }
         Service::Notifications => builder.name("org.freedesktop.Notifications")?.serve_at(
             "/org/freedesktop/Notifications",
             Notifications {
