@@ -93,6 +93,22 @@
     categories = ["System" "Settings"];
     terminal = false;
   };
+  # A one-shot unit running `tiffin pull ARGS` (the timer's, the resume's, the
+  # button's): the key made first, nixos-rebuild's PATH and environment. The
+  # pull runs nixos-rebuild switch, which activates a new system while the unit
+  # is still running: the switch must not restart or stop it.
+  pullUnit = args: {
+    requires = ["tiffin-key.service"];
+    restartIfChanged = false;
+    unitConfig.X-StopOnRemoval = false;
+    environment = pullEnvironment;
+    path = pullPath;
+    serviceConfig = {
+      Type = "oneshot";
+      ExecStart = "${lib.getExe cfg.package} pull ${args}--config /etc/tiffin/client.toml";
+      TimeoutStartSec = cfg.timeout;
+    };
+  };
   # systemd.special(7): a unit ordered after and wanted by the sleep targets
   # starts once the system has resumed (suspend.target is reached only when
   # systemd-suspend.service returns, after the wake-up). Independent of
@@ -485,67 +501,38 @@ in {
       };
     };
 
-    systemd.services.tiffin-pull = {
-      description = "tiffin: fetch and apply this host's configuration";
-      wants = ["network-online.target"];
-      after = ["network-online.target" "tiffin-key.service"];
-
-      # The pull runs nixos-rebuild switch, which activates a new system while
-      # this unit is still running: it must not be restarted or stopped by it.
-      restartIfChanged = false;
-      unitConfig.X-StopOnRemoval = false;
-
-      environment = pullEnvironment;
-      path = pullPath;
-      requires = ["tiffin-key.service"];
-
-      serviceConfig = {
-        Type = "oneshot";
-        ExecStart = "${lib.getExe cfg.package} pull --config /etc/tiffin/client.toml";
-        TimeoutStartSec = cfg.timeout;
+    systemd.services.tiffin-pull =
+      pullUnit ""
+      // {
+        description = "tiffin: fetch and apply this host's configuration";
+        wants = ["network-online.target"];
+        after = ["network-online.target" "tiffin-key.service"];
+        startAt = cfg.interval;
       };
 
-      startAt = cfg.interval;
-    };
-
-    # After a resume: pull once the server answers (see resume.enable). A pull
-    # that switches must not be stopped or restarted by the switch, as
-    # tiffin-pull's. It shares the state lock with the timer's pull and the
-    # watcher: --retry-for waits for a pull already running, then finds the
-    # release unchanged or applies it.
-    systemd.services.tiffin-resume = lib.mkIf cfg.resume.enable {
-      description = "tiffin: pull as soon as the server answers after a resume";
-      wantedBy = sleepTargets;
-      after = sleepTargets ++ ["tiffin-key.service"];
-      requires = ["tiffin-key.service"];
-      restartIfChanged = false;
-      unitConfig.X-StopOnRemoval = false;
-      environment = pullEnvironment;
-      path = pullPath;
-      serviceConfig = {
-        Type = "oneshot";
-        ExecStart = "${lib.getExe cfg.package} pull --retry-for ${cfg.resume.retryFor} --config /etc/tiffin/client.toml";
-        TimeoutStartSec = cfg.timeout;
-      };
-    };
+    # After a resume: pull once the server answers (see resume.enable). It
+    # shares the state lock with the timer's pull and the watcher: --retry-for
+    # waits for a pull already running, then finds the release unchanged or
+    # applies it.
+    systemd.services.tiffin-resume = lib.mkIf cfg.resume.enable (
+      pullUnit "--retry-for ${cfg.resume.retryFor} "
+      // {
+        description = "tiffin: pull as soon as the server answers after a resume";
+        wantedBy = sleepTargets;
+        after = sleepTargets ++ ["tiffin-key.service"];
+      }
+    );
 
     # The user's button (the desktop entry; polkit lets allowTrigger.groups
     # start it): a pull with --now, which takes a deferred release anyway.
-    systemd.services.tiffin-update-now = lib.mkIf (triggerGroups != []) {
-      description = "tiffin: update this computer now (the user's button)";
-      wants = ["network-online.target"];
-      after = ["network-online.target" "tiffin-key.service"];
-      requires = ["tiffin-key.service"];
-      restartIfChanged = false;
-      unitConfig.X-StopOnRemoval = false;
-      environment = pullEnvironment;
-      path = pullPath;
-      serviceConfig = {
-        Type = "oneshot";
-        ExecStart = "${lib.getExe cfg.package} pull --now --retry-for 1m --config /etc/tiffin/client.toml";
-        TimeoutStartSec = cfg.timeout;
-      };
-    };
+    systemd.services.tiffin-update-now = lib.mkIf (triggerGroups != []) (
+      pullUnit "--now --retry-for 1m "
+      // {
+        description = "tiffin: update this computer now (the user's button)";
+        wants = ["network-online.target"];
+        after = ["network-online.target" "tiffin-key.service"];
+      }
+    );
 
     # Watch mode. The apply it runs switches the system: a switch must never
     # stop or restart it (restartIfChanged = false). When the switch changed

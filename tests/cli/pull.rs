@@ -164,11 +164,11 @@ fn a_missing_configuration_says_which_file() {
         ));
 }
 
-#[test]
-fn a_concurrent_pull_exits_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = dir.path().join("client.toml");
+/// A client configuration in `dir` whose state lock is held (as by a running pull) until the
+/// returned lock is dropped.
+fn held_by_another_pull(dir: &Path) -> (std::path::PathBuf, nix::fcntl::Flock<fs::File>) {
+    let state = dir.join("state");
+    let config = dir.join("client.toml");
     fs::write(
         &config,
         format!(
@@ -179,7 +179,14 @@ fn a_concurrent_pull_exits_at_once() {
     .unwrap();
     fs::create_dir(&state).unwrap();
     let lock = fs::File::create(state.join("lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    (config, lock)
+}
+
+#[test]
+fn a_concurrent_pull_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _lock) = held_by_another_pull(dir.path());
     let t = std::time::Instant::now();
     tiffin()
         .args(["pull", "--config"])
@@ -193,19 +200,7 @@ fn a_concurrent_pull_exits_at_once() {
 #[test]
 fn retry_for_tries_again_quickly_then_gives_up_at_its_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let config = dir.path().join("client.toml");
-    fs::write(
-        &config,
-        format!(
-            "host = \"client1\"\nserver = \"192.0.2.1\"\nserver_key = \"{SERVER_KEY}\"\nstate_dir = \"{}\"\n",
-            state.display()
-        ),
-    )
-    .unwrap();
-    fs::create_dir(&state).unwrap();
-    let lock = fs::File::create(state.join("lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let (config, _lock) = held_by_another_pull(dir.path());
     let t = std::time::Instant::now();
     let out = tiffin()
         .args(["pull", "--retry-for", "4s", "--config"])
